@@ -1,0 +1,1 @@
+"""Prepared datasets, batches, readers and the synthetic generator."""

@@ -1,0 +1,189 @@
+"""The feature schema: the single source of truth for what a dataset holds and what a model reads.
+
+Frozen dataclasses describe sparse, dense and sequence features and the tasks. Models are built from a
+schema and never read data files; the schema is saved beside every prepared dataset and every checkpoint
+as JSON (``schema.json``).
+
+Id conventions for every sparse and sequence feature: 0 is padding, 1 is out-of-vocabulary, real values
+start at 2; ``vocab_size`` counts all ids including those two.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mtrec.io import atomic_write_text
+
+PADDING_ID = 0
+OOV_ID = 1
+
+
+class SchemaError(ValueError):
+    """A schema that is inconsistent, or a JSON file that does not describe one."""
+
+
+@dataclass(frozen=True)
+class SparseFeature:
+    """A categorical field: one id per row in ``[0, vocab_size)``.
+
+    ``table`` names the embedding table; features with the same ``table`` share it (the target item and
+    the items of a behaviour sequence, for example). By default each feature has its own table.
+    """
+
+    name: str
+    vocab_size: int
+    table: str = ""
+
+    @property
+    def table_name(self) -> str:
+        return self.table or self.name
+
+
+@dataclass(frozen=True)
+class DenseFeature:
+    """A numeric field: one float per row, already transformed (standardised, log) at preparation."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class SequenceFeature:
+    """A behaviour history: ``max_len`` ids per row, left-aligned, padded with 0.
+
+    ``behaviour`` names the behaviour type (click, cart, buy...); ``table`` names the embedding table the
+    ids index, usually the table of a target-item sparse feature (so histories and candidates share
+    embeddings); ``target`` names the sparse feature the history is compared with by target attention.
+    """
+
+    name: str
+    vocab_size: int
+    max_len: int
+    behaviour: str
+    table: str = ""
+    target: str = ""
+
+    @property
+    def table_name(self) -> str:
+        return self.table or self.name
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A binary prediction task.
+
+    ``observed_after`` names the task whose positive outcome is needed for this one to be observed (a
+    conversion is observed only after a click). Its label column then holds the outcome over all
+    impressions (1 only where both happened); the task is learned and evaluated on the rows where the
+    earlier task is positive, unless a model declares an entire-space objective.
+    """
+
+    name: str
+    observed_after: str | None = None
+
+
+@dataclass(frozen=True)
+class DatasetSchema:
+    """Everything a model needs to know about a dataset."""
+
+    sparse: tuple[SparseFeature, ...] = ()
+    dense: tuple[DenseFeature, ...] = ()
+    sequences: tuple[SequenceFeature, ...] = ()
+    tasks: tuple[TaskSpec, ...] = ()
+    user_id: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ---- derived views -------------------------------------------------------------------------
+    @property
+    def task_names(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [f.name for f in (*self.sparse, *self.dense, *self.sequences)]
+
+    def task(self, name: str) -> TaskSpec:
+        for t in self.tasks:
+            if t.name == name:
+                return t
+        raise KeyError(f"unknown task {name!r}; the schema has {self.task_names}")
+
+    def table_sizes(self) -> dict[str, int]:
+        """Embedding table name -> number of rows (the largest vocabulary among features using it)."""
+        sizes: dict[str, int] = {}
+        for f in (*self.sparse, *self.sequences):
+            sizes[f.table_name] = max(sizes.get(f.table_name, 0), f.vocab_size)
+        return sizes
+
+    # ---- checks --------------------------------------------------------------------------------
+    def validate(self) -> None:
+        names = self.feature_names
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise SchemaError(f"feature names must be unique; repeated: {duplicates}")
+        if not self.tasks:
+            raise SchemaError("a schema needs at least one task")
+        task_names = self.task_names
+        if len(set(task_names)) != len(task_names):
+            raise SchemaError(f"task names must be unique; got {task_names}")
+        for i, t in enumerate(self.tasks):
+            if t.observed_after is not None and t.observed_after not in task_names[:i]:
+                raise SchemaError(
+                    f"task {t.name!r}: observed_after={t.observed_after!r} must name an earlier task "
+                    f"(tasks in order: {task_names})"
+                )
+        for f in (*self.sparse, *self.sequences):
+            if f.vocab_size < 2:
+                raise SchemaError(f"feature {f.name!r}: vocab_size must be >= 2 (padding and OOV ids)")
+        sparse_names = {f.name for f in self.sparse}
+        for s in self.sequences:
+            if s.max_len < 1:
+                raise SchemaError(f"sequence {s.name!r}: max_len must be >= 1")
+            if s.target and s.target not in sparse_names:
+                raise SchemaError(f"sequence {s.name!r}: target {s.target!r} is not a sparse feature")
+        if self.user_id is not None and self.user_id not in sparse_names:
+            raise SchemaError(f"user_id {self.user_id!r} must name a sparse feature")
+
+    # ---- JSON ----------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "sparse": [asdict(f) for f in self.sparse],
+            "dense": [asdict(f) for f in self.dense],
+            "sequences": [asdict(f) for f in self.sequences],
+            "tasks": [asdict(t) for t in self.tasks],
+            "user_id": self.user_id,
+            "metadata": self.metadata,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DatasetSchema:
+        try:
+            return cls(
+                sparse=tuple(SparseFeature(**f) for f in data.get("sparse", [])),
+                dense=tuple(DenseFeature(**f) for f in data.get("dense", [])),
+                sequences=tuple(SequenceFeature(**f) for f in data.get("sequences", [])),
+                tasks=tuple(TaskSpec(**t) for t in data["tasks"]),
+                user_id=data.get("user_id"),
+                metadata=dict(data.get("metadata", {})),
+            )
+        except (KeyError, TypeError) as exc:
+            raise SchemaError(f"not a valid schema description: {exc}") from exc
+
+    def save(self, path: str | Path) -> None:
+        atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> DatasetSchema:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise SchemaError(f"schema file not found: {path}") from None
+        except json.JSONDecodeError as exc:
+            raise SchemaError(f"{path}: not valid JSON ({exc})") from exc
+        return cls.from_dict(data)
