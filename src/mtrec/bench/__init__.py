@@ -1,0 +1,1 @@
+"""Comparing models: the demo, the benchmark runner and their reports."""

@@ -1,0 +1,5 @@
+"""Evaluation metrics per task: AUC, GAUC (per user), logloss."""
+
+from mtrec.metrics.ranking import auc, evaluate_tasks, gauc, logloss
+
+__all__ = ["auc", "evaluate_tasks", "gauc", "logloss"]

@@ -1,0 +1,45 @@
+"""MMoE (Ma et al., KDD 2018, "Modeling Task Relationships in Multi-task Learning with Multi-gate
+Mixture-of-Experts").
+
+Shared: the embeddings and a group of expert MLPs. Task-specific: one softmax gate over the experts per
+task, and one tower per task. Sequences, if the schema has them, are mean-pooled into extra fields.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from mtrec.data.batches import Batch
+from mtrec.features.schema import DatasetSchema
+from mtrec.models._registry import register_model
+from mtrec.models.base import MultiTaskModel
+from mtrec.nn.embedding import FeatureEmbedding
+from mtrec.nn.experts import Gates, mix
+from mtrec.nn.mlp import ParallelMLP
+
+
+@register_model("mmoe")
+class MMoE(MultiTaskModel):
+    def __init__(
+        self,
+        schema: DatasetSchema,
+        embedding_dim: int = 16,
+        num_experts: int = 4,
+        expert_sizes: Sequence[int] = (256, 128),
+        tower_sizes: Sequence[int] = (64,),
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__(schema)
+        self.embedding = FeatureEmbedding(schema, embedding_dim)
+        in_dim = self.embedding.num_all_fields * embedding_dim
+        self.experts = ParallelMLP(num_experts, in_dim, expert_sizes, dropout)
+        self.gates = Gates(in_dim, len(self.task_names), num_experts)
+        self.towers = ParallelMLP(len(self.task_names), self.experts.out_dim, [*tower_sizes, 1], dropout, False)
+
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        x = self.embedding.all_fields(batch).flatten(1)  # [B, F*d]
+        task_inputs = mix(self.experts(x), self.gates(x))  # [T, B, H]
+        logits = self.towers(task_inputs).squeeze(-1)  # [T, B]
+        return dict(zip(self.task_names, logits, strict=True))

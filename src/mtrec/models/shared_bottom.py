@@ -1,0 +1,39 @@
+"""Shared-Bottom (Caruana, 1997, "Multitask Learning"): hard parameter sharing.
+
+Shared: the embeddings and one bottom MLP. Task-specific: one tower per task.
+Sequences, if the schema has them, are mean-pooled into extra fields.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from mtrec.data.batches import Batch
+from mtrec.features.schema import DatasetSchema
+from mtrec.models._registry import register_model
+from mtrec.models.base import MultiTaskModel
+from mtrec.nn.embedding import FeatureEmbedding
+from mtrec.nn.mlp import MLP, ParallelMLP
+
+
+@register_model("shared_bottom")
+class SharedBottom(MultiTaskModel):
+    def __init__(
+        self,
+        schema: DatasetSchema,
+        embedding_dim: int = 16,
+        bottom_sizes: Sequence[int] = (256, 128),
+        tower_sizes: Sequence[int] = (64,),
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__(schema)
+        self.embedding = FeatureEmbedding(schema, embedding_dim)
+        self.bottom = MLP(self.embedding.num_all_fields * embedding_dim, bottom_sizes, dropout)
+        self.towers = ParallelMLP(len(self.task_names), self.bottom.out_dim, [*tower_sizes, 1], dropout, False)
+
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        x = self.embedding.all_fields(batch).flatten(1)  # [B, F*d]
+        logits = self.towers(self.bottom(x)).squeeze(-1)  # [T, B]
+        return dict(zip(self.task_names, logits, strict=True))

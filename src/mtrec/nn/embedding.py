@@ -1,0 +1,81 @@
+"""Feature embedding: every sparse field and sequence shares one table, addressed by per-table offsets.
+
+One ``nn.Embedding`` holds all tables stacked; each field's ids are shifted by its table's offset, so a
+batch of F sparse fields is one gather, not F. Features that name the same table (a target item and the
+items of its behaviour histories) read the same rows. Dense values are projected to width ``d`` per field
+(``value * w_f + b_f``), so every field becomes one ``d``-vector.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mtrec.data.batches import Batch
+from mtrec.features.schema import DatasetSchema
+
+
+class FeatureEmbedding(nn.Module):
+    """Embeds a batch's fields to ``[B, F, d]`` (F = sparse + dense fields) and its sequences."""
+
+    def __init__(self, schema: DatasetSchema, dim: int) -> None:
+        super().__init__()
+        self.dim = dim
+        offsets: dict[str, int] = {}
+        total = 0
+        for table, size in schema.table_sizes().items():
+            offsets[table] = total
+            total += size
+        self.table = nn.Embedding(max(total, 1), dim)
+        nn.init.normal_(self.table.weight, std=0.05)
+        self.register_buffer(
+            "sparse_offsets",
+            torch.tensor([offsets[f.table_name] for f in schema.sparse], dtype=torch.long),
+            persistent=False,
+        )
+        self.sequence_offsets = {s.name: offsets[s.table_name] for s in schema.sequences}
+        self.sequence_names = [s.name for s in schema.sequences]
+        self.sparse_index = {f.name: i for i, f in enumerate(schema.sparse)}
+        n_dense = len(schema.dense)
+        self.dense_weight = nn.Parameter(torch.randn(n_dense, dim) * 0.05)
+        self.dense_bias = nn.Parameter(torch.zeros(n_dense, dim))
+        self.num_sparse = len(schema.sparse)
+        self.num_fields = self.num_sparse + n_dense
+
+    def sparse_fields(self, batch: Batch) -> torch.Tensor:
+        """Sparse field embeddings ``[B, F_sparse, d]`` (one gather)."""
+        return self.table(batch.sparse + self.sparse_offsets)
+
+    def fields(self, batch: Batch) -> torch.Tensor:
+        """Sparse then dense field embeddings ``[B, F, d]``."""
+        dense = batch.dense.unsqueeze(-1) * self.dense_weight + self.dense_bias  # [B, F_dense, d]
+        return torch.cat([self.sparse_fields(batch), dense], dim=1)
+
+    def sequence(self, batch: Batch, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """A history's item embeddings ``[B, L, d]`` and its validity mask ``[B, L]`` (False = padding)."""
+        ids = batch.sequences[name]
+        return self.table(ids + self.sequence_offsets[name]), ids > 0
+
+    def sequences(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """All histories stacked: embeddings ``[B, M, L, d]`` and mask ``[B, M, L]`` (needs equal L)."""
+        ids = torch.stack([batch.sequences[n] for n in self.sequence_names], dim=1)  # [B, M, L]
+        offsets = torch.tensor([self.sequence_offsets[n] for n in self.sequence_names], device=ids.device)
+        return self.table(ids + offsets.view(1, -1, 1)), ids > 0
+
+    def mean_pooled_sequences(self, batch: Batch) -> torch.Tensor:
+        """Each history mean-pooled over its valid positions: ``[B, S, d]`` (zeros for an empty one)."""
+        pooled = []
+        for name in self.sequence_names:
+            emb, mask = self.sequence(batch, name)  # [B, L, d], [B, L]
+            weights = mask.unsqueeze(-1).to(emb.dtype)
+            pooled.append((emb * weights).sum(1) / weights.sum(1).clamp_min(1.0))
+        return torch.stack(pooled, dim=1) if pooled else batch.dense.new_zeros(len(batch), 0, self.dim)
+
+    def all_fields(self, batch: Batch) -> torch.Tensor:
+        """Fields plus mean-pooled histories: ``[B, F + S, d]``; the input of models without a
+        sequence module of their own."""
+        return torch.cat([self.fields(batch), self.mean_pooled_sequences(batch)], dim=1)
+
+    @property
+    def num_all_fields(self) -> int:
+        return self.num_fields + len(self.sequence_names)

@@ -1,0 +1,71 @@
+"""Multi-layer perceptrons: one MLP, and a group of n independent MLPs run as batched matmuls."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+class MLP(nn.Sequential):
+    """``[B, in_dim] -> [B, out_dim]``: Linear + ReLU (+ dropout) per hidden size.
+
+    With ``last_activation=False`` the final layer is linear (a tower that outputs a logit).
+    """
+
+    def __init__(
+        self, in_dim: int, sizes: Sequence[int], dropout: float = 0.0, last_activation: bool = True
+    ) -> None:
+        layers: list[nn.Module] = []
+        dim = in_dim
+        for i, size in enumerate(sizes):
+            layers.append(nn.Linear(dim, size))
+            if last_activation or i < len(sizes) - 1:
+                layers.append(nn.ReLU())
+                if dropout > 0:
+                    layers.append(nn.Dropout(dropout))
+            dim = size
+        super().__init__(*layers)
+        self.out_dim = dim
+
+
+class ParallelLinear(nn.Module):
+    """n independent linear maps in one batched matmul: ``[n, B, in] -> [n, B, out]``."""
+
+    def __init__(self, n: int, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        bound = 1.0 / math.sqrt(in_dim)  # nn.Linear's default initialisation range
+        self.weight = nn.Parameter(torch.empty(n, in_dim, out_dim).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(n, 1, out_dim).uniform_(-bound, bound))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+class ParallelMLP(nn.Module):
+    """n independent MLPs (experts, or one tower per task) evaluated together.
+
+    Input ``[B, in]`` (the same input for all n) or ``[n, B, in]`` (one input each); output ``[n, B, out]``.
+    """
+
+    def __init__(
+        self, n: int, in_dim: int, sizes: Sequence[int], dropout: float = 0.0, last_activation: bool = True
+    ) -> None:
+        super().__init__()
+        self.n = n
+        dims = [in_dim, *sizes]
+        self.layers = nn.ModuleList(ParallelLinear(n, a, b) for a, b in zip(dims[:-1], dims[1:], strict=True))
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.last_activation = last_activation
+        self.out_dim = dims[-1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2:
+            x = x.unsqueeze(0).expand(self.n, -1, -1)  # [n, B, in]
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if self.last_activation or i < len(self.layers) - 1:
+                x = self.dropout(torch.relu(x))
+        return x

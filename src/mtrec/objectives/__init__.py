@@ -1,0 +1,1 @@
+"""Per-task losses and task-weighting strategies."""

@@ -1,0 +1,1 @@
+"""The training loop, its callbacks, checkpoints and run orchestration."""

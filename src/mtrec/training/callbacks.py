@@ -1,0 +1,45 @@
+"""Early stopping on the validation metric, and the per-epoch log."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class EarlyStopping:
+    """Stops after ``patience`` epochs without a better (higher) validation score."""
+
+    patience: int
+    best: float = -math.inf
+    best_epoch: int = -1
+    bad_epochs: int = 0
+
+    def update(self, score: float, epoch: int) -> bool:
+        """Record an epoch's score; True if it is the best so far."""
+        if score > self.best:
+            self.best, self.best_epoch, self.bad_epochs = score, epoch, 0
+            return True
+        self.bad_epochs += 1
+        return False
+
+    @property
+    def should_stop(self) -> bool:
+        return self.bad_epochs > self.patience
+
+
+@dataclass
+class EpochLog:
+    """Appends one JSON line per epoch to ``history.jsonl`` and keeps the rows for plotting."""
+
+    path: Path | None
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def append(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        if self.path is not None:
+            with open(self.path, "a") as fh:
+                fh.write(json.dumps(row) + "\n")

@@ -1,0 +1,95 @@
+"""Resolved run configuration: what a run used, saved beside its checkpoint (``config.json``)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mtrec.io import atomic_write_text
+
+
+class ConfigError(ValueError):
+    """A configuration file or value that cannot be used."""
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and evaluation settings shared by every model."""
+
+    epochs: int = 10
+    batch_size: int = 1024
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    patience: int = 2
+    seed: int = 0
+    eval_batch_size: int = 8192
+    weighting: str = "fixed"
+    weighting_options: dict[str, Any] = field(default_factory=dict)
+    prefetch: int = 2
+    device: str = "auto"
+    num_threads: int = 0  # 0: one thread per core
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ConfigError(f"train.lr must be > 0, got {self.lr}")
+
+
+@dataclass
+class RunConfig:
+    """A model, its options, the data spec and the training settings."""
+
+    model: str
+    data: str = "synthetic"
+    model_options: dict[str, Any] = field(default_factory=dict)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "config") -> RunConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {unknown}; expected {sorted(known)}")
+        if "model" not in data:
+            raise ConfigError(f"{where}: missing key 'model'")
+        train = dict(data.get("train") or {})
+        train_known = {f.name for f in fields(TrainConfig)}
+        bad = sorted(set(train) - train_known)
+        if bad:
+            raise ConfigError(f"{where}: unknown train option(s) {bad}; expected {sorted(train_known)}")
+        return cls(
+            model=data["model"],
+            data=data.get("data", "synthetic"),
+            model_options=dict(data.get("model_options") or {}),
+            train=TrainConfig(**train),
+        )
+
+    def save(self, path: Path) -> None:
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> RunConfig:
+        return cls.from_dict(json.loads(Path(path).read_text()), where=str(path))
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """A YAML (or JSON) mapping from a file, with a clear error for anything else."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data

@@ -1,0 +1,59 @@
+"""Scoring a split with a model and computing its metrics per task."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mtrec.data.batches import BatchIterator
+from mtrec.data.dataset import PreparedDataset
+from mtrec.metrics import evaluate_tasks
+from mtrec.models import MultiTaskModel
+
+
+@dataclass
+class Predictions:
+    """A split's probabilities, labels and masks per task (each ``[n]``) and user ids (or None)."""
+
+    probs: dict[str, np.ndarray]
+    labels: dict[str, np.ndarray]
+    masks: dict[str, np.ndarray]
+    users: np.ndarray | None
+
+    def metrics(self) -> dict[str, dict[str, float]]:
+        return evaluate_tasks(self.probs, self.labels, self.masks, self.users)
+
+
+@torch.no_grad()
+def predict_split(
+    model: MultiTaskModel,
+    dataset: PreparedDataset,
+    split: str,
+    batch_size: int = 8192,
+    device: torch.device | str = "cpu",
+) -> Predictions:
+    """Score every row of ``split`` once, in order (rows sorted within each batch)."""
+    was_training = model.training
+    model.eval()
+    schema = dataset.schema
+    user_col = [f.name for f in schema.sparse].index(schema.user_id) if schema.user_id else None
+    probs: dict[str, list[torch.Tensor]] = {t: [] for t in schema.task_names}
+    labels: dict[str, list[torch.Tensor]] = {t: [] for t in schema.task_names}
+    masks: dict[str, list[torch.Tensor]] = {t: [] for t in schema.task_names}
+    users: list[torch.Tensor] = []
+    for batch in BatchIterator(dataset, split, batch_size, shuffle=False):
+        out = model.probabilities(model(batch.to(device)))
+        for t in schema.task_names:
+            probs[t].append(out[t].float().cpu())
+            labels[t].append(batch.labels[t])
+            masks[t].append(batch.masks[t])
+        if user_col is not None:
+            users.append(batch.sparse[:, user_col])
+    model.train(was_training)
+
+    def cat(parts: dict[str, list[torch.Tensor]]) -> dict[str, np.ndarray]:
+        return {t: torch.cat(v).numpy() for t, v in parts.items()}
+
+    return Predictions(cat(probs), cat(labels), cat(masks), torch.cat(users).numpy() if users else None)

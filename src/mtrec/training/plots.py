@@ -1,0 +1,52 @@
+"""Plots of a run: learning curves and per-task ROC curves (PNG, written atomically)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn.metrics import roc_curve  # noqa: E402
+
+from mtrec.io import atomic_write  # noqa: E402
+
+
+def _save(fig: Any, path: Path) -> None:
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
+    plt.close(fig)
+
+
+def plot_learning_curves(history: list[dict[str, Any]], tasks: list[str], path: Path) -> None:
+    """Train loss and validation AUC per task, by epoch."""
+    epochs = [row["epoch"] for row in history]
+    fig, (ax_loss, ax_auc) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for task in tasks:
+        ax_loss.plot(epochs, [row["train_loss"][task] for row in history], marker="o", label=task)
+        ax_auc.plot(epochs, [row["valid"][task]["auc"] for row in history], marker="o", label=task)
+    ax_loss.set(title="train loss per task", xlabel="epoch", ylabel="BCE")
+    ax_auc.set(title="validation AUC per task", xlabel="epoch", ylabel="AUC")
+    for ax in (ax_loss, ax_auc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    _save(fig, path)
+
+
+def plot_roc(
+    probs: dict[str, np.ndarray], labels: dict[str, np.ndarray], masks: dict[str, np.ndarray], path: Path
+) -> None:
+    """Test ROC curve per task, over each task's observed rows."""
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    for task, p in probs.items():
+        keep = masks[task] > 0
+        if len(np.unique(labels[task][keep])) < 2:
+            continue
+        fpr, tpr, _ = roc_curve(labels[task][keep], p[keep])
+        ax.plot(fpr, tpr, label=task)
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=0.8)
+    ax.set(title="test ROC", xlabel="false positive rate", ylabel="true positive rate")
+    ax.legend()
+    _save(fig, path)
