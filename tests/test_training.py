@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fakes import tiny_dataset
 
+from fakes import tiny_dataset
 from mtrec.data.batches import gather_batch
 from mtrec.objectives.weighting import create_weighting
 from mtrec.training.callbacks import EarlyStopping
