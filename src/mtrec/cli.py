@@ -70,6 +70,22 @@ def train(
 
 
 @cli.command()
+@click.argument("config_file", metavar="CONFIG", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="prepared dataset directory")
+@click.option("--raw", type=click.Path(path_type=Path),
+              help="raw file (or, for a 'files' split, directory) instead of the config's source.path")
+@click.option("--chunk-rows", type=int, help="rows per streamed chunk (default: the config's, 262144)")
+def prepare(config_file: Path, out: Path, raw: Path | None, chunk_rows: int | None) -> None:
+    """Turn raw CSV/Parquet files into a prepared dataset, as a dataset config says (docs/datasets.md)."""
+    from mtrec.data.prepare import prepare_dataset
+
+    dataset = prepare_dataset(config_file, out, raw=raw, chunk_rows=chunk_rows)
+    s = dataset.schema
+    click.echo(f"{dataset.num_rows:,} rows, {len(s.sparse)} sparse / {len(s.dense)} dense / "
+               f"{len(s.sequences)} sequence features, tasks {s.task_names}; written to {out}")
+
+
+@cli.command()
 @click.option("--out", type=click.Path(path_type=Path), default=Path("reports/demo"), show_default=True)
 @click.option("--data", default="synthetic:easy", show_default=True, help="data spec")
 @click.option("--epochs", type=int, default=10, show_default=True)
