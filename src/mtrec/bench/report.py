@@ -98,6 +98,7 @@ def plot_auc_bars(runs: list[dict[str, Any]], path: Path) -> None:
         ax.set_xticks(x, [m for m, _ in models], rotation=35, ha="right")
         ax.set(title=f"{data}: test AUC, {task}", ylabel="AUC")
         ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
     plt.close(fig)
 
@@ -126,5 +127,6 @@ def plot_learning_curves_by_model(
     for ax in axes[0]:
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
     plt.close(fig)

@@ -242,7 +242,7 @@ class DatasetConfig:
         unknown column (with the closest match) or a raw column that has no role."""
         expanded = self
         available = list(columns)
-        taken = {f.column for f in self.single_column}
+        taken = self.used_columns() | set(self.ignore)  # a pattern matches only columns without a role
         extra: dict[str, list[Any]] = {"sparse": [], "dense": []}
         for kind, entries in self.patterns.items():
             for entry in entries:

@@ -27,7 +27,7 @@ from mtrec.data.config import SourceConfig
 from mtrec.data.dataset import DatasetError
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
-_BLOCK_BYTES = 1 << 22
+_BLOCK_BYTES = 1 << 20  # the streaming reader reads ahead a few dozen blocks: keep them small
 
 
 class DataFormatError(DatasetError):
