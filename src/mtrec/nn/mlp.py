@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -30,6 +31,10 @@ class MLP(nn.Sequential):
         super().__init__(*layers)
         self.out_dim = dim
 
+    def last_layer(self) -> nn.Linear:
+        """The final linear layer."""
+        return [m for m in self if isinstance(m, nn.Linear)][-1]
+
 
 class ParallelLinear(nn.Module):
     """n independent linear maps in one batched matmul: ``[n, B, in] -> [n, B, out]``."""
@@ -56,7 +61,7 @@ class ParallelMLP(nn.Module):
         super().__init__()
         self.n = n
         dims = [in_dim, *sizes]
-        self.layers = nn.ModuleList(ParallelLinear(n, a, b) for a, b in zip(dims[:-1], dims[1:], strict=True))
+        self.layers = nn.ModuleList(ParallelLinear(n, a, b) for a, b in itertools.pairwise(dims))
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.last_activation = last_activation
         self.out_dim = dims[-1]
@@ -69,3 +74,8 @@ class ParallelMLP(nn.Module):
             if self.last_activation or i < len(self.layers) - 1:
                 x = self.dropout(torch.relu(x))
         return x
+
+    def last_layer(self) -> ParallelLinear:
+        """The final (batched) linear layer."""
+        layer: ParallelLinear = self.layers[-1]  # type: ignore[assignment]
+        return layer
