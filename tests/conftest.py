@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from mtrec.data.dataset import PreparedDataset
 from mtrec.features.schema import DatasetSchema, DenseFeature, SequenceFeature, SparseFeature, TaskSpec
@@ -55,6 +57,16 @@ def tiny_dataset(rows: int = 240, seed: int = 0) -> PreparedDataset:
 @pytest.fixture
 def tiny() -> PreparedDataset:
     return tiny_dataset()
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One torch thread for the test (tiny tensors: more threads only add contention on a shared
+    machine); use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -79,3 +79,16 @@ class ParallelMLP(nn.Module):
         """The final (batched) linear layer."""
         layer: ParallelLinear = self.layers[-1]  # type: ignore[assignment]
         return layer
+
+
+class TaskTowers(ParallelMLP):
+    """One tower per task ending in a logit: ``[B, in]`` or ``[T, B, in]`` ``-> [T, B]`` logits.
+
+    ``hidden_sizes`` are the towers' hidden layers (ReLU); a final linear layer gives one logit.
+    """
+
+    def __init__(self, n_tasks: int, in_dim: int, hidden_sizes: Sequence[int], dropout: float = 0.0) -> None:
+        super().__init__(n_tasks, in_dim, [*hidden_sizes, 1], dropout, last_activation=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x).squeeze(-1)  # [T, B]
