@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import tiny_dataset
+from fakes import tiny_dataset
 from mtrec.data.batches import Batch, BatchIterator
 from mtrec.models import MultiTaskModel, create_model, list_models
 from mtrec.objectives.weighting import create_weighting, list_weightings

@@ -7,15 +7,16 @@ A task observed after another (``TaskSpec.observed_after``: conversion after cli
 logit read as the conditional probability ``p(task | earlier)`` (pCVR); its entire-space probability is
 the product along its chain, ``pCTCVR = pCTR * pCVR``. The loss is on click and on CTCVR over all
 impressions (:func:`~mtrec.objectives.losses.entire_space_task_losses`), so the CVR tower is never fit
-on the biased sample of clicked rows alone, yet ``probabilities`` returns pCVR for the conversion task,
-as it is evaluated (on clicked rows) and served.
+on the biased sample of clicked rows alone, yet ``probabilities`` (the default sigmoid of each task's
+logit) returns pCVR for the conversion task, as it is evaluated (on clicked rows) and served.
 
 Generalisation beyond the paper's two tasks: every task observed after another is chained the same way,
 to any depth (click -> cart -> buy: ``p(buy and cart and click) = pCTR * p(cart | click) *
 p(buy | cart)``); a task observed after none is learned on all impressions by plain BCE (on a schema with
 no such task, ESMM is simply one tower per task on shared embeddings). ``forward`` also returns each
-chained task's entire-space probability as a logit by name: ``ctcvr`` when the schema has one chained
-task (the paper's case), ``ctcvr_<task>`` for each when it has several.
+chained task's entire-space probability as a logit by name (``sigmoid(outputs["ctcvr"]) = pCTR * pCVR``):
+``ctcvr`` when the schema has one chained task (the paper's case), ``ctcvr_<task>`` for each when it
+has several.
 """
 
 from __future__ import annotations
@@ -71,10 +72,3 @@ class ESMM(MultiTaskModel):
         """Click (and any task observed after none) by BCE, chained tasks by BCE of their entire-space
         product, all over every impression."""
         return entire_space_task_losses(outputs, batch, self.schema)
-
-    def probabilities(self, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Task probabilities (pCTR, pCVR) plus each entire-space product by name (``ctcvr``)."""
-        probs = super().probabilities(outputs)
-        for task, name in self.entire_space_names.items():
-            probs[name] = torch.exp(entire_space_log_prob(outputs, self.schema, task))
-        return probs
