@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from fakes import tiny_dataset
+
 from mtrec.data.batches import BatchIterator, gather_batch
 from mtrec.data.dataset import DatasetError, PreparedDataset
 from mtrec.features.schema import DatasetSchema, SchemaError, SparseFeature, TaskSpec
