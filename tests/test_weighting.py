@@ -10,7 +10,7 @@ from torch import nn
 from fakes import tiny_dataset
 from mtrec.data.batches import Batch, BatchIterator
 from mtrec.models import MultiTaskModel, create_model, list_models
-from mtrec.objectives.weighting import create_weighting, list_weightings
+from mtrec.objectives.weighting import WeightingConfigError, create_weighting, list_weightings
 from mtrec.training.config import TrainConfig
 from mtrec.training.trainer import Trainer
 
@@ -37,7 +37,7 @@ def test_strategies_are_registered() -> None:
 
 
 def test_fixed_weights_reject_unknown_task_names() -> None:
-    with pytest.raises(ValueError, match="buy"):
+    with pytest.raises(WeightingConfigError, match="buy"):
         create_weighting("fixed", ["click", "conversion"], weights={"click": 1.0, "buy": 2.0})
 
 
@@ -48,11 +48,11 @@ def test_fixed_weights_combine_as_a_weighted_sum() -> None:
 
 
 def test_unknown_strategy_or_option_is_a_clear_error() -> None:
-    with pytest.raises(ValueError, match="unknown weighting 'nope'"):
+    with pytest.raises(WeightingConfigError, match="unknown weighting 'nope'"):
         create_weighting("nope", ["click"])
-    with pytest.raises(ValueError, match="gradnorm"):
+    with pytest.raises(WeightingConfigError, match="gradnorm"):
         create_weighting("gradnorm", ["click"], beta=2.0)
-    with pytest.raises(ValueError, match="alpha"):
+    with pytest.raises(WeightingConfigError, match="alpha"):
         create_weighting("gradnorm", ["click"], alpha=-1.0)
 
 
@@ -112,7 +112,7 @@ def test_gradnorm_needs_shared_parameters() -> None:
     model = create_model("single_task", data.schema, embedding_dim=4)
     batch = next(iter(BatchIterator(data, "train", 32)))
     strategy = create_weighting("gradnorm", data.schema.task_names)
-    with pytest.raises(ValueError, match=r"single_task.*shares none"):
+    with pytest.raises(WeightingConfigError, match=r"single_task.*shares none"):
         strategy.combine(model.losses(model(batch), batch), model)
 
 

@@ -16,6 +16,10 @@ from torch import nn
 from mtrec.models.base import MultiTaskModel
 
 
+class WeightingConfigError(ValueError):
+    """An unknown weighting, an option it does not take, or a model it cannot serve."""
+
+
 class WeightingStrategy(nn.Module):
     """Combines task losses ``{task: scalar}`` into one scalar."""
 
@@ -48,11 +52,11 @@ def list_weightings() -> list[str]:
 
 def create_weighting(name: str, task_names: list[str], **options: Any) -> WeightingStrategy:
     if name not in _STRATEGIES:
-        raise ValueError(f"unknown weighting {name!r}; available: {', '.join(list_weightings())}")
+        raise WeightingConfigError(f"unknown weighting {name!r}; available: {', '.join(list_weightings())}")
     try:
         return _STRATEGIES[name](task_names, **options)
     except TypeError as exc:
-        raise ValueError(f"weighting {name!r}: bad options {options}: {exc}") from exc
+        raise WeightingConfigError(f"weighting {name!r}: bad options {options}: {exc}") from exc
 
 
 @register_weighting("fixed")
@@ -66,7 +70,7 @@ class FixedWeighting(WeightingStrategy):
         weights = weights or {}
         unknown = sorted(set(weights) - set(task_names))
         if unknown:
-            raise ValueError(f"fixed weighting names unknown task(s) {unknown}; tasks: {task_names}")
+            raise WeightingConfigError(f"fixed weighting names unknown task(s) {unknown}; tasks: {task_names}")
         self.register_buffer("weights", torch.tensor([float(weights.get(t, 1.0)) for t in task_names]))
 
     def combine(self, task_losses: dict[str, torch.Tensor], model: MultiTaskModel) -> torch.Tensor:
@@ -130,7 +134,7 @@ class GradNormWeighting(WeightingStrategy):
     ) -> None:
         super().__init__(task_names)
         if alpha < 0 or lr <= 0 or min_weight <= 0:
-            raise ValueError(f"gradnorm: need alpha >= 0, lr > 0 and min_weight > 0; got alpha={alpha}, "
+            raise WeightingConfigError(f"gradnorm: need alpha >= 0, lr > 0 and min_weight > 0; got alpha={alpha}, "
                              f"lr={lr}, min_weight={min_weight}")
         self.alpha = alpha
         self.lr = lr
@@ -154,7 +158,7 @@ class GradNormWeighting(WeightingStrategy):
         shared = [p for p in model.shared_parameters() if p.requires_grad]
         if not shared:
             name = model.registry_name or type(model).__name__
-            raise ValueError(f"gradnorm needs a model with shared parameters; model {name!r} shares none "
+            raise WeightingConfigError(f"gradnorm needs a model with shared parameters; model {name!r} shares none "
                              "(its shared_parameters() is empty): use the fixed or uncertainty weighting")
         if not self.has_initial_losses:
             self.initial_losses.copy_(losses.clamp_min(1e-12))
