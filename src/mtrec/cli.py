@@ -12,9 +12,10 @@ import click
 from mtrec.data.dataset import DatasetError
 from mtrec.features.schema import SchemaError
 from mtrec.models import ModelConfigError, list_models
+from mtrec.objectives.weighting import WeightingConfigError
 from mtrec.training.config import ConfigError, RunConfig, read_config_file
 
-USER_ERRORS = (DatasetError, SchemaError, ModelConfigError, ConfigError)
+USER_ERRORS = (DatasetError, SchemaError, ModelConfigError, ConfigError, WeightingConfigError)
 
 
 @click.group()
