@@ -12,8 +12,11 @@ from mtrec.data.dataset import DatasetError
 from mtrec.features.schema import SchemaError
 from mtrec.models import ModelConfigError, list_models
 from mtrec.training.config import ConfigError, RunConfig, read_config_file
+from mtrec.training.nonfinite import NonFiniteLossError, NonFiniteParametersError
+from mtrec.training.resume import ResumeError
 
-USER_ERRORS = (DatasetError, SchemaError, ModelConfigError, ConfigError)
+USER_ERRORS = (DatasetError, SchemaError, ModelConfigError, ConfigError, ResumeError, NonFiniteLossError,
+               NonFiniteParametersError)
 
 
 @click.group()
@@ -52,16 +55,24 @@ def _run_config(
 @click.option("--batch-size", type=int)
 @click.option("--lr", type=float)
 @click.option("--config", "config_file", type=click.Path(path_type=Path), help="YAML run config")
+@click.option("--resume", is_flag=True,
+              help="continue from the run directory's last checkpoint (resume.safetensors); start fresh if none")
 def train(
     model: str | None, data: str | None, out: Path, epochs: int | None, seed: int | None,
-    batch_size: int | None, lr: float | None, config_file: Path | None,
+    batch_size: int | None, lr: float | None, config_file: Path | None, resume: bool,
 ) -> None:
-    """Train one model and write its run directory (metrics.json, model.safetensors, plots)."""
+    """Train one model and write its run directory (metrics.json, model.safetensors, plots).
+
+    Runs data-parallel unchanged under `torchrun --nproc_per_node N` (see docs/distributed.md);
+    --batch-size is then the global batch over all processes.
+    """
     from mtrec.training.run import train_run
 
     config = _run_config(model, data, config_file,
                          {"epochs": epochs, "seed": seed, "batch_size": batch_size, "lr": lr})
-    metrics = train_run(config, out)
+    metrics = train_run(config, out, resume=resume)
+    if not _is_main_process():
+        return
     for task, m in metrics["test"].items():
         oracle = (metrics.get("oracle") or {}).get(task, {}).get("auc")
         extra = f"  (oracle {oracle:.4f})" if oracle is not None else ""
@@ -84,6 +95,12 @@ def demo(out: Path, data: str, epochs: int, seed: int, model_names: str | None) 
     table = run_demo(out, data=data, models=chosen, train=TrainConfig(epochs=epochs, seed=seed))
     click.echo(table)
     click.echo(f"report written to {out}/results.md (plot: {out}/auc.png)")
+
+
+def _is_main_process() -> bool:
+    from mtrec.training.distributed import launch_env
+
+    return launch_env().is_main
 
 
 def main() -> None:
