@@ -223,9 +223,14 @@ class Trainer:
         )
 
     def _describe(self, names: list[str]) -> str:
-        """``task 'conversion'``, ``loss term 'aux'``, or the weighted total when no term itself was bad."""
+        """``task 'conversion'``, ``tasks 'click', 'conversion'``, ``loss term 'aux'``; the weighted total
+        only when no term itself was bad."""
         terms = [n for n in names if n != TOTAL] or names
-        return ", ".join(f"task {n!r}" if n in self.model.task_names else f"loss term {n!r}" for n in terms)
+        tasks = [repr(n) for n in terms if n in self.model.task_names]
+        others = [repr(n) for n in terms if n not in self.model.task_names]
+        parts = [f"task{'s' * (len(tasks) > 1)} {', '.join(tasks)}"] if tasks else []
+        parts += [f"loss term{'s' * (len(others) > 1)} {', '.join(others)}"] if others else []
+        return " and ".join(parts)
 
     def _check_parameters(self) -> None:
         """Refuse to go on (and so to write) with non-finite weights, whatever the losses said."""
