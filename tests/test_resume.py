@@ -15,10 +15,12 @@ from click.testing import CliRunner
 
 from fakes import tiny_dataset
 from mtrec.cli import cli
+from mtrec.models import create_model
 from mtrec.training.checkpoint import WEIGHTS, load_model
-from mtrec.training.config import ConfigError, RunConfig
+from mtrec.training.config import ConfigError, RunConfig, TrainConfig
 from mtrec.training.resume import RESUME, ResumeError, decode_state, encode_state, load_resume, save_resume
 from mtrec.training.run import train_run
+from mtrec.training.trainer import Trainer
 from procs import max_weight_difference, run_python
 
 
@@ -154,3 +156,31 @@ def test_resume_refuses_other_settings_but_may_add_epochs(
     more = train_run(RunConfig.from_dict(run_config(root / "data", epochs=2)), out, log=logs.append, resume=True)
     assert any("resumed from" in line and "epoch 1 step 0" in line for line in logs)
     assert more["samples_seen"] == 2 * 144 and more["epochs_run"] == 2
+
+
+@pytest.mark.parametrize("weighting", ["uncertainty", "gradnorm"])
+def test_resume_restores_the_weighting_strategy(tmp_path: Path, weighting: str) -> None:
+    """Learned weights (uncertainty) and GradNorm's state (its buffers, and the non-tensor flag that its
+    initial losses are taken) come back: stopping after epoch 1 and resuming matches the uninterrupted run."""
+    data = tiny_dataset(rows=240, seed=4)
+
+    def fit(out: Path, epochs: int, resume: bool = False) -> Trainer:
+        torch.manual_seed(0)
+        model = create_model("shared_bottom", data.schema, embedding_dim=4, bottom_sizes=[8], tower_sizes=[4])
+        config = TrainConfig(epochs=epochs, batch_size=16, lr=0.01, num_threads=1, prefetch=0, patience=5,
+                             weighting=weighting)
+        trainer = Trainer(model, config, out, log=lambda _: None)
+        trainer.fit(data, resume=resume)
+        return trainer
+
+    whole = fit(tmp_path / "whole", 2)
+    fit(tmp_path / "parts", 1)
+    resumed = fit(tmp_path / "parts", 2, resume=True)
+    want, got = whole.weighting.state_dict(), resumed.weighting.state_dict()
+    assert want.keys() == got.keys()
+    for key, value in want.items():
+        if isinstance(value, torch.Tensor):
+            torch.testing.assert_close(got[key], value, rtol=0, atol=1e-6)
+        else:
+            assert got[key] == value, key
+    assert max_weight_difference(tmp_path / "parts" / WEIGHTS, tmp_path / "whole" / WEIGHTS) < 1e-6

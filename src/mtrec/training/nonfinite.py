@@ -64,7 +64,7 @@ def all_finite_everywhere(finite: torch.Tensor) -> bool:
 
 def nonfinite_parameters(module: torch.nn.Module) -> list[str]:
     """Names of parameters and buffers holding NaN or inf (empty if all finite)."""
-    named = [(n, t) for n, t in module.state_dict().items() if t.is_floating_point()]
+    named = [(n, t) for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_floating_point()]
     if not named:
         return []
     flags = torch.stack([torch.isfinite(t).all() for _, t in named]).tolist()
