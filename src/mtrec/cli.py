@@ -9,11 +9,13 @@ from typing import Any
 import click
 
 from mtrec.data.dataset import DatasetError
+from mtrec.export.onnx import ExportError, ParityError
 from mtrec.features.schema import SchemaError
 from mtrec.models import ModelConfigError, list_models
+from mtrec.training.checkpoint import ArtifactError
 from mtrec.training.config import ConfigError, RunConfig, read_config_file
 
-USER_ERRORS = (DatasetError, SchemaError, ModelConfigError, ConfigError)
+USER_ERRORS: tuple[type[Exception], ...] = (DatasetError, SchemaError, ModelConfigError, ConfigError, ArtifactError)
 
 
 @click.group()
@@ -86,6 +88,24 @@ def demo(out: Path, data: str, epochs: int, seed: int, model_names: str | None) 
     click.echo(f"report written to {out}/results.md (plot: {out}/auc.png)")
 
 
+@cli.command("export")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="ONNX file to write")
+@click.option("--exporter", type=click.Choice(["auto", "torchscript", "dynamo"]), default="auto", show_default=True,
+              help="auto: tracing (fast), falling back to torch.export when tracing fails or mismatches")
+@click.option("--tolerance", type=float, default=1e-4, show_default=True,
+              help="largest allowed |ONNX Runtime - PyTorch| probability difference")
+@click.option("--rows", type=int, default=2048, show_default=True, help="rows of the run's data to check parity on")
+def export_cmd(run_dir: Path, out: Path, exporter: str, tolerance: float, rows: int) -> None:
+    """Export a run's model to ONNX (task probabilities as named outputs, dynamic batch), after a parity check
+    against eager PyTorch; exits non-zero and writes nothing if they differ by more than --tolerance."""
+    from mtrec.export.onnx import export_run
+
+    result = export_run(run_dir, out, exporter=exporter, tolerance=tolerance, rows=rows,  # type: ignore[arg-type]
+                        log=click.echo)
+    click.echo(f"parity ok; wrote {result.path} ({result.exporter} exporter, {result.size_bytes / 1e6:.2f} MB)")
+
+
 def main() -> None:
     """Entry point: user errors print one clear line and exit 2, not a traceback."""
     try:
@@ -98,6 +118,9 @@ def main() -> None:
     except USER_ERRORS as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
+    except (ExportError, ParityError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":
