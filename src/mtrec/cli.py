@@ -106,6 +106,52 @@ def export_cmd(run_dir: Path, out: Path, exporter: str, tolerance: float, rows: 
     click.echo(f"parity ok; wrote {result.path} ({result.exporter} exporter, {result.size_bytes / 1e6:.2f} MB)")
 
 
+_BACKEND = click.option("--backend", type=click.Choice(["onnx", "torch"]), default="onnx", show_default=True,
+                        help="ONNX Runtime (exported in memory, parity-checked) or eager PyTorch")
+_THREADS = click.option("--threads", type=int, default=1, show_default=True, help="CPU threads for inference")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--input", "input_file", type=click.Path(path_type=Path), required=True,
+              help="CSV or Parquet file, one column per feature, raw values")
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="output CSV, or Parquet if it ends in .parquet: one probability column per task")
+@click.option("--keep", multiple=True, help="input column to copy to the output (repeatable), e.g. an id")
+@click.option("--chunk-rows", type=int, default=65_536, show_default=True, help="rows read and scored at a time")
+@click.option("--separator", default=",", show_default=True, help="CSV field separator")
+@_BACKEND
+@_THREADS
+def predict(run_dir: Path, input_file: Path, out: Path, keep: tuple[str, ...], chunk_rows: int, separator: str,
+            backend: str, threads: int) -> None:
+    """Score a raw CSV/Parquet file with a run's model (streamed, with a progress bar; written atomically)."""
+    from mtrec.serving.batch import score_file
+    from mtrec.serving.predictor import Predictor
+
+    predictor = Predictor.from_run(run_dir, backend=backend, threads=threads)  # type: ignore[arg-type]
+    result = score_file(predictor, input_file, out, keep=keep, chunk_rows=chunk_rows, separator=separator)
+    click.echo(f"scored {result.rows:,} rows in {result.seconds:.2f} s ({result.rows_per_s:,.0f} rows/s, "
+               f"{predictor.backend}); wrote {result.out}")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on")
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--max-candidates", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="largest candidate list one request may hold")
+@_BACKEND
+@_THREADS
+@click.option("--access-log/--no-access-log", default=False, show_default=True)
+def serve(run_dir: Path, host: str, port: int, max_candidates: int, backend: str, threads: int,
+          access_log: bool) -> None:
+    """Serve a run's model over HTTP: POST /v1/score, GET /healthz, OpenAPI at /docs and /openapi.json."""
+    from mtrec.serving.app import serve as run_server
+
+    run_server(str(run_dir), host=host, port=port, max_candidates=max_candidates, backend=backend,
+               threads=threads, access_log=access_log)
+
+
 def main() -> None:
     """Entry point: user errors print one clear line and exit 2, not a traceback."""
     try:

@@ -1,0 +1,309 @@
+"""The HTTP scoring service (FastAPI): ``POST /v1/score``, ``GET /healthz`` and the OpenAPI schema.
+
+A request gives one user's features and a list of candidate items' features, all as raw values (as in the
+raw data the model was prepared from)::
+
+    {"user": {"user_id": "u42", "hist_click": ["i1", "i9"], "activity": 3.5},
+     "candidates": [{"item_id": "i7", "price": 9.9}, {"item_id": "i3", "price": 12.0}]}
+
+Each candidate is scored with the user's features merged in (a feature given in both places takes the
+candidate's value); every feature of the model's schema must be given in one of the two places. Values:
+a categorical feature takes a string, number or boolean; a dense feature a finite number; a sequence a
+list of raw tokens or one string joined by the separator used at preparation; ``null`` means a missing
+value (encoded as at preparation). The response holds each task's probability per candidate, in order::
+
+    {"model": "mmoe", "tasks": ["click", "conversion"],
+     "scores": [{"click": 0.12, "conversion": 0.01}, {"click": 0.08, "conversion": 0.004}]}
+
+Bad input never reaches the model: wrong types, unknown or missing features, an empty or oversized
+candidate list (``max_candidates``) and a body over ``max_body_bytes`` get a 4xx whose ``error`` names the
+field (``candidates[3].price: expected a finite number, got str``) and whose ``detail`` lists every problem.
+"""
+
+# no `from __future__ import annotations`: FastAPI reads the endpoint's request model (built at runtime
+# from the schema) from its annotation object
+import logging
+import math
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema, create_model
+
+from mtrec.features.encoders import EncodingError
+from mtrec.features.schema import DatasetSchema
+from mtrec.serving.predictor import Predictor
+
+DEFAULT_MAX_CANDIDATES = 1000
+DEFAULT_MAX_BODY_BYTES = 8 << 20
+_MAX_LISTED_ERRORS = 20
+log = logging.getLogger("mtrec.serving")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+# ---- value validators (one clear message per kind) -------------------------------------------------
+def _type_name(value: object) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean"}.get(type(value), type(value).__name__)
+
+
+def _categorical(value: Any) -> Any:
+    if value is None or isinstance(value, str | int | float | bool):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"expected a categorical value, got {value}")
+        return value
+    raise ValueError(f"expected a categorical value (string, number, boolean or null), got {_type_name(value)}")
+
+
+def _number(value: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"expected a finite number (or null), got {_type_name(value)}")
+    if not math.isfinite(value):
+        raise ValueError(f"expected a finite number, got {value}")
+    return value
+
+
+def _sequence(value: Any) -> Any:
+    if value is None or isinstance(value, str):
+        return value
+    if not isinstance(value, list):
+        raise ValueError(f"expected a list of tokens or a separator-joined string (or null), got {_type_name(value)}")
+    for i, token in enumerate(value):
+        if isinstance(token, bool) or not isinstance(token, str | int | float):
+            raise ValueError(f"item {i}: expected a token (string or number), got {_type_name(token)}")
+    return value
+
+
+CategoricalValue = Annotated[Any, PlainValidator(_categorical), WithJsonSchema(
+    {"anyOf": [{"type": "string"}, {"type": "number"}, {"type": "boolean"}, {"type": "null"}]})]
+NumberValue = Annotated[Any, PlainValidator(_number), WithJsonSchema({"anyOf": [{"type": "number"}, {"type": "null"}]})]
+SequenceValue = Annotated[Any, PlainValidator(_sequence), WithJsonSchema(
+    {"anyOf": [{"type": "array", "items": {"anyOf": [{"type": "string"}, {"type": "number"}]}},
+               {"type": "string"}, {"type": "null"}]})]
+
+
+# ---- request and response models, built from the schema -------------------------------------------------
+def features_model(schema: DatasetSchema) -> type[BaseModel]:
+    """A model with every feature of ``schema`` as an optional field (unknown names are refused).
+
+    Fields are stored under internal names and read by alias, so any feature name works (even one that
+    would shadow a pydantic attribute)."""
+    fields: dict[str, Any] = {}
+    kinds = ([(f.name, CategoricalValue, "categorical") for f in schema.sparse]
+             + [(f.name, NumberValue, "dense") for f in schema.dense]
+             + [(f.name, SequenceValue, f"sequence of at most {f.max_len} tokens") for f in schema.sequences])
+    for i, (name, kind, description) in enumerate(kinds):
+        fields[f"f{i}"] = (kind, Field(None, alias=name, title=name, description=f"{description} feature"))
+    return create_model(
+        "Features", __config__=ConfigDict(extra="forbid", populate_by_name=False), **fields
+    )
+
+
+def request_model(features: type[BaseModel], max_candidates: int) -> type[BaseModel]:
+    return create_model(
+        "ScoreRequest",
+        __config__=ConfigDict(extra="forbid"),
+        user=(features, Field(default_factory=features, description="features shared by every candidate")),
+        candidates=(list[features], Field(  # type: ignore[valid-type]
+            min_length=1, max_length=max_candidates,
+            description=f"the items to score (1 to {max_candidates}), each with its own features")),
+    )
+
+
+class ScoreResponse(BaseModel):
+    model: str = Field(description="the registered model name")
+    tasks: list[str] = Field(description="task names, in the model's order")
+    scores: list[dict[str, float]] = Field(description="one {task: probability} per candidate, in request order")
+
+
+class Health(BaseModel):
+    status: str
+    model: str
+    tasks: list[str]
+    backend: str
+    features: list[str]
+    max_candidates: int
+
+
+# ---- errors -------------------------------------------------------------------------------------------
+def field_path(loc: Sequence[int | str]) -> str:
+    """``("body", "candidates", 3, "price")`` -> ``candidates[3].price``."""
+    path = ""
+    for part in loc:
+        if part == "body" and not path:
+            continue
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path or "body"
+
+
+def error_response(status: int, problems: list[dict[str, Any]]) -> JSONResponse:
+    """``{"error": "<first field>: <message>", "detail": [{"field", "loc", "msg", "type"}, ...]}``."""
+    listed = problems[:_MAX_LISTED_ERRORS]
+    first = listed[0]
+    more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+    return JSONResponse(status_code=status,
+                        content={"error": f"{first['field']}: {first['msg']}{more}", "detail": listed})
+
+
+def problem(loc: Sequence[int | str], msg: str, kind: str) -> dict[str, Any]:
+    return {"field": field_path(loc), "loc": list(loc), "msg": msg, "type": kind}
+
+
+def _validation_handler(
+    max_candidates: int, feature_names: list[str]
+) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:
+    """FastAPI's validation errors as :func:`error_response`, with clearer words for the common cases."""
+
+    async def handle(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        problems = []
+        for err in exc.errors():
+            loc, kind = tuple(err.get("loc", ("body",))), str(err.get("type", "value_error"))
+            msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+            if kind == "json_invalid":
+                position = loc[1] if len(loc) > 1 else "?"
+                reason = err.get("ctx", {}).get("error", msg)
+                loc, msg = ("body",), f"not valid JSON (at character {position}): {reason}"
+            elif loc == ("body", "candidates") and kind in ("too_short", "too_long"):
+                count = len(err.get("input") or [])
+                msg = (f"expected 1 to {max_candidates} candidates per request (the server's --max-candidates), "
+                       f"got {count}")
+            elif kind == "extra_forbidden":
+                in_features = len(loc) > 2
+                msg = (f"unknown feature {loc[-1]!r}; the model's features are {feature_names}" if in_features
+                       else f"unknown key {loc[-1]!r}; a request has 'user' and 'candidates'")
+            problems.append(problem(loc, msg, kind))
+        return error_response(422, problems or [problem(("body",), "invalid request", "value_error")])
+
+    return handle
+
+
+class BodyLimit:
+    """ASGI middleware: refuse a request whose declared Content-Length exceeds ``limit`` bytes (413)."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            length = dict(scope.get("headers") or []).get(b"content-length")
+            if length is not None and (not length.isdigit() or int(length) > self.limit):
+                response = error_response(413, [problem(("body",), f"request body over {self.limit} bytes "
+                                                        f"(Content-Length {length.decode(errors='replace')})",
+                                                        "body_too_large")])
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+# ---- the app ----------------------------------------------------------------------------------------------
+def create_app(
+    predictor: Predictor,
+    max_candidates: int = DEFAULT_MAX_CANDIDATES,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+) -> FastAPI:
+    """The scoring service for ``predictor``; see the module docstring for the API."""
+    if max_candidates < 1:
+        raise ValueError(f"max_candidates must be >= 1, got {max_candidates}")
+    schema = predictor.schema
+    features = features_model(schema)
+    score_request = request_model(features, max_candidates)
+    internal = {field.alias: name for name, field in features.model_fields.items()}  # feature -> field name
+    names = schema.feature_names
+    app = FastAPI(
+        title="mtrec scoring service",
+        version="1",
+        description=f"Multi-task scores of model {predictor.model_name!r} "
+                    f"(tasks: {', '.join(predictor.task_names)}). See mtrec.serving.app for the request format.",
+    )
+    app.add_exception_handler(RequestValidationError, _validation_handler(max_candidates, names))
+    app.add_middleware(BodyLimit, limit=max_body_bytes)
+
+    def merged_columns(user: BaseModel, candidates: list[BaseModel]) -> tuple[dict[str, list[Any]], dict[str, str]]:
+        """``{feature: N raw values}`` and where each feature came from (``user`` or ``candidates``);
+        raises _Missing listing the features absent from both places."""
+        columns: dict[str, list[Any]] = {}
+        origin: dict[str, str] = {}
+        missing: list[dict[str, Any]] = []
+        user_given = user.model_fields_set
+        for name in names:
+            key = internal[name]
+            given = [key in c.model_fields_set for c in candidates]
+            if all(given):
+                columns[name] = [getattr(c, key) for c in candidates]
+                origin[name] = "candidates"
+            elif key in user_given:
+                value = getattr(user, key)
+                columns[name] = [getattr(c, key) if g else value for c, g in zip(candidates, given, strict=True)]
+                origin[name] = "user"
+            else:
+                i = given.index(False)
+                missing.append(problem(("body", "candidates", i, name),
+                                       f"missing required feature {name!r}: give it in user or in every candidate",
+                                       "missing"))
+        if missing:
+            raise _Missing(missing)
+        return columns, origin
+
+    @app.get("/healthz", response_model=Health)
+    def healthz() -> Health:
+        """Liveness and what is being served."""
+        return Health(status="ok", model=predictor.model_name, tasks=predictor.task_names,
+                      backend=predictor.backend, features=names, max_candidates=max_candidates)
+
+    @app.post("/v1/score", response_model=ScoreResponse,
+              responses={413: {"description": "request body too large"},
+                         422: {"description": "invalid input; `error` names the field"}})
+    def score(request: score_request) -> JSONResponse:  # type: ignore[valid-type]
+        """Each task's probability for every candidate, in request order."""
+        candidates: list[BaseModel] = request.candidates  # type: ignore[attr-defined]
+        try:
+            columns, origin = merged_columns(request.user, candidates)  # type: ignore[attr-defined]
+            feeds = predictor.encode(columns)
+        except _Missing as exc:
+            return error_response(422, exc.problems)
+        except EncodingError as exc:
+            where = ("body", "user", exc.feature) if origin.get(exc.feature) == "user" or exc.row is None \
+                else ("body", "candidates", exc.row, exc.feature)
+            return error_response(422, [problem(where, str(exc), "encoding_error")])
+        except ValueError as exc:
+            return error_response(422, [problem(("body",), str(exc), "value_error")])
+        probs = predictor.score(feeds)
+        columns_out = [probs[t].tolist() for t in predictor.task_names]
+        scores = [dict(zip(predictor.task_names, row, strict=True)) for row in zip(*columns_out, strict=True)]
+        return JSONResponse({"model": predictor.model_name, "tasks": predictor.task_names, "scores": scores})
+
+    return app
+
+
+class _Missing(Exception):
+    def __init__(self, problems: list[dict[str, Any]]) -> None:
+        super().__init__(problems[0]["msg"])
+        self.problems = problems
+
+
+def serve(
+    run_dir: str,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    max_candidates: int = DEFAULT_MAX_CANDIDATES,
+    backend: str = "onnx",
+    threads: int = 1,
+    access_log: bool = False,
+) -> None:
+    """Load the run (refusing an invalid artefact before listening), then serve it with uvicorn."""
+    import uvicorn
+
+    predictor = Predictor.from_run(run_dir, backend=backend, threads=threads)  # type: ignore[arg-type]
+    app = create_app(predictor, max_candidates=max_candidates)
+    log.info("serving %s (%s) on http://%s:%d", predictor.model_name, predictor.backend, host, port)
+    uvicorn.run(app, host=host, port=port, access_log=access_log, log_level="info")
