@@ -30,7 +30,7 @@ from typing import Annotated, Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema, create_model
+from pydantic import AllowInfNan, BaseModel, ConfigDict, Field, Strict, create_model
 
 from mtrec.features.encoders import EncodingError
 from mtrec.features.schema import DatasetSchema
@@ -48,46 +48,30 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-# ---- value validators (one clear message per kind) -------------------------------------------------
+# ---- value types (checked by pydantic-core, without Python callbacks) ------------------------------------
+FiniteFloat = Annotated[float, Strict(), AllowInfNan(False)]
+Token = Annotated[str, Strict()] | Annotated[int, Strict()] | FiniteFloat
+CategoricalValue = Token | Annotated[bool, Strict()] | None
+NumberValue = FiniteFloat | None  # strict: an int is a number; a string or a boolean is not
+SequenceValue = list[Token] | Annotated[str, Strict()] | None
+EXPECTED = {
+    "categorical": "a categorical value (string, number, boolean or null)",
+    "dense": "a finite number (or null)",
+    "sequence": "a list of tokens or a separator-joined string (or null)",
+}
+
+
 def _type_name(value: object) -> str:
-    return {dict: "object", list: "array", str: "string", bool: "boolean"}.get(type(value), type(value).__name__)
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
+        type(value), type(value).__name__)
 
 
-def _categorical(value: Any) -> Any:
-    if value is None or isinstance(value, str | int | float | bool):
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"expected a categorical value, got {value}")
-        return value
-    raise ValueError(f"expected a categorical value (string, number, boolean or null), got {_type_name(value)}")
-
-
-def _number(value: Any) -> Any:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"expected a finite number (or null), got {_type_name(value)}")
-    if not math.isfinite(value):
-        raise ValueError(f"expected a finite number, got {value}")
-    return value
-
-
-def _sequence(value: Any) -> Any:
-    if value is None or isinstance(value, str):
-        return value
-    if not isinstance(value, list):
-        raise ValueError(f"expected a list of tokens or a separator-joined string (or null), got {_type_name(value)}")
-    for i, token in enumerate(value):
-        if isinstance(token, bool) or not isinstance(token, str | int | float):
-            raise ValueError(f"item {i}: expected a token (string or number), got {_type_name(token)}")
-    return value
-
-
-CategoricalValue = Annotated[Any, PlainValidator(_categorical), WithJsonSchema(
-    {"anyOf": [{"type": "string"}, {"type": "number"}, {"type": "boolean"}, {"type": "null"}]})]
-NumberValue = Annotated[Any, PlainValidator(_number), WithJsonSchema({"anyOf": [{"type": "number"}, {"type": "null"}]})]
-SequenceValue = Annotated[Any, PlainValidator(_sequence), WithJsonSchema(
-    {"anyOf": [{"type": "array", "items": {"anyOf": [{"type": "string"}, {"type": "number"}]}},
-               {"type": "string"}, {"type": "null"}]})]
+def feature_kinds(schema: DatasetSchema) -> dict[str, str]:
+    """Feature name -> ``categorical``, ``dense`` or ``sequence``."""
+    return {**{f.name: "categorical" for f in schema.sparse}, **{f.name: "dense" for f in schema.dense},
+            **{f.name: "sequence" for f in schema.sequences}}
 
 
 # ---- request and response models, built from the schema -------------------------------------------------
@@ -96,12 +80,13 @@ def features_model(schema: DatasetSchema) -> type[BaseModel]:
 
     Fields are stored under internal names and read by alias, so any feature name works (even one that
     would shadow a pydantic attribute)."""
+    types: dict[str, Any] = {"categorical": CategoricalValue, "dense": NumberValue, "sequence": SequenceValue}
+    lengths = {f.name: f.max_len for f in schema.sequences}
     fields: dict[str, Any] = {}
-    kinds = ([(f.name, CategoricalValue, "categorical") for f in schema.sparse]
-             + [(f.name, NumberValue, "dense") for f in schema.dense]
-             + [(f.name, SequenceValue, f"sequence of at most {f.max_len} tokens") for f in schema.sequences])
-    for i, (name, kind, description) in enumerate(kinds):
-        fields[f"f{i}"] = (kind, Field(None, alias=name, title=name, description=f"{description} feature"))
+    for i, (name, kind) in enumerate(feature_kinds(schema).items()):
+        note = f"; at most {lengths[name]} tokens are kept" if name in lengths else ""
+        fields[f"f{i}"] = (types[kind], Field(None, alias=name, title=name,
+                                              description=f"{kind} feature: {EXPECTED[kind]}{note}"))
     return create_model(
         "Features", __config__=ConfigDict(extra="forbid", populate_by_name=False), **fields
     )
@@ -157,31 +142,50 @@ def problem(loc: Sequence[int | str], msg: str, kind: str) -> dict[str, Any]:
     return {"field": field_path(loc), "loc": list(loc), "msg": msg, "type": kind}
 
 
+def _feature_problem(loc: tuple[int | str, ...], value: Any, kinds: dict[str, str]) -> dict[str, Any] | None:
+    """One clear problem for a type error inside a feature, whose ``loc`` pydantic extends with union
+    member tags (``("body", "user", "hist", "list[...]", 0, "str")``); None if ``loc`` is not in a feature."""
+    depth = {"user": 1, "candidates": 2}.get(str(loc[1])) if len(loc) > 1 and loc[0] == "body" else None
+    if depth is None or len(loc) <= 1 + depth or str(loc[1 + depth]) not in kinds:
+        return None
+    at = loc[: 2 + depth]  # ("body", "user", feature) or ("body", "candidates", i, feature)
+    kind = kinds[str(at[-1])]
+    item = next((part for part in loc[len(at) + 1 :] if isinstance(part, int)), None)
+    if kind == "sequence" and item is not None:
+        return problem(at, f"item {item}: expected a token (string or finite number), got {_type_name(value)}",
+                       "type_error")
+    return problem(at, f"expected {EXPECTED[kind]}, got {_type_name(value)}", "type_error")
+
+
 def _validation_handler(
-    max_candidates: int, feature_names: list[str]
+    max_candidates: int, kinds: dict[str, str]
 ) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:
-    """FastAPI's validation errors as :func:`error_response`, with clearer words for the common cases."""
+    """FastAPI's validation errors as :func:`error_response`: one problem per field, in plain words."""
 
     async def handle(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
-        problems = []
+        problems: dict[str, dict[str, Any]] = {}
         for err in exc.errors():
             loc, kind = tuple(err.get("loc", ("body",))), str(err.get("type", "value_error"))
-            msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+            msg = str(err.get("msg", "invalid value"))
+            found: dict[str, Any] | None = None
             if kind == "json_invalid":
                 position = loc[1] if len(loc) > 1 else "?"
                 reason = err.get("ctx", {}).get("error", msg)
-                loc, msg = ("body",), f"not valid JSON (at character {position}): {reason}"
+                found = problem(("body",), f"not valid JSON (at character {position}): {reason}", kind)
             elif loc == ("body", "candidates") and kind in ("too_short", "too_long"):
                 count = len(err.get("input") or [])
-                msg = (f"expected 1 to {max_candidates} candidates per request (the server's --max-candidates), "
-                       f"got {count}")
+                found = problem(loc, f"expected 1 to {max_candidates} candidates per request (the server's "
+                                     f"--max-candidates), got {count}", kind)
             elif kind == "extra_forbidden":
-                in_features = len(loc) > 2
-                msg = (f"unknown feature {loc[-1]!r}; the model's features are {feature_names}" if in_features
-                       else f"unknown key {loc[-1]!r}; a request has 'user' and 'candidates'")
-            problems.append(problem(loc, msg, kind))
-        return error_response(422, problems or [problem(("body",), "invalid request", "value_error")])
+                found = problem(loc, f"unknown feature {loc[-1]!r}; the model's features are {list(kinds)}"
+                                if len(loc) > 2 else f"unknown key {loc[-1]!r}; a request has 'user' and 'candidates'",
+                                kind)
+            else:
+                found = _feature_problem(loc, err.get("input"), kinds) or problem(loc, msg, kind)
+            problems.setdefault(found["field"], found)  # union members repeat a field: keep its first
+        listed = list(problems.values()) or [problem(("body",), "invalid request", "value_error")]
+        return error_response(422, listed)
 
     return handle
 
@@ -225,7 +229,7 @@ def create_app(
         description=f"Multi-task scores of model {predictor.model_name!r} "
                     f"(tasks: {', '.join(predictor.task_names)}). See mtrec.serving.app for the request format.",
     )
-    app.add_exception_handler(RequestValidationError, _validation_handler(max_candidates, names))
+    app.add_exception_handler(RequestValidationError, _validation_handler(max_candidates, feature_kinds(schema)))
     app.add_middleware(BodyLimit, limit=max_body_bytes)
 
     def merged_columns(user: BaseModel, candidates: list[BaseModel]) -> tuple[dict[str, list[Any]], dict[str, str]]:
