@@ -83,15 +83,15 @@ features:
     - score
     - days
   sequences:
-    - {name: hist_click, max_len: %d, separator: "|", table: item_id, target: item_id, behaviour: click}
-    - {name: hist_cart, max_len: %d, separator: "|", table: item_id, target: item_id, behaviour: cart}
+    - {name: hist_click, max_len: MAX_LEN, separator: "|", table: item_id, target: item_id, behaviour: click}
+    - {name: hist_cart, max_len: MAX_LEN, separator: "|", table: item_id, target: item_id, behaviour: cart}
 tasks:
   - name: click
   - name: conversion
     observed_after: click
 user_id: user_id
 split: {kind: random, seed: 0, fractions: [0.8, 0.1, 0.1]}
-""" % (SEQ_LEN, SEQ_LEN)
+"""
 
 
 def write_csv(columns: dict[str, list[Any]], path: Path) -> Path:
@@ -109,7 +109,7 @@ def make_run(root: Path, rows: int = 30_000) -> Path:
 
     raw = write_csv(raw_log(rows, seed=0), root / "log.csv")
     config = root / "dataset.yaml"
-    config.write_text(DATASET_CONFIG.replace("PATH", str(raw)))
+    config.write_text(DATASET_CONFIG.replace("PATH", str(raw)).replace("MAX_LEN", str(SEQ_LEN)))
     prepare_dataset(config, root / "prepared", progress=False, log=lambda _: None)
     train_run(RunConfig(model="mmoe", data=str(root / "prepared"),
                         train=TrainConfig(epochs=1, batch_size=1024, num_threads=1)), root / "run", log=lambda _: None)
@@ -199,8 +199,9 @@ async def load(url: str, bodies: list[bytes], concurrency: int, duration: float,
                 errors += response.status_code != 200
                 i += concurrency
 
+        headers = {"content-type": "application/json"}
         for k in range(concurrency):  # warm-up: one request per connection
-            await client.post("/v1/score", content=bodies[k % len(bodies)], headers={"content-type": "application/json"})
+            await client.post("/v1/score", content=bodies[k % len(bodies)], headers=headers)
         began = time.perf_counter()
         stop = began + duration
         await asyncio.gather(*(worker(k) for k in range(concurrency)))
@@ -257,7 +258,8 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,8,32")
     parser.add_argument("--candidates", type=int, default=100)
     parser.add_argument("--max-requests", type=int, default=200_000, help="cap on requests per level")
-    parser.add_argument("--backend", default="onnx", choices=["onnx", "torch"], help="runtime of the HTTP and batch runs")
+    parser.add_argument("--backend", default="onnx", choices=["onnx", "torch"],
+                        help="runtime of the HTTP and batch runs")
     parser.add_argument("--predict-rows", type=int, default=200_000)
     parser.add_argument("--skip", default="", help="comma-separated sections to skip: runtimes,http,batch")
     parser.add_argument("--json", type=Path, help="also write the results here")

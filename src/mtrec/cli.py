@@ -149,7 +149,7 @@ def serve(run_dir: Path, host: str, port: int, max_candidates: int, backend: str
     from mtrec.serving.app import serve as run_server
 
     run_server(str(run_dir), host=host, port=port, max_candidates=max_candidates, backend=backend,
-               threads=threads, access_log=access_log)
+               threads=threads, access_log=access_log, echo=click.echo)
 
 
 def main() -> None:

@@ -22,7 +22,6 @@ field (``candidates[3].price: expected a finite number, got str``) and whose ``d
 
 # no `from __future__ import annotations`: FastAPI reads the endpoint's request model (built at runtime
 # from the schema) from its annotation object
-import logging
 import math
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Annotated, Any
@@ -39,7 +38,6 @@ from mtrec.serving.predictor import Predictor
 DEFAULT_MAX_CANDIDATES = 1000
 DEFAULT_MAX_BODY_BYTES = 8 << 20
 _MAX_LISTED_ERRORS = 20
-log = logging.getLogger("mtrec.serving")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -303,11 +301,13 @@ def serve(
     backend: str = "onnx",
     threads: int = 1,
     access_log: bool = False,
+    echo: Callable[[str], None] = print,
 ) -> None:
     """Load the run (refusing an invalid artefact before listening), then serve it with uvicorn."""
     import uvicorn
 
     predictor = Predictor.from_run(run_dir, backend=backend, threads=threads)  # type: ignore[arg-type]
     app = create_app(predictor, max_candidates=max_candidates)
-    log.info("serving %s (%s) on http://%s:%d", predictor.model_name, predictor.backend, host, port)
+    echo(f"serving {predictor.model_name} from {run_dir} ({predictor.describe()}) on http://{host}:{port} "
+         f"(POST /v1/score, GET /healthz, docs at /docs)")
     uvicorn.run(app, host=host, port=port, access_log=access_log, log_level="info")

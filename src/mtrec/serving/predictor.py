@@ -131,6 +131,13 @@ class Predictor:
         model, _ = load_model(run_dir)
         return cls(model, load_encoders(run_dir, model.schema), backend, threads, batch_size)
 
+    def describe(self) -> str:
+        """The runtime in words, e.g. ``onnx (torchscript export, parity 6e-08)``."""
+        if isinstance(self.runner, OnnxRunner):
+            checked = self.runner.export
+            return f"onnx ({checked.exporter} export, parity {checked.parity.max_abs_diff:.1g})"
+        return self.backend
+
     @property
     def task_names(self) -> list[str]:
         return self.schema.task_names
