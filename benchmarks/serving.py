@@ -146,11 +146,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(run: Path, port: int, backend: str, max_candidates: int) -> subprocess.Popen[bytes]:
+def start_server(run: Path, port: int, backend: str, max_candidates: int, extra: list[str]
+                 ) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1] / "src"),
                                                        os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen([sys.executable, "-m", "mtrec.cli", "serve", str(run), "--host", HOST, "--port", str(port),
-                             "--backend", backend, "--max-candidates", str(max_candidates)], env=env,
+                             "--backend", backend, "--max-candidates", str(max_candidates), *extra], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -213,9 +214,9 @@ async def load(url: str, bodies: list[bytes], concurrency: int, duration: float,
 
 
 def bench_http(run: Path, backend: str, concurrencies: list[int], candidates: int, duration: float,
-               max_requests: int) -> list[dict[str, Any]]:
+               max_requests: int, server_args: list[str]) -> list[dict[str, Any]]:
     port = free_port()
-    server = start_server(run, port, backend, max(candidates, 1000))
+    server = start_server(run, port, backend, max(candidates, 1000), server_args)
     try:
         bodies = request_bodies(candidates)
         results = []
@@ -261,6 +262,7 @@ def main() -> None:
     parser.add_argument("--backend", default="onnx", choices=["onnx", "torch"],
                         help="runtime of the HTTP and batch runs")
     parser.add_argument("--predict-rows", type=int, default=200_000)
+    parser.add_argument("--server-args", default="", help="extra `mtrec serve` options, e.g. '--inference-workers 2'")
     parser.add_argument("--skip", default="", help="comma-separated sections to skip: runtimes,http,batch")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
@@ -277,7 +279,8 @@ def main() -> None:
                       f"({r['rows_per_s']:,.0f} rows/s)", flush=True)
         if "http" not in skip:
             levels = [int(c) for c in args.concurrency.split(",")]
-            results["http"] = bench_http(run, args.backend, levels, args.candidates, args.duration, args.max_requests)
+            results["http"] = bench_http(run, args.backend, levels, args.candidates, args.duration, args.max_requests,
+                                         args.server_args.split())
         if "batch" not in skip:
             results["batch"] = bench_batch(run, args.predict_rows, args.backend)
             b = results["batch"]

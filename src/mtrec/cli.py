@@ -142,14 +142,16 @@ def predict(run_dir: Path, input_file: Path, out: Path, keep: tuple[str, ...], c
               help="largest candidate list one request may hold")
 @_BACKEND
 @_THREADS
+@click.option("--inference-workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="requests encoded and scored at the same time (the others wait in line)")
 @click.option("--access-log/--no-access-log", default=False, show_default=True)
 def serve(run_dir: Path, host: str, port: int, max_candidates: int, backend: str, threads: int,
-          access_log: bool) -> None:
+          inference_workers: int, access_log: bool) -> None:
     """Serve a run's model over HTTP: POST /v1/score, GET /healthz, OpenAPI at /docs and /openapi.json."""
     from mtrec.serving.app import serve as run_server
 
     run_server(str(run_dir), host=host, port=port, max_candidates=max_candidates, backend=backend,
-               threads=threads, access_log=access_log, echo=click.echo)
+               threads=threads, access_log=access_log, inference_workers=inference_workers, echo=click.echo)
 
 
 def main() -> None:

@@ -26,6 +26,8 @@ import math
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Annotated, Any
 
+import anyio
+import anyio.to_thread
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -212,10 +214,11 @@ def create_app(
     predictor: Predictor,
     max_candidates: int = DEFAULT_MAX_CANDIDATES,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    workers: int = 1,
 ) -> FastAPI:
     """The scoring service for ``predictor``; see the module docstring for the API."""
-    if max_candidates < 1:
-        raise ValueError(f"max_candidates must be >= 1, got {max_candidates}")
+    if max_candidates < 1 or workers < 1:
+        raise ValueError(f"max_candidates and workers must be >= 1, got {max_candidates} and {workers}")
     schema = predictor.schema
     features = features_model(schema)
     score_request = request_model(features, max_candidates)
@@ -262,12 +265,9 @@ def create_app(
         return Health(status="ok", model=predictor.model_name, tasks=predictor.task_names,
                       backend=predictor.backend, features=names, max_candidates=max_candidates)
 
-    @app.post("/v1/score", response_model=ScoreResponse,
-              responses={413: {"description": "request body too large"},
-                         422: {"description": "invalid input; `error` names the field"}})
-    def score(request: score_request) -> JSONResponse:  # type: ignore[valid-type]
-        """Each task's probability for every candidate, in request order."""
+    def score_now(request: BaseModel) -> JSONResponse:
         candidates: list[BaseModel] = request.candidates  # type: ignore[attr-defined]
+        origin: dict[str, str] = {}
         try:
             columns, origin = merged_columns(request.user, candidates)  # type: ignore[attr-defined]
             feeds = predictor.encode(columns)
@@ -283,6 +283,19 @@ def create_app(
         columns_out = [probs[t].tolist() for t in predictor.task_names]
         scores = [dict(zip(predictor.task_names, row, strict=True)) for row in zip(*columns_out, strict=True)]
         return JSONResponse({"model": predictor.model_name, "tasks": predictor.task_names, "scores": scores})
+
+    limiter: list[anyio.CapacityLimiter] = []  # made on the first request, inside the event loop
+
+    @app.post("/v1/score", response_model=ScoreResponse,
+              responses={413: {"description": "request body too large"},
+                         422: {"description": "invalid input; `error` names the field"}})
+    async def score(request: score_request) -> JSONResponse:  # type: ignore[valid-type]
+        """Each task's probability for every candidate, in request order."""
+        if not limiter:
+            limiter.append(anyio.CapacityLimiter(workers))
+        # encoding and inference run in worker threads, at most `workers` requests at a time (the others
+        # wait in line), so the event loop keeps reading requests and answering /healthz meanwhile
+        return await anyio.to_thread.run_sync(score_now, request, limiter=limiter[0])
 
     return app
 
@@ -301,13 +314,14 @@ def serve(
     backend: str = "onnx",
     threads: int = 1,
     access_log: bool = False,
+    inference_workers: int = 1,
     echo: Callable[[str], None] = print,
 ) -> None:
     """Load the run (refusing an invalid artefact before listening), then serve it with uvicorn."""
     import uvicorn
 
     predictor = Predictor.from_run(run_dir, backend=backend, threads=threads)  # type: ignore[arg-type]
-    app = create_app(predictor, max_candidates=max_candidates)
+    app = create_app(predictor, max_candidates=max_candidates, workers=inference_workers)
     echo(f"serving {predictor.model_name} from {run_dir} ({predictor.describe()}) on http://{host}:{port} "
          f"(POST /v1/score, GET /healthz, docs at /docs)")
     uvicorn.run(app, host=host, port=port, access_log=access_log, log_level="info")
