@@ -1,27 +1,43 @@
-"""A small raw CSV (one column per feature, raw text values) and a prepared dataset + run made from it,
-for the serving tests: predict and serve read raw values through the run's encoders.json."""
+"""A small raw log and a dataset config for the serving tests: prepared with ``mtrec prepare``, so the run
+trained on it carries encoders.json, and its raw layout differs from the feature names (no header, ';'
+separated, short column names) so that reading a file in the dataset's own layout is exercised too."""
 
 from __future__ import annotations
 
-import csv
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pa_csv
 
-from mtrec.data.dataset import PreparedDataset
-from mtrec.features.encoders import ENCODERS_FILE, DenseTransform, FeatureEncoders, SequenceFormat
-from mtrec.features.schema import DatasetSchema, DenseFeature, SequenceFeature, SparseFeature, TaskSpec
-from mtrec.features.vocab import Vocabulary
+from mtrec.data.prepare import prepare_dataset
 
 USER_FEATURES = ("user_id", "activity", "hist_click", "hist_buy")
 ITEM_FEATURES = ("item_id", "category", "price")
 FEATURES = (*USER_FEATURES, *ITEM_FEATURES)
+COLUMN_OF = {"user_id": "uid", "item_id": "iid", "category": "cat", "price": "p", "activity": "act",
+             "hist_click": "clicks", "hist_buy": "buys", "click": "y_click", "conversion": "y_conv"}
+RAW_COLUMNS = tuple(COLUMN_OF.values())  # the raw file's column order
 SEQ_LEN = 5
+CONFIG = """
+name: shop
+source: {path: PATH, header: false, separator: ";", columns: [COLUMNS], missing_values: ["?"]}
+features:
+  sparse: [{name: user_id, column: uid}, {name: item_id, column: iid}, {name: category, column: cat}]
+  dense: [{name: price, column: p, log1p: true}, {name: activity, column: act}]
+  sequences:
+    - {name: hist_click, column: clicks, separator: "|", max_len: LEN, table: item_id, target: item_id}
+    - {name: hist_buy, column: buys, separator: "|", max_len: LEN, table: item_id, target: item_id}
+tasks:
+  - {name: click, label: y_click}
+  - {name: conversion, label: y_conv, observed_after: click}
+user_id: user_id
+split: {kind: random, seed: 0, fractions: [0.6, 0.2, 0.2]}
+"""
 
 
 def raw_rows(rows: int, seed: int = 0) -> list[dict[str, str]]:
-    """Raw rows as text, as a log export would have them; labels depend on price, activity and history."""
+    """Raw rows keyed by feature (and label) name, as text; labels depend on price, activity, history."""
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(rows):
@@ -38,46 +54,29 @@ def raw_rows(rows: int, seed: int = 0) -> list[dict[str, str]]:
     return out
 
 
-def write_csv(path: Path, rows: list[dict[str, str]], columns: tuple[str, ...] | None = None) -> Path:
-    columns = columns or tuple(rows[0])
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+def write_csv(path: Path, rows: list[dict[str, str]], columns: tuple[str, ...]) -> Path:
+    """``columns`` of ``rows`` as a CSV with a header."""
+    pa_csv.write_csv(pa.table({c: [r[c] for r in rows] for c in columns}), path)
     return path
 
 
-def prepare_raw(rows: list[dict[str, str]], out: Path) -> Path:
-    """Fit encoders on the first 60% of ``rows`` and write a prepared dataset with encoders.json."""
-    n = len(rows)
-    train = rows[: int(0.6 * n)]
-    items = Counter(r["item_id"] for r in train) + Counter(
-        t for r in train for name in ("hist_click", "hist_buy") for t in r[name].split("|") if t)
-    prices = np.array([float(r["price"]) for r in train])
-    activity = np.array([float(r["activity"]) for r in train])
-    encoders = FeatureEncoders(
-        vocabularies={"user_id": Vocabulary.from_values(r["user_id"] for r in train),
-                      "item_id": Vocabulary.fit(items),
-                      "category": Vocabulary.from_values(r["category"] for r in train)},
-        dense={"price": DenseTransform(log1p=True, mean=float(np.log1p(prices).mean()),
-                                       std=float(np.log1p(prices).std())),
-               "activity": DenseTransform(mean=float(activity.mean()), std=float(activity.std()))},
-        sequences={"hist_click": SequenceFormat(separator="|"), "hist_buy": SequenceFormat(separator="|")},
-    )
-    v = encoders.vocabularies
-    schema = DatasetSchema(
-        sparse=(SparseFeature("user_id", v["user_id"].size), SparseFeature("item_id", v["item_id"].size),
-                SparseFeature("category", v["category"].size)),
-        dense=(DenseFeature("price"), DenseFeature("activity")),
-        sequences=(SequenceFeature("hist_click", v["item_id"].size, SEQ_LEN, "click", "item_id", "item_id"),
-                   SequenceFeature("hist_buy", v["item_id"].size, SEQ_LEN, "buy", "item_id", "item_id")),
-        tasks=(TaskSpec("click"), TaskSpec("conversion", observed_after="click")),
-        user_id="user_id",
-    )
-    sparse, dense, sequences = encoders.encode({f: [r[f] for r in rows] for f in FEATURES}, schema)
-    labels = np.array([[float(r["click"]), float(r["conversion"])] for r in rows], dtype=np.float32)
-    a, b = int(0.6 * n), int(0.8 * n)
-    PreparedDataset(schema, sparse, dense, sequences, labels,
-                    {"train": np.arange(a), "valid": np.arange(a, b), "test": np.arange(b, n)}).save(out)
-    encoders.save(out / ENCODERS_FILE)
-    return out
+def write_raw(path: Path, rows: list[dict[str, str]], labels: bool = True) -> Path:
+    """Rows in the dataset's raw layout: no header, ';'-separated, short column names (see CONFIG)."""
+    names = [f for f in COLUMN_OF if labels or f not in ("click", "conversion")]
+    path.write_text("".join(";".join(r[f] for f in names) + "\n" for r in rows))
+    return path
+
+
+def dataset_config(path: Path, raw: Path, labels: bool = True) -> Path:
+    columns = [COLUMN_OF[f] for f in COLUMN_OF if labels or f not in ("click", "conversion")]
+    path.write_text(CONFIG.replace("PATH", str(raw)).replace("COLUMNS", ", ".join(columns))
+                    .replace("LEN", str(SEQ_LEN)))
+    return path
+
+
+def prepare_raw(rows: list[dict[str, str]], root: Path) -> Path:
+    """Write ``rows`` as a raw log and its dataset config under ``root``, prepare it, return the dataset."""
+    raw = write_raw(root / "log.txt", rows)
+    config = dataset_config(root / "shop.yaml", raw)
+    prepare_dataset(config, root / "prepared", progress=False, log=lambda _: None)
+    return root / "prepared"

@@ -25,7 +25,16 @@ from mtrec.serving.app import create_app
 from mtrec.serving.predictor import Predictor
 from mtrec.training.config import RunConfig, TrainConfig
 from mtrec.training.run import train_run
-from rawdata import FEATURES, ITEM_FEATURES, USER_FEATURES, prepare_raw, raw_rows, write_csv
+from rawdata import (
+    FEATURES,
+    ITEM_FEATURES,
+    USER_FEATURES,
+    dataset_config,
+    prepare_raw,
+    raw_rows,
+    write_csv,
+    write_raw,
+)
 
 MAX_CANDIDATES = 40
 MAX_BODY = 64_000
@@ -35,8 +44,9 @@ MAX_BODY = 64_000
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """MMoE trained for one epoch on a dataset prepared from a raw CSV (so the run has encoders.json)."""
     root = tmp_path_factory.mktemp("serving")
-    prepare_raw(raw_rows(500, seed=0), root / "prepared")
-    config = RunConfig(model="mmoe", data=str(root / "prepared"),
+    prepared = prepare_raw(raw_rows(500, seed=0), root)
+    assert (prepared / "encoders.json").is_file()
+    config = RunConfig(model="mmoe", data=str(prepared),
                        model_options={"expert_sizes": [16], "tower_sizes": [8], "num_experts": 2},
                        train=TrainConfig(epochs=1, batch_size=64, num_threads=1, prefetch=0))
     train_run(config, root / "run", log=lambda _: None)
@@ -220,6 +230,22 @@ def test_predict_parquet_in_and_out_in_chunks(run_dir: Path, predictor: Predicto
         np.testing.assert_allclose(scored[task].to_numpy(), expected[task], atol=1e-6)
 
 
+def test_predict_reads_a_file_in_the_datasets_raw_layout(run_dir: Path, predictor: Predictor, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    rows = raw_rows(40, seed=21)
+    rows[3]["price"] = "?"  # the config's missing-value token
+    raw = write_raw(tmp_path / "next_day.txt", rows)  # no header, ';'-separated, labels included
+    config = dataset_config(tmp_path / "shop.yaml", raw)
+    out = tmp_path / "scores.parquet"
+    assert run_cli(["predict", str(run_dir), "--input", str(raw), "--out", str(out), "--dataset-config", str(config),
+                    "--keep", "iid"], monkeypatch) == 0
+    scored = pq.read_table(out)
+    assert scored["iid"].to_pylist() == [r["item_id"] for r in rows]
+    expected = predictor.predict({f: [None if r[f] == "?" else r[f] for r in rows] for f in FEATURES})
+    for task in predictor.task_names:
+        np.testing.assert_allclose(scored[task].to_numpy(), expected[task], atol=1e-6)
+
+
 def test_predict_names_the_missing_column_and_the_bad_value(run_dir: Path, tmp_path: Path, capsys,  # type: ignore[no-untyped-def]
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     rows = raw_rows(20, seed=13)
@@ -227,13 +253,14 @@ def test_predict_names_the_missing_column_and_the_bad_value(run_dir: Path, tmp_p
     out = tmp_path / "out.csv"
     assert run_cli(["predict", str(run_dir), "--input", str(tmp_path / "no_price.csv"), "--out", str(out)],
                    monkeypatch) == 2
-    assert "missing column(s) ['price']" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no_price.csv: missing column(s) for feature 'price' reads ['price']" in err
     rows[6]["price"] = "twelve"
     write_csv(tmp_path / "bad.csv", rows, FEATURES)
     assert run_cli(["predict", str(run_dir), "--input", str(tmp_path / "bad.csv"), "--out", str(out)],
                    monkeypatch) == 2
     err = capsys.readouterr().err
-    assert "bad.csv, line 8" in err and "'price'" in err and "twelve" in err
+    assert "bad.csv, line 8, feature 'price'" in err and "twelve" in err
     assert not out.exists() and not list(tmp_path.glob(".out.csv.*"))  # nothing partial left behind
 
 

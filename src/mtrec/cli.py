@@ -158,17 +158,21 @@ _THREADS = click.option("--threads", type=int, default=1, show_default=True, hel
               help="output CSV, or Parquet if it ends in .parquet: one probability column per task")
 @click.option("--keep", multiple=True, help="input column to copy to the output (repeatable), e.g. an id")
 @click.option("--chunk-rows", type=int, default=65_536, show_default=True, help="rows read and scored at a time")
-@click.option("--separator", default=",", show_default=True, help="CSV field separator")
+@click.option("--separator", default=",", show_default=True, help="CSV field separator (without --dataset-config)")
+@click.option("--dataset-config", type=click.Path(path_type=Path),
+              help="read the input in this dataset config's raw layout (columns, separator, header) instead of "
+                   "one column per feature")
 @_BACKEND
 @_THREADS
 def predict(run_dir: Path, input_file: Path, out: Path, keep: tuple[str, ...], chunk_rows: int, separator: str,
-            backend: str, threads: int) -> None:
+            dataset_config: Path | None, backend: str, threads: int) -> None:
     """Score a raw CSV/Parquet file with a run's model (streamed, with a progress bar; written atomically)."""
     from mtrec.serving.batch import score_file
     from mtrec.serving.predictor import Predictor
 
     predictor = Predictor.from_run(run_dir, backend=backend, threads=threads)  # type: ignore[arg-type]
-    result = score_file(predictor, input_file, out, keep=keep, chunk_rows=chunk_rows, separator=separator)
+    result = score_file(predictor, input_file, out, keep=keep, chunk_rows=chunk_rows, separator=separator,
+                        dataset_config=dataset_config)
     click.echo(f"scored {result.rows:,} rows in {result.seconds:.2f} s ({result.rows_per_s:,.0f} rows/s, "
                f"{predictor.backend}); wrote {result.out}")
 
