@@ -182,6 +182,10 @@ BAD_REQUESTS: dict[str, tuple[Any, int, str]] = {
     "no candidates key": ({"user": GOOD_USER}, 422, "candidates"),
     "body not an object": ([GOOD_ITEM], 422, "body"),
     "non-finite number": ('{"user": {"activity": Infinity}, "candidates": [{}]}', 422, "user.activity"),
+    "number out of float32 range": ({"user": GOOD_USER, "candidates": [GOOD_ITEM, {**GOOD_ITEM, "activity": 1e300}]},
+                                    422, "candidates[1].activity"),
+    "user number out of float32 range": ({"user": {**GOOD_USER, "activity": -1e300}, "candidates": [GOOD_ITEM]},
+                                         422, "user.activity"),
     "invalid JSON": ('{"user": {', 422, "body"),
     "body too large": ({"user": GOOD_USER, "candidates": [{**GOOD_ITEM, "item_id": "x" * MAX_BODY}]}, 413, "body"),
 }

@@ -233,11 +233,10 @@ def create_app(
     app.add_exception_handler(RequestValidationError, _validation_handler(max_candidates, feature_kinds(schema)))
     app.add_middleware(BodyLimit, limit=max_body_bytes)
 
-    def merged_columns(user: BaseModel, candidates: list[BaseModel]) -> tuple[dict[str, list[Any]], dict[str, str]]:
-        """``{feature: N raw values}`` and where each feature came from (``user`` or ``candidates``);
-        raises _Missing listing the features absent from both places."""
+    def merged_columns(user: BaseModel, candidates: list[BaseModel]) -> dict[str, list[Any]]:
+        """``{feature: N raw values}``, each candidate's own value first, else the user's; raises _Missing
+        listing the features absent from both places."""
         columns: dict[str, list[Any]] = {}
-        origin: dict[str, str] = {}
         missing: list[dict[str, Any]] = []
         user_given = user.model_fields_set
         for name in names:
@@ -245,11 +244,9 @@ def create_app(
             given = [key in c.model_fields_set for c in candidates]
             if all(given):
                 columns[name] = [getattr(c, key) for c in candidates]
-                origin[name] = "candidates"
             elif key in user_given:
                 value = getattr(user, key)
                 columns[name] = [getattr(c, key) if g else value for c, g in zip(candidates, given, strict=True)]
-                origin[name] = "user"
             else:
                 i = given.index(False)
                 missing.append(problem(("body", "candidates", i, name),
@@ -257,7 +254,15 @@ def create_app(
                                        "missing"))
         if missing:
             raise _Missing(missing)
-        return columns, origin
+        return columns
+
+    def value_location(error: EncodingError, candidates: list[BaseModel]) -> tuple[int | str, ...]:
+        """Where the value an encoding error is about came from: the candidate's own field, or the user's."""
+        row = error.row
+        if row is not None and 0 <= row < len(candidates) and internal.get(error.feature) in (
+                candidates[row].model_fields_set):
+            return ("body", "candidates", row, error.feature)
+        return ("body", "user", error.feature)
 
     @app.get("/healthz", response_model=Health)
     def healthz() -> Health:
@@ -267,16 +272,12 @@ def create_app(
 
     def score_now(request: BaseModel) -> JSONResponse:
         candidates: list[BaseModel] = request.candidates  # type: ignore[attr-defined]
-        origin: dict[str, str] = {}
         try:
-            columns, origin = merged_columns(request.user, candidates)  # type: ignore[attr-defined]
-            feeds = predictor.encode(columns)
+            feeds = predictor.encode(merged_columns(request.user, candidates))  # type: ignore[attr-defined]
         except _Missing as exc:
             return error_response(422, exc.problems)
         except EncodingError as exc:
-            where = ("body", "user", exc.feature) if origin.get(exc.feature) == "user" or exc.row is None \
-                else ("body", "candidates", exc.row, exc.feature)
-            return error_response(422, [problem(where, str(exc), "encoding_error")])
+            return error_response(422, [problem(value_location(exc, candidates), str(exc), "encoding_error")])
         except ValueError as exc:
             return error_response(422, [problem(("body",), str(exc), "value_error")])
         probs = predictor.score(feeds)

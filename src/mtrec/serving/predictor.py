@@ -28,7 +28,7 @@ import torch
 
 from mtrec.export.onnx import export_checked, onnx_session, parity_batches
 from mtrec.export.scoring import ScoringModule, array_feeds, input_names
-from mtrec.features.encoders import ENCODERS_FILE, FeatureEncoders, RawColumn
+from mtrec.features.encoders import ENCODERS_FILE, EncodingError, FeatureEncoders, RawColumn
 from mtrec.features.schema import DatasetSchema
 from mtrec.models import MultiTaskModel
 from mtrec.training.checkpoint import ArtifactError, load_model
@@ -147,8 +147,15 @@ class Predictor:
         return self.schema.feature_names
 
     def encode(self, columns: Mapping[str, RawColumn]) -> dict[str, np.ndarray]:
-        """Raw columns -> the graph's named inputs (ValueError naming a missing column or a bad value)."""
-        sparse, dense, sequences = self.encoders.encode(columns, self.schema)
+        """Raw columns -> the graph's named inputs; ValueError naming a missing column, EncodingError naming
+        the feature and row of a bad value."""
+        with np.errstate(over="ignore"):  # overflow to inf is reported below, naming the value
+            sparse, dense, sequences = self.encoders.encode(columns, self.schema)
+        if not np.isfinite(dense).all():  # a finite raw value can overflow float32 after its transform
+            row, col = (int(i) for i in np.argwhere(~np.isfinite(dense))[0])
+            name = self.schema.dense[col].name
+            raise EncodingError(f"dense feature {name!r}: {columns[name][row]!r} is out of range for the model "
+                                f"(not finite as float32 after the feature's transform)", name, row)
         return array_feeds(sparse, dense, sequences, self.schema)
 
     def score(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
