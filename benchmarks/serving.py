@@ -252,6 +252,30 @@ def bench_batch(run: Path, rows: int, backend: str) -> dict[str, Any]:
             "scoring_s": float(reported.group(2)), "wall_s": wall}
 
 
+def markdown(results: dict[str, Any]) -> str:
+    """The results as the Markdown tables of docs/serving.md."""
+    lines: list[str] = []
+    if "http" in results:
+        lines += ["| concurrency | requests/s | candidates/s | p50 ms | p95 ms | p99 ms | requests (errors) |",
+                  "|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"| {r['concurrency']} | {r['requests_per_s']:.1f} | {r['candidates_per_s']:,.0f} "
+                  f"| {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['p99_ms']:.1f} | {r['requests']} ({r['errors']}) |"
+                  for r in results["http"]]
+    if "batch" in results:
+        b = results["batch"]
+        lines += ["", f"mtrec predict ({b['backend']}): {b['rows']:,} rows, {b['rows_per_s']:,.0f} rows/s "
+                      f"({b['scoring_s']:.1f} s; {b['wall_s']:.1f} s with process start-up and model load)"]
+    if "runtimes" in results:
+        lines += ["", "| rows per batch | ONNX Runtime | eager PyTorch | PyTorch / ORT |", "|---:|---:|---:|---:|"]
+        by = {(r["rows"], r["backend"]): r for r in results["runtimes"]}
+        for rows in sorted({r["rows"] for r in results["runtimes"]}):
+            o, t = by[rows, "onnx"], by[rows, "torch"]
+            lines.append(f"| {rows} | {o['ms_per_batch']:.2f} ms ({o['rows_per_s']:,.0f} rows/s) | "
+                         f"{t['ms_per_batch']:.2f} ms ({t['rows_per_s']:,.0f} rows/s) | "
+                         f"{t['ms_per_batch'] / o['ms_per_batch']:.2f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, help="run directory to serve (default: make one)")
@@ -286,6 +310,7 @@ def main() -> None:
             b = results["batch"]
             print(f"  mtrec predict ({b['backend']}): {b['rows']:,} rows, {b['rows_per_s']:,.0f} rows/s "
                   f"(wall {b['wall_s']:.1f} s with start-up)", flush=True)
+    print(markdown(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
 
