@@ -197,10 +197,10 @@ def serve(run_dir: Path, host: str, port: int, max_candidates: int, backend: str
                threads=threads, access_log=access_log, inference_workers=inference_workers, echo=click.echo)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors print one clear line and exit 2, not a traceback."""
     try:
-        cli(standalone_mode=False)
+        cli.main(args=argv, prog_name="mtrec", standalone_mode=False)
     except click.exceptions.Abort:
         sys.exit(130)
     except click.ClickException as exc:
