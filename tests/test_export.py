@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -48,10 +47,10 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "run"
 
 
-def run_cli(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> int:
-    monkeypatch.setattr(sys, "argv", ["mtrec", *argv])
+def run_cli(argv: list[str]) -> int:
+    """``mtrec ARGV`` in this process; its exit status."""
     with pytest.raises(SystemExit) as exit_info:
-        main()
+        main(argv)
         raise SystemExit(0)
     return int(exit_info.value.code or 0)
 
@@ -151,9 +150,10 @@ def test_parity_uses_the_runs_data_then_falls_back_to_generated_rows(run_dir: Pa
     assert [len(b) for b in batches] == [64, 36, 37, 1]
 
 
-def test_cli_export_writes_a_graph_matching_the_model(run_dir: Path, tmp_path: Path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_cli_export_writes_a_graph_matching_the_model(run_dir: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "model.onnx"
-    assert run_cli(["export", str(run_dir), "--out", str(out)], monkeypatch) == 0
+    assert run_cli(["export", str(run_dir), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "max abs difference" in printed and "parity ok" in printed
     from mtrec.training.checkpoint import load_model
@@ -171,8 +171,9 @@ def test_cli_export_writes_a_graph_matching_the_model(run_dir: Path, tmp_path: P
         np.testing.assert_allclose(g, e.numpy(), atol=1e-5)
 
 
-def test_cli_export_fails_loudly_and_writes_nothing_on_mismatch(run_dir: Path, tmp_path: Path, monkeypatch,  # type: ignore[no-untyped-def]
-                                                                 capsys) -> None:
+def test_cli_export_fails_loudly_and_writes_nothing_on_mismatch(
+    run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     real_export = onnx_export.export_onnx
 
     def export_other_weights(model: MultiTaskModel, exporter: str = "torchscript") -> bytes:
@@ -182,7 +183,7 @@ def test_cli_export_fails_loudly_and_writes_nothing_on_mismatch(run_dir: Path, t
 
     monkeypatch.setattr(onnx_export, "export_onnx", export_other_weights)
     out = tmp_path / "model.onnx"
-    code = run_cli(["export", str(run_dir), "--out", str(out)], monkeypatch)
+    code = run_cli(["export", str(run_dir), "--out", str(out)])
     err = capsys.readouterr().err
     assert code != 0
     assert "failed the parity check" in err and "nothing was written" in err

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pickle
 import shutil
 import socket
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -86,10 +85,10 @@ def client(base_url: str) -> Iterator[httpx.Client]:
         yield c
 
 
-def run_cli(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> int:
-    monkeypatch.setattr(sys, "argv", ["mtrec", *argv])
+def run_cli(argv: list[str]) -> int:
+    """``mtrec ARGV`` in this process; its exit status."""
     with pytest.raises(SystemExit) as exit_info:
-        main()
+        main(argv)
         raise SystemExit(0)
     return int(exit_info.value.code or 0)
 
@@ -123,12 +122,11 @@ def test_healthz_and_openapi(client: httpx.Client, predictor: Predictor) -> None
     assert set(spec["components"]["schemas"]["Features"]["properties"]) == set(predictor.feature_names)
 
 
-def test_a_correct_request_matches_mtrec_predict(client: httpx.Client, run_dir: Path, tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_correct_request_matches_mtrec_predict(client: httpx.Client, run_dir: Path, tmp_path: Path) -> None:
     rows = one_user_rows(25, seed=11)
     write_csv(tmp_path / "in.csv", rows, (*FEATURES, "click"))
     assert run_cli(["predict", str(run_dir), "--input", str(tmp_path / "in.csv"), "--out", str(tmp_path / "out.csv"),
-                    "--keep", "item_id"], monkeypatch) == 0
+                    "--keep", "item_id"]) == 0
     offline = pa_csv.read_csv(tmp_path / "out.csv")
     assert offline.column_names == ["item_id", "click", "conversion"]
     assert offline["item_id"].to_pylist() == [r["item_id"] for r in rows]
@@ -217,15 +215,14 @@ def test_torch_backend_gives_the_onnx_probabilities(run_dir: Path, predictor: Pr
 
 
 # ---- batch scoring -----------------------------------------------------------------------------------
-def test_predict_parquet_in_and_out_in_chunks(run_dir: Path, predictor: Predictor, tmp_path: Path,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_predict_parquet_in_and_out_in_chunks(run_dir: Path, predictor: Predictor, tmp_path: Path) -> None:
     rows = raw_rows(130, seed=12)
     columns: dict[str, list[Any]] = {f: [as_json_value(f, r[f]) for r in rows] for f in FEATURES}  # lists
     table = pa.table({**columns, "price": [r["price"] for r in rows], "request_id": list(range(130))})
     pq.write_table(table, tmp_path / "in.parquet")
     out = tmp_path / "scores.parquet"
     assert run_cli(["predict", str(run_dir), "--input", str(tmp_path / "in.parquet"), "--out", str(out),
-                    "--keep", "request_id", "--chunk-rows", "50"], monkeypatch) == 0
+                    "--keep", "request_id", "--chunk-rows", "50"]) == 0
     scored = pq.read_table(out)
     assert scored.column_names == ["request_id", "click", "conversion"]
     assert scored["request_id"].to_pylist() == list(range(130))
@@ -234,15 +231,14 @@ def test_predict_parquet_in_and_out_in_chunks(run_dir: Path, predictor: Predicto
         np.testing.assert_allclose(scored[task].to_numpy(), expected[task], atol=1e-6)
 
 
-def test_predict_reads_a_file_in_the_datasets_raw_layout(run_dir: Path, predictor: Predictor, tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_predict_reads_a_file_in_the_datasets_raw_layout(run_dir: Path, predictor: Predictor, tmp_path: Path) -> None:
     rows = raw_rows(40, seed=21)
     rows[3]["price"] = "?"  # the config's missing-value token
     raw = write_raw(tmp_path / "next_day.txt", rows)  # no header, ';'-separated, labels included
     config = dataset_config(tmp_path / "shop.yaml", raw)
     out = tmp_path / "scores.parquet"
     assert run_cli(["predict", str(run_dir), "--input", str(raw), "--out", str(out), "--dataset-config", str(config),
-                    "--keep", "iid"], monkeypatch) == 0
+                    "--keep", "iid"]) == 0
     scored = pq.read_table(out)
     assert scored["iid"].to_pylist() == [r["item_id"] for r in rows]
     expected = predictor.predict({f: [None if r[f] == "?" else r[f] for r in rows] for f in FEATURES})
@@ -250,19 +246,17 @@ def test_predict_reads_a_file_in_the_datasets_raw_layout(run_dir: Path, predicto
         np.testing.assert_allclose(scored[task].to_numpy(), expected[task], atol=1e-6)
 
 
-def test_predict_names_the_missing_column_and_the_bad_value(run_dir: Path, tmp_path: Path, capsys,  # type: ignore[no-untyped-def]
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_predict_names_the_missing_column_and_the_bad_value(run_dir: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
     rows = raw_rows(20, seed=13)
     write_csv(tmp_path / "no_price.csv", rows, tuple(f for f in FEATURES if f != "price"))
     out = tmp_path / "out.csv"
-    assert run_cli(["predict", str(run_dir), "--input", str(tmp_path / "no_price.csv"), "--out", str(out)],
-                   monkeypatch) == 2
+    assert run_cli(["predict", str(run_dir), "--input", str(tmp_path / "no_price.csv"), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "no_price.csv: missing column(s) for feature 'price' reads ['price']" in err
     rows[6]["price"] = "twelve"
     write_csv(tmp_path / "bad.csv", rows, FEATURES)
-    assert run_cli(["predict", str(run_dir), "--input", str(tmp_path / "bad.csv"), "--out", str(out)],
-                   monkeypatch) == 2
+    assert run_cli(["predict", str(run_dir), "--input", str(tmp_path / "bad.csv"), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "bad.csv, line 8, feature 'price'" in err and "twelve" in err
     assert not out.exists() and not list(tmp_path.glob(".out.csv.*"))  # nothing partial left behind
@@ -281,7 +275,7 @@ class _Payload:
 
 @pytest.mark.parametrize("content", ["garbage", "pickle", "truncated"])
 def test_an_invalid_model_file_is_refused_at_startup_without_running_it(
-    content: str, run_dir: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch  # type: ignore[no-untyped-def]
+    content: str, run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     bad_run = tmp_path / "run"
     shutil.copytree(run_dir, bad_run)
@@ -295,7 +289,7 @@ def test_an_invalid_model_file_is_refused_at_startup_without_running_it(
         weights.write_bytes(weights.read_bytes()[:200])
     for argv in (["serve", str(bad_run), "--port", "0"],
                  ["predict", str(bad_run), "--input", str(tmp_path / "x.csv"), "--out", str(tmp_path / "y.csv")]):
-        assert run_cli(argv, monkeypatch) == 2
+        assert run_cli(argv) == 2
         err = capsys.readouterr().err
         assert "not a valid safetensors model file" in err and str(weights) in err
     assert not marker.exists()
@@ -304,13 +298,13 @@ def test_an_invalid_model_file_is_refused_at_startup_without_running_it(
         assert marker.exists()
 
 
-def test_a_run_without_encoders_is_refused_with_a_clear_error(run_dir: Path, tmp_path: Path, capsys,  # type: ignore[no-untyped-def]
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_run_without_encoders_is_refused_with_a_clear_error(run_dir: Path, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
     bad_run = tmp_path / "run"
     shutil.copytree(run_dir, bad_run)
     (bad_run / "encoders.json").unlink()
-    assert run_cli(["serve", str(bad_run)], monkeypatch) == 2
+    assert run_cli(["serve", str(bad_run)]) == 2
     assert "no encoders.json" in capsys.readouterr().err
     (bad_run / "encoders.json").write_text('{"format": "mtrec-feature-encoders", "version": 1, "vocabularies": {}}')
-    assert run_cli(["serve", str(bad_run)], monkeypatch) == 2
+    assert run_cli(["serve", str(bad_run)]) == 2
     assert "encoders.json: not usable" in capsys.readouterr().err
