@@ -263,6 +263,16 @@ def test_predict_names_the_missing_column_and_the_bad_value(run_dir: Path, tmp_p
 
 
 # ---- invalid artefacts -----------------------------------------------------------------------------------
+@pytest.fixture
+def no_listening(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make `mtrec serve` fail instead of blocking if it ever got as far as starting the server."""
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the server was started with an invalid artefact")
+
+    monkeypatch.setattr(uvicorn, "run", refuse)
+
+
 class _Payload:
     """Unpickling this would create ``marker``: proof that code from the file ran."""
 
@@ -275,7 +285,7 @@ class _Payload:
 
 @pytest.mark.parametrize("content", ["garbage", "pickle", "truncated"])
 def test_an_invalid_model_file_is_refused_at_startup_without_running_it(
-    content: str, run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    content: str, run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], no_listening: None
 ) -> None:
     bad_run = tmp_path / "run"
     shutil.copytree(run_dir, bad_run)
@@ -299,7 +309,8 @@ def test_an_invalid_model_file_is_refused_at_startup_without_running_it(
 
 
 def test_a_run_without_encoders_is_refused_with_a_clear_error(run_dir: Path, tmp_path: Path,
-                                                              capsys: pytest.CaptureFixture[str]) -> None:
+                                                              capsys: pytest.CaptureFixture[str],
+                                                              no_listening: None) -> None:
     bad_run = tmp_path / "run"
     shutil.copytree(run_dir, bad_run)
     (bad_run / "encoders.json").unlink()
