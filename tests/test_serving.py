@@ -185,6 +185,10 @@ BAD_REQUESTS: dict[str, tuple[Any, int, str]] = {
     "user number out of float32 range": ({"user": {**GOOD_USER, "activity": -1e300}, "candidates": [GOOD_ITEM]},
                                          422, "user.activity"),
     "invalid JSON": ('{"user": {', 422, "body"),
+    "integer id beyond 64 bits": ({"user": GOOD_USER, "candidates": [{**GOOD_ITEM, "item_id": 10**30}]},
+                                  422, "candidates[0].item_id"),
+    "lone surrogate": ('{"user": {"user_id": "\\ud800", "activity": 1, "hist_click": [], "hist_buy": null}, '
+                       '"candidates": [{"item_id": "i4", "category": "c4", "price": 9.5}]}', 422, "body"),
     "body too large": ({"user": GOOD_USER, "candidates": [{**GOOD_ITEM, "item_id": "x" * MAX_BODY}]}, 413, "body"),
 }
 

@@ -22,6 +22,7 @@ field (``candidates[3].price: expected a finite number, got str``) and whose ``d
 
 # no `from __future__ import annotations`: FastAPI reads the endpoint's request model (built at runtime
 # from the schema) from its annotation object
+import logging
 import math
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Annotated, Any
@@ -37,6 +38,7 @@ from mtrec.features.encoders import EncodingError
 from mtrec.features.schema import DatasetSchema
 from mtrec.serving.predictor import Predictor
 
+log = logging.getLogger("mtrec.serving")
 DEFAULT_MAX_CANDIDATES = 1000
 DEFAULT_MAX_BODY_BYTES = 8 << 20
 _MAX_LISTED_ERRORS = 20
@@ -49,8 +51,11 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 # ---- value types (checked by pydantic-core, without Python callbacks) ------------------------------------
+INT64 = (-(2**63), 2**63 - 1)  # numeric ids beyond 64 bits must come as strings: they have no exact float
 FiniteFloat = Annotated[float, Strict(), AllowInfNan(False)]
-Token = Annotated[str, Strict()] | Annotated[int, Strict()] | FiniteFloat
+Id = Annotated[int, Strict(), Field(ge=INT64[0], le=INT64[1])]
+IdFloat = Annotated[float, Strict(), AllowInfNan(False), Field(gt=-(2.0**63), lt=2.0**63)]
+Token = Annotated[str, Strict()] | Id | IdFloat
 CategoricalValue = Token | Annotated[bool, Strict()] | None
 NumberValue = FiniteFloat | None  # strict: an int is a number; a string or a boolean is not
 SequenceValue = list[Token] | Annotated[str, Strict()] | None
@@ -151,6 +156,14 @@ def _feature_problem(loc: tuple[int | str, ...], value: Any, kinds: dict[str, st
     at = loc[: 2 + depth]  # ("body", "user", feature) or ("body", "candidates", i, feature)
     kind = kinds[str(at[-1])]
     item = next((part for part in loc[len(at) + 1 :] if isinstance(part, int)), None)
+    number = isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))
+    if number and not isinstance(value, bool) and not INT64[0] <= value <= INT64[1]:
+        size = f"an integer of {len(str(abs(value)))} digits" if isinstance(value, int) else f"{value:g}"
+        if kind == "dense":
+            return problem(at, f"{size} is out of range", "out_of_range")
+        where = f"item {item}: " if kind == "sequence" and item is not None else ""
+        return problem(at, f"{where}{size} is out of range for a numeric id: numeric ids must fit in 64 bits "
+                           f"(send a longer id as a string)", "out_of_range")
     if kind == "sequence" and item is not None:
         return problem(at, f"item {item}: expected a token (string or finite number), got {_type_name(value)}",
                        "type_error")
@@ -278,8 +291,10 @@ def create_app(
             return error_response(422, exc.problems)
         except EncodingError as exc:
             return error_response(422, [problem(value_location(exc, candidates), str(exc), "encoding_error")])
-        except ValueError as exc:
-            return error_response(422, [problem(("body",), str(exc), "value_error")])
+        except Exception as exc:  # encoding depends on the request's values alone: a failure is bad input
+            log.warning("request values could not be encoded", exc_info=True)
+            return error_response(422, [problem(("body",), f"the request's values could not be encoded "
+                                                           f"({type(exc).__name__}: {exc})", "value_error")])
         probs = predictor.score(feeds)
         columns_out = [probs[t].tolist() for t in predictor.task_names]
         scores = [dict(zip(predictor.task_names, row, strict=True)) for row in zip(*columns_out, strict=True)]
