@@ -1,7 +1,7 @@
 """Serving speed: the HTTP service under load on loopback, the two inference runtimes, and batch scoring.
 
-1. runtimes: ONNX Runtime vs eager PyTorch on encoded batches of 100 and 8192 rows (median time per batch
-   over interleaved repeats), in this process, one thread each;
+1. runtimes: ONNX Runtime vs eager PyTorch vs TorchScript (traced) on encoded batches of 100 and 8192
+   rows (median time per batch over interleaved repeats), in this process, one thread each;
 2. http: ``mtrec serve`` in a subprocess on 127.0.0.1; requests of ``--candidates`` candidates (one user,
    distinct items) sent by ``--concurrency`` concurrent keep-alive clients for ``--duration`` seconds each
    (and at most ``--max-requests``): requests/s, candidates/s and p50/p95/p99 latency;
@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,11 @@ import httpx
 import numpy as np
 import torch
 
-from mtrec.serving.predictor import Predictor
+from mtrec.export.onnx import random_batch
+from mtrec.export.scoring import ScoringModule, batch_inputs, input_names
+from mtrec.models import MultiTaskModel
+from mtrec.serving.predictor import Predictor, Runner, TorchRunner
+from mtrec.training.checkpoint import load_model
 
 HOST = "127.0.0.1"
 SEQ_LEN = 20
@@ -117,21 +122,43 @@ def make_run(root: Path, rows: int = 30_000) -> Path:
 
 
 # ---- 1. runtimes -------------------------------------------------------------------------------------------
+class TracedRunner:
+    """The scoring module traced with ``torch.jit.trace`` (TorchScript), for comparison only."""
+
+    def __init__(self, model: MultiTaskModel) -> None:
+        schema = model.schema
+        self.names = input_names(schema)
+        example = batch_inputs(random_batch(schema, 8), schema)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.traced = torch.jit.trace(ScoringModule(model).eval(), example, check_trace=False)
+
+    def __call__(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        with torch.inference_mode():
+            return [t.numpy() for t in self.traced(*(torch.from_numpy(feeds[n]) for n in self.names))]
+
+
 def bench_runtimes(run: Path, sizes: tuple[int, ...] = (100, 8192), repeats: int = 15) -> list[dict[str, Any]]:
+    """Median time per batch of each runtime on the same encoded batches (interleaved repeats)."""
     torch.set_num_threads(1)
-    predictors = {b: Predictor.from_run(run, backend=b, threads=1) for b in ("onnx", "torch")}  # type: ignore[arg-type]
+    onnx = Predictor.from_run(run, backend="onnx", threads=1)
+    model, _ = load_model(run)
+    runners: dict[str, Runner] = {"onnx": onnx.runner, "torch": TorchRunner(model, threads=1),
+                                  "torchscript": TracedRunner(model)}
     columns = raw_log(max(sizes), seed=1)
     results = []
     for size in sizes:
-        feeds = predictors["onnx"].encode({k: v[:size] for k, v in columns.items()})
-        times: dict[str, list[float]] = {b: [] for b in predictors}
+        feeds = onnx.encode({k: v[:size] for k, v in columns.items()})
+        reference = runners["torch"](feeds)
+        times: dict[str, list[float]] = {b: [] for b in runners}
         calls = max(1, 2000 // size)
-        for _ in range(repeats):  # interleaved, so both runtimes see the same machine load
-            for backend, predictor in predictors.items():
+        for _ in range(repeats):  # interleaved, so every runtime sees the same machine load
+            for backend, runner in runners.items():
                 start = time.perf_counter()
                 for _ in range(calls):
-                    predictor.score(feeds)
+                    out = runner(feeds)
                 times[backend].append((time.perf_counter() - start) / calls)
+                assert max(float(np.abs(o - r).max()) for o, r in zip(out, reference, strict=True)) < 1e-4, backend
         for backend, ts in times.items():
             median = statistics.median(ts)
             results.append({"rows": size, "backend": backend, "ms_per_batch": median * 1e3,
@@ -266,13 +293,13 @@ def markdown(results: dict[str, Any]) -> str:
         lines += ["", f"mtrec predict ({b['backend']}): {b['rows']:,} rows, {b['rows_per_s']:,.0f} rows/s "
                       f"({b['scoring_s']:.1f} s; {b['wall_s']:.1f} s with process start-up and model load)"]
     if "runtimes" in results:
-        lines += ["", "| rows per batch | ONNX Runtime | eager PyTorch | PyTorch / ORT |", "|---:|---:|---:|---:|"]
+        lines += ["", "| rows per batch | ONNX Runtime | eager PyTorch | TorchScript (traced) |",
+                  "|---:|---:|---:|---:|"]
         by = {(r["rows"], r["backend"]): r for r in results["runtimes"]}
         for rows in sorted({r["rows"] for r in results["runtimes"]}):
-            o, t = by[rows, "onnx"], by[rows, "torch"]
-            lines.append(f"| {rows} | {o['ms_per_batch']:.2f} ms ({o['rows_per_s']:,.0f} rows/s) | "
-                         f"{t['ms_per_batch']:.2f} ms ({t['rows_per_s']:,.0f} rows/s) | "
-                         f"{t['ms_per_batch'] / o['ms_per_batch']:.2f} |")
+            cells = [f"{by[rows, b]['ms_per_batch']:.2f} ms ({by[rows, b]['rows_per_s']:,.0f} rows/s)"
+                     for b in ("onnx", "torch", "torchscript")]
+            lines.append(f"| {rows} | {' | '.join(cells)} |")
     return "\n".join(lines)
 
 
@@ -299,7 +326,7 @@ def main() -> None:
         if "runtimes" not in skip:
             results["runtimes"] = bench_runtimes(run)
             for r in results["runtimes"]:
-                print(f"  runtime {r['backend']:5s} batch {r['rows']:5d}: {r['ms_per_batch']:.2f} ms "
+                print(f"  runtime {r['backend']:11s} batch {r['rows']:5d}: {r['ms_per_batch']:.2f} ms "
                       f"({r['rows_per_s']:,.0f} rows/s)", flush=True)
         if "http" not in skip:
             levels = [int(c) for c in args.concurrency.split(",")]
