@@ -29,8 +29,10 @@ import numpy as np
 import torch
 
 from mtrec.data.batches import Batch, gather_batch
+from mtrec.data.dataset import DatasetError
+from mtrec.data.source import load_data
 from mtrec.export.scoring import ScoringModule, batch_inputs, input_names, output_names
-from mtrec.features.schema import OOV_ID, PADDING_ID, DatasetSchema
+from mtrec.features.schema import OOV_ID, PADDING_ID, DatasetSchema, SchemaError
 from mtrec.io import atomic_write_bytes
 from mtrec.models import MultiTaskModel
 from mtrec.training.checkpoint import load_model
@@ -67,7 +69,7 @@ def random_batch(schema: DatasetSchema, rows: int, seed: int = 0) -> Batch:
     dense = rng.normal(size=(rows, len(schema.dense))).astype(np.float32)
     sequences = {}
     for s in schema.sequences:
-        ids = rng.integers(2, max(s.vocab_size, 3), (rows, s.max_len))  # [N, L]
+        ids = rng.integers(min(2, s.vocab_size - 1), s.vocab_size, (rows, s.max_len))  # [N, L]; OOV if no value
         lengths = rng.integers(0, s.max_len + 1, rows)
         lengths[: min(rows, 2)] = [0, s.max_len][: min(rows, 2)]
         ids[np.arange(s.max_len)[None, :] >= lengths[:, None]] = PADDING_ID
@@ -79,10 +81,6 @@ def _run_data_batches(
     schema: DatasetSchema, config: RunConfig, rows: int, batch_size: int
 ) -> tuple[list[Batch], str]:
     """Batches of the run's own test rows, or ``([], reason)`` when its data can't be loaded."""
-    from mtrec.data.dataset import DatasetError
-    from mtrec.data.source import load_data
-    from mtrec.features.schema import SchemaError
-
     try:
         dataset = load_data(config.data)
     except (DatasetError, SchemaError, OSError, ValueError, KeyError, ImportError) as exc:
