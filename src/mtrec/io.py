@@ -63,6 +63,7 @@ def atomic_replace_dir(target: Path, build: Callable[[Path], None]) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700
         build(tmp)
         if target.exists():
             old = target.with_name(f".{target.name}.old")
