@@ -54,17 +54,33 @@ SWEEP: list[Variant] = [
 ]
 
 
+# the training settings that decide a result (not threads, prefetch, device or checkpoint cadence), so that
+# a setting added to TrainConfig later does not orphan the cached runs
+RESULT_SETTINGS = ("epochs", "batch_size", "lr", "weight_decay", "patience", "seed", "weighting",
+                   "weighting_options")
+
+
 class RunCache:
     """Finished runs' metrics in one JSON file, keyed by everything that decides the result."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.runs: dict[str, dict[str, Any]] = json.loads(path.read_text()) if path.exists() else {}
+        stored: dict[str, dict[str, Any]] = json.loads(path.read_text()) if path.exists() else {}
+        self.runs = {self._normalise(k): v for k, v in stored.items()}
 
     @staticmethod
-    def key(model: str, options: dict[str, Any], data: str, train: TrainConfig) -> str:
-        return json.dumps({"model": model, "options": options, "data": data, "train": asdict(train)},
-                          sort_keys=True)
+    def _make_key(model: str, options: dict[str, Any], data: str, train: dict[str, Any]) -> str:
+        settings = {name: train[name] for name in RESULT_SETTINGS}
+        return json.dumps({"model": model, "options": options, "data": data, "train": settings}, sort_keys=True)
+
+    @classmethod
+    def _normalise(cls, key: str) -> str:
+        parts = json.loads(key)
+        return cls._make_key(parts["model"], parts["options"], parts["data"], parts["train"])
+
+    @classmethod
+    def key(cls, model: str, options: dict[str, Any], data: str, train: TrainConfig) -> str:
+        return cls._make_key(model, options, data, asdict(train))
 
     def get(self, key: str) -> dict[str, Any] | None:
         return self.runs.get(key)
@@ -188,7 +204,8 @@ def main(argv: list[str] | None = None) -> None:
             if args.study == "oracle":
                 variants = [("dcrnn (masked)", "dcrnn", {})]
                 if preset == "esmm":
-                    variants.append(("dcrnn (entire_space)", "dcrnn", {"objective": "entire_space"}))
+                    variants += [("dcrnn (entire_space)", "dcrnn", {"objective": "entire_space"}),
+                                 ("esmm (reference)", "esmm", {}), ("mmoe (reference)", "mmoe", {})]
             else:
                 variants = ABLATION if args.study == "ablation" else SWEEP
             sections.append(f"### synthetic `{preset}`, {args.rows:,} rows\n\n"
