@@ -189,13 +189,13 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"unknown variant(s) {sorted(unknown)}; known: {[label for label, _, _ in variants]}")
         return [v for v in variants if v[0] in wanted]
 
-    sections: list[str] = []
+    sections: list[tuple[str, str]] = []  # (title, table)
     if args.study == "census":
         if not args.data:
             parser.error("census needs --data, the prepared Census-Income directory (mtrec prepare ... --out DIR)")
         variants = pick([("dcrnn partial", "dcrnn", {}), ("dcrnn hard", "dcrnn", {"sharing": "hard"}),
                          ("shared_bottom", "shared_bottom", {}), ("mmoe", "mmoe", {})])
-        sections.append(f"### Census-Income ({args.data})\n\n" + study.table(variants, args.data, seeds, False))
+        sections.append((f"Census-Income ({args.data})", study.table(variants, args.data, seeds, False)))
     else:
         default_presets = {"oracle": "easy,esmm", "ablation": "conflict,easy", "sweep": "conflict"}
         presets = (args.presets or default_presets[args.study]).split(",")
@@ -208,9 +208,9 @@ def main(argv: list[str] | None = None) -> None:
                                  ("esmm (reference)", "esmm", {}), ("mmoe (reference)", "mmoe", {})]
             else:
                 variants = ABLATION if args.study == "ablation" else SWEEP
-            sections.append(f"### synthetic `{preset}`, {args.rows:,} rows\n\n"
-                            + study.table(pick(variants), spec, seeds, True))
-    text = f"```\n{command}\n```\n\n" + "\n".join(sections)
+            title = f"synthetic `{preset}`, {args.rows:,} rows"
+            sections.append((title, study.table(pick(variants), spec, seeds, True)))
+    text = "\n".join(f"### {title}\n\n```\n{command}\n```\n\n{table}" for title, table in sections)
     print(text)
     if args.out:
         atomic_write_text(args.out, text)
