@@ -10,6 +10,7 @@ pieces (``--seeds 0``, then ``--seeds 1``, ...) and the full command then prints
     PYTHONPATH=src python benchmarks/dcrnn_study.py ablation          # sharing ablation vs baselines
     PYTHONPATH=src python benchmarks/dcrnn_study.py sweep             # the sweeps behind the defaults
     PYTHONPATH=src python benchmarks/dcrnn_study.py census --data /tmp/census
+    PYTHONPATH=src python benchmarks/dcrnn_study.py speed --data /tmp/census   # model-bound samples/s
 """
 
 from __future__ import annotations
@@ -18,16 +19,22 @@ import argparse
 import json
 import math
 import shlex
+import statistics
 import sys
 import tempfile
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from mtrec.bench.report import mean_std
+from mtrec.data.batches import Batch, gather_batch
 from mtrec.data.dataset import PreparedDataset
 from mtrec.data.source import load_data
 from mtrec.io import atomic_write_text
+from mtrec.models import MultiTaskModel, create_model
 from mtrec.training.config import RunConfig, TrainConfig
 from mtrec.training.run import train_run
 
@@ -152,6 +159,35 @@ class Study:
         return "\n".join(lines) + "\n"
 
 
+def train_steps(model: MultiTaskModel, optimizer: torch.optim.Optimizer, batch: Batch, steps: int) -> None:
+    for _ in range(steps):
+        loss = sum(model.losses(model(batch), batch).values())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[union-attr]
+        optimizer.step()
+
+
+def speed_table(variants: list[Variant], dataset: PreparedDataset, steps: int = 10, repeats: int = 3) -> str:
+    """Model-bound train throughput (one thread, batch 1024 already in memory, Adam): median of
+    ``repeats`` timings of ``steps`` steps each, after two warm-up steps."""
+    torch.set_num_threads(1)
+    batch = gather_batch(dataset, dataset.splits["train"][:1024])
+    lines = ["| model | params | train samples/s (model-bound) |", "|---|---|---|"]
+    for label, model_name, options in variants:
+        torch.manual_seed(0)
+        model = create_model(model_name, dataset.schema, **options)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        train_steps(model, optimizer, batch, 2)  # warm-up
+        timings = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            train_steps(model, optimizer, batch, steps)
+            timings.append(time.perf_counter() - start)
+        rate = steps * len(batch) / statistics.median(timings)
+        lines.append(f"| {label} | {sum(p.numel() for p in model.parameters()):,} | {rate:,.0f} |")
+    return "\n".join(lines) + "\n"
+
+
 def _mean(values: list[float]) -> float:
     finite = [v for v in values if not math.isnan(v)]
     return sum(finite) / len(finite) if finite else math.nan
@@ -163,14 +199,14 @@ def synthetic_spec(preset: str, rows: int) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("study", choices=["oracle", "ablation", "sweep", "census"])
+    parser.add_argument("study", choices=["oracle", "ablation", "sweep", "census", "speed"])
     parser.add_argument("--rows", type=int, default=100_000, help="synthetic rows")
     parser.add_argument("--presets", help="comma-separated synthetic presets (default: per study)")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
     parser.add_argument("--variants", help="comma-separated subset of row labels to run")
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--patience", type=int, default=1)
-    parser.add_argument("--data", help="census: the prepared dataset directory")
+    parser.add_argument("--data", help="census: the prepared dataset directory; speed: any data spec")
     parser.add_argument("--cache", type=Path, default=Path("reports/dcrnn_study/runs.json"))
     parser.add_argument("--out", type=Path, help="also write the tables (Markdown) to this file")
     parser.add_argument("--cached-only", action="store_true", help="print tables from the cache, train nothing")
@@ -190,7 +226,12 @@ def main(argv: list[str] | None = None) -> None:
         return [v for v in variants if v[0] in wanted]
 
     sections: list[tuple[str, str]] = []  # (title, table)
-    if args.study == "census":
+    if args.study == "speed":
+        spec = args.data or synthetic_spec("conflict", args.rows)
+        variants = pick([*ABLATION, ("dcrnn rank 64", "dcrnn", {"rank": 64}),
+                         ("dcrnn cross_axis fields", "dcrnn", {"cross_axis": "fields"})])
+        sections.append((f"model-bound speed on {spec}", speed_table(variants, study.dataset(spec))))
+    elif args.study == "census":
         if not args.data:
             parser.error("census needs --data, the prepared Census-Income directory (mtrec prepare ... --out DIR)")
         variants = pick([("dcrnn partial", "dcrnn", {}), ("dcrnn hard", "dcrnn", {"sharing": "hard"}),
