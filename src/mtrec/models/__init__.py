@@ -1,6 +1,6 @@
 """Model registry; importing this package registers every built-in model."""
 
-from mtrec.models import mmoe, shared_bottom
+from mtrec.models import dtrn, mmoe, shared_bottom
 from mtrec.models._registry import (
     ModelConfigError,
     create_model,
@@ -15,6 +15,7 @@ __all__ = [
     "ModelConfigError",
     "MultiTaskModel",
     "create_model",
+    "dtrn",
     "list_models",
     "mmoe",
     "model_class",
