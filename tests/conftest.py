@@ -1,55 +1,17 @@
-"""Shared fixtures: a tiny random dataset with every kind of feature and a task observed after another."""
+"""Shared fixtures: tiny datasets (see fakes.py) and the location of the real data."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
+from fakes import tiny_dataset, tiny_schema
 from mtrec.data.dataset import PreparedDataset
-from mtrec.features.schema import DatasetSchema, DenseFeature, SequenceFeature, SparseFeature, TaskSpec
+
+__all__ = ["require_shared_data", "tiny_dataset", "tiny_schema"]
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-
-def tiny_schema(seq_len: int = 6) -> DatasetSchema:
-    return DatasetSchema(
-        sparse=(SparseFeature("user_id", 30), SparseFeature("item_id", 40), SparseFeature("category", 8)),
-        dense=(DenseFeature("price"), DenseFeature("activity")),
-        sequences=(
-            SequenceFeature("hist_click", 40, seq_len, "click", table="item_id", target="item_id"),
-            SequenceFeature("hist_buy", 40, seq_len, "buy", table="item_id", target="item_id"),
-        ),
-        tasks=(TaskSpec("click"), TaskSpec("conversion", observed_after="click")),
-        user_id="user_id",
-    )
-
-
-def tiny_dataset(rows: int = 240, seed: int = 0) -> PreparedDataset:
-    """Random features; labels depend on them a little so that learning is possible."""
-    rng = np.random.default_rng(seed)
-    schema = tiny_schema()
-    sparse = np.stack([rng.integers(2, f.vocab_size, rows) for f in schema.sparse], axis=1)
-    dense = rng.normal(size=(rows, len(schema.dense))).astype(np.float32)
-    sequences = {}
-    for s in schema.sequences:
-        ids = rng.integers(2, s.vocab_size, (rows, s.max_len))
-        lengths = rng.integers(0, s.max_len + 1, rows)
-        ids[np.arange(s.max_len)[None, :] >= lengths[:, None]] = 0
-        sequences[s.name] = ids
-    click = (rng.random(rows) < 1 / (1 + np.exp(-(dense[:, 0] * 1.5 - 0.5)))).astype(np.float32)
-    conv = click * (rng.random(rows) < 1 / (1 + np.exp(-dense[:, 1]))).astype(np.float32)
-    perm = rng.permutation(rows)
-    a, b = int(0.6 * rows), int(0.8 * rows)
-    return PreparedDataset(
-        schema=schema,
-        sparse=sparse,
-        dense=dense,
-        sequences=sequences,
-        labels=np.stack([click, conv], axis=1),
-        splits={"train": perm[:a], "valid": perm[a:b], "test": perm[b:]},
-    )
 
 
 @pytest.fixture

@@ -38,12 +38,16 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
+def _discard(_: object) -> None:
+    """Drop a writer's return value (byte counts)."""
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    atomic_write(path, lambda tmp: tmp.write_bytes(data))
+    atomic_write(path, lambda tmp: _discard(tmp.write_bytes(data)))
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(text))
+    atomic_write(path, lambda tmp: _discard(tmp.write_text(text)))
 
 
 def atomic_replace_dir(target: Path, build: Callable[[Path], None]) -> None:

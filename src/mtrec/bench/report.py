@@ -10,10 +10,10 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from mtrec.io import atomic_write  # noqa: E402
+from mtrec.io import atomic_write
 
 
 def mean_std(values: list[float]) -> str:

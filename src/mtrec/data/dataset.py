@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -107,7 +108,7 @@ class PreparedDataset:
                 task = self.schema.tasks[col].name
                 where = f" in {self.path}" if self.path else ""
                 raise DatasetError(
-                    f"labels must be 0 or 1: task {task!r} row {start + row} has {chunk[row, col]!r}{where}"
+                    f"labels must be 0 or 1: task {task!r} row {start + row} has {float(chunk[row, col])}{where}"
                 )
 
     # ---- files ---------------------------------------------------------------------------------
@@ -142,7 +143,7 @@ class PreparedDataset:
             schema = DatasetSchema.load(directory / "schema.json")
         except SchemaError as exc:
             raise DatasetError(f"{directory}: {exc}") from exc
-        mode = "r" if mmap else None
+        mode: Literal["r"] | None = "r" if mmap else None
 
         def block(name: str, required: bool = True) -> np.ndarray | None:
             path = directory / name

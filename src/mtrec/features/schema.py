@@ -105,7 +105,12 @@ class DatasetSchema:
 
     @property
     def feature_names(self) -> list[str]:
-        return [f.name for f in (*self.sparse, *self.dense, *self.sequences)]
+        return [f.name for f in self.sparse] + [f.name for f in self.dense] + [f.name for f in self.sequences]
+
+    @property
+    def embedded_features(self) -> list[SparseFeature | SequenceFeature]:
+        """Features that index an embedding table: sparse then sequence features."""
+        return [*self.sparse, *self.sequences]
 
     def task(self, name: str) -> TaskSpec:
         for t in self.tasks:
@@ -116,7 +121,7 @@ class DatasetSchema:
     def table_sizes(self) -> dict[str, int]:
         """Embedding table name -> number of rows (the largest vocabulary among features using it)."""
         sizes: dict[str, int] = {}
-        for f in (*self.sparse, *self.sequences):
+        for f in self.embedded_features:
             sizes[f.table_name] = max(sizes.get(f.table_name, 0), f.vocab_size)
         return sizes
 
@@ -137,7 +142,7 @@ class DatasetSchema:
                     f"task {t.name!r}: observed_after={t.observed_after!r} must name an earlier task "
                     f"(tasks in order: {task_names})"
                 )
-        for f in (*self.sparse, *self.sequences):
+        for f in self.embedded_features:
             if f.vocab_size < 2:
                 raise SchemaError(f"feature {f.name!r}: vocab_size must be >= 2 (padding and OOV ids)")
         sparse_names = {f.name for f in self.sparse}

@@ -19,6 +19,8 @@ from mtrec.features.schema import DatasetSchema
 class FeatureEmbedding(nn.Module):
     """Embeds a batch's fields to ``[B, F, d]`` (F = sparse + dense fields) and its sequences."""
 
+    sparse_offsets: torch.Tensor
+
     def __init__(self, schema: DatasetSchema, dim: int) -> None:
         super().__init__()
         self.dim = dim

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -56,7 +57,7 @@ class ParallelMLP(nn.Module):
         super().__init__()
         self.n = n
         dims = [in_dim, *sizes]
-        self.layers = nn.ModuleList(ParallelLinear(n, a, b) for a, b in zip(dims[:-1], dims[1:], strict=True))
+        self.layers = nn.ModuleList(ParallelLinear(n, a, b) for a, b in itertools.pairwise(dims))
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.last_activation = last_activation
         self.out_dim = dims[-1]

@@ -59,6 +59,8 @@ def create_weighting(name: str, task_names: list[str], **options: Any) -> Weight
 class FixedWeighting(WeightingStrategy):
     """``sum_k w_k L_k`` with constant weights (default 1 for every task)."""
 
+    weights: torch.Tensor
+
     def __init__(self, task_names: list[str], weights: dict[str, float] | None = None) -> None:
         super().__init__(task_names)
         weights = weights or {}

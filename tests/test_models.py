@@ -1,0 +1,87 @@
+"""Every registered model, through the registry: the contract each architecture must keep."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fakes import tiny_dataset
+from mtrec.data.batches import gather_batch
+from mtrec.models import ModelConfigError, create_model, list_models, model_options
+
+MODELS = list_models()
+
+
+@pytest.fixture(scope="module")
+def data():  # type: ignore[no-untyped-def]
+    return tiny_dataset(rows=200, seed=1)
+
+
+def build(name: str, schema):  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    return create_model(name, schema)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_outputs_are_task_logits_of_shape_b(name: str, data) -> None:  # type: ignore[no-untyped-def]
+    model = build(name, data.schema)
+    batch = gather_batch(data, np.arange(32))
+    outputs = model(batch)
+    assert set(data.schema.task_names) <= set(outputs)
+    for key, value in outputs.items():
+        assert value.shape == (32,), key
+        assert torch.isfinite(value).all(), key
+    probs = model.probabilities(outputs)
+    assert list(probs) == data.schema.task_names
+    for p in probs.values():
+        assert ((p >= 0) & (p <= 1)).all()
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_parameter_gets_a_gradient(name: str, data) -> None:  # type: ignore[no-untyped-def]
+    model = build(name, data.schema)
+    batch = gather_batch(data, np.arange(64))
+    loss = sum(model.losses(model(batch), batch).values())
+    loss.backward()  # type: ignore[union-attr]
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing, f"parameters without gradient: {missing}"
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_eval_is_deterministic(name: str, data) -> None:  # type: ignore[no-untyped-def]
+    model = build(name, data.schema).eval()
+    batch = gather_batch(data, np.arange(48))
+    with torch.no_grad():
+        first, second = model(batch), model(batch)
+    for key in first:
+        torch.testing.assert_close(first[key], second[key], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_a_few_steps_lower_the_loss(name: str, data) -> None:  # type: ignore[no-untyped-def]
+    model = build(name, data.schema)
+    batch = gather_batch(data, np.arange(64))
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+
+    def total() -> torch.Tensor:
+        return sum(model.losses(model(batch), batch).values())  # type: ignore[return-value]
+
+    model.train()
+    with torch.no_grad():
+        before = float(total())
+    for _ in range(15):
+        optimizer.zero_grad()
+        total().backward()
+        optimizer.step()
+    with torch.no_grad():
+        after = float(total())
+    assert after < before - 1e-3, (before, after)
+
+
+def test_unknown_model_and_option_are_named() -> None:
+    with pytest.raises(ModelConfigError, match=r"unknown model 'nope'.*mmoe"):
+        model_options("nope")
+    with pytest.raises(ModelConfigError, match=r"no option.*'bogus'"):
+        model_options("mmoe", {"bogus": 1})
