@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_dataset, tiny_schema
+from fakes import tiny_dataset, tiny_schema
 from mtrec.data.batches import Batch, gather_batch
 from mtrec.data.dataset import PreparedDataset
 from mtrec.features.schema import DatasetSchema, SequenceFeature, TaskSpec
