@@ -6,8 +6,9 @@ encodings of the same sequence (one per task and behaviour, say) into the batch,
 ``[B, 1, M, L, d]`` input normed with ``[K, M, 2, d]`` parameters becomes ``[B, K, M, L, d]`` after the
 first norm, and the work before that norm is done once per sequence, not once per task.
 
-Padding (mask False) never receives attention weight: its weight is exactly 0. A sequence made only of
-padding gets all-zero weights (and so a zero pooled vector), never NaN.
+Padding (mask False) never receives attention weight: its weight is exactly 0. In target-attention
+pooling a sequence made only of padding gets all-zero weights (so a zero pooled vector); in
+self-attention it attends evenly over its padding (finite outputs that the pooling then ignores). Never NaN.
 """
 
 from __future__ import annotations
@@ -45,19 +46,23 @@ class MultiHeadSelfAttention(nn.Module):
         if heads < 1 or dim % heads:
             raise ValueError(f"attention width {dim} must be a positive multiple of heads={heads}")
         self.heads = heads
+        self.dropout = dropout
         self.qkv = nn.Linear(dim, 3 * dim)
         self.out = nn.Linear(dim, dim)
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         *lead, length, dim = x.shape
         head_dim = dim // self.heads
         qkv = self.qkv(x.reshape(-1, length, dim))  # [N, L, 3d]
         q, k, v = qkv.view(-1, length, 3, self.heads, head_dim).permute(2, 0, 3, 1, 4)  # each [N, h, L, dh]
-        scores = q @ k.transpose(-1, -2) / math.sqrt(head_dim)  # [N, h, L, L]
         key_mask = mask.reshape(-1, 1, 1, length)  # [N, 1, 1, L]
-        weights = self.dropout(masked_softmax(scores, key_mask))
-        heads_out = (weights @ v).transpose(1, 2).reshape(-1, length, dim)  # [N, L, d]
+        # A history of padding only attends to all its (meaningless) positions rather than to none:
+        # finite, and its outputs are never pooled.
+        key_mask = key_mask | ~key_mask.any(-1, keepdim=True)
+        heads_out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=key_mask, dropout_p=self.dropout if self.training else 0.0
+        )  # [N, h, L, dh]
+        heads_out = heads_out.transpose(1, 2).reshape(-1, length, dim)  # [N, L, d]
         return self.out(heads_out).view(*lead, length, dim)  # [..., L, d]
 
 
@@ -75,7 +80,7 @@ class ConditionalTransformerLayer(nn.Module):
         super().__init__()
         self.attention = MultiHeadSelfAttention(dim, heads, dropout)
         self.ffn = nn.Sequential(
-            nn.Linear(dim, ffn_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(ffn_dim, dim),
+            nn.Linear(dim, ffn_dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(ffn_dim, dim),
             nn.Dropout(dropout),
         )
 
@@ -137,8 +142,8 @@ class TargetAttentionPooling(nn.Module):
 
         Returns the pooled vectors ``[..., d]`` and the attention weights ``[..., L]``.
         """
-        query = self.query(target).unsqueeze(-1)  # [..., d, 1]
-        scores = (keys @ query).squeeze(-1) / math.sqrt(keys.shape[-1])  # [..., L]
+        query = self.query(target).unsqueeze(-2)  # [..., 1, d]
+        scores = (keys * query).sum(-1) / math.sqrt(keys.shape[-1])  # [..., L]
         weights = masked_softmax(scores, mask)
-        pooled = (weights.unsqueeze(-2) @ keys).squeeze(-2)  # [..., d]
+        pooled = (weights.unsqueeze(-1) * keys).sum(-2)  # [..., d]
         return pooled, weights
