@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fakes import tiny_dataset
 
+from fakes import tiny_dataset
 from mtrec.data.batches import BatchIterator, gather_batch
 from mtrec.data.dataset import DatasetError, PreparedDataset
 from mtrec.features.schema import DatasetSchema, SchemaError, SparseFeature, TaskSpec
@@ -96,12 +96,12 @@ def test_masks_follow_observed_after() -> None:
 def test_bad_labels_and_mismatched_schema_are_named(tmp_path: Path) -> None:
     data = tiny_dataset(rows=100)
     data.labels[7, 1] = 2.0
-    with pytest.raises(DatasetError, match="task 'conversion' row 7 has 2.0"):
+    with pytest.raises(DatasetError, match=r"task .conversion. row 7 has 2\.0"):
         data.save(tmp_path / "bad")
     good = tiny_dataset(rows=100)
     good.save(tmp_path / "d")
     np.save(tmp_path / "d" / "dense.npy", np.zeros((100, 5), dtype=np.float32))
-    with pytest.raises(DatasetError, match="'dense'.*shape \\(100, 5\\).*implies \\(100, 2\\)"):
+    with pytest.raises(DatasetError, match=r"'dense'.*shape \\(100, 5\\).*implies \\(100, 2\\)"):
         PreparedDataset.load(tmp_path / "d")
     with pytest.raises(DatasetError, match="directory not found"):
         PreparedDataset.load(tmp_path / "missing")

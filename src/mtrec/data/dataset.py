@@ -9,7 +9,9 @@ Layout of a prepared dataset directory::
     labels.npy               float32 [N, T]         0/1 per task, tasks in schema order
     oracle.npy               float32 [N, T]         (synthetic only) true probability per task
     splits/{train,valid,test}.npy  int64 [n_split]  row indices of each split
-    vocabularies.json        (prepared from raw files only) raw value lists per sparse/sequence feature
+    encoders.json            (prepared from raw files only) the fitted FeatureEncoders: vocabularies per
+                             embedding table, dense transforms, sequence formats (mtrec.features.encoders)
+    prepare.json             (prepared from raw files only) the dataset config used and row counts
 
 Columns of one kind are stored as one 2-D block so that a batch is one fancy-index per block, and a
 row's fields are contiguous on disk (one read per row when the data does not fit in memory).

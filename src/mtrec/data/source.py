@@ -20,8 +20,6 @@ def is_synthetic(spec: str) -> bool:
 def load_data(spec: str) -> PreparedDataset:
     """Build (synthetic) or open (directory) the dataset named by ``spec``."""
     if is_synthetic(spec):
-        from mtrec.data.synthetic import make_synthetic
-
         parts = spec.split(":")
         preset = parts[1] if len(parts) > 1 and parts[1] else "easy"
         rows: int | None = None
@@ -32,6 +30,8 @@ def load_data(spec: str) -> PreparedDataset:
                 raise DatasetError(f"data spec {spec!r}: ROWS must be an integer, got {parts[2]!r}") from None
         if len(parts) > 3:
             raise DatasetError(f"data spec {spec!r}: expected synthetic[:PRESET[:ROWS]]")
+        from mtrec.data.synthetic import make_synthetic
+
         return make_synthetic(preset, rows=rows)
     path = Path(spec)
     if not path.exists():

@@ -1,5 +1,6 @@
 """Feature schema and vocabularies."""
 
+from mtrec.features.encoders import DenseTransform, EncodingError, FeatureEncoders, SequenceFormat
 from mtrec.features.schema import (
     OOV_ID,
     PADDING_ID,
@@ -17,8 +18,12 @@ __all__ = [
     "PADDING_ID",
     "DatasetSchema",
     "DenseFeature",
+    "DenseTransform",
+    "EncodingError",
+    "FeatureEncoders",
     "SchemaError",
     "SequenceFeature",
+    "SequenceFormat",
     "SparseFeature",
     "TaskSpec",
     "Vocabulary",

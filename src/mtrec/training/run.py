@@ -1,7 +1,8 @@
 """One training run end to end: data, model, trainer, artefacts (the library behind ``mtrec train``).
 
 A run directory receives ``config.json``, ``schema.json``, ``model.safetensors`` (best epoch),
-``history.jsonl``, ``metrics.json``, ``learning_curves.png`` and ``roc.png``.
+``history.jsonl``, ``metrics.json``, ``learning_curves.png`` and ``roc.png``; when the data is a dataset
+prepared from raw files, also its ``encoders.json`` (raw values -> model input, for serving).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from tqdm.auto import tqdm
 
 from mtrec.data.dataset import PreparedDataset
 from mtrec.data.source import is_synthetic, load_data
-from mtrec.io import atomic_write_text
+from mtrec.features.encoders import ENCODERS_FILE
+from mtrec.io import atomic_write_bytes, atomic_write_text
 from mtrec.models import create_model, model_options
 from mtrec.training.checkpoint import CONFIG, SCHEMA
 from mtrec.training.config import RunConfig
@@ -62,6 +64,9 @@ def train_run(
     model = create_model(config.model, dataset.schema, **config.model_options)
     dataset.schema.save(out / SCHEMA)
     config.save(out / CONFIG)
+    encoders = dataset.path / ENCODERS_FILE if dataset.path is not None else None
+    if encoders is not None and encoders.is_file():
+        atomic_write_bytes(out / ENCODERS_FILE, encoders.read_bytes())
     log(f"training {config.model} ({count_parameters(model):,} parameters) on {config.data}: "
         f"{dataset.split_size('train'):,} train rows")
     result = Trainer(model, cfg, out, log).fit(dataset)

@@ -1,0 +1,389 @@
+"""Feature encoders: raw values -> the id and float blocks a model reads.
+
+``FeatureEncoders`` holds what ``prepare`` fitted on the training split: one :class:`Vocabulary` per
+embedding table (features that share a table share its vocabulary), each dense feature's transform, and
+how each behaviour sequence is written in the raw data. ``prepare`` encodes every raw chunk with
+:meth:`FeatureEncoders.encode` and saves the encoders as ``encoders.json`` in the prepared dataset, so the
+same code turns a request's raw values into model input at serving time.
+
+Raw values are compared as canonical text: strings as given (whitespace-trimmed when ``strip``),
+integers as decimal digits, integral floats as integers (``3.0`` -> ``"3"``), other floats in shortest
+round-trip form, booleans as ``true``/``false``; a missing value (None, NaN, null) of a sparse feature is
+the empty string, a category of its own. Ids: 0 = padding, 1 = out-of-vocabulary (unseen in training),
+known values from 2 (see :mod:`mtrec.features.vocab`).
+
+Dense transform (per feature): ``x -> sign(x) * log(1 + |x|)`` if ``log1p``, then ``(x - mean) / std``;
+a missing value (None, NaN, empty, or one of ``missing_values``) becomes ``fill`` (default 0, the training
+mean after standardisation).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TypeAlias
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from mtrec.features.schema import OOV_ID, DatasetSchema, SequenceFeature, SparseFeature
+from mtrec.features.vocab import Vocabulary
+from mtrec.io import atomic_write_text
+
+ENCODERS_FILE = "encoders.json"
+FORMAT = "mtrec-feature-encoders"
+VERSION = 1
+
+RawColumn: TypeAlias = Sequence[Any] | np.ndarray | pa.Array | pa.ChunkedArray
+
+
+class EncodingError(ValueError):
+    """A raw value that cannot be encoded; ``feature`` and ``row`` (0-based, within the input) say where."""
+
+    def __init__(self, message: str, feature: str, row: int | None = None, value: Any = None) -> None:
+        super().__init__(message)
+        self.feature = feature
+        self.row = row
+        self.value = value
+
+
+# ---- canonical raw text ----------------------------------------------------------------------------
+def _canonical_item(value: Any) -> str | None:
+    """One Python value -> canonical text (None for missing); the slow path for mixed-type input."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool | np.bool_):
+        return "true" if value else "false"
+    if isinstance(value, int | np.integer):
+        return str(int(value))
+    if isinstance(value, float | np.floating):
+        if math.isnan(value):
+            return None
+        return str(pc.cast(pa.array([float(value)]), pa.string())[0].as_py())
+    return str(value)
+
+
+def to_arrow(values: RawColumn) -> pa.Array:
+    """Any 1-D column (list, NumPy array, Arrow array) as one Arrow array; NaN becomes null."""
+    if isinstance(values, pa.ChunkedArray):
+        return values.combine_chunks()
+    if isinstance(values, pa.Array):
+        return values
+    if isinstance(values, np.ndarray) and values.ndim != 1:
+        raise ValueError(f"expected a 1-D column, got an array of shape {values.shape}")
+    try:
+        return pa.array(values, from_pandas=True)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
+        return pa.array([_canonical_item(v) for v in values], type=pa.string())
+
+
+def canonical_strings(values: RawColumn, strip: bool = False) -> pa.Array:
+    """A column as canonical text (``pa.string()``, null where missing); see the module docstring."""
+    arr = to_arrow(values)
+    kind = arr.type
+    if pa.types.is_dictionary(kind):
+        arr = arr.dictionary_decode()
+        kind = arr.type
+    if pa.types.is_null(kind):
+        return pa.nulls(len(arr), pa.string())
+    if pa.types.is_floating(kind):
+        arr = pc.if_else(pc.is_nan(arr), pa.scalar(None, kind), arr)
+    if pa.types.is_large_string(kind):
+        arr = arr.cast(pa.string())
+    elif not pa.types.is_string(kind):
+        try:
+            arr = pc.cast(arr, pa.string())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            arr = pa.array([_canonical_item(v) for v in arr.to_pylist()], type=pa.string())
+    if strip:
+        arr = pc.utf8_trim_whitespace(arr)
+    return arr
+
+
+def value_counts(tokens: pa.Array) -> Counter[str]:
+    """Occurrences of each canonical value (missing counted as the empty string)."""
+    counts = pc.value_counts(pc.fill_null(tokens, ""))
+    return Counter(dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(),
+                            strict=True)))
+
+
+def lookup(vocab: Vocabulary, tokens: pa.Array) -> np.ndarray:
+    """Canonical values ``[N]`` -> ids ``[N]`` (int32); missing is the empty string, unseen is OOV.
+
+    Hash-encodes the column in Arrow, then looks up each distinct value once in Python."""
+    encoded = pc.dictionary_encode(pc.fill_null(tokens, ""))
+    get = vocab.index.get
+    distinct = encoded.dictionary.to_pylist()
+    ids = np.fromiter((get(v, OOV_ID) for v in distinct), dtype=np.int32, count=len(distinct))
+    return ids[encoded.indices.to_numpy(zero_copy_only=False)]
+
+
+# ---- dense -------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DenseTransform:
+    """How one dense feature's raw value becomes its model input (see the module docstring)."""
+
+    log1p: bool = False
+    mean: float = 0.0
+    std: float = 1.0
+    fill: float = 0.0
+
+    def transform(self, raw: np.ndarray) -> np.ndarray:
+        """Parsed values ``[N]`` (float64, NaN = missing) -> model input ``[N]`` (float32)."""
+        x = signed_log1p(raw) if self.log1p else raw
+        x = (x - self.mean) / self.std
+        return np.where(np.isnan(x), self.fill, x).astype(np.float32)
+
+
+def signed_log1p(x: np.ndarray) -> np.ndarray:
+    """``sign(x) * log(1 + |x|)``: log1p that keeps the sign of negative values."""
+    return np.sign(x) * np.log1p(np.abs(x))
+
+
+def parse_numbers(values: RawColumn, missing_values: Iterable[str] = (), feature: str = "",
+                  strip: bool = True) -> np.ndarray:
+    """A raw column -> float64 ``[N]`` with NaN where missing (None, NaN, empty, or a missing token).
+
+    Raises EncodingError naming the first value that is not a number."""
+    arr = to_arrow(values)
+    if pa.types.is_dictionary(arr.type):
+        arr = arr.dictionary_decode()
+    if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
+        text = pc.utf8_trim_whitespace(arr.cast(pa.string())) if strip else arr.cast(pa.string())
+        missing = pc.or_(pc.equal(text, ""), pc.is_in(text, value_set=pa.array(list(missing_values),
+                                                                                 pa.string())))
+        text = pc.if_else(missing, pa.scalar(None, pa.string()), text)
+        try:
+            arr = pc.cast(text, pa.float64())
+        except pa.ArrowInvalid:
+            for row, v in enumerate(text.to_pylist()):
+                try:
+                    float(v) if v is not None else None
+                except ValueError:
+                    raise EncodingError(f"dense feature {feature!r}: {v!r} is not a number", feature,
+                                        row, v) from None
+            raise
+    elif pa.types.is_null(arr.type):
+        return np.full(len(arr), np.nan)
+    else:
+        try:
+            arr = pc.cast(arr, pa.float64())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            raise EncodingError(f"dense feature {feature!r}: values of type {arr.type} are not numbers",
+                                feature) from None
+    return np.asarray(arr.to_numpy(zero_copy_only=False), dtype=np.float64)
+
+
+# ---- sequences ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SequenceFormat:
+    """How a behaviour history is written in the raw data.
+
+    A history is a list of raw tokens per row: a list (or a row of a 2-D array) as given, or a string
+    split on ``separator`` (without a separator a string is one token). Tokens in ``pad_values`` and
+    empty tokens are dropped; ``keep`` says which ``max_len`` tokens remain when a history is longer
+    (``first`` or ``last``); the kept tokens are left-aligned and the rest padded with id 0.
+    """
+
+    separator: str | None = None
+    pad_values: tuple[str, ...] = ()
+    keep: str = "first"
+
+    def __post_init__(self) -> None:
+        if self.keep not in ("first", "last"):
+            raise ValueError(f"sequence keep must be 'first' or 'last', got {self.keep!r}")
+        if self.separator == "":
+            raise ValueError("sequence separator must not be empty")
+
+
+def _as_list_array(values: RawColumn | np.ndarray, fmt: SequenceFormat, strip: bool) -> pa.Array:
+    """Each row's raw tokens as an Arrow list array ``[N] of list<string>``."""
+    if isinstance(values, np.ndarray) and values.ndim == 2:
+        n, width = values.shape
+        flat = canonical_strings(values.reshape(-1), strip)  # [N*W] row-major
+        return pa.FixedSizeListArray.from_arrays(flat, width) if n else pa.array([], pa.list_(pa.string()))
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if isinstance(values, pa.Array) and (pa.types.is_list(values.type) or
+                                         pa.types.is_fixed_size_list(values.type) or
+                                         pa.types.is_large_list(values.type)):
+        arr: pa.Array = values
+    elif any(isinstance(v, list | tuple | np.ndarray) for v in values):
+        try:
+            arr = pa.array(values, from_pandas=True)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
+            arr = pa.array([None if v is None else [_canonical_item(t) for t in v] for v in values],
+                           type=pa.list_(pa.string()))
+    else:
+        arr = to_arrow(values)
+    if not (pa.types.is_list(arr.type) or pa.types.is_fixed_size_list(arr.type) or
+            pa.types.is_large_list(arr.type)):
+        text = canonical_strings(arr, strip)
+        if fmt.separator is None:
+            return pa.ListArray.from_arrays(pa.array(np.arange(len(text) + 1, dtype=np.int32)), text)
+        return pc.split_pattern(text, fmt.separator)
+    return arr
+
+
+def sequence_tokens(values: RawColumn | np.ndarray, fmt: SequenceFormat, max_len: int,
+                    strip: bool = False) -> tuple[pa.Array, np.ndarray, np.ndarray, int]:
+    """The tokens a history keeps: ``(tokens [T] string, rows [T], positions [T], N)``.
+
+    ``values`` is ``[N]`` (lists, or strings to split) or a 2-D array ``[N, W]`` of raw tokens (one column
+    per position). Pad and empty tokens are dropped, then at most ``max_len`` per row are kept
+    (``fmt.keep``), left-aligned: ``positions`` are in ``[0, max_len)``."""
+    lists = _as_list_array(values, fmt, strip)
+    n = len(lists)
+    flat = canonical_strings(pc.list_flatten(lists), strip)  # [T0]
+    rows = np.asarray(pc.list_parent_indices(lists).to_numpy(zero_copy_only=False), dtype=np.int64)
+    drop = pc.or_(pc.is_null(flat), pc.equal(flat, ""))
+    if fmt.pad_values:
+        drop = pc.or_(drop, pc.is_in(flat, value_set=pa.array(list(fmt.pad_values), pa.string())))
+    keep = ~np.asarray(pc.fill_null(drop, True).to_numpy(zero_copy_only=False), dtype=bool)
+    flat = flat.filter(pa.array(keep))
+    rows = rows[keep]  # [T], non-decreasing
+    lengths = np.bincount(rows, minlength=n)
+    starts = np.cumsum(lengths) - lengths  # first token of each row
+    position = np.arange(len(rows)) - starts[rows]  # 0-based position within the row
+    if fmt.keep == "last":
+        position = position - np.maximum(lengths[rows] - max_len, 0)
+        kept = position >= 0
+    else:
+        kept = position < max_len
+    return flat.filter(pa.array(kept)), rows[kept], position[kept], n
+
+
+# ---- the encoders --------------------------------------------------------------------------------------
+@dataclass
+class FeatureEncoders:
+    """Fitted raw-value encoders for every feature of a schema.
+
+    vocabularies:   table name -> Vocabulary (features sharing an embedding table share it)
+    dense:          dense feature name -> DenseTransform
+    sequences:      sequence feature name -> SequenceFormat
+    missing_values: raw tokens that mean "missing" for dense features (besides empty / null / NaN)
+    strip:          trim whitespace around raw strings (as prepare did)
+    """
+
+    vocabularies: dict[str, Vocabulary] = field(default_factory=dict)
+    dense: dict[str, DenseTransform] = field(default_factory=dict)
+    sequences: dict[str, SequenceFormat] = field(default_factory=dict)
+    missing_values: tuple[str, ...] = ()
+    strip: bool = False
+
+    # ---- checks -----------------------------------------------------------------------------------
+    def check(self, schema: DatasetSchema) -> None:
+        """Raise ValueError if the schema has a feature these encoders cannot encode."""
+        embedded: list[SparseFeature | SequenceFeature] = [*schema.sparse, *schema.sequences]
+        for f in embedded:
+            if f.table_name not in self.vocabularies:
+                raise ValueError(f"no vocabulary for feature {f.name!r} (table {f.table_name!r})")
+        for d in schema.dense:
+            if d.name not in self.dense:
+                raise ValueError(f"no transform for dense feature {d.name!r}")
+        for s in schema.sequences:
+            if s.name not in self.sequences:
+                raise ValueError(f"no sequence format for sequence feature {s.name!r}")
+
+    # ---- encoding ---------------------------------------------------------------------------------
+    def encode(
+        self, columns: Mapping[str, RawColumn | np.ndarray], schema: DatasetSchema
+    ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        """Raw values keyed by feature name -> ``(sparse, dense, sequences)``.
+
+        columns:   feature name -> N raw values (strings or numbers as in the raw file). A sequence
+                   feature takes N lists of raw tokens, N strings joined by its separator, or a 2-D
+                   array ``[N, W]`` (one column per position). Extra keys are ignored.
+        returns:   sparse int32 ``[N, F_sparse]`` (schema order), dense float32 ``[N, F_dense]``,
+                   ``{sequence name: int32 [N, max_len]}`` (left-aligned, 0 = padding).
+        Raises ValueError naming a missing column, columns of unequal length, or (EncodingError) a dense
+        value that is not a number.
+        """
+        self.check(schema)
+        needed = schema.feature_names
+        absent = [name for name in needed if name not in columns]
+        if absent:
+            raise ValueError(f"missing input column(s) {absent}; the schema needs {needed}")
+        lengths = {name: len(columns[name]) for name in needed}
+        n = next(iter(lengths.values()), 0)
+        if any(v != n for v in lengths.values()):
+            raise ValueError(f"input columns have different lengths: {lengths}")
+        sparse = np.zeros((n, len(schema.sparse)), dtype=np.int32)  # [N, F_sparse]
+        for j, f in enumerate(schema.sparse):
+            tokens = canonical_strings(columns[f.name], self.strip)
+            sparse[:, j] = lookup(self.vocabularies[f.table_name], tokens)
+        dense = np.zeros((n, len(schema.dense)), dtype=np.float32)  # [N, F_dense]
+        for j, d in enumerate(schema.dense):
+            raw = parse_numbers(columns[d.name], self.missing_values, d.name, self.strip)
+            dense[:, j] = self.dense[d.name].transform(raw)
+        sequences: dict[str, np.ndarray] = {}
+        for s in schema.sequences:
+            tokens, rows, positions, _ = sequence_tokens(columns[s.name], self.sequences[s.name],
+                                                         s.max_len, self.strip)
+            block = np.zeros((n, s.max_len), dtype=np.int32)  # [N, L]
+            block[rows, positions] = lookup(self.vocabularies[s.table_name], tokens)
+            sequences[s.name] = block
+        return sparse, dense, sequences
+
+    # ---- JSON -------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "strip": self.strip,
+            "missing_values": list(self.missing_values),
+            "vocabularies": {table: v.to_list() for table, v in sorted(self.vocabularies.items())},
+            "dense": {name: asdict(t) for name, t in self.dense.items()},
+            "sequences": {name: {**asdict(s), "pad_values": list(s.pad_values)}
+                          for name, s in self.sequences.items()},
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, ensure_ascii=False) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FeatureEncoders:
+        if data.get("format") != FORMAT:
+            raise ValueError(f"not a feature-encoders description (format {data.get('format')!r})")
+        if data.get("version") != VERSION:
+            raise ValueError(f"feature encoders version {data.get('version')!r} is not supported "
+                             f"(this mtrec reads version {VERSION})")
+        try:
+            return cls(
+                vocabularies={t: Vocabulary.from_list(list(v)) for t, v in data["vocabularies"].items()},
+                dense={name: DenseTransform(**t) for name, t in data["dense"].items()},
+                sequences={name: SequenceFormat(s.get("separator"), tuple(s.get("pad_values", ())),
+                                                s.get("keep", "first"))
+                           for name, s in data["sequences"].items()},
+                missing_values=tuple(data.get("missing_values", ())),
+                strip=bool(data.get("strip", False)),
+            )
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"not a valid feature-encoders description: {exc!r}") from exc
+
+    def save(self, path: str | Path) -> None:
+        """Write ``encoders.json`` atomically."""
+        atomic_write_text(Path(path), self.to_json())
+
+    @classmethod
+    def load(cls, path: str | Path) -> FeatureEncoders:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ValueError(f"feature encoders file not found: {path}") from None
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a JSON object")
+        try:
+            return cls.from_dict(data)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from exc

@@ -1,0 +1,78 @@
+"""The `mtrec` command line, end to end in a subprocess: the contract other tools rely on."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mtrec.models import list_models
+from mtrec.training.checkpoint import load_model
+
+
+def mtrec(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "mtrec", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_models_lists_the_registry() -> None:
+    result = mtrec("models")
+    assert result.returncode == 0
+    assert result.stdout.split() == list_models()
+
+
+def test_train_writes_the_run_directory(tiny_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = mtrec("train", "--model", "mmoe", "--data", str(tiny_dir), "--out", str(out),
+                   "--epochs", "2", "--batch-size", "32", "--seed", "3")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["model"] == "mmoe"
+    assert metrics["tasks"] == ["click", "conversion"]
+    for task in metrics["tasks"]:
+        assert 0.0 <= metrics["test"][task]["auc"] <= 1.0
+        assert metrics["test"][task]["logloss"] > 0
+    assert metrics["train_samples_per_s"] > 0
+    assert metrics["params"] == sum(p.numel() for p in load_model(out)[0].parameters())
+    for name in ("model.safetensors", "schema.json", "config.json", "history.jsonl", "learning_curves.png",
+                 "roc.png"):
+        assert (out / name).stat().st_size > 0, name
+    config = json.loads((out / "config.json").read_text())
+    assert config["train"]["seed"] == 3 and config["model_options"]["num_experts"] == 4
+
+
+def test_config_file_and_flags_combine(tiny_dir: Path, tmp_path: Path) -> None:
+    config = tmp_path / "run.yaml"
+    config.write_text("model: shared_bottom\nmodel_options: {bottom_sizes: [32]}\ntrain: {epochs: 5, lr: 0.01}\n")
+    out = tmp_path / "run"
+    result = mtrec("train", "--config", str(config), "--data", str(tiny_dir), "--out", str(out), "--epochs", "1")
+    assert result.returncode == 0, result.stderr
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["model"] == "shared_bottom" and saved["model_options"]["bottom_sizes"] == [32]
+    assert saved["train"]["epochs"] == 1 and saved["train"]["lr"] == 0.01
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model", "nope", "--data", "synthetic"], "unknown model 'nope'; registered models:"),
+        (["--model", "mmoe", "--data", "/no/such/dir"], "neither 'synthetic[:PRESET[:ROWS]]' nor an existing"),
+        (["--model", "mmoe", "--data", "synthetic:easy:many"], "ROWS must be an integer"),
+        (["--data", "synthetic"], "no model given"),
+        (["--model", "mmoe", "--data", "synthetic", "--epochs", "0"], "train.epochs must be >= 1"),
+    ],
+)
+def test_bad_input_gives_one_clear_line(args: list[str], message: str, tmp_path: Path) -> None:
+    result = mtrec("train", *args, "--out", str(tmp_path / "run"))
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_mismatched_dataset_is_named(tiny_dir: Path, tmp_path: Path) -> None:
+    (tiny_dir / "labels.npy").write_bytes(b"not an array")
+    result = mtrec("train", "--model", "mmoe", "--data", str(tiny_dir), "--out", str(tmp_path / "run"))
+    assert result.returncode == 2
+    assert "labels.npy: not a readable .npy array" in result.stderr

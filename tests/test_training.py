@@ -1,0 +1,78 @@
+"""The trainer, early stopping, checkpoints and weighting, in process on tiny data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fakes import tiny_dataset
+from mtrec.data.batches import gather_batch
+from mtrec.objectives.weighting import create_weighting
+from mtrec.training.callbacks import EarlyStopping
+from mtrec.training.checkpoint import ArtifactError, load_model
+from mtrec.training.config import RunConfig, TrainConfig
+from mtrec.training.run import train_run
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+def run(tmp: Path, name: str, seed: int = 0, epochs: int = 2) -> dict:  # type: ignore[type-arg]
+    config = RunConfig(model="mmoe", data="tiny",
+                       train=TrainConfig(epochs=epochs, batch_size=64, seed=seed, num_threads=1, prefetch=1))
+    return train_run(config, tmp / name, dataset=tiny_dataset(rows=600), log=quiet)
+
+
+def test_seeded_runs_repeat_exactly(tmp_path: Path) -> None:
+    a, b, c = run(tmp_path, "a"), run(tmp_path, "b"), run(tmp_path, "c", seed=1)
+    assert a["test"] == b["test"]
+    assert a["test"] != c["test"]
+
+
+def test_saved_model_is_the_best_epoch_and_reloads(tmp_path: Path) -> None:
+    metrics = run(tmp_path, "r", epochs=4)
+    history = [json.loads(line) for line in (tmp_path / "r" / "history.jsonl").read_text().splitlines()]
+    scores = [row["valid_score"] for row in history]
+    assert metrics["best_epoch"] == int(np.argmax(scores))
+    model, config = load_model(tmp_path / "r")
+    assert config.model == "mmoe"
+    data = tiny_dataset(rows=600)
+    batch = gather_batch(data, data.splits["test"])
+    with torch.no_grad():
+        probs = model.probabilities(model(batch))
+    from mtrec.metrics import auc
+
+    labels = batch.labels["click"].numpy()
+    assert auc(labels, probs["click"].numpy()) == pytest.approx(metrics["test"]["click"]["auc"], abs=1e-6)
+
+
+def test_early_stopping_counts_patience() -> None:
+    stopper = EarlyStopping(patience=1)
+    assert stopper.update(0.5, 0) and not stopper.should_stop
+    assert not stopper.update(0.4, 1) and not stopper.should_stop
+    assert not stopper.update(0.45, 2) and stopper.should_stop
+    assert stopper.best_epoch == 0
+
+
+def test_model_file_that_is_not_safetensors_is_refused(tmp_path: Path) -> None:
+    run(tmp_path, "r", epochs=1)
+    (tmp_path / "r" / "model.safetensors").write_bytes(b"\x80\x04garbage")
+    with pytest.raises(ArtifactError, match="not a valid safetensors model file"):
+        load_model(tmp_path / "r")
+    with pytest.raises(ArtifactError, match="run directory not found"):
+        load_model(tmp_path / "nothing")
+
+
+def test_fixed_weighting_weights_and_errors() -> None:
+    weighting = create_weighting("fixed", ["click", "conversion"], weights={"conversion": 3.0})
+    losses = {"click": torch.tensor(1.0), "conversion": torch.tensor(2.0)}
+    assert float(weighting.combine(losses, None)) == 7.0  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"unknown task\(s\) \['buy'\]"):
+        create_weighting("fixed", ["click"], weights={"buy": 1.0})
+    with pytest.raises(ValueError, match="unknown weighting 'magic'"):
+        create_weighting("magic", ["click"])
