@@ -146,6 +146,17 @@ def test_batched_pairs_equal_encoding_each_task_behaviour_pair_alone(batch: Batc
             torch.testing.assert_close(u[:, k, m], alone, rtol=1e-5, atol=1e-6)
 
 
+def test_all_pairs_are_one_batched_pass_with_the_first_attention_once_per_history(batch: Batch) -> None:
+    model = build(tiny_schema(), num_layers=2)
+    assert model.tim is not None
+    shapes: list[tuple[int, ...]] = []
+    for layer in model.tim.encoder.layers:
+        layer.attention.register_forward_hook(lambda _m, args, _out: shapes.append(tuple(args[0].shape)))
+    model(batch)
+    # one call per layer (not per task/behaviour pair); layer 0 runs before the per-pair norms
+    assert shapes == [(48, 1, 2, 6, 16), (48, 2, 2, 6, 16)]  # [B, K', M, L, d]
+
+
 def test_padding_positions_get_zero_target_attention_weight(batch: Batch) -> None:
     _, weights = build(tiny_schema()).interests(batch)  # [B, K, M, L]
     padding = torch.stack([batch.sequences["hist_click"], batch.sequences["hist_buy"]], 1) == 0  # [B, M, L]
