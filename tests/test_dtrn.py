@@ -110,7 +110,8 @@ def test_senet_field_mode_scales_whole_fields_and_bit_mode_each_element() -> Non
 
 @pytest.mark.parametrize(
     "options",
-    [{}, {"backbone": "mmoe"}, {"trm": "bit"}, {"use_tim": False}, {"use_trm": False},
+    [{}, {"backbone": "mmoe"}, {"backbone": "ple"}, {"backbone": "ple", "num_levels": 1}, {"trm": "bit"},
+     {"use_tim": False}, {"use_trm": False},
      {"use_tim": False, "use_trm": False}, {"num_layers": 2, "heads": 4, "hyper_sizes": ()}],
 )
 def test_outputs_one_finite_logit_per_row_and_task(batch: Batch, options: dict[str, object]) -> None:
@@ -167,7 +168,9 @@ def test_padding_positions_get_zero_target_attention_weight(batch: Batch) -> Non
     torch.testing.assert_close(sums, has_items.unsqueeze(1).expand_as(sums).float())
 
 
-@pytest.mark.parametrize("options", [{}, {"backbone": "mmoe", "trm": "bit"}, {"use_tim": False}])
+@pytest.mark.parametrize(
+    "options", [{}, {"backbone": "mmoe", "trm": "bit"}, {"backbone": "ple"}, {"use_tim": False}]
+)
 def test_all_padding_histories_give_finite_outputs_and_gradients(
     batch: Batch, options: dict[str, object]
 ) -> None:
@@ -250,8 +253,8 @@ def test_a_history_without_target_uses_a_learned_query(batch: Batch) -> None:
 
 @pytest.mark.parametrize(
     "options, message",
-    [({"backbone": "ple"}, "CGC/PLE"), ({"backbone": "cross"}, "backbone"), ({"trm": "channel"}, "trm"),
-     ({"heads": 3}, "multiple of heads"), ({"num_layers": 0}, "num_layers")],
+    [({"backbone": "ple", "num_levels": 0}, "num_levels"), ({"backbone": "cross"}, "backbone"),
+     ({"trm": "channel"}, "trm"), ({"heads": 3}, "multiple of heads"), ({"num_layers": 0}, "num_layers")],
 )
 def test_bad_options_are_refused_clearly(options: dict[str, object], message: str) -> None:
     with pytest.raises(ModelConfigError, match=message):

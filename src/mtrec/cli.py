@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -11,9 +12,10 @@ import click
 from mtrec.data.dataset import DatasetError
 from mtrec.features.schema import SchemaError
 from mtrec.models import ModelConfigError, list_models
+from mtrec.objectives.weighting import WeightingConfigError
 from mtrec.training.config import ConfigError, RunConfig, read_config_file
 
-USER_ERRORS = (DatasetError, SchemaError, ModelConfigError, ConfigError)
+USER_ERRORS = (DatasetError, SchemaError, ModelConfigError, ConfigError, WeightingConfigError)
 
 
 @click.group()
@@ -67,6 +69,42 @@ def train(
         extra = f"  (oracle {oracle:.4f})" if oracle is not None else ""
         click.echo(f"test {task}: AUC {m['auc']:.4f}  logloss {m['logloss']:.4f}{extra}")
     click.echo(f"train samples/s {metrics['train_samples_per_s']:,.0f}; run written to {out}")
+
+
+@cli.command()
+@click.argument("config_file", metavar="CONFIG", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="prepared dataset directory")
+@click.option("--raw", type=click.Path(path_type=Path),
+              help="raw file (or, for a 'files' split, directory) instead of the config's source.path")
+@click.option("--chunk-rows", type=int, help="rows per streamed chunk (default: the config's, 262144)")
+def prepare(config_file: Path, out: Path, raw: Path | None, chunk_rows: int | None) -> None:
+    """Turn raw CSV/Parquet files into a prepared dataset, as a dataset config says (docs/datasets.md)."""
+    from mtrec.data.prepare import prepare_dataset
+
+    dataset = prepare_dataset(config_file, out, raw=raw, chunk_rows=chunk_rows)
+    s = dataset.schema
+    click.echo(f"{dataset.num_rows:,} rows, {len(s.sparse)} sparse / {len(s.dense)} dense / "
+               f"{len(s.sequences)} sequence features, tasks {s.task_names}; written to {out}")
+
+
+@cli.command()
+@click.argument("config_file", metavar="CONFIG", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), help="report directory [default: reports/bench/NAME]")
+@click.option("--max-runs", type=int, help="train at most N unfinished runs now, then report (resume later)")
+def bench(config_file: Path, out: Path | None, max_runs: int | None) -> None:
+    """Train models x datasets x seeds from a bench config and write the report (resumable)."""
+    from mtrec.bench.report import comparison_table, table_metrics
+    from mtrec.bench.runner import load_bench_config, run_bench
+
+    config = load_bench_config(config_file)
+    out = out or Path("reports") / "bench" / config.name
+    command = shlex.join(["mtrec", "bench", str(config_file), "--out", str(out)])
+    results = run_bench(config, out, command=command, max_runs=max_runs)
+    if results["runs"]:
+        click.echo(comparison_table(results["runs"], table_metrics(results["runs"])))
+    if results["pending_runs"]:
+        click.echo(f"{results['pending_runs']} run(s) pending: run the same command again to continue")
+    click.echo(f"report written to {out}/results.md")
 
 
 @cli.command()

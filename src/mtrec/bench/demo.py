@@ -1,20 +1,20 @@
-"""The main job: every registered model trained on synthetic data, compared with the oracle."""
+"""The main job: every registered model trained on synthetic data, compared with the oracle.
+
+A one-dataset, one-seed benchmark run by :func:`mtrec.bench.runner.run_bench`, so the demo's report has
+the same form as any benchmark's.
+"""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 from tqdm.auto import tqdm
 
-from mtrec.bench.report import comparison_table, plot_auc_bars
-from mtrec.data.source import load_data
-from mtrec.io import atomic_write_text
-from mtrec.models import list_models
-from mtrec.training.config import RunConfig, TrainConfig
-from mtrec.training.run import train_run
+from mtrec.bench.report import comparison_table, table_metrics
+from mtrec.bench.runner import ALL, BenchConfig, DatasetEntry, ModelEntry, run_bench
+from mtrec.training.config import TrainConfig
 
 
 def run_demo(
@@ -24,21 +24,16 @@ def run_demo(
     train: TrainConfig | None = None,
     log: Callable[[str], None] = tqdm.write,
 ) -> str:
-    """Train each model once on ``data``; write ``results.json``, ``results.md``, ``auc.png`` and one run
-    directory per model under ``out_dir``. Returns the Markdown table."""
-    out = Path(out_dir)
-    dataset = load_data(data)
+    """Train each model once on ``data``; write ``results.json``, ``results.md``, ``auc.png``, the learning
+    curves and one run directory per model under ``out_dir``. Returns the Markdown table."""
     train = train or TrainConfig()
-    runs: list[dict[str, Any]] = []
-    for name in models or list_models():
-        log(f"--- {name} ---")
-        config = RunConfig(model=name, data=data, train=train)
-        runs.append(train_run(config, out / "runs" / name, dataset=dataset, log=log))
-    table = comparison_table(runs)
-    settings = (f"Same settings for every model: embedding 16 (model default), batch {train.batch_size}, "
-                f"Adam lr {train.lr}, up to {train.epochs} epochs with early stopping (patience "
-                f"{train.patience}) on mean validation AUC, seed {train.seed}.")
-    atomic_write_text(out / "results.json", json.dumps(runs, indent=2) + "\n")
-    atomic_write_text(out / "results.md", f"# mtrec demo: {data}\n\n{settings}\n\n{table}\n")
-    plot_auc_bars(runs, out / "auc.png")
-    return table
+    settings = {k: v for k, v in asdict(train).items() if k != "seed"}
+    config = BenchConfig(
+        name=f"demo ({data})",
+        models=[ModelEntry(m, m) for m in models] if models else ALL,
+        datasets=[DatasetEntry(label=data, spec=data)],
+        seeds=[train.seed],
+        train=settings,
+    )
+    results = run_bench(config, out_dir, log=log)
+    return comparison_table(results["runs"], table_metrics(results["runs"]))

@@ -34,6 +34,20 @@ def group_runs(runs: list[dict[str, Any]]) -> dict[tuple[str, str], list[dict[st
     return groups
 
 
+def _spread(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof 1; 0 for one value), NaN values left out."""
+    arr = np.asarray([v for v in values if not math.isnan(v)], dtype=float)
+    if arr.size == 0:
+        return math.nan, 0.0
+    return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+
+
+def table_metrics(runs: list[dict[str, Any]]) -> tuple[str, ...]:
+    """The metrics to tabulate: AUC, GAUC where the runs report it (data with a user id), logloss."""
+    has_gauc = any("gauc" in m for r in runs for m in r["test"].values())
+    return ("auc", "gauc", "logloss") if has_gauc else ("auc", "logloss")
+
+
 def comparison_table(runs: list[dict[str, Any]], metrics: tuple[str, ...] = ("auc", "logloss")) -> str:
     """A Markdown table per dataset: one row per model (mean ± std over seeds), the oracle row first
     where the data has one."""
@@ -50,7 +64,7 @@ def comparison_table(runs: list[dict[str, Any]], metrics: tuple[str, ...] = ("au
             cells = [f"{oracle[t]['auc']:.4f}" if m == "auc" else "" for t in tasks for m in metrics]
             lines.append("| **oracle** | " + " | ".join(cells) + " |  |  |  |")
         for model, group in models:
-            cells = [mean_std([r["test"][t][m] for r in group]) for t in tasks for m in metrics]
+            cells = [mean_std([r["test"][t].get(m, math.nan) for r in group]) for t in tasks for m in metrics]
             speed = float(np.median([r["train_samples_per_s"] for r in group]))
             lines.append(f"| {model} | " + " | ".join(cells) + f" | {group[0]['params']:,} | {speed:,.0f} | "
                          f"{len(group)} |")
@@ -59,30 +73,60 @@ def comparison_table(runs: list[dict[str, Any]], metrics: tuple[str, ...] = ("au
 
 
 def plot_auc_bars(runs: list[dict[str, Any]], path: Path) -> None:
-    """Test AUC per model per task with error bars (std over seeds), the oracle as a dashed line;
-    one panel per dataset."""
+    """Test AUC per model with error bars (sample std over seeds), one panel per dataset and task, each
+    with its own scale so that small differences show; the oracle as a dashed line where known."""
     groups = group_runs(runs)
-    datasets = list(dict.fromkeys(data for data, _ in groups))
-    fig, axes = plt.subplots(1, len(datasets), figsize=(max(6, 1.2 * len(groups) / len(datasets) + 4) *
-                                                         len(datasets), 4), squeeze=False)
-    for ax, data in zip(axes[0], datasets, strict=True):
+    panels: list[tuple[str, str, list[tuple[str, list[dict[str, Any]]]]]] = []
+    for data in dict.fromkeys(d for d, _ in groups):
         models = [(m, g) for (d, m), g in groups.items() if d == data]
-        tasks = models[0][1][0]["tasks"]
-        width = 0.8 / len(tasks)
+        panels += [(data, task, models) for task in models[0][1][0]["tasks"]]
+    width = max(4.0, 0.45 * max(len(models) for _, _, models in panels) + 1.5)
+    fig, axes = plt.subplots(1, len(panels), figsize=(width * len(panels), 4), squeeze=False)
+    for i, (ax, (data, task, models)) in enumerate(zip(axes[0], panels, strict=True)):
+        spread = [_spread([r["test"][task]["auc"] for r in g]) for _, g in models]
         x = np.arange(len(models))
-        for i, task in enumerate(tasks):
-            values = [[r["test"][task]["auc"] for r in g] for _, g in models]
-            ax.bar(x + i * width, [np.mean(v) for v in values], width,
-                   yerr=[np.std(v) for v in values], capsize=3, label=task)
-            oracle = models[0][1][0].get("oracle")
-            if oracle:
-                ax.axhline(oracle[task]["auc"], color=f"C{i}", linestyle="--", linewidth=1,
-                           label=f"{task} oracle")
-        all_auc = [r["test"][t]["auc"] for _, g in models for r in g for t in tasks]
-        ax.set_ylim(max(0.5, min(all_auc) - 0.03), min(1.0, max(all_auc) + 0.03))
-        ax.set_xticks(x + width * (len(tasks) - 1) / 2, [m for m, _ in models], rotation=30, ha="right")
-        ax.set(title=f"test AUC: {data}", ylabel="AUC")
-        ax.legend(fontsize=8)
+        ax.bar(x, [m for m, _ in spread], 0.7, yerr=[s for _, s in spread], capsize=3, color=f"C{i % 10}")
+        values = [v for m, sd in spread if not math.isnan(m) for v in (m - sd, m + sd)]
+        oracle = models[0][1][0].get("oracle")
+        if oracle:
+            ax.axhline(oracle[task]["auc"], color="black", linestyle="--", linewidth=1, label="oracle")
+            values.append(oracle[task]["auc"])
+            ax.legend(fontsize=8)
+        if values:
+            pad = max(0.002, 0.25 * (max(values) - min(values)))
+            ax.set_ylim(max(0.0, min(values) - pad), min(1.0, max(values) + pad))
+        ax.set_xticks(x, [m for m, _ in models], rotation=35, ha="right")
+        ax.set(title=f"{data}: test AUC, {task}", ylabel="AUC")
         ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
+    plt.close(fig)
+
+
+def plot_learning_curves_by_model(
+    histories: dict[str, list[list[dict[str, Any]]]], tasks: list[str], path: Path, title: str = ""
+) -> None:
+    """Validation AUC per task and total train loss by epoch, one line per model (mean over its seeds at
+    each epoch that every still-running seed reached; runs stopped early contribute up to their stop).
+
+    histories: model -> one ``history.jsonl`` row list per seed."""
+    fig, axes = plt.subplots(1, len(tasks) + 1, figsize=(4.2 * (len(tasks) + 1), 3.8), squeeze=False)
+    for k, (model, seeds) in enumerate(histories.items()):
+        style = {"color": f"C{k % 10}", "linestyle": "-" if k < 10 else "--", "marker": ".", "label": model}
+        epochs = max(len(h) for h in seeds)
+        x = np.arange(1, epochs + 1)
+        for ax, task in zip(axes[0], tasks, strict=False):
+            y = [_spread([h[e]["valid"][task]["auc"] for h in seeds if e < len(h)])[0] for e in range(epochs)]
+            ax.plot(x, y, **style)
+        loss = [_spread([sum(h[e]["train_loss"].values()) for h in seeds if e < len(h)])[0]
+                for e in range(epochs)]
+        axes[0][-1].plot(x, loss, **style)
+    for ax, task in zip(axes[0], tasks, strict=False):
+        ax.set(title=f"{title + ': ' if title else ''}validation AUC, {task}", xlabel="epoch", ylabel="AUC")
+    axes[0][-1].set(title="train loss (sum over tasks)", xlabel="epoch", ylabel="BCE")
+    for ax in axes[0]:
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
     plt.close(fig)

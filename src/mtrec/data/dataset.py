@@ -20,6 +20,7 @@ The whole directory is written atomically: a temporary sibling is filled, then r
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -181,3 +182,65 @@ class PreparedDataset:
         )
         dataset.check_labels()
         return dataset
+
+
+class DatasetWriter:
+    """Fills a prepared dataset directory block by block, with bounded memory.
+
+    Each column block is a memory-mapped ``.npy`` file (``numpy.lib.format.open_memmap``) of its final
+    shape; rows are written at their offsets with :meth:`write_rows` and split indices appended with
+    :meth:`add_split_rows`. Used inside :func:`mtrec.io.atomic_replace_dir` so that readers never see a
+    half-written dataset.
+    """
+
+    def __init__(self, directory: Path, schema: DatasetSchema, num_rows: int, split_sizes: Mapping[str, int]
+                 ) -> None:
+        self.directory = d = Path(directory)
+        self.schema = schema
+        self.num_rows = n = num_rows
+        schema.save(d / "schema.json")
+
+        def block(name: str, dtype: type, shape: tuple[int, ...]) -> np.memmap:
+            return np.lib.format.open_memmap(d / name, mode="w+", dtype=dtype, shape=shape)
+
+        self.sparse = block("sparse.npy", np.int32, (n, len(schema.sparse)))
+        self.dense = block("dense.npy", np.float32, (n, len(schema.dense)))
+        self.sequences = {
+            s.name: block(f"seq__{s.name}.npy", np.int32, (n, s.max_len)) for s in schema.sequences
+        }
+        self.labels = block("labels.npy", np.float32, (n, len(schema.tasks)))
+        (d / "splits").mkdir(exist_ok=True)
+        self.splits = {
+            split: block(f"splits/{split}.npy", np.int64, (split_sizes[split],)) for split in SPLITS
+        }
+        self._split_fill = dict.fromkeys(SPLITS, 0)
+
+    def write_rows(self, start: int, sparse: np.ndarray, dense: np.ndarray,
+                   sequences: Mapping[str, np.ndarray], labels: np.ndarray) -> None:
+        """Rows ``[start, start + n)``: sparse ``[n, F_sparse]``, dense ``[n, F_dense]``, sequences
+        ``{name: [n, L]}``, labels ``[n, T]``."""
+        stop = start + labels.shape[0]
+        if stop > self.num_rows:
+            raise DatasetError(f"rows up to {stop} written to a dataset of {self.num_rows} rows")
+        self.sparse[start:stop] = sparse
+        self.dense[start:stop] = dense
+        for name, block in sequences.items():
+            self.sequences[name][start:stop] = block
+        self.labels[start:stop] = labels
+
+    def add_split_rows(self, split: str, rows: np.ndarray) -> None:
+        """Append row indices ``[k]`` to a split."""
+        at = self._split_fill[split]
+        self.splits[split][at : at + rows.shape[0]] = rows
+        self._split_fill[split] = at + rows.shape[0]
+
+    def close(self) -> None:
+        """Flush every block; raise DatasetError if a split was not filled to its declared size."""
+        for split, array in self.splits.items():
+            if self._split_fill[split] != array.shape[0]:
+                raise DatasetError(f"split {split!r}: {self._split_fill[split]} row indices written, "
+                                   f"{array.shape[0]} declared")
+        blocks = [self.sparse, self.dense, self.labels, *self.sequences.values(), *self.splits.values()]
+        for block in blocks:
+            block.flush()
+        del self.sparse, self.dense, self.labels, self.sequences, self.splits

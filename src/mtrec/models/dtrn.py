@@ -19,11 +19,15 @@ with MMoE/PLE tops. Two modules build the task-specific bottoms:
 
 Top (``backbone``): ``towers`` gives each task its own MLP (``expert_sizes`` then ``tower_sizes``) on its
 refined input; ``mmoe`` evaluates shared experts on each task's own refined input, mixed by the task's gate
-(also reading its own input), then per-task towers; ``ple`` awaits a CGC/PLE extraction block in
-``nn/experts.py`` and is refused with a clear error until then.
+(also reading its own input), then per-task towers; ``ple`` runs ``num_levels`` CGC/PLE extraction
+levels (``nn/experts.py``) whose task experts and gates read each task's refined input; with one level
+(CGC) the shared experts are evaluated on each task's own input too, and with more the shared stream
+(shared experts and gate) starts from the mean of the K refined inputs, since PLE's shared gate needs
+one input of its own.
 
 Shared by all tasks: the embedding tables, the transformer's attention/FFN weights and positions, the
-target-attention projection, the hypernetwork's W_g, W_b and body, and (``mmoe``) the experts.
+target-attention projection, the hypernetwork's W_g, W_b and body, and (``mmoe``/``ple``) the shared
+experts.
 Task-specific: the task embedding t_k (8 numbers by default), the task's SENet, gate and tower.
 Behaviour-specific: the behaviour embedding b_m only.
 
@@ -54,9 +58,9 @@ from mtrec.features.schema import DatasetSchema
 from mtrec.models._registry import ModelConfigError, register_model
 from mtrec.models.base import MultiTaskModel
 from mtrec.nn.embedding import FeatureEmbedding
-from mtrec.nn.experts import Gates, mix
+from mtrec.nn.experts import GroupGates, ProgressiveLayers, mix_groups
 from mtrec.nn.hyper import NormHypernetwork
-from mtrec.nn.mlp import ParallelMLP
+from mtrec.nn.mlp import ParallelMLP, TaskTowers
 from mtrec.nn.senet import SENET_MODES, SENet
 from mtrec.nn.sequence import ConditionalTransformer, TargetAttentionPooling
 
@@ -142,40 +146,46 @@ class TaskInterestModule(nn.Module):
         return self.pooling(encoded, mask.unsqueeze(1), target)  # [B, K', M, d], [B, K', M, L]
 
 
-class TaskTowers(nn.Module):
-    """Standalone towers: task k's MLP reads task k's input. ``[K, B, D] -> [K, B]`` logits."""
-
-    def __init__(self, num_tasks: int, in_dim: int, sizes: Sequence[int], dropout: float) -> None:
-        super().__init__()
-        self.towers = ParallelMLP(num_tasks, in_dim, [*sizes, 1], dropout, last_activation=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.towers(x).squeeze(-1)  # [K, B]
-
-
 class TaskInputMMoE(nn.Module):
     """MMoE over task-specific inputs: shared experts and task k's gate both read task k's input.
 
-    ``[K, B, D] -> [K, B]`` logits. The experts run on all K inputs in one batched matmul.
+    ``[K, B, D] -> [K, B, H]``. The experts run on all K inputs in one batched matmul.
     """
 
-    def __init__(
-        self, num_tasks: int, in_dim: int, num_experts: int, expert_sizes: Sequence[int],
-        tower_sizes: Sequence[int], dropout: float,
-    ) -> None:
+    def __init__(self, num_tasks: int, in_dim: int, num_experts: int, expert_sizes: Sequence[int],
+                 dropout: float) -> None:
         super().__init__()
         self.experts = ParallelMLP(num_experts, in_dim, expert_sizes, dropout)
-        self.gates = Gates(in_dim, num_tasks, num_experts)
-        self.towers = ParallelMLP(num_tasks, self.experts.out_dim, [*tower_sizes, 1], dropout, False)
+        self.gates = GroupGates(num_tasks, in_dim, num_experts)
+        self.out_dim = self.experts.out_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         k, b, _ = x.shape
-        flat = x.reshape(k * b, -1)  # [K*B, D]
-        experts = self.experts(flat)  # [E, K*B, H]
-        every_gate = self.gates(flat).view(k, b, k, -1)  # [K, B, K, E]: each gate on each task's input
-        own_gate = every_gate.diagonal(dim1=0, dim2=2).permute(2, 0, 1)  # [K, B, E]: gate k, input k
-        mixed = mix(experts, own_gate.reshape(k * b, 1, -1))  # [1, K*B, H]
-        return self.towers(mixed.view(k, b, -1)).squeeze(-1)  # [K, B]
+        experts = self.experts(x.reshape(k * b, -1))  # [E, K*B, H]
+        per_task = experts.view(experts.shape[0], k, b, -1).transpose(0, 1)  # [K, E, B, H]
+        return mix_groups(per_task, self.gates(x))  # [K, B, H]
+
+
+class TaskInputPLE(nn.Module):
+    """CGC/PLE levels over task-specific inputs: ``[K, B, D] -> [K, B, H]``.
+
+    Task k's experts and gate read task k's input. With one level (CGC) the shared experts also run on
+    each task's own input. Upper PLE levels need a shared stream for their shared experts and gate: it
+    starts from the mean of the K task inputs.
+    """
+
+    def __init__(self, num_tasks: int, in_dim: int, num_levels: int, num_task_experts: int,
+                 num_shared_experts: int, expert_sizes: Sequence[int], dropout: float) -> None:
+        super().__init__()
+        self.extraction = ProgressiveLayers(
+            in_dim, num_tasks, num_levels, num_task_experts, num_shared_experts, expert_sizes, dropout
+        )
+        self.needs_shared_input = num_levels > 1
+        self.out_dim = self.extraction.out_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shared = x.mean(0) if self.needs_shared_input else None  # [B, D]
+        return self.extraction(x, shared)  # [K, B, H]
 
 
 @register_model("dtrn")
@@ -196,6 +206,9 @@ class DTRN(MultiTaskModel):
         hyper_sizes: Sequence[int] = (32,),
         trm_reduction: int = 2,
         num_experts: int = 4,
+        num_levels: int = 2,
+        num_task_experts: int = 1,
+        num_shared_experts: int = 2,
         expert_sizes: Sequence[int] = (256, 128),
         tower_sizes: Sequence[int] = (64,),
         dropout: float = 0.0,
@@ -203,11 +216,6 @@ class DTRN(MultiTaskModel):
         super().__init__(schema)
         if backbone not in BACKBONES:
             raise ModelConfigError(f"dtrn: backbone must be one of {BACKBONES}, got {backbone!r}")
-        if backbone == "ple":
-            raise ModelConfigError(
-                "dtrn: backbone 'ple' needs a CGC/PLE extraction block in mtrec.nn.experts, which does not "
-                "exist yet; use backbone 'towers' or 'mmoe'"
-            )
         if trm not in SENET_MODES:
             raise ModelConfigError(f"dtrn: trm must be one of {SENET_MODES}, got {trm!r}")
         if heads < 1 or embedding_dim % heads:
@@ -217,6 +225,11 @@ class DTRN(MultiTaskModel):
             )
         if num_layers < 1:
             raise ModelConfigError(f"dtrn: num_layers must be >= 1, got {num_layers}")
+        if backbone == "ple" and min(num_levels, num_task_experts, num_shared_experts) < 1:
+            raise ModelConfigError(
+                "dtrn: backbone 'ple' needs num_levels, num_task_experts and num_shared_experts >= 1; got "
+                f"{num_levels}, {num_task_experts}, {num_shared_experts}"
+            )
         num_tasks = len(self.task_names)
         self.embedding = FeatureEmbedding(schema, embedding_dim)
         self.tim: TaskInterestModule | None = None
@@ -228,11 +241,16 @@ class DTRN(MultiTaskModel):
         num_fields = self.embedding.num_fields + len(schema.sequences)
         self.trm = SENet(num_tasks, num_fields, embedding_dim, trm, trm_reduction) if use_trm else None
         in_dim = num_fields * embedding_dim
-        self.top: nn.Module
-        if backbone == "towers":
-            self.top = TaskTowers(num_tasks, in_dim, [*expert_sizes, *tower_sizes], dropout)
-        else:
-            self.top = TaskInputMMoE(num_tasks, in_dim, num_experts, expert_sizes, tower_sizes, dropout)
+        self.experts: TaskInputMMoE | TaskInputPLE | None = None
+        if backbone == "mmoe":
+            self.experts = TaskInputMMoE(num_tasks, in_dim, num_experts, expert_sizes, dropout)
+        elif backbone == "ple":
+            self.experts = TaskInputPLE(
+                num_tasks, in_dim, num_levels, num_task_experts, num_shared_experts, expert_sizes, dropout
+            )
+        tower_in, tower_hidden = (in_dim, [*expert_sizes, *tower_sizes]) if self.experts is None else (
+            self.experts.out_dim, list(tower_sizes))
+        self.towers = TaskTowers(num_tasks, tower_in, tower_hidden, dropout)
 
     def interests(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """TIM's output: interests ``[B, K', M, d]`` and target-attention weights ``[B, K', M, L]``
@@ -256,5 +274,17 @@ class DTRN(MultiTaskModel):
         return self.trm(x) if self.trm is not None else x
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
-        logits = self.top(self.task_inputs(batch).flatten(2))  # [K, B]
+        x = self.task_inputs(batch).flatten(2)  # [K, B, (F + M) * d]
+        logits = self.towers(x if self.experts is None else self.experts(x))  # [K, B]
         return dict(zip(self.task_names, logits, strict=True))
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """The top layer all tasks share: the experts' last shared layer, else TIM's target-attention
+        projection (its weights serve every task), else the embedding."""
+        if isinstance(self.experts, TaskInputMMoE):
+            return list(self.experts.experts.last_layer().parameters())
+        if isinstance(self.experts, TaskInputPLE):
+            return list(self.experts.extraction.last_shared_layer().parameters())
+        if self.tim is not None:
+            return list(self.tim.pooling.parameters())
+        return list(self.embedding.parameters())

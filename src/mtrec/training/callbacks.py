@@ -19,8 +19,9 @@ class EarlyStopping:
     bad_epochs: int = 0
 
     def update(self, score: float, epoch: int) -> bool:
-        """Record an epoch's score; True if it is the best so far."""
-        if score > self.best:
+        """Record an epoch's score; True if it is the best so far (the first epoch always is, even when
+        its score is undefined, e.g. a validation split without positives)."""
+        if score > self.best or self.best_epoch < 0:
             self.best, self.best_epoch, self.bad_epochs = score, epoch, 0
             return True
         self.bad_epochs += 1

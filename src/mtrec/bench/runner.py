@@ -1,0 +1,356 @@
+"""The benchmark: models x datasets x seeds from a bench config, resumable, with a report directory.
+
+A bench config (YAML)::
+
+    name: census
+    models: all                      # every registered model at run time, or a list:
+    # models: [mmoe, {name: mmoe, label: mmoe-8, options: {num_experts: 8}}]
+    model_options: {embedding_dim: 16}   # given to every model that takes the option
+    datasets:                        # dataset configs (prepared into OUT/data/NAME once), data specs
+      - configs/datasets/census_income.yaml      #   (synthetic:PRESET[:ROWS], a prepared dataset dir)
+      - {config: configs/datasets/ali_ccp.yaml, raw: /data/ali-ccp, label: ali_ccp}
+      - synthetic:conflict
+    seeds: [0, 1, 2]
+    train: {epochs: 10, batch_size: 1024, lr: 0.001, num_threads: 1}
+
+The report directory holds ``results.json`` (every run's metrics, the settings and the machine),
+``results.md`` (mean ± std per task and metric, parameter counts, train samples/s), ``auc.png`` (test AUC
+per model and task with error bars) and ``learning_curves_<dataset>.png``; each run's own directory is
+``runs/<dataset>/<model>/seed<k>``. A run whose ``metrics.json`` exists with the same resolved config is not
+redone, so an interrupted benchmark resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from mtrec.bench.report import comparison_table, plot_auc_bars, plot_learning_curves_by_model, table_metrics
+from mtrec.data.dataset import SPLITS, PreparedDataset
+from mtrec.data.source import is_synthetic, load_data
+from mtrec.io import atomic_write_text
+from mtrec.models import list_models, model_options
+from mtrec.training.config import ConfigError, RunConfig, TrainConfig, read_config_file
+from mtrec.training.run import METRICS, train_run
+
+TIMING = "timing.json"
+ALL = "all"
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A registered model, the label it has in the report, and its own options."""
+
+    name: str
+    label: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    """A data spec (synthetic or a prepared directory) or a dataset config to prepare."""
+
+    label: str
+    spec: str | None = None
+    config: str | None = None
+    raw: str | None = None
+
+
+@dataclass
+class BenchConfig:
+    name: str
+    models: list[ModelEntry] | str
+    datasets: list[DatasetEntry]
+    seeds: list[int]
+    train: dict[str, Any] = field(default_factory=dict)
+    model_options: dict[str, Any] = field(default_factory=dict)
+    origin: str = "bench config"
+
+    def model_entries(self) -> list[ModelEntry]:
+        """The models to run (``all``: the registry's models now)."""
+        if self.models == ALL:
+            return [ModelEntry(name, name) for name in list_models()]
+        assert isinstance(self.models, list)
+        return self.models
+
+    def train_config(self, seed: int) -> TrainConfig:
+        return TrainConfig(**{**self.train, "seed": seed})
+
+    def options_for(self, entry: ModelEntry) -> dict[str, Any]:
+        """Shared options the model takes, then its own options (checked by the registry)."""
+        accepted = model_options(entry.name)
+        shared = {k: v for k, v in self.model_options.items() if k in accepted}
+        return model_options(entry.name, {**shared, **entry.options})
+
+
+def _safe(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_") or "x"
+
+
+def _parse_models(value: Any, where: str) -> list[ModelEntry] | str:
+    if value == ALL:
+        return ALL
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{where}: 'models' must be 'all' or a non-empty list")
+    entries = []
+    for i, item in enumerate(value):
+        if isinstance(item, str):
+            entries.append(ModelEntry(item, item))
+            continue
+        if not isinstance(item, Mapping) or "name" not in item or set(item) - {"name", "label", "options"}:
+            raise ConfigError(f"{where}: models[{i}] must be a name or {{name, label, options}}, got {item!r}")
+        entries.append(ModelEntry(str(item["name"]), str(item.get("label", item["name"])),
+                                  dict(item.get("options") or {})))
+    labels = [e.label for e in entries]
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"{where}: model labels must be unique (give 'label:'), got {labels}")
+    return entries
+
+
+def _parse_datasets(value: Any, where: str) -> list[DatasetEntry]:
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{where}: 'datasets' must be a non-empty list")
+    entries = []
+    for i, item in enumerate(value):
+        if isinstance(item, str):
+            item = {"config": item} if item.endswith((".yaml", ".yml")) else {"data": item}
+        if not isinstance(item, Mapping) or set(item) - {"config", "raw", "data", "label"} or \
+                ("config" in item) == ("data" in item):
+            raise ConfigError(f"{where}: datasets[{i}] must be a data spec, a dataset config path, or "
+                              f"{{config, raw, label}} / {{data, label}}; got {item!r}")
+        if "config" in item:
+            from mtrec.data.config import load_dataset_config
+
+            label = item.get("label") or load_dataset_config(item["config"]).name
+            entries.append(DatasetEntry(str(label), config=str(item["config"]),
+                                        raw=None if item.get("raw") is None else str(item["raw"])))
+        else:
+            spec = str(item["data"])
+            label = item.get("label") or (spec if is_synthetic(spec) else Path(spec).name)
+            entries.append(DatasetEntry(str(label), spec=spec))
+    labels = [e.label for e in entries]
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"{where}: dataset labels must be unique (give 'label:'), got {labels}")
+    return entries
+
+
+def parse_bench_config(data: Mapping[str, Any], origin: str = "bench config") -> BenchConfig:
+    allowed = {"name", "models", "model_options", "datasets", "seeds", "train"}
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise ConfigError(f"{origin}: unknown key(s) {unknown}; expected {sorted(allowed)}")
+    seeds = data.get("seeds", [0])
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
+        raise ConfigError(f"{origin}: 'seeds' must be a non-empty list of integers, got {seeds!r}")
+    train = dict(data.get("train") or {})
+    known = {f.name for f in fields(TrainConfig)} - {"seed"}
+    bad = sorted(set(train) - known)
+    if bad:
+        raise ConfigError(f"{origin}: unknown train option(s) {bad} (seeds go under 'seeds:'); "
+                          f"expected {sorted(known)}")
+    TrainConfig(**train)  # value checks
+    config = BenchConfig(
+        name=str(data.get("name") or Path(origin).stem),
+        models=_parse_models(data.get("models", ALL), origin),
+        datasets=_parse_datasets(data.get("datasets"), origin),
+        seeds=list(seeds),
+        train=train,
+        model_options=dict(data.get("model_options") or {}),
+        origin=origin,
+    )
+    return config
+
+
+def load_bench_config(path: str | Path) -> BenchConfig:
+    return parse_bench_config(read_config_file(path), origin=str(path))
+
+
+def _check_shared_options(config: BenchConfig, models: list[ModelEntry]) -> None:
+    for key in config.model_options:
+        if not any(key in model_options(m.name) for m in models):
+            raise ConfigError(f"{config.origin}: model_options.{key} is taken by none of the models "
+                              f"{[m.name for m in models]}")
+
+
+def _open_dataset(entry: DatasetEntry, cache: Path, log: Callable[[str], None]) -> tuple[str, PreparedDataset]:
+    """The data spec used in run configs and the dataset; dataset configs are prepared into ``cache``
+    once (again only when the config or the raw files changed)."""
+    if entry.spec is not None:
+        return entry.spec, load_data(entry.spec)
+    from mtrec.data.config import load_dataset_config
+    from mtrec.data.prepare import PREPARE_FILE, input_files, prepare_dataset
+
+    assert entry.config is not None
+    config = load_dataset_config(entry.config)
+    target = cache / _safe(entry.label)
+    wanted = {"config": json.loads(json.dumps(config.raw, default=str)),
+              "files": [{"path": str(f.path), "split": f.split} for f in input_files(config, entry.raw)]}
+    stamp = target / PREPARE_FILE
+    if stamp.is_file():
+        done = json.loads(stamp.read_text())
+        if {"config": done.get("config"), "files": done.get("files")} == wanted:
+            log(f"dataset {entry.label}: using the prepared copy in {target}")
+            return str(target), PreparedDataset.load(target)
+    log(f"dataset {entry.label}: preparing {entry.config} into {target}")
+    return str(target), prepare_dataset(config, target, raw=entry.raw, log=log)
+
+
+def _normalised(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def machine_info() -> dict[str, Any]:
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def run_bench(
+    config: BenchConfig,
+    out_dir: str | Path,
+    command: str | None = None,
+    log: Callable[[str], None] = tqdm.write,
+    max_runs: int | None = None,
+) -> dict[str, Any]:
+    """Run every (dataset, model, seed) not already done, then write the report. Returns results.json.
+
+    ``max_runs`` trains at most that many runs now (the report then covers the finished runs and says
+    how many are pending; run again to continue)."""
+    out = Path(out_dir)
+    models = config.model_entries()
+    _check_shared_options(config, models)
+    runs: list[dict[str, Any]] = []
+    datasets: dict[str, dict[str, Any]] = {}
+    total = len(config.datasets) * len(models) * len(config.seeds)
+    done = trained = pending = 0
+    for entry in config.datasets:
+        spec, dataset = _open_dataset(entry, out / "data", log)
+        datasets[entry.label] = {"data": spec, "rows": {s: dataset.split_size(s) for s in SPLITS},
+                                 "tasks": dataset.schema.task_names}
+        for model in models:
+            for seed in config.seeds:
+                done += 1
+                run_dir = out / "runs" / _safe(entry.label) / _safe(model.label) / f"seed{seed}"
+                run_config = RunConfig(model=model.name, data=spec, model_options=config.options_for(model),
+                                       train=config.train_config(seed))
+                where = f"[{done}/{total}] {entry.label} / {model.label} / seed {seed}"
+                metrics = _finished(run_dir, run_config)
+                if metrics is None and max_runs is not None and trained >= max_runs:
+                    pending += 1
+                    continue
+                if metrics is None:
+                    trained += 1
+                    log(f"{where}: training")
+                    start = time.perf_counter()
+                    metrics = train_run(run_config, run_dir, dataset=dataset, log=log)
+                    atomic_write_text(run_dir / TIMING, json.dumps({"wall_s": time.perf_counter() - start}) + "\n")
+                else:
+                    log(f"{where}: already done ({run_dir / METRICS})")
+                timing = json.loads((run_dir / TIMING).read_text()) if (run_dir / TIMING).is_file() else {}
+                runs.append({**metrics, "data": entry.label, "model": model.label, "registry_name": model.name,
+                             "run_dir": str(run_dir), "wall_s": timing.get("wall_s")})
+    results = {
+        "bench": config.name,
+        "command": command,
+        "machine": machine_info(),
+        "settings": {"train": config.train, "seeds": config.seeds, "model_options": config.model_options,
+                     "models": {m.label: {"model": m.name, "options": m.options} for m in models}},
+        "datasets": datasets,
+        "total_run_s": sum(r["wall_s"] or 0.0 for r in runs),
+        "pending_runs": pending,
+        "runs": runs,
+    }
+    write_report(results, out)
+    return results
+
+
+def _finished(run_dir: Path, config: RunConfig) -> dict[str, Any] | None:
+    """The run's metrics if it finished with this same config, else None."""
+    metrics_path, config_path = run_dir / METRICS, run_dir / "config.json"
+    if not (metrics_path.is_file() and config_path.is_file()):
+        return None
+    if json.loads(config_path.read_text()) != _normalised(asdict(config)):
+        return None
+    metrics: dict[str, Any] = json.loads(metrics_path.read_text())
+    return metrics
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+def write_report(results: dict[str, Any], out: Path) -> str:
+    """``results.json``, ``results.md`` and the plots; returns the Markdown."""
+    runs = results["runs"]
+    settings = results["settings"]
+    machine = results["machine"]
+    train = TrainConfig(**{**settings["train"], "seed": 0})
+    threads = train.num_threads or machine["cpu_count"]
+    lines = [f"# Benchmark: {results['bench']}", ""]
+    if results.get("command"):
+        lines += ["Produced by:", "", "```bash", results["command"], "```", ""]
+    lines += [
+        f"Machine: {machine['platform']}, {machine['cpu_count']} CPU cores"
+        f"{', GPU ' + machine['cuda'] if machine.get('cuda') else ''}; Python {machine['python']}, torch "
+        f"{machine['torch']}, {threads} thread(s) per run. Total training time "
+        f"{_duration(results['total_run_s'])} (sum over runs, evaluation included).",
+        "",
+        f"Same settings for every model: up to {train.epochs} epochs with early stopping on the mean "
+        f"validation AUC (patience {train.patience}; the best validation epoch is tested), batch "
+        f"{train.batch_size}, Adam lr {train.lr} (weight decay {train.weight_decay}), task weighting "
+        f"{train.weighting}, seeds {', '.join(map(str, settings['seeds']))}; shared model options "
+        f"{settings['model_options'] or 'none'} (model defaults otherwise).",
+        "",
+        "Test metrics, mean ± standard deviation over the seeds (model selected on validation); train "
+        "samples/s is the median over seeds of the training throughput (all epochs after a warm-up, data "
+        "loading included, evaluation excluded).",
+        "",
+    ]
+    own = {label: m["options"] for label, m in settings["models"].items() if m["options"] or label != m["model"]}
+    if own:
+        lines += ["Per-model options: " + "; ".join(f"{label} ({settings['models'][label]['model']}): "
+                                                  f"{opts or 'defaults'}" for label, opts in own.items()), ""]
+    for label, info in results["datasets"].items():
+        rows = info["rows"]
+        lines.append(f"- **{label}**: {rows['train']:,} train / {rows['valid']:,} valid / {rows['test']:,} "
+                     f"test rows; tasks {', '.join(info['tasks'])}.")
+    if results.get("pending_runs"):
+        lines += ["", f"**Incomplete: {results['pending_runs']} run(s) pending**; the tables cover the "
+                      f"{len(runs)} finished runs. Run the same command again to continue."]
+    if not runs:
+        markdown = "\n".join(lines) + "\n\nNo run has finished yet.\n"
+        atomic_write_text(out / "results.md", markdown)
+        atomic_write_text(out / "results.json", json.dumps(results, indent=2, default=str) + "\n")
+        return markdown
+    lines += ["", comparison_table(runs, table_metrics(runs)), "![test AUC per model and task](auc.png)", ""]
+    plot_auc_bars(runs, out / "auc.png")
+    for label in results["datasets"]:
+        histories: dict[str, list[list[dict[str, Any]]]] = {}
+        for run in runs:
+            if run["data"] != label:
+                continue
+            path = Path(run["run_dir"]) / "history.jsonl"
+            if path.is_file():
+                history = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+                histories.setdefault(run["model"], []).append(history)
+        if histories:
+            name = f"learning_curves_{_safe(label)}.png"
+            plot_learning_curves_by_model(histories, results["datasets"][label]["tasks"], out / name,
+                                          title=label)
+            lines += [f"![learning curves: {label}]({name})", ""]
+    markdown = "\n".join(lines)
+    atomic_write_text(out / "results.md", markdown)
+    atomic_write_text(out / "results.json", json.dumps(results, indent=2, default=str) + "\n")
+    return markdown

@@ -1,0 +1,120 @@
+"""`mtrec bench`: models x datasets x seeds, resumable, with a report directory."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from mtrec.bench.runner import load_bench_config, parse_bench_config, run_bench
+from mtrec.cli import cli
+from mtrec.models import list_models
+from mtrec.training.config import ConfigError
+
+TRAIN = {"epochs": 1, "batch_size": 64, "num_threads": 1, "prefetch": 0}
+SMALL = {"embedding_dim": 4}
+
+
+def _toy_dataset_config(tmp_path: Path) -> Path:
+    lines = ["user,item,price,click"]
+    lines += [f"u{i % 9},i{i % 13},{i % 7}.5,{int(i % 3 == 0)}" for i in range(120)]
+    (tmp_path / "toy.csv").write_text("\n".join(lines) + "\n")
+    config = {"name": "toy", "source": {"path": str(tmp_path / "toy.csv")},
+              "features": {"sparse": ["user", "item"], "dense": ["price"]}, "tasks": [{"name": "click"}],
+              "user_id": "user", "split": {"kind": "random", "seed": 0, "fractions": [0.6, 0.2, 0.2]}}
+    path = tmp_path / "toy.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _bench(tmp_path: Path, tiny_dir: Path, **changes: Any) -> dict[str, Any]:
+    config = {"name": "t", "models": ["shared_bottom", {"name": "mmoe", "label": "mmoe-2",
+                                                       "options": {"num_experts": 2}}],
+              "model_options": SMALL, "datasets": [{"data": str(tiny_dir), "label": "tiny"}],
+              "seeds": [0, 1], "train": TRAIN}
+    config.update(changes)
+    return config
+
+
+def test_bench_runs_the_matrix_and_writes_the_report(tmp_path: Path, tiny_dir: Path) -> None:
+    logs: list[str] = []
+    results = run_bench(parse_bench_config(_bench(tmp_path, tiny_dir)), tmp_path / "out", command="mtrec bench x",
+                        log=logs.append)
+    out = tmp_path / "out"
+    assert len(results["runs"]) == 4
+    assert {(r["model"], r["seed"]) for r in results["runs"]} == {
+        ("shared_bottom", 0), ("shared_bottom", 1), ("mmoe-2", 0), ("mmoe-2", 1)}
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["settings"]["train"] == TRAIN and saved["machine"]["torch"]
+    markdown = (out / "results.md").read_text()
+    assert "mtrec bench x" in markdown and "±" in markdown and "mmoe-2" in markdown
+    assert "click gauc" in markdown  # the tiny data has a user id
+    for name in ("auc.png", "learning_curves_tiny.png"):
+        assert (out / name).stat().st_size > 0
+    run = out / "runs" / "tiny" / "mmoe-2" / "seed1"
+    assert json.loads((run / "config.json").read_text())["model_options"]["num_experts"] == 2
+    assert json.loads((run / "config.json").read_text())["model_options"]["embedding_dim"] == 4
+
+
+def test_bench_resumes_and_redoes_changed_runs(tmp_path: Path, tiny_dir: Path) -> None:
+    config = _bench(tmp_path, tiny_dir, models=["shared_bottom"], seeds=[0])
+    run_bench(parse_bench_config(config), tmp_path / "out", log=lambda _: None)
+    metrics = tmp_path / "out" / "runs" / "tiny" / "shared_bottom" / "seed0" / "metrics.json"
+    first = metrics.stat().st_mtime_ns
+    logs: list[str] = []
+    run_bench(parse_bench_config(config), tmp_path / "out", log=logs.append)
+    assert metrics.stat().st_mtime_ns == first
+    assert any("already done" in line for line in logs)
+    changed = _bench(tmp_path, tiny_dir, models=["shared_bottom"], seeds=[0], train={**TRAIN, "lr": 0.01})
+    run_bench(parse_bench_config(changed), tmp_path / "out", log=lambda _: None)
+    assert metrics.stat().st_mtime_ns != first
+
+
+def test_max_runs_leaves_the_rest_pending(tmp_path: Path, tiny_dir: Path) -> None:
+    config = parse_bench_config(_bench(tmp_path, tiny_dir, models=["shared_bottom"]))
+    results = run_bench(config, tmp_path / "out", log=lambda _: None, max_runs=1)
+    assert len(results["runs"]) == 1 and results["pending_runs"] == 1
+    assert "1 run(s) pending" in (tmp_path / "out" / "results.md").read_text()
+    results = run_bench(config, tmp_path / "out", log=lambda _: None, max_runs=1)
+    assert len(results["runs"]) == 2 and results["pending_runs"] == 0
+
+
+def test_dataset_configs_are_prepared_once_and_all_means_the_registry(tmp_path: Path) -> None:
+    config_path = tmp_path / "bench.yaml"
+    config_path.write_text(yaml.safe_dump({
+        "name": "toy", "models": "all", "model_options": SMALL,
+        "datasets": [str(_toy_dataset_config(tmp_path))], "seeds": [0], "train": TRAIN}))
+    config = load_bench_config(config_path)
+    assert [m.name for m in config.model_entries()] == list_models()
+    result = CliRunner().invoke(cli, ["bench", str(config_path), "--out", str(tmp_path / "out"),
+                                      "--max-runs", "1"])
+    assert result.exit_code == 0, result.output
+    stamp = tmp_path / "out" / "data" / "toy" / "prepare.json"
+    before = stamp.stat().st_mtime_ns
+    logs: list[str] = []
+    run_bench(config, tmp_path / "out", log=logs.append, max_runs=0)
+    assert stamp.stat().st_mtime_ns == before
+    assert any("using the prepared copy" in line for line in logs)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"seeds": []}, "seeds"),
+    ({"models": []}, "models"),
+    ({"train": {"seed": 3}}, "seeds go under 'seeds:'"),
+    ({"datasets": [{"data": "x", "config": "y.yaml"}]}, "datasets\\[0\\]"),
+    ({"models": ["mmoe", "mmoe"]}, "labels must be unique"),
+    ({"extra": 1}, "unknown key"),
+])
+def test_bench_config_errors(change: dict[str, Any], message: str, tmp_path: Path, tiny_dir: Path) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_bench_config(_bench(tmp_path, tiny_dir, **change))
+
+
+def test_shared_option_taken_by_no_model_is_an_error(tmp_path: Path, tiny_dir: Path) -> None:
+    config = parse_bench_config(_bench(tmp_path, tiny_dir, model_options={"embeding_dim": 4}))
+    with pytest.raises(ConfigError, match="embeding_dim"):
+        run_bench(config, tmp_path / "out", log=lambda _: None)

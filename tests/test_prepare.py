@@ -1,0 +1,311 @@
+"""Dataset configs, raw readers and `prepare` on small generated CSV/Parquet files."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from mtrec.cli import cli
+from mtrec.data.config import DatasetConfigError, parse_dataset_config
+from mtrec.data.dataset import PreparedDataset
+from mtrec.data.prepare import BlockMoments, prepare_dataset
+from mtrec.data.readers import DataFormatError
+from mtrec.features.encoders import FeatureEncoders
+from mtrec.features.schema import OOV_ID
+
+HEADER = ["user", "item", "price", "tags", "click", "buy", "day"]
+
+
+def _rows(n: int = 60, seed: int = 0) -> list[list[str]]:
+    """Rows whose item ``new`` appears only from day 20 on (valid/test of the column split)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        day = i % 30
+        click = int(rng.random() < 0.5)
+        buy = click * int(rng.random() < 0.5)
+        item = "new" if day >= 20 and i % 3 == 0 else f"i{rng.integers(0, 5)}"
+        price = "?" if i % 11 == 0 else f"{rng.random() * 100:.3f}"
+        tags = "|".join(f"t{t}" for t in rng.integers(0, 4, rng.integers(0, 6)))
+        rows.append([f"u{i % 7}", item, price, tags, str(click), str(buy), str(day)])
+    return rows
+
+
+def _write_csv(path: Path, rows: list[list[str]], header: list[str] | None = HEADER, sep: str = ",") -> Path:
+    lines = ([sep.join(header)] if header else []) + [sep.join(r) for r in rows]
+    text = "\n".join(lines) + "\n"
+    if path.suffix == ".gz":
+        with gzip.open(path, "wt") as fh:
+            fh.write(text)
+    else:
+        path.write_text(text)
+    return path
+
+
+def _config(path: Path | str, **overrides: Any) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "name": "toy",
+        "source": {"path": str(path), "missing_values": ["?"]},
+        "features": {
+            "sparse": ["user", {"name": "item", "min_count": 1}],
+            "dense": [{"name": "price", "log1p": True}],
+            "sequences": [{"name": "hist", "column": "tags", "separator": "|", "max_len": 3, "keep": "last"}],
+        },
+        "tasks": [{"name": "click"}, {"name": "buy", "observed_after": "click"}],
+        "user_id": "user",
+        "split": {"kind": "column", "column": "day", "train": {"to": 20}, "valid": {"from": 20, "to": 25},
+                  "test": {"from": 25}},
+    }
+    config.update(overrides)
+    if config["split"].get("kind") != "column":
+        config["ignore"] = ["day"]
+    return config
+
+
+def _prepare(raw: dict[str, Any], out: Path, **kwargs: Any) -> PreparedDataset:
+    return prepare_dataset(parse_dataset_config(raw, "toy.yaml"), out, progress=False, log=lambda _: None,
+                           **kwargs)
+
+
+def _digest(directory: Path, skip: tuple[str, ...] = ("prepare.json",)) -> dict[str, str]:
+    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(directory.rglob("*")) if p.is_file() and p.name not in skip}
+
+
+# ---- prepare: content -------------------------------------------------------------------------------
+def test_prepare_writes_blocks_schema_and_encoders(tmp_path: Path) -> None:
+    rows = _rows()
+    csv = _write_csv(tmp_path / "toy.csv", rows)
+    data = _prepare(_config(csv), tmp_path / "out")
+    s = data.schema
+    assert [f.name for f in s.sparse] == ["user", "item"] and s.user_id == "user"
+    assert s.tasks[1].observed_after == "click"
+    assert data.sparse.shape == (60, 2) and data.dense.shape == (60, 1)
+    assert data.sequences["hist"].shape == (60, 3)
+    days = np.array([int(r[6]) for r in rows])
+    np.testing.assert_array_equal(data.splits["train"], np.flatnonzero(days < 20))
+    np.testing.assert_array_equal(data.splits["test"], np.flatnonzero(days >= 25))
+    np.testing.assert_array_equal(data.labels[:, 0], [int(r[4]) for r in rows])
+    # the stored blocks are what the saved encoders make of the raw values
+    encoders = FeatureEncoders.load(tmp_path / "out" / "encoders.json")
+    raw = {"user": [r[0] for r in rows], "item": [r[1] for r in rows], "price": [r[2] for r in rows],
+           "hist": [r[3] for r in rows]}
+    sparse, dense, seqs = encoders.encode(raw, s)
+    np.testing.assert_array_equal(sparse, data.sparse)
+    np.testing.assert_array_equal(dense, data.dense)
+    np.testing.assert_array_equal(seqs["hist"], data.sequences["hist"])
+    # dense statistics come from the train rows: standardised train values have mean 0, std 1
+    train = data.dense[data.splits["train"], 0]
+    present = np.array([rows[i][2] != "?" for i in data.splits["train"]])
+    assert abs(train[present].mean()) < 1e-5 and abs(train[present].std() - 1) < 1e-4
+    assert np.all(train[~present] == 0.0)  # missing -> fill (the train mean)
+
+
+def test_vocabularies_are_fitted_on_train_only(tmp_path: Path) -> None:
+    rows = _rows()
+    data = _prepare(_config(_write_csv(tmp_path / "toy.csv", rows)), tmp_path / "out")
+    encoders = FeatureEncoders.load(tmp_path / "out" / "encoders.json")
+    assert "new" not in encoders.vocabularies["item"].index
+    new_rows = [i for i, r in enumerate(rows) if r[1] == "new"]
+    assert new_rows and all(i not in set(data.splits["train"]) for i in new_rows)
+    assert np.all(data.sparse[new_rows, 1] == OOV_ID)
+    assert np.all(data.sparse[data.splits["train"], 1] >= 2)
+
+
+def test_prepare_is_deterministic_and_chunk_size_independent(tmp_path: Path) -> None:
+    csv = _write_csv(tmp_path / "toy.csv", _rows(90))
+    config = _config(csv, split={"kind": "random", "seed": 3, "fractions": [0.6, 0.2, 0.2]})
+    _prepare(config, tmp_path / "a")
+    _prepare(config, tmp_path / "b")
+    _prepare(config, tmp_path / "c", chunk_rows=7)
+    a = _digest(tmp_path / "a", skip=())
+    assert a == _digest(tmp_path / "b", skip=())
+    assert a == _digest(tmp_path / "c", skip=())
+
+
+def test_block_moments_do_not_depend_on_chunking() -> None:
+    values = np.random.default_rng(1).normal(5, 3, size=(1000, 2))
+    values[::17, 1] = np.nan
+    results = []
+    for sizes in ([1000], [1, 2, 3, 994], [333, 333, 334], [10] * 100):
+        m = BlockMoments(2, block=64)
+        start = 0
+        for size in sizes:
+            m.add(values[start : start + size])
+            start += size
+        results.append(m.finish())
+    for r in results[1:]:
+        for x, y in zip(results[0], r, strict=True):
+            assert np.array_equal(x, y)
+    np.testing.assert_allclose(results[0][1], np.nanmean(values, axis=0))
+    np.testing.assert_allclose(results[0][2], np.nanstd(values, axis=0))
+
+
+def test_gzip_and_parquet_give_the_same_dataset(tmp_path: Path) -> None:
+    rows = _rows()
+    _prepare(_config(_write_csv(tmp_path / "toy.csv", rows)), tmp_path / "csv")
+    _prepare(_config(_write_csv(tmp_path / "toy.csv.gz", rows)), tmp_path / "gz")
+    table = pa.table({
+        "user": [r[0] for r in rows], "item": [r[1] for r in rows],
+        "price": [None if r[2] == "?" else float(r[2]) for r in rows], "tags": [r[3] for r in rows],
+        "click": [int(r[4]) for r in rows], "buy": [int(r[5]) for r in rows], "day": [int(r[6]) for r in rows],
+    })
+    pq.write_table(table, tmp_path / "toy.parquet")
+    _prepare(_config(tmp_path / "toy.parquet"), tmp_path / "pq")
+    reference = _digest(tmp_path / "csv")
+    assert _digest(tmp_path / "gz") == reference
+    assert _digest(tmp_path / "pq") == reference
+
+
+def test_headerless_file_with_named_columns_and_other_separator(tmp_path: Path) -> None:
+    rows = _rows()
+    tsv = _write_csv(tmp_path / "toy.tsv", rows, header=None, sep="\t")
+    config = _config(tsv)
+    config["source"].update({"header": False, "separator": "\t", "columns": HEADER})
+    _prepare(_config(_write_csv(tmp_path / "toy.csv", rows)), tmp_path / "ref")
+    _prepare(config, tmp_path / "tsv")
+    assert _digest(tmp_path / "tsv") == _digest(tmp_path / "ref")
+
+
+def test_wide_sequence_from_a_repeated_header(tmp_path: Path) -> None:
+    header = ["user", "h", "h", "h", "click"]
+    rows = [["u1", "a", "b", "0", "1"], ["u2", "0", "0", "0", "0"], ["u1", "c", "a", "a", "0"],
+            ["u3", "b", "0", "0", "1"]] * 5
+    path = tmp_path / "wide.csv"
+    path.write_text("\n".join(",".join(r) for r in [header, *rows]) + "\n")
+    config = {"source": {"path": str(path)},
+              "features": {"sparse": ["user"], "sequences": [{"name": "hist", "column": "h", "max_len": 2,
+                                                              "pad_values": ["0"]}]},
+              "tasks": [{"name": "click"}], "split": {"kind": "random", "seed": 0, "fractions": [0.5, 0.25, 0.25]}}
+    data = _prepare(config, tmp_path / "out")
+    vocab = FeatureEncoders.load(tmp_path / "out" / "encoders.json").vocabularies["hist"]
+    expected = {0: ["a", "b"], 1: [], 2: ["c", "a"], 3: ["b"]}
+    for row in range(4):
+        ids = [vocab.index.get(v, OOV_ID) for v in expected[row]]
+        assert data.sequences["hist"][row].tolist() == ids + [0] * (2 - len(ids))
+
+
+def test_permutation_split_follows_the_protocol(tmp_path: Path) -> None:
+    csv = _write_csv(tmp_path / "toy.csv", _rows(50))
+    data = _prepare(_config(csv, split={"kind": "permutation", "seed": 2026, "fractions": [0.6, 0.2, 0.2]}),
+                    tmp_path / "out", chunk_rows=8)
+    perm = np.random.default_rng(2026).permutation(50)
+    np.testing.assert_array_equal(data.splits["train"], np.sort(perm[:30]))
+    np.testing.assert_array_equal(data.splits["valid"], np.sort(perm[30:40]))
+    np.testing.assert_array_equal(data.splits["test"], np.sort(perm[40:]))
+
+
+def test_given_files_with_a_carved_validation_split(tmp_path: Path) -> None:
+    rows = _rows(80)
+    (tmp_path / "raw").mkdir()
+    _write_csv(tmp_path / "raw" / "train.csv", rows[:60])
+    _write_csv(tmp_path / "raw" / "test.csv", rows[60:])
+    config = _config(tmp_path / "raw", split={"kind": "files", "train": "train.csv", "test": "test.csv",
+                                               "valid_fraction": 0.25, "seed": 1})
+    data = _prepare(config, tmp_path / "out")
+    np.testing.assert_array_equal(data.splits["test"], np.arange(60, 80))
+    assert len(data.splits["train"]) + len(data.splits["valid"]) == 60
+    assert 5 <= len(data.splits["valid"]) <= 25
+
+
+def test_label_with_positive_values(tmp_path: Path) -> None:
+    path = tmp_path / "l.csv"
+    path.write_text("x,y\n" + "".join(f"a{i % 3},{'yes' if i % 4 == 0 else 'no'}\n" for i in range(40)))
+    config = {"source": {"path": str(path)}, "features": {"sparse": ["x"]},
+              "tasks": [{"name": "t", "label": {"column": "y", "positive": ["yes"], "negative": ["no"]}}],
+              "split": {"kind": "random", "fractions": [0.5, 0.25, 0.25]}}
+    data = _prepare(config, tmp_path / "out")
+    np.testing.assert_array_equal(data.labels[:, 0], [float(i % 4 == 0) for i in range(40)])
+
+
+def test_cli_prepare(tmp_path: Path) -> None:
+    import yaml
+
+    config = tmp_path / "toy.yaml"
+    config.write_text(yaml.safe_dump(_config(_write_csv(tmp_path / "toy.csv", _rows()))))
+    result = CliRunner().invoke(cli, ["prepare", str(config), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert "60 rows" in result.output
+    assert PreparedDataset.load(tmp_path / "out").num_rows == 60
+
+
+# ---- errors ------------------------------------------------------------------------------------------
+def test_unknown_column_is_named_with_a_suggestion(tmp_path: Path) -> None:
+    config = _config(_write_csv(tmp_path / "toy.csv", _rows()))
+    config["features"]["sparse"] = [{"name": "user", "column": "usr"}, "item"]
+    with pytest.raises(DatasetConfigError, match=r"unknown column 'usr'.*did you mean 'user'"):
+        _prepare(config, tmp_path / "out")
+
+
+def test_column_without_role_is_reported(tmp_path: Path) -> None:
+    config = _config(_write_csv(tmp_path / "toy.csv", _rows()))
+    config["features"]["sparse"] = ["user"]
+    with pytest.raises(DatasetConfigError, match=r"\['item'\].*no role"):
+        _prepare(config, tmp_path / "out")
+
+
+def test_label_not_binary_names_file_line_and_column(tmp_path: Path) -> None:
+    rows = _rows()
+    rows[4][4] = "2"
+    csv = _write_csv(tmp_path / "toy.csv", rows)
+    with pytest.raises(DataFormatError, match=r"toy\.csv, line 6, column 'click'.*0 or 1, found '2'"):
+        _prepare(_config(csv), tmp_path / "out")
+
+
+def test_wrong_column_count_names_file_and_line(tmp_path: Path) -> None:
+    rows = _rows()
+    rows[9] = rows[9][:-1]
+    csv = _write_csv(tmp_path / "toy.csv", rows)
+    with pytest.raises(DataFormatError, match=r"toy\.csv, line 11: expected 7 columns .* found 6"):
+        _prepare(_config(csv), tmp_path / "out")
+
+
+def test_dense_value_not_a_number_names_file_line_and_column(tmp_path: Path) -> None:
+    rows = _rows()
+    rows[2][2] = "cheap"
+    csv = _write_csv(tmp_path / "toy.csv", rows)
+    with pytest.raises(DataFormatError, match=r"toy\.csv, line 4, column 'price'.*'cheap'"):
+        _prepare(_config(csv), tmp_path / "out")
+
+
+def test_conversion_without_click_is_reported(tmp_path: Path) -> None:
+    rows = _rows()
+    rows[3][4], rows[3][5] = "0", "1"
+    csv = _write_csv(tmp_path / "toy.csv", rows)
+    with pytest.raises(DataFormatError, match=r"line 5: task 'buy' is 1 where 'click'"):
+        _prepare(_config(csv), tmp_path / "out")
+
+
+def test_empty_split_is_reported(tmp_path: Path) -> None:
+    csv = _write_csv(tmp_path / "toy.csv", _rows())
+    split = {"kind": "column", "column": "day", "train": {"to": 20}, "valid": {"from": 100, "to": 200},
+             "test": {"from": 20, "to": 100}}
+    with pytest.raises(DataFormatError, match="split 'valid' is empty"):
+        _prepare(_config(csv, split=split), tmp_path / "out")
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"splitt": {}}, "unknown key 'splitt'.*did you mean 'split'"),
+    ({"split": {"kind": "random", "fractions": [0.5, 0.5]}}, "three positive numbers"),
+    ({"split": {"kind": "shuffle"}}, "'shuffle' is not one of"),
+    ({"split": {"kind": "column", "column": "day", "train": {"to": 20}, "valid": {"from": 10, "to": 25},
+                "test": {"from": 25}}}, "overlap"),
+    ({"tasks": [{"name": "buy", "observed_after": "click"}, {"name": "click"}]}, "earlier task"),
+    ({"user_id": "item_id"}, "user_id 'item_id' must name a sparse feature"),
+])
+def test_config_validation_errors(change: dict[str, Any], message: str) -> None:
+    with pytest.raises(DatasetConfigError, match=message):
+        parse_dataset_config(_config("x.csv", **change), "toy.yaml")
+
+
+def test_missing_raw_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(DataFormatError, match="not found"):
+        _prepare(_config(tmp_path / "nope.csv"), tmp_path / "out")
