@@ -10,7 +10,8 @@ when its ``config.json`` matches, so the study can be run a few variants at a ti
     PYTHONPATH=src python benchmarks/dtrn_study.py --variants dtrn --seeds 0
     PYTHONPATH=src python benchmarks/dtrn_study.py --table-only
 
-The table (Markdown) is printed and written to ``OUT/results.md`` with the command that made it;
+The table (Markdown) is printed and written to ``OUT/results.md`` under the one command that reproduces
+it (every setting spelled out; it reuses finished runs and trains the missing ones);
 ``OUT/results.json`` holds every run's metrics and ``OUT/auc.png`` the bars.
 """
 
@@ -86,6 +87,16 @@ def run_config(variant: Variant, seed: int, args: argparse.Namespace) -> RunConf
     )
 
 
+def reproducing_command(args: argparse.Namespace, keys: list[str]) -> str:
+    """The one command that trains (or reuses) every run in the table: all settings spelled out."""
+    options = [
+        "--rows", str(args.rows), "--seeds", *map(str, args.seeds), "--epochs", str(args.epochs),
+        "--patience", str(args.patience), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
+        "--threads", str(args.threads), "--variants", ",".join(keys), "--out", str(args.out),
+    ]
+    return "PYTHONPATH=src python benchmarks/dtrn_study.py " + shlex.join(options)
+
+
 def finished_run(directory: Path, config: RunConfig) -> dict[str, Any] | None:
     """The metrics of a run already in ``directory`` with exactly this config, else None."""
     if not (directory / METRICS).exists() or not (directory / CONFIG).exists():
@@ -113,6 +124,7 @@ def main(argv: list[str]) -> None:
     variants = [BY_KEY[k] for k in args.variants.split(",")]
     dataset = None
     runs: list[dict[str, Any]] = []
+    tabulated: list[str] = []
     for variant in VARIANTS:  # table order, whichever subset was trained now
         for seed in args.seeds:
             config = run_config(variant, seed, args)
@@ -125,20 +137,21 @@ def main(argv: list[str]) -> None:
                 metrics = train_run(config, directory, dataset=dataset, log=print)
             if metrics is not None:
                 runs.append({**metrics, "model": variant.label})
+                tabulated += [variant.key] if variant.key not in tabulated else []
     if not runs:
         print("no finished runs to tabulate")
         return
     machine = runs[0]["machine"]
     settings = (
-        f"Data: `synthetic:sequences:{args.rows}` (generator seed 0; splits 70/15/15). Every model: embedding 16, "
-        f"batch {args.batch_size}, Adam lr {args.lr}, up to {args.epochs} epochs, early stopping on mean "
-        f"validation AUC (patience {args.patience}); test AUC/logloss as mean ± std (ddof 1) over training "
-        f"seeds {args.seeds}. Machine: {os.cpu_count()} cores shared with other jobs, "
-        f"{machine['threads']} torch thread(s), torch {machine['torch']}, {platform.machine()}."
+        f"Data: `synthetic:sequences:{args.rows}` (generator seed 0, its own train/valid/test split). "
+        f"Every model: embedding 16, batch {args.batch_size}, Adam lr {args.lr}, up to {args.epochs} "
+        f"epochs, early stopping on mean validation AUC (patience {args.patience}); test AUC/logloss as "
+        f"mean ± std (ddof 1) over training seeds {args.seeds}. Machine: {os.cpu_count()} cores shared "
+        f"with other jobs, {machine['threads']} torch thread(s), torch {machine['torch']}, "
+        f"{platform.machine()}."
     )
     table = comparison_table(runs)
-    command = "PYTHONPATH=src python benchmarks/dtrn_study.py " + shlex.join(argv)
-    text = f"```\n{command.strip()}\n```\n\n{settings}\n\n{table}\n{speed_note(runs)}\n"
+    text = f"```\n{reproducing_command(args, tabulated)}\n```\n\n{settings}\n\n{table}\n{speed_note(runs)}\n"
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out / "results.md", text)
