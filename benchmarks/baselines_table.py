@@ -22,9 +22,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mtrec.data.synthetic import make_synthetic
+
 from mtrec.bench.report import comparison_table, plot_auc_bars
 from mtrec.data.dataset import PreparedDataset
-from mtrec.data.synthetic import make_synthetic
 from mtrec.io import atomic_write_text
 from mtrec.models import list_models
 from mtrec.training.config import RunConfig, TrainConfig
