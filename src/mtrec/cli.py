@@ -124,10 +124,10 @@ def demo(out: Path, data: str, epochs: int, seed: int, model_names: str | None) 
     click.echo(f"report written to {out}/results.md (plot: {out}/auc.png)")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors print one clear line and exit 2, not a traceback."""
     try:
-        cli(standalone_mode=False)
+        cli.main(args=argv, prog_name="mtrec", standalone_mode=False)
     except click.exceptions.Abort:
         sys.exit(130)
     except click.ClickException as exc:
