@@ -101,7 +101,7 @@ def test_bad_labels_and_mismatched_schema_are_named(tmp_path: Path) -> None:
     good = tiny_dataset(rows=100)
     good.save(tmp_path / "d")
     np.save(tmp_path / "d" / "dense.npy", np.zeros((100, 5), dtype=np.float32))
-    with pytest.raises(DatasetError, match=r"'dense'.*shape \\(100, 5\\).*implies \\(100, 2\\)"):
+    with pytest.raises(DatasetError, match=r"'dense'.*shape \(100, 5\).*implies \(100, 2\)"):
         PreparedDataset.load(tmp_path / "d")
     with pytest.raises(DatasetError, match="directory not found"):
         PreparedDataset.load(tmp_path / "missing")

@@ -12,9 +12,10 @@ import click
 from mtrec.data.dataset import DatasetError
 from mtrec.features.schema import SchemaError
 from mtrec.models import ModelConfigError, list_models
+from mtrec.objectives.weighting import WeightingConfigError
 from mtrec.training.config import ConfigError, RunConfig, read_config_file
 
-USER_ERRORS = (DatasetError, SchemaError, ModelConfigError, ConfigError)
+USER_ERRORS = (DatasetError, SchemaError, ModelConfigError, ConfigError, WeightingConfigError)
 
 
 @click.group()
@@ -123,10 +124,10 @@ def demo(out: Path, data: str, epochs: int, seed: int, model_names: str | None) 
     click.echo(f"report written to {out}/results.md (plot: {out}/auc.png)")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors print one clear line and exit 2, not a traceback."""
     try:
-        cli(standalone_mode=False)
+        cli.main(args=argv, prog_name="mtrec", standalone_mode=False)
     except click.exceptions.Abort:
         sys.exit(130)
     except click.ClickException as exc:

@@ -1,6 +1,6 @@
 """Model registry; importing this package registers every built-in model."""
 
-from mtrec.models import mmoe, shared_bottom
+from mtrec.models import aitm, cgc, esmm, mmoe, omoe, ple, shared_bottom, single_task
 from mtrec.models._registry import (
     ModelConfigError,
     create_model,
@@ -14,11 +14,17 @@ from mtrec.models.base import MultiTaskModel
 __all__ = [
     "ModelConfigError",
     "MultiTaskModel",
+    "aitm",
+    "cgc",
     "create_model",
+    "esmm",
     "list_models",
     "mmoe",
     "model_class",
     "model_options",
+    "omoe",
+    "ple",
     "register_model",
     "shared_bottom",
+    "single_task",
 ]

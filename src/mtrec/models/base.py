@@ -37,7 +37,8 @@ class MultiTaskModel(nn.Module):
         return {task: torch.sigmoid(outputs[task]) for task in self.task_names}
 
     def shared_parameters(self) -> list[nn.Parameter]:
-        """Parameters shared by all tasks (GradNorm measures gradient norms on the last of them).
-        Default: the feature embedding."""
+        """The last layer that all tasks share (GradNorm measures each task's gradient norm over these
+        parameters); empty for a model that shares nothing. Default: the feature embedding; a model with
+        shared layers above it returns the top one."""
         embedding = getattr(self, "embedding", None)
         return list(embedding.parameters()) if isinstance(embedding, nn.Module) else []

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from torch import nn
 
 from mtrec.data.batches import Batch
 from mtrec.features.schema import DatasetSchema
@@ -17,7 +18,7 @@ from mtrec.models._registry import register_model
 from mtrec.models.base import MultiTaskModel
 from mtrec.nn.embedding import FeatureEmbedding
 from mtrec.nn.experts import Gates, mix
-from mtrec.nn.mlp import ParallelMLP
+from mtrec.nn.mlp import ParallelMLP, TaskTowers
 
 
 @register_model("mmoe")
@@ -36,10 +37,14 @@ class MMoE(MultiTaskModel):
         in_dim = self.embedding.num_all_fields * embedding_dim
         self.experts = ParallelMLP(num_experts, in_dim, expert_sizes, dropout)
         self.gates = Gates(in_dim, len(self.task_names), num_experts)
-        self.towers = ParallelMLP(len(self.task_names), self.experts.out_dim, [*tower_sizes, 1], dropout, False)
+        self.towers = TaskTowers(len(self.task_names), self.experts.out_dim, tower_sizes, dropout)
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         x = self.embedding.all_fields(batch).flatten(1)  # [B, F*d]
         task_inputs = mix(self.experts(x), self.gates(x))  # [T, B, H]
-        logits = self.towers(task_inputs).squeeze(-1)  # [T, B]
+        logits = self.towers(task_inputs)  # [T, B]
         return dict(zip(self.task_names, logits, strict=True))
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """The experts' last layer (every task reads every expert)."""
+        return list(self.experts.last_layer().parameters())

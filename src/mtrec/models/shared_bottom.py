@@ -9,13 +9,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from torch import nn
 
 from mtrec.data.batches import Batch
 from mtrec.features.schema import DatasetSchema
 from mtrec.models._registry import register_model
 from mtrec.models.base import MultiTaskModel
 from mtrec.nn.embedding import FeatureEmbedding
-from mtrec.nn.mlp import MLP, ParallelMLP
+from mtrec.nn.mlp import MLP, TaskTowers
 
 
 @register_model("shared_bottom")
@@ -31,9 +32,13 @@ class SharedBottom(MultiTaskModel):
         super().__init__(schema)
         self.embedding = FeatureEmbedding(schema, embedding_dim)
         self.bottom = MLP(self.embedding.num_all_fields * embedding_dim, bottom_sizes, dropout)
-        self.towers = ParallelMLP(len(self.task_names), self.bottom.out_dim, [*tower_sizes, 1], dropout, False)
+        self.towers = TaskTowers(len(self.task_names), self.bottom.out_dim, tower_sizes, dropout)
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         x = self.embedding.all_fields(batch).flatten(1)  # [B, F*d]
-        logits = self.towers(self.bottom(x)).squeeze(-1)  # [T, B]
+        logits = self.towers(self.bottom(x))  # [T, B]
         return dict(zip(self.task_names, logits, strict=True))
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """The bottom MLP's last layer."""
+        return list(self.bottom.last_layer().parameters())

@@ -31,6 +31,10 @@ class MLP(nn.Sequential):
         super().__init__(*layers)
         self.out_dim = dim
 
+    def last_layer(self) -> nn.Linear:
+        """The final linear layer."""
+        return [m for m in self if isinstance(m, nn.Linear)][-1]
+
 
 class ParallelLinear(nn.Module):
     """n independent linear maps in one batched matmul: ``[n, B, in] -> [n, B, out]``."""
@@ -70,3 +74,21 @@ class ParallelMLP(nn.Module):
             if self.last_activation or i < len(self.layers) - 1:
                 x = self.dropout(torch.relu(x))
         return x
+
+    def last_layer(self) -> ParallelLinear:
+        """The final (batched) linear layer."""
+        layer: ParallelLinear = self.layers[-1]  # type: ignore[assignment]
+        return layer
+
+
+class TaskTowers(ParallelMLP):
+    """One tower per task ending in a logit: ``[B, in]`` or ``[T, B, in]`` ``-> [T, B]`` logits.
+
+    ``hidden_sizes`` are the towers' hidden layers (ReLU); a final linear layer gives one logit.
+    """
+
+    def __init__(self, n_tasks: int, in_dim: int, hidden_sizes: Sequence[int], dropout: float = 0.0) -> None:
+        super().__init__(n_tasks, in_dim, [*hidden_sizes, 1], dropout, last_activation=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x).squeeze(-1)  # [T, B]

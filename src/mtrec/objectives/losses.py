@@ -20,15 +20,35 @@ def masked_task_losses(logits: dict[str, torch.Tensor], batch: Batch) -> dict[st
     return {task: masked_bce(logits[task], batch.labels[task], batch.masks[task]) for task in batch.labels}
 
 
+def entire_space_log_prob(
+    logits: dict[str, torch.Tensor], schema: DatasetSchema, task: str
+) -> torch.Tensor:
+    """``log p(task and every task it is observed after)`` ``[B]``, reading each task's logit as its
+    probability given the one it is observed after: the sum of ``logsigmoid`` along the chain
+    (conversion after click: ``log(ctr * cvr)``)."""
+    log_p = F.logsigmoid(logits[task])
+    parent = schema.task(task).observed_after
+    while parent is not None:
+        log_p = log_p + F.logsigmoid(logits[parent])
+        parent = schema.task(parent).observed_after
+    return log_p
+
+
+def log_prob_to_logit(log_p: torch.Tensor) -> torch.Tensor:
+    """``logit(p) = log p - log(1 - p)`` from ``log p`` (``[B]``), kept finite as ``p -> 1``."""
+    return log_p - torch.log1p(-torch.exp(log_p).clamp(max=1 - 1e-7))
+
+
 def entire_space_task_losses(
     logits: dict[str, torch.Tensor], batch: Batch, schema: DatasetSchema
 ) -> dict[str, torch.Tensor]:
     """ESMM's entire-space objective (Ma et al., SIGIR 2018).
 
     A task observed after another has its logit read as the conditional ``p(task | earlier)``; its loss is
-    the BCE of the product ``p(earlier) * p(task | earlier)`` (e.g. ``ctcvr = ctr * cvr``) against the
-    stored label (1 only where both happened) over ALL rows, so it is learned in the entire impression
-    space rather than on the biased sample of earlier positives. Other tasks: plain BCE on all rows.
+    the BCE of the product along its chain ``p(earlier) * p(task | earlier)`` (e.g. ``ctcvr = ctr * cvr``)
+    against the stored label (1 only where both happened) over ALL rows, so it is learned in the entire
+    impression space rather than on the biased sample of earlier positives. Other tasks: plain BCE on all
+    rows.
     """
     losses: dict[str, torch.Tensor] = {}
     for task in schema.tasks:
@@ -36,8 +56,14 @@ def entire_space_task_losses(
         if task.observed_after is None:
             losses[task.name] = F.binary_cross_entropy_with_logits(logits[task.name], labels)
             continue
-        # log p(both) = log sigma(a) + log sigma(b); log(1 - p(both)) from it, kept finite
-        log_p = F.logsigmoid(logits[task.observed_after]) + F.logsigmoid(logits[task.name])
+        log_p = entire_space_log_prob(logits, schema, task.name)
         log_not_p = torch.log1p(-torch.exp(log_p).clamp(max=1 - 1e-7))
         losses[task.name] = -(labels * log_p + (1 - labels) * log_not_p).mean()
     return losses
+
+
+def expectation_calibration(later: torch.Tensor, earlier: torch.Tensor) -> torch.Tensor:
+    """AITM's Behavioral Expectation Calibrator (Xi et al., KDD 2021): ``mean(max(p_later - p_earlier,
+    0))`` over rows. Probabilities ``[B]`` in the entire space (a conversion cannot be likelier than the
+    click it needs); zero wherever the later task's probability is at most the earlier's."""
+    return torch.relu(later - earlier).mean()

@@ -16,6 +16,10 @@ from torch import nn
 from mtrec.models.base import MultiTaskModel
 
 
+class WeightingConfigError(ValueError):
+    """An unknown weighting, an option it does not take, or a model it cannot serve."""
+
+
 class WeightingStrategy(nn.Module):
     """Combines task losses ``{task: scalar}`` into one scalar."""
 
@@ -48,11 +52,11 @@ def list_weightings() -> list[str]:
 
 def create_weighting(name: str, task_names: list[str], **options: Any) -> WeightingStrategy:
     if name not in _STRATEGIES:
-        raise ValueError(f"unknown weighting {name!r}; available: {', '.join(list_weightings())}")
+        raise WeightingConfigError(f"unknown weighting {name!r}; available: {', '.join(list_weightings())}")
     try:
         return _STRATEGIES[name](task_names, **options)
     except TypeError as exc:
-        raise ValueError(f"weighting {name!r}: bad options {options}: {exc}") from exc
+        raise WeightingConfigError(f"weighting {name!r}: bad options {options}: {exc}") from exc
 
 
 @register_weighting("fixed")
@@ -66,11 +70,114 @@ class FixedWeighting(WeightingStrategy):
         weights = weights or {}
         unknown = sorted(set(weights) - set(task_names))
         if unknown:
-            raise ValueError(f"fixed weighting names unknown task(s) {unknown}; tasks: {task_names}")
+            raise WeightingConfigError(f"fixed weighting names unknown task(s) {unknown}; tasks: {task_names}")
         self.register_buffer("weights", torch.tensor([float(weights.get(t, 1.0)) for t in task_names]))
 
     def combine(self, task_losses: dict[str, torch.Tensor], model: MultiTaskModel) -> torch.Tensor:
         return torch.stack([task_losses[t] for t in self.task_names]) @ self.weights
+
+    def current_weights(self) -> dict[str, float]:
+        return dict(zip(self.task_names, self.weights.tolist(), strict=True))
+
+
+@register_weighting("uncertainty")
+class UncertaintyWeighting(WeightingStrategy):
+    """Homoscedastic-uncertainty weighting (Kendall, Gal & Cipolla, CVPR 2018, "Multi-Task Learning Using
+    Uncertainty to Weigh Losses for Scene Geometry and Semantics").
+
+    Each task has a learned log-variance ``s_k = log sigma_k^2`` (a parameter, trained with the model);
+    the loss is ``sum_k exp(-s_k) L_k + s_k``, the form used for classification (BCE) losses: a task
+    whose loss stays high gets a larger variance and a smaller weight ``exp(-s_k)``, and the ``+ s_k``
+    term keeps the variances from growing without bound (for a fixed ``L_k`` the optimum is
+    ``s_k = log L_k``).
+    """
+
+    def __init__(self, task_names: list[str], init_log_variance: float = 0.0) -> None:
+        super().__init__(task_names)
+        self.log_variances = nn.Parameter(torch.full((len(task_names),), float(init_log_variance)))
+
+    def combine(self, task_losses: dict[str, torch.Tensor], model: MultiTaskModel) -> torch.Tensor:
+        losses = torch.stack([task_losses[t] for t in self.task_names])  # [T]
+        return (torch.exp(-self.log_variances) * losses + self.log_variances).sum()
+
+    def current_weights(self) -> dict[str, float]:
+        return dict(zip(self.task_names, torch.exp(-self.log_variances.detach()).tolist(), strict=True))
+
+
+@register_weighting("gradnorm")
+class GradNormWeighting(WeightingStrategy):
+    """GradNorm (Chen, Badrinarayanan, Lee & Rabinovich, ICML 2018, "GradNorm: Gradient Normalization for
+    Adaptive Loss Balancing in Deep Multitask Networks").
+
+    The loss is ``sum_k w_k L_k``. At each step, on the model's last shared layer ``W``
+    (``model.shared_parameters()``), with ``n_k = ||grad_W L_k||`` and ``G_k = w_k n_k``:
+
+    - inverse training rate ``r_k = (L_k / L_k(0)) / mean_j (L_j / L_j(0))`` (``L_k(0)``: the first step's
+      losses);
+    - target ``G_k* = mean_j G_j * r_k ** alpha``, held constant (as in the paper);
+    - ``L_grad = sum_k |G_k - G_k*|``, whose gradient with respect to ``w_k`` is
+      ``n_k * sign(G_k - G_k*)``; the weights take a step of ``lr`` times that gradient divided by
+      ``mean_j n_j`` (so ``lr`` is in weight units per step, whatever the scale of the losses), are kept
+      positive (at least ``min_weight``) and are renormalised to sum to the number of tasks.
+
+    The step on ``w`` happens inside :meth:`combine` (the returned loss uses the weights of this step, so
+    the model update is that of the paper's algorithm); ``w`` is a buffer, not an optimizer parameter.
+    A task that learns slowly (high ``r_k``) gets a larger gradient-norm target and so a larger weight;
+    ``alpha`` sets how strongly. Needs a model that shares parameters (``single_task`` does not).
+    """
+
+    weights: torch.Tensor
+    initial_losses: torch.Tensor
+
+    def __init__(
+        self, task_names: list[str], alpha: float = 1.5, lr: float = 0.01, min_weight: float = 1e-3
+    ) -> None:
+        super().__init__(task_names)
+        if alpha < 0 or lr <= 0 or min_weight <= 0:
+            raise WeightingConfigError(f"gradnorm: need alpha >= 0, lr > 0 and min_weight > 0; got alpha={alpha}, "
+                             f"lr={lr}, min_weight={min_weight}")
+        self.alpha = alpha
+        self.lr = lr
+        self.min_weight = min_weight
+        self.register_buffer("weights", torch.ones(len(task_names)))
+        self.register_buffer("initial_losses", torch.ones(len(task_names)))
+        self.has_initial_losses = False
+
+    def combine(self, task_losses: dict[str, torch.Tensor], model: MultiTaskModel) -> torch.Tensor:
+        losses = torch.stack([task_losses[t] for t in self.task_names])  # [T]
+        loss = (self.weights.clone() * losses).sum()
+        if torch.is_grad_enabled() and losses.requires_grad:
+            self._update(task_losses, losses.detach(), model)
+        return loss
+
+    @torch.no_grad()
+    def _update(
+        self, task_losses: dict[str, torch.Tensor], losses: torch.Tensor, model: MultiTaskModel
+    ) -> None:
+        """One GradNorm step on the weights (see the class docstring)."""
+        shared = [p for p in model.shared_parameters() if p.requires_grad]
+        if not shared:
+            name = model.registry_name or type(model).__name__
+            raise WeightingConfigError(f"gradnorm needs a model with shared parameters; model {name!r} shares none "
+                             "(its shared_parameters() is empty): use the fixed or uncertainty weighting")
+        if not self.has_initial_losses:
+            self.initial_losses.copy_(losses.clamp_min(1e-12))
+            self.has_initial_losses = True
+        norms = torch.stack([self._grad_norm(task_losses[t], shared) for t in self.task_names])  # [T]
+        weighted = self.weights * norms  # G_k
+        rates = losses / self.initial_losses
+        target = weighted.mean() * (rates / rates.mean()) ** self.alpha  # G_k*, a constant
+        step = norms * torch.sign(weighted - target) / norms.mean().clamp_min(1e-12)
+        self.weights.sub_(self.lr * step).clamp_(min=self.min_weight)
+        self.weights.mul_(len(self.task_names) / self.weights.sum())
+
+    @staticmethod
+    def _grad_norm(loss: torch.Tensor, params: list[nn.Parameter]) -> torch.Tensor:
+        """``||d loss / d params||`` (a scalar; 0 when the loss does not reach them)."""
+        with torch.enable_grad():
+            grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+        squares = [g.pow(2).sum() for g in grads if g is not None]
+        return torch.stack(squares).sum().sqrt() if squares else loss.new_zeros(())
 
     def current_weights(self) -> dict[str, float]:
         return dict(zip(self.task_names, self.weights.tolist(), strict=True))

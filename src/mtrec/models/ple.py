@@ -1,0 +1,55 @@
+"""PLE, Progressive Layered Extraction (Tang et al., RecSys 2020, "Progressive Layered Extraction (PLE):
+A Novel Multi-Task Learning (MTL) Model for Personalized Recommendations").
+
+A stack of ``num_levels`` CGC extraction levels (:class:`~mtrec.nn.experts.ProgressiveLayers`). Shared:
+the embeddings, each level's shared experts, and in every level but the last a shared gate over all of
+that level's experts whose mixture feeds the next level's shared experts. Task-specific: each task's
+experts and gate at every level (reading that task's output of the level below) and its tower.
+Sequences, if the schema has them, are mean-pooled into extra fields.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from mtrec.data.batches import Batch
+from mtrec.features.schema import DatasetSchema
+from mtrec.models._registry import register_model
+from mtrec.models.base import MultiTaskModel
+from mtrec.nn.embedding import FeatureEmbedding
+from mtrec.nn.experts import ProgressiveLayers
+from mtrec.nn.mlp import TaskTowers
+
+
+@register_model("ple")
+class PLE(MultiTaskModel):
+    def __init__(
+        self,
+        schema: DatasetSchema,
+        embedding_dim: int = 16,
+        num_levels: int = 2,
+        num_task_experts: int = 1,
+        num_shared_experts: int = 2,
+        expert_sizes: Sequence[int] = (256, 128),
+        tower_sizes: Sequence[int] = (64,),
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__(schema)
+        self.embedding = FeatureEmbedding(schema, embedding_dim)
+        self.extraction = ProgressiveLayers(
+            self.embedding.num_all_fields * embedding_dim, len(self.task_names), num_levels,
+            num_task_experts, num_shared_experts, expert_sizes, dropout,
+        )
+        self.towers = TaskTowers(len(self.task_names), self.extraction.out_dim, tower_sizes, dropout)
+
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        x = self.embedding.all_fields(batch).flatten(1)  # [B, F*d]
+        logits = self.towers(self.extraction(x))  # [T, B]
+        return dict(zip(self.task_names, logits, strict=True))
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """The last level's shared experts' last layer."""
+        return list(self.extraction.last_shared_layer().parameters())
