@@ -17,11 +17,8 @@ __all__ = [
     "aitm",
     "cgc",
     "create_model",
-<<<<<<< HEAD
     "dcrnn",
-=======
     "dtrn",
->>>>>>> dtrn
     "esmm",
     "list_models",
     "mmoe",
