@@ -245,6 +245,10 @@ def test_objective_option_selects_the_loss(data) -> None:  # type: ignore[no-unt
         for task in got:
             torch.testing.assert_close(got[task], expected[task])
     assert not torch.allclose(masked.losses(out, batch)["conversion"], entire.losses(out, batch)["conversion"])
+    entire_out = entire(batch)
+    assert "ctcvr" in entire_out and "ctcvr" not in out  # the entire-space product, returned by name
+    torch.testing.assert_close(torch.sigmoid(entire_out["ctcvr"]),
+                               torch.sigmoid(entire_out["click"]) * torch.sigmoid(entire_out["conversion"]))
 
 
 @pytest.mark.parametrize("options", [{"objective": "masked"}, {"objective": "entire_space"},

@@ -36,7 +36,10 @@ shared by all tasks in every mode; ``sharing`` changes the cross branch only.
 
 ``objective``: for a task declared ``observed_after`` another, ``masked`` learns it on the earlier task's
 positives only (the default loss); ``entire_space`` reads its logit as the conditional probability and
-learns the product ``p(earlier) * p(task | earlier)`` on all rows (``ctcvr = ctr * cvr``, as ESMM).
+learns the product ``p(earlier) * p(task | earlier)`` on all rows (``ctcvr = ctr * cvr``, as ESMM), and
+``forward`` also returns that product as a logit named ``ctcvr`` (``ctcvr_<task>`` with several chained
+tasks). Either way ``probabilities`` gives the conditional pCVR for the conversion task, as evaluated (on
+clicked rows) and served.
 
 Defaults, chosen by small sweeps on the synthetic presets (``benchmarks/dcrnn_study.py``, ``docs/dcrnn.md``):
 ``shared_steps=2``, ``task_steps=1``, ``rank=None`` (full W; a low rank cost AUC at these widths),
@@ -55,10 +58,11 @@ from mtrec.data.batches import Batch
 from mtrec.features.schema import DatasetSchema
 from mtrec.models._registry import ModelConfigError, register_model
 from mtrec.models.base import MultiTaskModel
+from mtrec.models.esmm import entire_space_names
 from mtrec.nn.cross import CrossRNNCell, CrossTaskPart, FieldGRU
 from mtrec.nn.embedding import FeatureEmbedding
-from mtrec.nn.mlp import MLP, ParallelMLP
-from mtrec.objectives.losses import entire_space_task_losses
+from mtrec.nn.mlp import MLP, ParallelMLP, TaskTowers
+from mtrec.objectives.losses import entire_space_log_prob, entire_space_task_losses, log_prob_to_logit
 
 SHARING = ("partial", "hard", "none")
 CROSS_AXES = ("depth", "fields")
@@ -181,17 +185,19 @@ class DCRNN(MultiTaskModel):
             self.cross = FieldCross(embedding_dim, field_rnn_dim, n_tasks, sharing)
         self.deep_shared = MLP(x0_dim, deep_sizes, dropout)
         self.deep_tasks = ParallelMLP(n_tasks, self.deep_shared.out_dim, deep_task_sizes, dropout)
-        self.towers = ParallelMLP(
-            n_tasks, self.cross.out_dim + self.deep_tasks.out_dim, [*tower_sizes, 1], dropout, False
-        )
+        self.towers = TaskTowers(n_tasks, self.cross.out_dim + self.deep_tasks.out_dim, tower_sizes, dropout)
+        self.entire_space_names = entire_space_names(schema) if objective == "entire_space" else {}
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         fields = self.embedding.all_fields(batch)  # [B, F, d]
         x0 = fields.flatten(1)  # [B, D]
         cross = self.cross(x0 if isinstance(self.cross, DepthCross) else fields)  # [T, B, H_cross]
         deep = self.deep_tasks(self.deep_shared(x0))  # [T, B, H_deep]
-        logits = self.towers(torch.cat([cross, deep], dim=-1)).squeeze(-1)  # [T, B]
-        return dict(zip(self.task_names, logits, strict=True))
+        logits = self.towers(torch.cat([cross, deep], dim=-1))  # [T, B]
+        outputs = dict(zip(self.task_names, logits, strict=True))
+        for task, name in self.entire_space_names.items():  # e.g. ctcvr: sigmoid = ctr * cvr
+            outputs[name] = log_prob_to_logit(entire_space_log_prob(outputs, self.schema, task))
+        return outputs
 
     def losses(self, outputs: dict[str, torch.Tensor], batch: Batch) -> dict[str, torch.Tensor]:
         """``objective: masked``: the default masked BCE; ``entire_space``: ESMM's product loss."""
