@@ -23,16 +23,20 @@ import os
 import platform
 import shlex
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from mtrec.bench.report import comparison_table, plot_auc_bars
+from mtrec.data.batches import Batch, gather_batch
+from mtrec.data.dataset import PreparedDataset
 from mtrec.data.source import load_data
 from mtrec.io import atomic_write_text
-from mtrec.models import model_options
+from mtrec.models import MultiTaskModel, create_model, model_options
 from mtrec.training.checkpoint import CONFIG
 from mtrec.training.config import RunConfig, TrainConfig
 from mtrec.training.run import METRICS, train_run
@@ -69,6 +73,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--variants", default=",".join(BY_KEY), help=f"comma-separated subset of {list(BY_KEY)}")
     p.add_argument("--out", type=Path, default=Path("reports/dtrn_study"))
     p.add_argument("--table-only", action="store_true", help="train nothing; tabulate the runs already in OUT")
+    p.add_argument("--model-bound", type=int, default=0, metavar="REPEATS",
+                   help="also measure model-bound train samples/s of the chosen variants (interleaved, median "
+                        "of REPEATS rounds of 20 steps on in-memory batches) into OUT/model_bound.json")
     args = p.parse_args(argv)
     unknown = [k for k in args.variants.split(",") if k not in BY_KEY]
     if unknown:
@@ -107,13 +114,53 @@ def finished_run(directory: Path, config: RunConfig) -> dict[str, Any] | None:
     return metrics
 
 
+def model_bound_speeds(
+    dataset: PreparedDataset, variants: list[Variant], repeats: int, batch_size: int, steps: int = 20
+) -> dict[str, float]:
+    """Train samples/s of each variant stepped on the same in-memory batches (no data loading, no
+    evaluation). The variants take turns within every round, so changing machine load hits them alike;
+    the figure is the median over ``repeats`` rounds."""
+    rows = np.asarray(dataset.splits["train"][: steps * batch_size])
+    batches = [gather_batch(dataset, rows[i : i + batch_size]) for i in range(0, len(rows), batch_size)]
+    steppers = {}
+    for variant in variants:
+        torch.manual_seed(0)
+        model = create_model(variant.model, dataset.schema, **variant.options)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, foreach=True)
+
+        def step(batch: Batch, model: MultiTaskModel = model, optimizer: torch.optim.Optimizer = optimizer) -> None:
+            loss = torch.stack(list(model.losses(model(batch), batch).values())).sum()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+        steppers[variant.label] = step
+    samples: dict[str, list[float]] = {label: [] for label in steppers}
+    for _ in range(repeats):
+        for label, step in steppers.items():
+            step(batches[0])  # warm-up
+            start = time.perf_counter()
+            for batch in batches:
+                step(batch)
+            samples[label].append(len(rows) / (time.perf_counter() - start))
+    return {label: float(np.median(values)) for label, values in samples.items()}
+
+
+def model_bound_note(speeds: dict[str, float], repeats: int) -> str:
+    mmoe = speeds.get(BY_KEY["mmoe"].label)
+    parts = [f"{label} {speed:,.0f}" + (f" ({speed / mmoe:.2f}x MMoE)" if mmoe else "")
+             for label, speed in speeds.items()]
+    return (f"Model-bound train samples/s (same in-memory batches of the train split, models interleaved, "
+            f"median of {repeats} rounds of 20 steps): " + "; ".join(parts) + ".")
+
+
 def speed_note(runs: list[dict[str, Any]]) -> str:
     """Median train samples/s of each DTRN variant relative to MMoE's."""
     speeds: dict[str, float] = {}
     for label in dict.fromkeys(r["model"] for r in runs):
         speeds[label] = float(np.median([r["train_samples_per_s"] for r in runs if r["model"] == label]))
     mmoe = speeds.get(BY_KEY["mmoe"].label)
-    if not mmoe:
+    if not mmoe or not any(label.startswith("DTRN") for label in speeds):
         return ""
     parts = [f"{label}: {speed / mmoe:.2f}x" for label, speed in speeds.items() if label.startswith("DTRN")]
     return "Train samples/s relative to MMoE (median over the seeds): " + "; ".join(parts) + "."
@@ -138,6 +185,13 @@ def main(argv: list[str]) -> None:
             if metrics is not None:
                 runs.append({**metrics, "model": variant.label})
                 tabulated += [variant.key] if variant.key not in tabulated else []
+    bound_path = args.out / "model_bound.json"
+    if args.model_bound > 0:
+        dataset = dataset or load_data(f"synthetic:sequences:{args.rows}")
+        torch.set_num_threads(args.threads)
+        speeds = model_bound_speeds(dataset, variants, args.model_bound, args.batch_size)
+        args.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(bound_path, json.dumps({"repeats": args.model_bound, "speeds": speeds}, indent=2))
     if not runs:
         print("no finished runs to tabulate")
         return
@@ -151,7 +205,11 @@ def main(argv: list[str]) -> None:
         f"{platform.machine()}."
     )
     table = comparison_table(runs)
-    text = f"```\n{reproducing_command(args, tabulated)}\n```\n\n{settings}\n\n{table}\n{speed_note(runs)}\n"
+    notes = [speed_note(runs)]
+    if bound_path.exists():
+        bound = json.loads(bound_path.read_text())
+        notes.append(model_bound_note(bound["speeds"], bound["repeats"]))
+    text = f"```\n{reproducing_command(args, tabulated)}\n```\n\n{settings}\n\n{table}\n" + "\n\n".join(notes) + "\n"
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out / "results.md", text)
