@@ -3,15 +3,19 @@ applying them without knowing the model or the strategy."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
 
 from fakes import tiny_dataset
+from mtrec.bench.runner import parse_bench_config, run_bench
 from mtrec.data.batches import Batch, BatchIterator
 from mtrec.models import MultiTaskModel, create_model, list_models
 from mtrec.objectives.weighting import WeightingConfigError, create_weighting, list_weightings
-from mtrec.training.config import TrainConfig
+from mtrec.training.config import ConfigError, TrainConfig
 from mtrec.training.trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -152,3 +156,22 @@ def test_trainer_applies_a_strategy_from_config(weighting: str) -> None:
     assert all(w > 0 for row in weights for w in row.values())
     if weighting == "gradnorm":
         assert all(sum(row.values()) == pytest.approx(2.0) for row in weights)
+
+
+def test_a_bench_compares_weightings_through_per_model_train_settings(tmp_path: Path, tiny_dir: Path) -> None:
+    small = {"embedding_dim": 4, "expert_sizes": [8], "tower_sizes": [4]}
+    config = parse_bench_config({
+        "name": "w", "datasets": [{"data": str(tiny_dir), "label": "tiny"}], "seeds": [0],
+        "train": {"epochs": 1, "batch_size": 64, "num_threads": 1, "prefetch": 0},
+        "models": [{"name": "mmoe", "label": f"mmoe+{w}", "options": small, "train": {"weighting": w}}
+                   for w in ("fixed", "uncertainty", "gradnorm")],
+    })
+    results = run_bench(config, tmp_path / "out", log=lambda _: None)
+    for weighting in ("fixed", "uncertainty", "gradnorm"):
+        run = json.loads((tmp_path / "out" / "runs" / "tiny" / f"mmoe_{weighting}" / "seed0" / "config.json")
+                         .read_text())
+        assert run["train"]["weighting"] == weighting
+    assert {r["model"] for r in results["runs"]} == {"mmoe+fixed", "mmoe+uncertainty", "mmoe+gradnorm"}
+    assert "train {'weighting': 'gradnorm'}" in (tmp_path / "out" / "results.md").read_text()
+    with pytest.raises(ConfigError, match=r"models\[0\]\.train.*bogus"):
+        parse_bench_config({"datasets": ["synthetic"], "models": [{"name": "mmoe", "train": {"bogus": 1}}]})

@@ -10,12 +10,18 @@ from typing import Any
 import click
 
 from mtrec.data.dataset import DatasetError
+from mtrec.export.onnx import ExportError, ParityError
 from mtrec.features.schema import SchemaError
 from mtrec.models import ModelConfigError, list_models
 from mtrec.objectives.weighting import WeightingConfigError
+from mtrec.training.checkpoint import ArtifactError
 from mtrec.training.config import ConfigError, RunConfig, read_config_file
+from mtrec.training.nonfinite import NonFiniteLossError, NonFiniteParametersError
+from mtrec.training.resume import ResumeError
 
-USER_ERRORS = (DatasetError, SchemaError, ModelConfigError, ConfigError, WeightingConfigError)
+USER_ERRORS: tuple[type[Exception], ...] = (DatasetError, SchemaError, ModelConfigError, ConfigError,
+                                            WeightingConfigError, ArtifactError, ResumeError,
+                                            NonFiniteLossError, NonFiniteParametersError)
 
 
 @click.group()
@@ -54,16 +60,24 @@ def _run_config(
 @click.option("--batch-size", type=int)
 @click.option("--lr", type=float)
 @click.option("--config", "config_file", type=click.Path(path_type=Path), help="YAML run config")
+@click.option("--resume", is_flag=True,
+              help="continue from the run directory's last checkpoint (resume.safetensors); start fresh if none")
 def train(
     model: str | None, data: str | None, out: Path, epochs: int | None, seed: int | None,
-    batch_size: int | None, lr: float | None, config_file: Path | None,
+    batch_size: int | None, lr: float | None, config_file: Path | None, resume: bool,
 ) -> None:
-    """Train one model and write its run directory (metrics.json, model.safetensors, plots)."""
+    """Train one model and write its run directory (metrics.json, model.safetensors, plots).
+
+    Runs data-parallel unchanged under `torchrun --nproc_per_node N` (see docs/distributed.md);
+    --batch-size is then the global batch over all processes.
+    """
     from mtrec.training.run import train_run
 
     config = _run_config(model, data, config_file,
                          {"epochs": epochs, "seed": seed, "batch_size": batch_size, "lr": lr})
-    metrics = train_run(config, out)
+    metrics = train_run(config, out, resume=resume)
+    if not _is_main_process():
+        return
     for task, m in metrics["test"].items():
         oracle = (metrics.get("oracle") or {}).get(task, {}).get("auc")
         extra = f"  (oracle {oracle:.4f})" if oracle is not None else ""
@@ -124,6 +138,82 @@ def demo(out: Path, data: str, epochs: int, seed: int, model_names: str | None) 
     click.echo(f"report written to {out}/results.md (plot: {out}/auc.png)")
 
 
+@cli.command("export")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="ONNX file to write")
+@click.option("--exporter", type=click.Choice(["auto", "torchscript", "dynamo"]), default="auto", show_default=True,
+              help="auto: tracing (fast), falling back to torch.export when tracing fails or mismatches")
+@click.option("--tolerance", type=float, default=1e-4, show_default=True,
+              help="largest allowed |ONNX Runtime - PyTorch| probability difference")
+@click.option("--rows", type=int, default=2048, show_default=True, help="rows of the run's data to check parity on")
+def export_cmd(run_dir: Path, out: Path, exporter: str, tolerance: float, rows: int) -> None:
+    """Export a run's model to ONNX (task probabilities as named outputs, dynamic batch), after a parity check
+    against eager PyTorch; exits non-zero and writes nothing if they differ by more than --tolerance."""
+    from mtrec.export.onnx import export_run
+
+    result = export_run(run_dir, out, exporter=exporter, tolerance=tolerance, rows=rows,  # type: ignore[arg-type]
+                        log=click.echo)
+    click.echo(f"parity ok; wrote {result.path} ({result.exporter} exporter, {result.size_bytes / 1e6:.2f} MB)")
+
+
+_BACKEND = click.option("--backend", type=click.Choice(["onnx", "torch"]), default="onnx", show_default=True,
+                        help="ONNX Runtime (exported in memory, parity-checked) or eager PyTorch")
+_THREADS = click.option("--threads", type=int, default=1, show_default=True, help="CPU threads for inference")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--input", "input_file", type=click.Path(path_type=Path), required=True,
+              help="CSV or Parquet file, one column per feature, raw values")
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="output CSV, or Parquet if it ends in .parquet: one probability column per task")
+@click.option("--keep", multiple=True, help="input column to copy to the output (repeatable), e.g. an id")
+@click.option("--chunk-rows", type=int, default=65_536, show_default=True, help="rows read and scored at a time")
+@click.option("--separator", default=",", show_default=True, help="CSV field separator (without --dataset-config)")
+@click.option("--dataset-config", type=click.Path(path_type=Path),
+              help="read the input in this dataset config's raw layout (columns, separator, header) instead of "
+                   "one column per feature")
+@_BACKEND
+@_THREADS
+def predict(run_dir: Path, input_file: Path, out: Path, keep: tuple[str, ...], chunk_rows: int, separator: str,
+            dataset_config: Path | None, backend: str, threads: int) -> None:
+    """Score a raw CSV/Parquet file with a run's model (streamed, with a progress bar; written atomically)."""
+    from mtrec.serving.batch import score_file
+    from mtrec.serving.predictor import Predictor
+
+    predictor = Predictor.from_run(run_dir, backend=backend, threads=threads)  # type: ignore[arg-type]
+    result = score_file(predictor, input_file, out, keep=keep, chunk_rows=chunk_rows, separator=separator,
+                        dataset_config=dataset_config)
+    click.echo(f"scored {result.rows:,} rows in {result.seconds:.2f} s ({result.rows_per_s:,.0f} rows/s, "
+               f"{predictor.backend}); wrote {result.out}")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on")
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--max-candidates", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="largest candidate list one request may hold")
+@_BACKEND
+@_THREADS
+@click.option("--inference-workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="requests encoded and scored at the same time (the others wait in line)")
+@click.option("--access-log/--no-access-log", default=False, show_default=True)
+def serve(run_dir: Path, host: str, port: int, max_candidates: int, backend: str, threads: int,
+          inference_workers: int, access_log: bool) -> None:
+    """Serve a run's model over HTTP: POST /v1/score, GET /healthz, OpenAPI at /docs and /openapi.json."""
+    from mtrec.serving.app import serve as run_server
+
+    run_server(str(run_dir), host=host, port=port, max_candidates=max_candidates, backend=backend,
+               threads=threads, access_log=access_log, inference_workers=inference_workers, echo=click.echo)
+
+
+def _is_main_process() -> bool:
+    from mtrec.training.distributed import launch_env
+
+    return launch_env().is_main
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors print one clear line and exit 2, not a traceback."""
     try:
@@ -136,6 +226,9 @@ def main(argv: list[str] | None = None) -> None:
     except USER_ERRORS as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
+    except (ExportError, ParityError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -150,6 +150,13 @@ class GradNormWeighting(WeightingStrategy):
             self._update(task_losses, losses.detach(), model)
         return loss
 
+    def get_extra_state(self) -> dict[str, bool]:
+        """Non-tensor state for ``state_dict`` (a resumed run must not take new initial losses)."""
+        return {"has_initial_losses": self.has_initial_losses}
+
+    def set_extra_state(self, state: dict[str, bool]) -> None:
+        self.has_initial_losses = bool(state["has_initial_losses"])
+
     @torch.no_grad()
     def _update(
         self, task_losses: dict[str, torch.Tensor], losses: torch.Tensor, model: MultiTaskModel

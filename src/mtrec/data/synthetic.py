@@ -1,0 +1,669 @@
+"""Synthetic multi-task recommendation data with planted ground truth (the embedded default dataset).
+
+Every row is one impression of an item to a user. The labels are drawn from known probabilities, which
+are kept as the dataset's ``oracle`` block, so a model's AUC can be read against the best possible AUC
+on the same rows (:func:`oracle_auc`). The true probabilities are a function of the *observed* columns
+only (ids, side features, dense values, histories): the gap between a model and the oracle is estimation
+error, not missing information.
+
+Generative model
+----------------
+Notation: ``d`` = ``latent_dim``; ``N(0, s^2)`` a normal draw; ``mix_rho(a, b) = rho*a + sqrt(1-rho^2)*b``
+where ``b`` is an independent copy of ``a`` (``rho`` = ``task_correlation``); ``z(.)`` z-scores a column
+over the generated rows.
+
+World (drawn once per seed, shared by every preset and row count)::
+
+    category c:   e_c ~ N(0, I/d)                    category latent
+                  price level pl_c ~ N(0, 0.6^2), bias bc_c ~ N(0, 1)
+    item i:       cat(i) ~ U{categories},  brand(i) ~ U{brands},  bb_brand ~ N(0, 0.5^2)
+                  popularity pop_i ~ rank_i^(-item_zipf)          (rank: a random permutation)
+                  v_i = e_cat(i) + item_noise * N(0, I/d)          item latent
+                  log price lp_i = pl_cat(i) + N(0, 0.5^2);  price_bucket = decile of lp over items
+                  quality q_i ~ N(0, 1)
+    user u:       age, gender, city: categorical draws;  activity act_u ~ rank_u^(-user_zipf)
+                  U1_u = A1_age + A1_gender + A1_city,  U2_u likewise with independent tables (each N(0, I/3d))
+                  bias bu_u ~ N(0, 1)
+    histories:    browse taste  t_click = U1 + user_noise * eps1
+                  buy taste     t_buy   = 0.3 U1 + 0.95 U2 + user_noise * eps2
+                  cart taste    t_cart  = (t_click + t_buy) / sqrt(2) + user_noise * eps3 / 2
+                  each history item: category ~ softmax_c(beta * <t_b, e_c>), then an item of that
+                  category ~ popularity.  Stored most recent first, left-aligned, 0 = padding.
+    context:      H[hour, device] = amp_device * cos(2 pi (hour - phase_device) / 24) + N(0, 0.3^2)
+                  P[price_bucket, age] = k_age * centred(price_bucket),  k_age ~ N(0, 1)  (price sensitivity)
+
+Per row (user u ~ activity, item i ~ popularity, hour ~ daily cycle, device, recency r), the components::
+
+    item_t    = bc_cat(i) + bb_brand(i) + 0.5 q_i + 0.3 z(log pop_i)        item/category/brand effect
+    user_t    = bu_u                                                         user propensity
+    cross_t   = <W_t(u), v_i>           with W_click = U1, W_conversion = mix_rho(U1, U2)
+    context_t = H_t[hour, device] + P_t[price_bucket, age]
+    dense_t   = a_t * price + 0.3 * activity - g_t * recency^2               (price, activity, recency z-scored)
+    seq_b     = <mean_{h in hist_b} e_cat(h), e_cat(i)>   for b in click, cart, buy (0 for an empty history)
+
+The conversion task's item, user and context tables are ``mix_rho`` of the click task's, so ``rho``
+sets how related the tasks are (negative: what makes an item clicked makes it less converted). With
+weights ``w_t`` per component (:class:`TaskWeights`)::
+
+    s_t     = sum_k w_t[k] * z(component_k)
+    logit_t = b_t + sigma_t * s_t / std(s_t)            sigma_t = *_logit_std (sets the oracle AUC)
+    p_t     = sigmoid(logit_t)                           b_t solved by bisection to hit the target rate
+
+Labels: ``click ~ Bernoulli(p_click)``. Without ``conversion_after_click``, ``conversion ~ Bernoulli(
+p_conversion)`` independently of the click draw, on every impression, at ``conversion_rate`` of all
+impressions. With it (the ``esmm`` preset), ``p_conversion`` is the probability of converting *given a
+click*: ``conversion = click * Bernoulli(p_conversion)``, its rate among clicks is ``conversion_rate``, and
+the schema marks the task ``observed_after="click"``. The oracle block holds ``[p_click, p_conversion]``.
+
+Why a linear model falls short: ``cross``, ``context`` and ``seq_*`` are interactions (user side x item
+latent, hour x device, price x age, history x target category) and ``recency^2`` is non-linear in a raw
+feature; a logistic regression on one-hot ids, dense values and bag-of-items histories sees only their
+main effects. All of them are crosses of low-cardinality fields or category-level latents, which a
+factorisation or MLP model learns from ~100k training rows.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from mtrec.data.dataset import PreparedDataset
+from mtrec.features.schema import (
+    DatasetSchema,
+    DenseFeature,
+    SequenceFeature,
+    SparseFeature,
+    TaskSpec,
+)
+
+FIRST_ID = 2  # ids 0 (padding) and 1 (out-of-vocabulary) are reserved; see mtrec.features.schema
+
+N_AGE = 7
+N_GENDER = 2
+N_HOURS = 24
+N_DEVICES = 4
+N_PRICE_BUCKETS = 10
+AGE_PROBS = (0.08, 0.22, 0.25, 0.19, 0.13, 0.08, 0.05)
+DEVICE_PROBS = (0.55, 0.30, 0.10, 0.05)
+HISTORY_BEHAVIOURS = ("click", "cart", "buy")
+
+
+@dataclass(frozen=True)
+class TaskWeights:
+    """Weights of one task's logit components (see the module docstring); 0 removes a component."""
+
+    item: float = 1.0
+    user: float = 0.1
+    cross: float = 0.3
+    context: float = 0.25
+    dense: float = 0.5
+    recency: float = 0.3
+    hist_click: float = 0.0
+    hist_cart: float = 0.0
+    hist_buy: float = 0.0
+
+    def as_array(self) -> np.ndarray:
+        """The weights in component order ``[9]``."""
+        return np.array(
+            [
+                self.item,
+                self.user,
+                self.cross,
+                self.context,
+                self.dense,
+                self.recency,
+                self.hist_click,
+                self.hist_cart,
+                self.hist_buy,
+            ],
+            dtype=np.float64,
+        )
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """Every knob of the generator. Presets are instances of this class (see :data:`PRESETS`).
+
+    ``rows`` is sized so that one model trains in about a minute on two CPU cores. Target rates are met
+    in expectation (the intercepts are solved for them); the realised rates differ by sampling noise.
+    """
+
+    rows: int = 200_000
+    n_users: int = 1_000
+    n_items: int = 500
+    n_categories: int = 24
+    n_brands: int = 80
+    n_cities: int = 30
+    latent_dim: int = 4
+    item_zipf: float = 0.9  # item popularity ~ rank^-item_zipf
+    user_zipf: float = 0.6  # user activity ~ rank^-user_zipf
+    max_len: int = 20  # history length (all three behaviours)
+    item_noise: float = 0.2  # item-specific part of the item latent (beside its category's)
+    item_quality: float = 0.5  # weight of the item-specific quality in the item effect
+    user_noise: float = 0.5  # user-specific part of the tastes that draw the histories
+    history_temperature: float = 2.5  # beta: how strongly a taste concentrates histories on categories
+    task_correlation: float = 0.7  # rho: conversion's tables = mix_rho(click's tables, independent)
+    click: TaskWeights = TaskWeights(hist_click=0.2, hist_cart=0.1, hist_buy=0.05)
+    conversion: TaskWeights = TaskWeights(dense=0.6, hist_click=0.1, hist_cart=0.1, hist_buy=0.15)
+    click_price: float = -0.4  # a_click: price slope of the click logit (dense component)
+    conversion_price: float = -1.0  # a_conversion
+    click_rate: float = 0.13  # positive rate of click over impressions
+    conversion_rate: float = 0.10  # over impressions, or over clicks with conversion_after_click
+    click_logit_std: float = 1.5  # sigma_click: spread of the true click logit (sets its oracle AUC)
+    conversion_logit_std: float = 1.7  # sigma_conversion
+    conversion_after_click: bool = False  # conversion observed only after a click (ESMM-style)
+    split_fractions: tuple[float, float, float] = (0.70, 0.15, 0.15)
+    description: str = field(default="", compare=False)
+
+
+PRESETS: dict[str, SyntheticConfig] = {
+    "easy": SyntheticConfig(
+        task_correlation=0.8,
+        description="tasks strongly related: shared drivers (rho=0.8), mild dependence on histories",
+    ),
+    "conflict": SyntheticConfig(
+        task_correlation=-0.5,
+        click=TaskWeights(hist_click=0.6, hist_cart=0.1),
+        conversion=TaskWeights(dense=0.8, hist_click=-0.3, hist_buy=0.6),
+        conversion_price=-1.5,
+        description="what drives conversion partly opposes what drives click (rho=-0.5, opposite "
+        "history weights): negatively correlated true logits",
+    ),
+    "sequences": SyntheticConfig(
+        task_correlation=0.3,
+        click=TaskWeights(cross=0.5, context=0.4, hist_click=1.3, hist_cart=0.2),
+        conversion=TaskWeights(cross=0.5, context=0.4, dense=0.5, hist_cart=0.4, hist_buy=1.3),
+        description="each task driven by a different behaviour history: click by the click history, "
+        "conversion by the buy (and cart) history",
+    ),
+    "esmm": SyntheticConfig(
+        task_correlation=0.6,
+        conversion_after_click=True,
+        conversion_rate=0.12,
+        description="conversion observed only after a click (selection bias); its label is 1 only "
+        "where click is 1 and its oracle is the probability given a click",
+    ),
+}
+
+
+# ---- schema --------------------------------------------------------------------------------------
+def synthetic_schema(config: SyntheticConfig, metadata: dict[str, Any] | None = None) -> DatasetSchema:
+    """The schema shared by every preset (only ``conversion.observed_after`` differs)."""
+
+    def size(n: int) -> int:
+        return n + FIRST_ID
+
+    sparse = (
+        SparseFeature("user_id", size(config.n_users)),
+        SparseFeature("age_bucket", size(N_AGE)),
+        SparseFeature("gender", size(N_GENDER)),
+        SparseFeature("city", size(config.n_cities)),
+        SparseFeature("item_id", size(config.n_items)),
+        SparseFeature("item_category", size(config.n_categories)),
+        SparseFeature("brand", size(config.n_brands)),
+        SparseFeature("price_bucket", size(N_PRICE_BUCKETS)),
+        SparseFeature("hour", size(N_HOURS)),
+        SparseFeature("device", size(N_DEVICES)),
+    )
+    dense = (
+        DenseFeature("price"),
+        DenseFeature("user_activity"),
+        DenseFeature("item_popularity"),
+        DenseFeature("recency"),
+    )
+    sequences = tuple(
+        SequenceFeature(
+            f"hist_{b}",
+            size(config.n_items),
+            config.max_len,
+            behaviour=b,
+            table="item_id",
+            target="item_id",
+        )
+        for b in HISTORY_BEHAVIOURS
+    )
+    tasks = (
+        TaskSpec("click"),
+        TaskSpec("conversion", observed_after="click" if config.conversion_after_click else None),
+    )
+    return DatasetSchema(
+        sparse=sparse,
+        dense=dense,
+        sequences=sequences,
+        tasks=tasks,
+        user_id="user_id",
+        metadata=dict(metadata or {}),
+    )
+
+
+# ---- helpers -------------------------------------------------------------------------------------
+def _zscore(x: np.ndarray) -> np.ndarray:
+    """``(x - mean) / std`` over all entries; zeros for a constant column."""
+    std = float(x.std())
+    return (x - x.mean()) / std if std > 1e-12 else np.zeros_like(x)
+
+
+def _mix(a: np.ndarray, b: np.ndarray, rho: float) -> np.ndarray:
+    """``rho * a + sqrt(1 - rho^2) * b``: same scale as ``a`` and ``b``, correlation ``rho`` with ``a``."""
+    return rho * a + math.sqrt(max(0.0, 1.0 - rho * rho)) * b
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
+
+
+def _solve_intercept(logit: np.ndarray, rate: float, weight: np.ndarray | None = None) -> float:
+    """The ``b`` with ``weighted mean(sigmoid(b + logit)) == rate`` (bisection; the mean is monotone)."""
+    lo, hi = -30.0, 30.0
+    w = np.ones_like(logit) if weight is None else weight
+    total = float(w.sum())
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        if float((w * _sigmoid(mid + logit)).sum()) / total < rate:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
+
+
+def _zipf_weights(n: int, exponent: float, rng: np.random.Generator) -> np.ndarray:
+    """Probabilities ``[n]`` proportional to ``rank^-exponent``, ranks randomly permuted over ids."""
+    ranks = rng.permutation(n) + 1
+    w = ranks.astype(np.float64) ** -exponent
+    return w / w.sum()
+
+
+def _sample_in_groups(
+    groups: np.ndarray, group_of: np.ndarray, weight: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """For each requested group in ``groups`` (any shape), draw one member index with probability
+    proportional to ``weight`` among the members (``group_of[i]`` is member i's group). Vectorized via
+    one cumulative sum over members sorted by group and a searchsorted."""
+    order = np.argsort(group_of, kind="stable")
+    cum = np.cumsum(weight[order])
+    n_groups = int(group_of.max()) + 1
+    ends = np.searchsorted(group_of[order], np.arange(n_groups), side="right")  # [G]
+    starts = np.concatenate([[0], ends[:-1]])
+    before = np.where(starts > 0, cum[np.maximum(starts - 1, 0)], 0.0)
+    total = cum[ends - 1] - before
+    target = before[groups] + rng.random(groups.shape) * total[groups]
+    pos = np.searchsorted(cum, target, side="right")
+    pos = np.clip(pos, starts[groups], ends[groups] - 1)  # guard float edge cases
+    return order[pos]
+
+
+# ---- the generator -------------------------------------------------------------------------------
+@dataclass
+class _World:
+    """Users, items, categories and the context tables (see the module docstring)."""
+
+    cat_latent: np.ndarray  # [C, d]
+    item_cat: np.ndarray  # [I]
+    item_brand: np.ndarray  # [I]
+    item_pop: np.ndarray  # [I] probabilities
+    item_latent: np.ndarray  # [I, d]
+    item_log_price: np.ndarray  # [I]
+    item_price_bucket: np.ndarray  # [I]
+    item_effect: tuple[np.ndarray, np.ndarray]  # per task [I]
+    user_age: np.ndarray  # [U]
+    user_gender: np.ndarray  # [U]
+    user_city: np.ndarray  # [U]
+    user_activity: np.ndarray  # [U] probabilities
+    user_cross: tuple[np.ndarray, np.ndarray]  # per task [U, d]
+    user_bias: tuple[np.ndarray, np.ndarray]  # per task [U]
+    histories: dict[str, np.ndarray]  # behaviour -> item indices [U, L]
+    history_len: dict[str, np.ndarray]  # behaviour -> [U]
+    hour_device: tuple[np.ndarray, np.ndarray]  # per task [24, devices]
+    price_age: tuple[np.ndarray, np.ndarray]  # per task [price buckets, ages]
+
+
+def _make_world(cfg: SyntheticConfig, rng: np.random.Generator) -> _World:
+    d, n_cat, n_items, n_users = cfg.latent_dim, cfg.n_categories, cfg.n_items, cfg.n_users
+    rho = cfg.task_correlation
+
+    def pair(shape: tuple[int, ...], scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+        """A click table and conversion's mix_rho of it with an independent copy."""
+        a = rng.normal(0.0, scale, shape)
+        return a, _mix(a, rng.normal(0.0, scale, shape), rho)
+
+    # categories and items
+    cat_latent = rng.normal(0.0, 1.0 / math.sqrt(d), (n_cat, d))
+    cat_price = rng.normal(0.0, 0.6, n_cat)
+    cat_bias = pair((n_cat,))
+    brand_bias = pair((cfg.n_brands,), 0.5)
+    item_cat = rng.integers(0, n_cat, n_items)
+    item_brand = rng.integers(0, cfg.n_brands, n_items)
+    item_pop = _zipf_weights(n_items, cfg.item_zipf, rng)
+    item_latent = cat_latent[item_cat] + cfg.item_noise * rng.normal(0.0, 1.0 / math.sqrt(d), (n_items, d))
+    item_log_price = cat_price[item_cat] + rng.normal(0.0, 0.5, n_items)
+    edges = np.quantile(item_log_price, np.linspace(0, 1, N_PRICE_BUCKETS + 1)[1:-1])
+    item_price_bucket = np.searchsorted(edges, item_log_price, side="right")
+    quality = pair((n_items,))
+    log_pop = _zscore(np.log(item_pop))
+    item_effect = tuple(
+        cat_bias[t][item_cat] + brand_bias[t][item_brand] + cfg.item_quality * quality[t] + 0.3 * log_pop
+        for t in (0, 1)
+    )
+
+    # users: two side-feature latents U1, U2 (sum of per-field tables)
+    user_age = rng.choice(N_AGE, n_users, p=np.asarray(AGE_PROBS))
+    user_gender = rng.integers(0, N_GENDER, n_users)
+    user_city = rng.choice(cfg.n_cities, n_users, p=_zipf_weights(cfg.n_cities, 0.8, rng))
+    user_activity = _zipf_weights(n_users, cfg.user_zipf, rng)
+    field_scale = 1.0 / math.sqrt(3 * d)
+
+    def side_latent() -> np.ndarray:
+        age = rng.normal(0.0, field_scale, (N_AGE, d))
+        gender = rng.normal(0.0, field_scale, (N_GENDER, d))
+        city = rng.normal(0.0, field_scale, (cfg.n_cities, d))
+        return age[user_age] + gender[user_gender] + city[user_city]  # [U, d]
+
+    u1, u2 = side_latent(), side_latent()
+    user_cross = (u1, _mix(u1, u2, rho))
+    user_bias = pair((n_users,))
+
+    # behaviour histories, drawn from three tastes
+    def noise() -> np.ndarray:
+        return rng.normal(0.0, cfg.user_noise / math.sqrt(d), (n_users, d))
+
+    taste_click = u1 + noise()
+    taste_buy = 0.3 * u1 + 0.95 * u2 + noise()
+    taste_cart = (taste_click + taste_buy) / math.sqrt(2.0) + 0.5 * noise()
+    lengths = {
+        "click": rng.integers(4, cfg.max_len + 1, n_users),
+        "cart": rng.integers(1, max(2, cfg.max_len * 3 // 5) + 1, n_users),
+        "buy": rng.integers(1, max(2, cfg.max_len * 2 // 5) + 1, n_users),
+    }
+    histories = {}
+    for b, taste in (("click", taste_click), ("cart", taste_cart), ("buy", taste_buy)):
+        scores = cfg.history_temperature * math.sqrt(d) * taste @ cat_latent.T  # [U, C]
+        gumbel = -np.log(-np.log(rng.random((n_users, cfg.max_len, n_cat))))
+        cats = np.argmax(scores[:, None, :] + gumbel, axis=-1)  # [U, L]
+        histories[b] = _sample_in_groups(cats, item_cat, item_pop, rng)  # [U, L]
+
+    # context tables
+    hours = np.arange(N_HOURS)[:, None]
+
+    def hour_device_table() -> np.ndarray:
+        amp = rng.normal(0.0, 1.0, N_DEVICES)
+        phase = rng.uniform(0.0, N_HOURS, N_DEVICES)
+        return amp * np.cos(2 * np.pi * (hours - phase) / N_HOURS) + rng.normal(0.0, 0.3, (N_HOURS, N_DEVICES))
+
+    hd1 = hour_device_table()
+    hour_device = (hd1, _mix(hd1, hour_device_table(), rho))
+    # price sensitivity by age: a per-age slope over the (centred) price bucket
+    bucket = (np.arange(N_PRICE_BUCKETS)[:, None] - (N_PRICE_BUCKETS - 1) / 2) / (N_PRICE_BUCKETS / 2)
+    slopes = pair((1, N_AGE))
+    price_age = (bucket * slopes[0], bucket * slopes[1])
+
+    return _World(
+        cat_latent=cat_latent,
+        item_cat=item_cat,
+        item_brand=item_brand,
+        item_pop=item_pop,
+        item_latent=item_latent,
+        item_log_price=item_log_price,
+        item_price_bucket=item_price_bucket,
+        item_effect=(item_effect[0], item_effect[1]),
+        user_age=user_age,
+        user_gender=user_gender,
+        user_city=user_city,
+        user_activity=user_activity,
+        user_cross=user_cross,
+        user_bias=user_bias,
+        histories=histories,
+        history_len=lengths,
+        hour_device=hour_device,
+        price_age=price_age,
+    )
+
+
+def _hour_probs() -> np.ndarray:
+    """A daily cycle: quiet at night, peaks at lunch and in the evening ``[24]``."""
+    h = np.arange(N_HOURS)
+    w = 0.2 + np.exp(-(((h - 12.5) / 2.0) ** 2)) + 1.5 * np.exp(-(((h - 20.5) / 2.5) ** 2)) + 0.3 * (h >= 8)
+    return w / w.sum()
+
+
+def resolve_config(preset: str, rows: int | None = None) -> SyntheticConfig:
+    """The preset's config, with ``rows`` overridden when given; ValueError for an unknown preset."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown synthetic preset {preset!r}; valid presets: {', '.join(PRESETS)}")
+    config = PRESETS[preset]
+    if rows is not None:
+        if rows < 100:
+            raise ValueError(f"rows must be >= 100 so that every split is non-empty, got {rows}")
+        config = replace(config, rows=rows)
+    return config
+
+
+def make_synthetic(preset: str = "easy", rows: int | None = None, seed: int = 0) -> PreparedDataset:
+    """Generate a preset's dataset in memory: splits train/valid/test and the ``oracle`` block.
+
+    ``rows`` overrides the preset's row count. The world (users, items, tables, histories) depends only on
+    ``seed``; the same seed with more rows adds impressions of the same world. Deterministic for a seed.
+    """
+    return generate(resolve_config(preset, rows), seed=seed, preset=preset)
+
+
+@dataclass
+class _Simulation:
+    """Everything one generation draws, before it is packed into a PreparedDataset."""
+
+    sparse: np.ndarray  # int32 [N, F_sparse]
+    dense: np.ndarray  # float32 [N, F_dense]
+    sequences: dict[str, np.ndarray]  # name -> int32 [N, L]
+    components: list[np.ndarray]  # per task: z-scored components [N, 9] (TaskWeights order)
+    logits: np.ndarray  # [N, T] true logits, intercepts included
+    labels: np.ndarray  # float32 [N, T]
+    splits: dict[str, np.ndarray]
+
+
+def generate(config: SyntheticConfig, seed: int = 0, preset: str = "custom") -> PreparedDataset:
+    """Generate a dataset from an explicit config (see :func:`make_synthetic`)."""
+    sim = _simulate(config, seed)
+    metadata = {"generator": "mtrec.data.synthetic", "preset": preset, "seed": seed, "config": asdict(config)}
+    return PreparedDataset(
+        schema=synthetic_schema(config, metadata),
+        sparse=sim.sparse,
+        dense=sim.dense,
+        sequences=sim.sequences,
+        labels=sim.labels,
+        splits=sim.splits,
+        oracle=_sigmoid(sim.logits).astype(np.float32),
+    )
+
+
+def _simulate(cfg: SyntheticConfig, seed: int) -> _Simulation:
+    world = _make_world(cfg, np.random.default_rng([seed, 0]))
+    rng = np.random.default_rng([seed, 1])
+    n = cfg.rows
+
+    # impressions
+    user = rng.choice(cfg.n_users, n, p=world.user_activity)
+    item = rng.choice(cfg.n_items, n, p=world.item_pop)
+    hour = rng.choice(N_HOURS, n, p=_hour_probs())
+    device = rng.choice(N_DEVICES, n, p=np.asarray(DEVICE_PROBS))
+    recency_days = rng.exponential(3.0, n)
+    cat = world.item_cat[item]
+    age = world.user_age[user]
+    price_bucket = world.item_price_bucket[item]
+
+    # histories as of the impression: a prefix of the user's history (between half and all of it)
+    sequences: dict[str, np.ndarray] = {}
+    similarity: dict[str, np.ndarray] = {}
+    positions = np.arange(cfg.max_len)
+    for b in HISTORY_BEHAVIOURS:
+        full = world.history_len[b][user]
+        length = rng.integers((full + 1) // 2, full + 1)  # [N]
+        valid = positions[None, :] < length[:, None]  # [N, L]
+        items = world.histories[b][user]  # [N, L]
+        sequences[f"hist_{b}"] = np.where(valid, items + FIRST_ID, 0).astype(np.int32)
+        hist_latent = world.cat_latent[world.item_cat[items]] * valid[..., None]  # [N, L, d]
+        mean_latent = hist_latent.sum(1) / np.maximum(length, 1)[:, None]  # [N, d]
+        similarity[b] = np.einsum("nd,nd->n", mean_latent, world.cat_latent[cat])
+
+    # dense features (already standardised, as prepare would)
+    price = _zscore(world.item_log_price[item])
+    activity = _zscore(np.log(world.user_activity[user]))
+    popularity = _zscore(np.log(world.item_pop[item]))
+    recency = _zscore(np.log1p(recency_days))
+    dense = np.stack([price, activity, popularity, recency], axis=1).astype(np.float32)
+
+    # true logits
+    prices = (cfg.click_price, cfg.conversion_price)
+    rates = (cfg.click_rate, cfg.conversion_rate)
+    sigmas = (cfg.click_logit_std, cfg.conversion_logit_std)
+    logits = []
+    components_per_task = []
+    for t, weights in enumerate((cfg.click, cfg.conversion)):
+        components = np.stack(
+            [
+                world.item_effect[t][item],
+                world.user_bias[t][user],
+                np.einsum("nd,nd->n", world.user_cross[t][user], world.item_latent[item]),
+                world.hour_device[t][hour, device] + world.price_age[t][price_bucket, age],
+                prices[t] * price + 0.3 * activity,
+                -(recency**2),
+                similarity["click"],
+                similarity["cart"],
+                similarity["buy"],
+            ],
+            axis=1,
+        )  # [N, 9]
+        components = (components - components.mean(0)) / np.maximum(components.std(0), 1e-12)
+        components_per_task.append(components)
+        score = components @ weights.as_array()  # [N]
+        logits.append(sigmas[t] * _zscore(score))
+
+    b_click = _solve_intercept(logits[0], rates[0])
+    p_click = _sigmoid(logits[0] + b_click)
+    b_conv = _solve_intercept(logits[1], rates[1], weight=p_click if cfg.conversion_after_click else None)
+    p_conv = _sigmoid(logits[1] + b_conv)
+    click = rng.random(n) < p_click
+    conversion = rng.random(n) < p_conv
+    if cfg.conversion_after_click:
+        conversion &= click
+    labels = np.stack([click, conversion], axis=1).astype(np.float32)
+
+    sparse = np.stack(
+        [
+            user,
+            age,
+            world.user_gender[user],
+            world.user_city[user],
+            item,
+            cat,
+            world.item_brand[item],
+            price_bucket,
+            hour,
+            device,
+        ],
+        axis=1,
+    ).astype(np.int32) + np.int32(FIRST_ID)
+
+    order = rng.permutation(n)
+    n_train = round(cfg.split_fractions[0] * n)
+    n_valid = round(cfg.split_fractions[1] * n)
+    splits = {
+        "train": np.sort(order[:n_train]).astype(np.int64),
+        "valid": np.sort(order[n_train : n_train + n_valid]).astype(np.int64),
+        "test": np.sort(order[n_train + n_valid :]).astype(np.int64),
+    }
+    return _Simulation(
+        sparse=sparse,
+        dense=dense,
+        sequences=sequences,
+        components=components_per_task,
+        logits=np.stack([logits[0] + b_click, logits[1] + b_conv], axis=1),
+        labels=labels,
+        splits=splits,
+    )
+
+
+# ---- evaluation helpers --------------------------------------------------------------------------
+def _split_rows(dataset: PreparedDataset, split: str) -> np.ndarray:
+    if split == "all":
+        return np.arange(dataset.num_rows)
+    if split not in dataset.splits:
+        raise KeyError(f"unknown split {split!r}; the dataset has {sorted(dataset.splits)} (or 'all')")
+    return np.asarray(dataset.splits[split])
+
+
+def observed_rows(dataset: PreparedDataset, task: str, rows: np.ndarray) -> np.ndarray:
+    """The subset of ``rows`` where ``task`` is observed (its ``observed_after`` task's label is 1)."""
+    spec = dataset.schema.task(task)
+    if spec.observed_after is None:
+        return rows
+    col = dataset.schema.task_names.index(spec.observed_after)
+    return rows[np.asarray(dataset.labels[rows, col]) == 1]
+
+
+def _auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    if labels.size == 0 or labels.min() == labels.max():
+        return float("nan")  # AUC is undefined with one class
+    return float(roc_auc_score(labels, scores))
+
+
+def oracle_auc(dataset: PreparedDataset, split: str = "test") -> dict[str, float]:
+    """AUC of the true probabilities per task on ``split`` ("all" for every row), each task on its observed
+    rows. NaN where a task has a single class there. ValueError if the dataset has no oracle."""
+    if dataset.oracle is None:
+        raise ValueError("this dataset has no oracle block (only synthetic datasets carry true probabilities)")
+    rows = _split_rows(dataset, split)
+    result = {}
+    for t, name in enumerate(dataset.schema.task_names):
+        obs = observed_rows(dataset, name, rows)
+        result[name] = _auc(np.asarray(dataset.labels[obs, t]), np.asarray(dataset.oracle[obs, t]))
+    return result
+
+
+def raw_feature_matrix(dataset: PreparedDataset, rows: np.ndarray) -> Any:
+    """The raw features of ``rows`` as a sparse CSR matrix ``[len(rows), n_columns]``: one-hot sparse ids,
+    dense values, and each history as a bag of item ids (count / length). No crosses."""
+    from scipy import sparse as sp
+
+    schema = dataset.schema
+    n = len(rows)
+    blocks = []
+    ids = np.asarray(dataset.sparse[rows])
+    for f, feature in enumerate(schema.sparse):
+        blocks.append(sp.csr_matrix((np.ones(n), (np.arange(n), ids[:, f])), shape=(n, feature.vocab_size)))
+    blocks.append(sp.csr_matrix(np.asarray(dataset.dense[rows], dtype=np.float64)))
+    for seq in schema.sequences:
+        items = np.asarray(dataset.sequences[seq.name][rows])
+        length = np.maximum((items > 0).sum(1, keepdims=True), 1)
+        value = (items > 0) / length  # [n, L]
+        row_index = np.repeat(np.arange(n), seq.max_len)
+        bag = sp.csr_matrix((value.ravel(), (row_index, items.ravel())), shape=(n, seq.vocab_size))
+        bag.sum_duplicates()
+        blocks.append(bag[:, FIRST_ID:])  # drop the padding column
+    return sp.hstack(blocks, format="csr")
+
+
+def logistic_regression_auc(
+    dataset: PreparedDataset, split: str = "test", c: float = 0.1, max_train_rows: int | None = None
+) -> dict[str, float]:
+    """Test AUC per task of an L2 logistic regression on :func:`raw_feature_matrix` (no crosses), fitted
+    on the train split (each task on its observed rows, at most ``max_train_rows`` of them): the linear
+    baseline the synthetic data is designed to defeat."""
+    from sklearn.linear_model import LogisticRegression
+
+    train = _split_rows(dataset, "train")
+    if max_train_rows is not None:
+        train = train[:max_train_rows]
+    evaluate = _split_rows(dataset, split)
+    result = {}
+    for t, name in enumerate(dataset.schema.task_names):
+        fit_rows = observed_rows(dataset, name, train)
+        eval_rows = observed_rows(dataset, name, evaluate)
+        y = np.asarray(dataset.labels[fit_rows, t])
+        model = LogisticRegression(C=c, max_iter=300)
+        model.fit(raw_feature_matrix(dataset, fit_rows), y)
+        scores = model.decision_function(raw_feature_matrix(dataset, eval_rows))
+        result[name] = _auc(np.asarray(dataset.labels[eval_rows, t]), scores)
+    return result

@@ -1,0 +1,185 @@
+"""Batch scoring of a raw file (the library behind ``mtrec predict``): streamed in chunks, written atomically.
+
+The input is a CSV or Parquet file of raw values, as in the data the model was prepared from, read with
+the same streaming readers as ``mtrec prepare`` (:mod:`mtrec.data.readers`: CSV values as text, exactly as
+written). Its layout is either
+
+- one column per feature, named as in the run's ``schema.json`` (a CSV with a header; a sequence is a
+  string joined by its separator, or a list column in Parquet), or
+- the raw layout of a dataset config (``dataset_config``): its source options (header or column names,
+  separator, quoting, trimming) and each feature's raw column(s), including histories written one
+  column per position; label columns may be absent.
+
+Other columns are ignored unless named by ``keep``, which copies them to the output (ids to join the
+scores back on, say). The output (CSV, or Parquet if the name ends in ``.parquet``/``.pq``) has the kept
+columns, then one probability column per task, row for row in input order. It is written to a temporary
+file and renamed when complete (:func:`mtrec.io.atomic_write`): a failed run leaves no partial output.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from mtrec.data.config import (
+    DatasetConfig,
+    DenseConfig,
+    SequenceConfig,
+    SourceConfig,
+    SparseConfig,
+    SplitConfig,
+    load_dataset_config,
+)
+from mtrec.data.dataset import DatasetError
+from mtrec.data.prepare import feature_columns
+from mtrec.data.readers import ColumnLayout, file_format, iter_chunks, read_layout
+from mtrec.features.encoders import EncodingError
+from mtrec.features.schema import DatasetSchema
+from mtrec.io import atomic_write
+from mtrec.serving.predictor import Predictor
+
+PARQUET_SUFFIXES = (".parquet", ".pq")
+DEFAULT_CHUNK_ROWS = 65_536
+
+
+class ScoringInputError(DatasetError):
+    """An input file that cannot be scored; the message names the file, the line and the column."""
+
+
+def is_parquet(path: Path) -> bool:
+    return path.suffix.lower() in PARQUET_SUFFIXES
+
+
+def input_features(schema: DatasetSchema, dataset_config: DatasetConfig | None = None,
+                   separator: str = ",") -> DatasetConfig:
+    """Where each feature of ``schema`` is in the input: the dataset config's source options and columns,
+    or (without one) a CSV with a header and one column per feature name. Only the feature entries and
+    the source options of the result are used."""
+    if dataset_config is None:
+        source, columns, sequences = SourceConfig(separator=separator), {}, {}
+    else:
+        source = dataset_config.source
+        columns = {f.name: f.column for f in dataset_config.single_column}  # pattern features: name = column
+        sequences = {s.name: s for s in dataset_config.sequences}
+    return DatasetConfig(
+        name="scoring input", source=replace(source, format="auto"), tasks=(), split=SplitConfig("random"),
+        sparse=tuple(SparseConfig(f.name, columns.get(f.name, f.name)) for f in schema.sparse),
+        dense=tuple(DenseConfig(f.name, columns.get(f.name, f.name)) for f in schema.dense),
+        sequences=tuple(sequences.get(s.name) or SequenceConfig(s.name, (s.name,), s.max_len)
+                        for s in schema.sequences),
+    )
+
+
+def count_rows(path: Path, header: bool) -> int | None:
+    """Data rows of a Parquet file (from its metadata) or an uncompressed CSV file (lines, for the progress
+    bar only: a quoted field spanning lines makes it approximate); None for a compressed CSV."""
+    if is_parquet(path):
+        return int(pq.ParquetFile(str(path)).metadata.num_rows)
+    if path.suffix.lower() in (".gz", ".bz2", ".zst", ".lz4"):
+        return None
+    lines, last = 0, b"\n"
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 24):
+            lines += block.count(b"\n")
+            last = block[-1:]
+    return max(lines + (last != b"\n") - int(header), 0)
+
+
+def _check_columns(path: Path, layout: ColumnLayout, features: DatasetConfig, keep: Sequence[str],
+                   with_config: bool) -> None:
+    have = set(layout.columns)
+    missing = {f.name: [f.column] for f in features.single_column if f.column not in have}
+    missing.update({s.name: [c for c in s.columns if c not in have] for s in features.sequences
+                    if any(c not in have for c in s.columns)})
+    if missing:
+        wanted = "; ".join(f"feature {name!r} reads {cols}" for name, cols in missing.items())
+        hint = ("as the dataset config says" if with_config else
+                "one column per feature, named as in schema.json (or pass the dataset config for the raw layout)")
+        raise ScoringInputError(f"{path}: missing column(s) for {wanted}; the input needs {hint}; "
+                                f"its columns: {list(layout.columns)}")
+    absent = [k for k in keep if k not in layout.names]
+    if absent:
+        raise ScoringInputError(f"{path}: --keep column(s) {absent} not found; its columns: {list(layout.columns)}")
+
+
+@dataclass
+class ScoringResult:
+    rows: int
+    seconds: float
+    out: Path
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows / self.seconds if self.seconds > 0 else float("inf")
+
+
+def _writer(tmp: Path, schema: pa.Schema, parquet: bool) -> pq.ParquetWriter | pa_csv.CSVWriter:
+    return pq.ParquetWriter(str(tmp), schema) if parquet else pa_csv.CSVWriter(str(tmp), schema)
+
+
+def score_file(
+    predictor: Predictor,
+    source: str | Path,
+    out: str | Path,
+    keep: Sequence[str] = (),
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    separator: str = ",",
+    dataset_config: str | Path | DatasetConfig | None = None,
+    progress: bool = True,
+) -> ScoringResult:
+    """Score every row of ``source`` and write ``out`` (see the module docstring)."""
+    source, out = Path(source), Path(out)
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    if isinstance(dataset_config, str | Path):
+        dataset_config = load_dataset_config(dataset_config)
+    if not source.is_file():
+        raise ScoringInputError(f"input file not found: {source}")
+    features = input_features(predictor.schema, dataset_config, separator)
+    layout = read_layout(source, features.source)
+    _check_columns(source, layout, features, keep, dataset_config is not None)
+    clash = sorted(set(keep) & set(predictor.task_names))
+    if clash:
+        raise ScoringInputError(f"--keep column(s) {clash} have the names of the output's task columns")
+    wanted = {p for f in features.single_column for p in layout.physical(f.column)}
+    wanted |= {p for s in features.sequences for c in s.columns for p in layout.physical(c)} | set(keep)
+    include = [n for n in layout.names if n in wanted]  # file order
+    parquet_in = file_format(source, features.source.format) == "parquet"
+    kept_types = {f.name: f.type for f in pq.ParquetFile(str(source)).schema_arrow} if parquet_in else {}
+    out_schema = pa.schema([*(pa.field(k, kept_types.get(k, pa.string())) for k in keep),
+                            *(pa.field(t, pa.float32()) for t in predictor.task_names)])
+    start = time.perf_counter()
+    rows = 0
+
+    def write(tmp: Path) -> None:
+        nonlocal rows
+        writer = _writer(tmp, out_schema, is_parquet(out))  # tmp's name ends in .tmp
+        total = count_rows(source, features.source.header and not parquet_in)
+        bar = tqdm(total=total, unit="rows", unit_scale=True, desc="scoring", disable=not progress)
+        try:
+            for chunk in iter_chunks(source, features.source, layout, include, chunk_rows):
+                try:
+                    probs = predictor.predict(feature_columns(chunk, features, layout))
+                except EncodingError as exc:
+                    where = chunk.where(exc.row) if exc.row is not None else str(source)
+                    raise ScoringInputError(f"{where}, feature {exc.feature!r}: {exc}") from exc
+                except ValueError as exc:
+                    raise ScoringInputError(f"{chunk.where(0)} (chunk of {chunk.num_rows} rows): {exc}") from exc
+                arrays = [chunk.table.column(k) for k in keep] + [pa.array(probs[t], pa.float32())
+                                                                  for t in predictor.task_names]
+                writer.write_table(pa.Table.from_arrays(arrays, schema=out_schema))
+                rows += chunk.num_rows
+                bar.update(chunk.num_rows)
+        finally:
+            bar.close()
+            writer.close()
+
+    atomic_write(out, write)
+    return ScoringResult(rows, time.perf_counter() - start, out)
