@@ -128,3 +128,14 @@ def test_demo_runs_through_the_bench_runner(tmp_path: Path, tiny_dir: Path) -> N
                      train=TrainConfig(epochs=1, batch_size=64, num_threads=1, prefetch=0), log=lambda _: None)
     assert "| mmoe |" in table
     assert (tmp_path / "demo" / "results.md").is_file() and (tmp_path / "demo" / "auc.png").is_file()
+
+
+def test_an_interrupted_run_is_resumed(tmp_path: Path, tiny_dir: Path) -> None:
+    config = parse_bench_config(_bench(tmp_path, tiny_dir, models=["mmoe"], seeds=[0]))
+    run_bench(config, tmp_path / "out", log=lambda _: None)
+    run = tmp_path / "out" / "runs" / "tiny" / "mmoe" / "seed0"
+    (run / "metrics.json").unlink()  # as if stopped before the end: config.json written, no metrics
+    logs: list[str] = []
+    results = run_bench(config, tmp_path / "out", log=logs.append)
+    assert any("resuming" in line for line in logs)
+    assert (run / "metrics.json").is_file() and results["runs"][0]["resumed"]
