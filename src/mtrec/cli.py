@@ -16,9 +16,12 @@ from mtrec.models import ModelConfigError, list_models
 from mtrec.objectives.weighting import WeightingConfigError
 from mtrec.training.checkpoint import ArtifactError
 from mtrec.training.config import ConfigError, RunConfig, read_config_file
+from mtrec.training.nonfinite import NonFiniteLossError, NonFiniteParametersError
+from mtrec.training.resume import ResumeError
 
 USER_ERRORS: tuple[type[Exception], ...] = (DatasetError, SchemaError, ModelConfigError, ConfigError,
-                                            WeightingConfigError, ArtifactError)
+                                            WeightingConfigError, ArtifactError, ResumeError,
+                                            NonFiniteLossError, NonFiniteParametersError)
 
 
 @click.group()
@@ -57,16 +60,24 @@ def _run_config(
 @click.option("--batch-size", type=int)
 @click.option("--lr", type=float)
 @click.option("--config", "config_file", type=click.Path(path_type=Path), help="YAML run config")
+@click.option("--resume", is_flag=True,
+              help="continue from the run directory's last checkpoint (resume.safetensors); start fresh if none")
 def train(
     model: str | None, data: str | None, out: Path, epochs: int | None, seed: int | None,
-    batch_size: int | None, lr: float | None, config_file: Path | None,
+    batch_size: int | None, lr: float | None, config_file: Path | None, resume: bool,
 ) -> None:
-    """Train one model and write its run directory (metrics.json, model.safetensors, plots)."""
+    """Train one model and write its run directory (metrics.json, model.safetensors, plots).
+
+    Runs data-parallel unchanged under `torchrun --nproc_per_node N` (see docs/distributed.md);
+    --batch-size is then the global batch over all processes.
+    """
     from mtrec.training.run import train_run
 
     config = _run_config(model, data, config_file,
                          {"epochs": epochs, "seed": seed, "batch_size": batch_size, "lr": lr})
-    metrics = train_run(config, out)
+    metrics = train_run(config, out, resume=resume)
+    if not _is_main_process():
+        return
     for task, m in metrics["test"].items():
         oracle = (metrics.get("oracle") or {}).get(task, {}).get("auc")
         extra = f"  (oracle {oracle:.4f})" if oracle is not None else ""
@@ -113,7 +124,7 @@ def bench(config_file: Path, out: Path | None, max_runs: int | None) -> None:
 @cli.command()
 @click.option("--out", type=click.Path(path_type=Path), default=Path("reports/demo"), show_default=True)
 @click.option("--data", default="synthetic:easy", show_default=True, help="data spec")
-@click.option("--epochs", type=int, default=10, show_default=True)
+@click.option("--epochs", type=int, default=6, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--models", "model_names", help="comma-separated subset of models (default: all)")
 def demo(out: Path, data: str, epochs: int, seed: int, model_names: str | None) -> None:
@@ -195,6 +206,12 @@ def serve(run_dir: Path, host: str, port: int, max_candidates: int, backend: str
 
     run_server(str(run_dir), host=host, port=port, max_candidates=max_candidates, backend=backend,
                threads=threads, access_log=access_log, inference_workers=inference_workers, echo=click.echo)
+
+
+def _is_main_process() -> bool:
+    from mtrec.training.distributed import launch_env
+
+    return launch_env().is_main
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -33,7 +33,7 @@ from mtrec.models.base import MultiTaskModel
 from mtrec.nn.embedding import FeatureEmbedding
 from mtrec.nn.mlp import MLP, ParallelMLP, TaskTowers
 from mtrec.nn.transfer import AttentionTransfer
-from mtrec.objectives.losses import expectation_calibration
+from mtrec.objectives.losses import expectation_calibration, step_mean
 
 CALIBRATOR = "calibrator"
 
@@ -77,12 +77,13 @@ class AITM(MultiTaskModel):
 
     def losses(self, outputs: dict[str, torch.Tensor], batch: Batch) -> dict[str, torch.Tensor]:
         """Each task's BCE over all impressions, plus the weighted calibrator term (if any pair)."""
-        losses = {
-            t: F.binary_cross_entropy_with_logits(outputs[t], batch.labels[t]) for t in self.task_names
+        losses = {  # means over the step's rows (step_mean: padding excluded, exact under DDP)
+            t: step_mean(F.binary_cross_entropy_with_logits(outputs[t], batch.labels[t], reduction="none"), batch)
+            for t in self.task_names
         }
         if self.pairs and self.calibrator_weight > 0:
             probs = {t: torch.sigmoid(outputs[t]) for t in self.task_names}
-            penalties = [expectation_calibration(probs[later], probs[first]) for later, first in self.pairs]
+            penalties = [expectation_calibration(probs[later], probs[first], batch) for later, first in self.pairs]
             losses[CALIBRATOR] = self.calibrator_weight * torch.stack(penalties).sum()
         return losses
 

@@ -1,4 +1,8 @@
-"""Per-task binary cross-entropy on logits: masked (each task on its observed rows) or entire-space."""
+"""Per-task binary cross-entropy on logits: masked (each task on its observed rows) or entire-space.
+
+Every loss here is a sum of per-row losses divided by :func:`step_mean`'s divisor, so it means the same on
+one process and in distributed training (where a batch is one rank's share of the step).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,24 @@ from mtrec.data.batches import Batch
 from mtrec.features.schema import DatasetSchema
 
 
+def step_mean(per_row: torch.Tensor, batch: Batch, task: str | None = None) -> torch.Tensor:
+    """Mean of per-row losses ``[B]`` over the task's observed rows (``task`` given) or over all real rows
+    (``task=None``; padding rows excluded). Returns a scalar (0 if no row counts).
+
+    On one process this is the batch's own mean. In distributed training the sum over this rank's rows is
+    divided by the count over the whole step (all ranks) divided by the world size, so that DDP's average
+    of the ranks' gradients is exactly the gradient of the step's mean; a mean per rank averaged over
+    ranks (a mean of means) would weight the rows of a rank with few observed labels more.
+    """
+    weights = batch.masks[task] if task is not None else batch.row_weights()
+    total = (per_row * weights).sum()
+    shard = batch.shard
+    if shard is None:
+        return total / weights.sum().clamp_min(1.0)
+    count = shard.step_observed[task] if task is not None else shard.step_rows
+    return total * (shard.world_size / max(count, 1.0))
+
+
 def masked_bce(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean BCE over the rows where ``mask`` is 1. All inputs ``[B]``; returns a scalar (0 if none)."""
     per_row = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
@@ -16,8 +38,13 @@ def masked_bce(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -
 
 
 def masked_task_losses(logits: dict[str, torch.Tensor], batch: Batch) -> dict[str, torch.Tensor]:
-    """Each task's masked BCE: a task observed after another is learned on that task's positives."""
-    return {task: masked_bce(logits[task], batch.labels[task], batch.masks[task]) for task in batch.labels}
+    """Each task's BCE over its observed rows: a task observed after another is learned on that task's
+    positives."""
+    return {
+        task: step_mean(F.binary_cross_entropy_with_logits(logits[task], batch.labels[task], reduction="none"),
+                        batch, task)
+        for task in batch.labels
+    }
 
 
 def entire_space_log_prob(
@@ -54,16 +81,21 @@ def entire_space_task_losses(
     for task in schema.tasks:
         labels = batch.labels[task.name]
         if task.observed_after is None:
-            losses[task.name] = F.binary_cross_entropy_with_logits(logits[task.name], labels)
-            continue
-        log_p = entire_space_log_prob(logits, schema, task.name)
-        log_not_p = torch.log1p(-torch.exp(log_p).clamp(max=1 - 1e-7))
-        losses[task.name] = -(labels * log_p + (1 - labels) * log_not_p).mean()
+            per_row = F.binary_cross_entropy_with_logits(logits[task.name], labels, reduction="none")
+        else:
+            log_p = entire_space_log_prob(logits, schema, task.name)
+            log_not_p = torch.log1p(-torch.exp(log_p).clamp(max=1 - 1e-7))
+            per_row = -(labels * log_p + (1 - labels) * log_not_p)
+        losses[task.name] = step_mean(per_row, batch)
     return losses
 
 
-def expectation_calibration(later: torch.Tensor, earlier: torch.Tensor) -> torch.Tensor:
+def expectation_calibration(
+    later: torch.Tensor, earlier: torch.Tensor, batch: Batch | None = None
+) -> torch.Tensor:
     """AITM's Behavioral Expectation Calibrator (Xi et al., KDD 2021): ``mean(max(p_later - p_earlier,
     0))`` over rows. Probabilities ``[B]`` in the entire space (a conversion cannot be likelier than the
-    click it needs); zero wherever the later task's probability is at most the earlier's."""
-    return torch.relu(later - earlier).mean()
+    click it needs); zero wherever the later task's probability is at most the earlier's. With ``batch``,
+    the mean is :func:`step_mean`'s (padding rows excluded, normalised over the whole distributed step)."""
+    excess = torch.relu(later - earlier)
+    return excess.mean() if batch is None else step_mean(excess, batch)

@@ -39,8 +39,12 @@ class EpochLog:
     path: Path | None
     rows: list[dict[str, Any]] = field(default_factory=list)
 
+    @staticmethod
+    def line(row: dict[str, Any]) -> str:
+        return json.dumps(row) + "\n"
+
     def append(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
         if self.path is not None:
             with open(self.path, "a") as fh:
-                fh.write(json.dumps(row) + "\n")
+                fh.write(self.line(row))

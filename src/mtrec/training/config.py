@@ -16,6 +16,9 @@ class ConfigError(ValueError):
     """A configuration file or value that cannot be used."""
 
 
+NONFINITE_POLICIES = ("stop", "skip")
+
+
 @dataclass
 class TrainConfig:
     """Optimisation and evaluation settings shared by every model."""
@@ -31,14 +34,28 @@ class TrainConfig:
     weighting_options: dict[str, Any] = field(default_factory=dict)
     prefetch: int = 2
     device: str = "auto"
-    num_threads: int = 0  # 0: one thread per core
+    num_threads: int = 0  # 0: the machine's cores shared among the processes on it
+    # resume checkpoint (resume.safetensors) every this many optimizer steps, and at each epoch end;
+    # 0: at epoch ends only
+    checkpoint_every: int = 1000
+    # a non-finite loss: "stop" the run with an error naming the step and task, or "skip" the batch
+    on_nonfinite: str = "stop"
+    # with "stop", the loss flags are read every this many steps (and before every checkpoint), so
+    # the step needs no device-to-host sync; "skip" reads them every step
+    nonfinite_check_every: int = 50
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "eval_batch_size"):
+        for name in ("epochs", "batch_size", "eval_batch_size", "nonfinite_check_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ConfigError(f"train.lr must be > 0, got {self.lr}")
+        if self.checkpoint_every < 0:
+            raise ConfigError(f"train.checkpoint_every must be >= 0 (0: epoch ends only), got {self.checkpoint_every}")
+        if self.on_nonfinite not in NONFINITE_POLICIES:
+            raise ConfigError(
+                f"train.on_nonfinite must be one of {list(NONFINITE_POLICIES)}, got {self.on_nonfinite!r}"
+            )
 
 
 @dataclass

@@ -33,8 +33,10 @@ def predict_split(
     split: str,
     batch_size: int = 8192,
     device: torch.device | str = "cpu",
+    part: slice | None = None,
 ) -> Predictions:
-    """Score every row of ``split`` once, in order (rows sorted within each batch)."""
+    """Score every row of ``split`` once, in order (rows sorted within each batch); with ``part``, only
+    those positions of the split (one rank's block)."""
     was_training = model.training
     model.eval()
     schema = dataset.schema
@@ -43,7 +45,8 @@ def predict_split(
     labels: dict[str, list[torch.Tensor]] = {t: [] for t in schema.task_names}
     masks: dict[str, list[torch.Tensor]] = {t: [] for t in schema.task_names}
     users: list[torch.Tensor] = []
-    for batch in BatchIterator(dataset, split, batch_size, shuffle=False):
+    rows = None if part is None else dataset.splits[split][part]
+    for batch in BatchIterator(dataset, split, batch_size, shuffle=False, rows=rows):
         out = model.probabilities(model(batch.to(device)))
         for t in schema.task_names:
             probs[t].append(out[t].float().cpu())
@@ -56,4 +59,8 @@ def predict_split(
     def cat(parts: dict[str, list[torch.Tensor]]) -> dict[str, np.ndarray]:
         return {t: torch.cat(v).numpy() for t, v in parts.items()}
 
+    if not probs[schema.task_names[0]]:  # an empty part
+        empty = {t: np.zeros(0, dtype=np.float32) for t in schema.task_names}
+        no_users = np.zeros(0, dtype=np.int64) if user_col is not None else None
+        return Predictions(empty, dict(empty), dict(empty), no_users)
     return Predictions(cat(probs), cat(labels), cat(masks), torch.cat(users).numpy() if users else None)

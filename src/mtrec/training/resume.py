@@ -1,0 +1,113 @@
+"""Resume checkpoints: one file with everything needed to continue a run, loaded without pickle.
+
+``resume.safetensors`` in the run directory holds the tensors (model, best-so-far model, optimizer and
+weighting-strategy state, RNG states) and, in its safetensors header, one JSON document with the rest
+(epoch and step, early-stopping state, history, settings that must not change on resume). Nested state
+such as an optimizer's ``state_dict()`` is stored as JSON whose tensors are references (``{"__tensor__":
+key}``) into the file, so any state made of dicts, lists, tuples, scalars, strings, tensors and NumPy
+arrays round-trips, and reading a checkpoint never runs code.
+
+The file is written atomically (temporary file, fsync, rename): a process killed at any moment leaves
+the previous complete checkpoint in place. One file, not a directory, so there is no moment at which a
+half-replaced checkpoint could be seen.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from mtrec.io import atomic_write
+
+RESUME = "resume.safetensors"
+FORMAT = "mtrec-resume/1"
+_META_KEY = "mtrec_resume"
+
+
+class ResumeError(ValueError):
+    """A resume checkpoint that cannot be read, or that does not fit the run being resumed."""
+
+
+def encode_state(obj: Any, tensors: dict[str, torch.Tensor], path: str = "") -> Any:
+    """A JSON-able skeleton of ``obj``; its tensors and arrays are moved into ``tensors`` by path."""
+    if isinstance(obj, torch.Tensor | np.ndarray):
+        key = path or "."
+        if key in tensors:
+            raise ResumeError(f"two tensors map to the same key {key!r} in a resume checkpoint")
+        tensor = obj.detach() if isinstance(obj, torch.Tensor) else torch.from_numpy(np.array(obj))
+        tensors[key] = tensor.to("cpu", copy=True).contiguous()  # a copy: safetensors refuses shared memory
+        return {"__tensor__" if isinstance(obj, torch.Tensor) else "__ndarray__": key}
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) and not k.startswith("__") for k in obj):
+            return {k: encode_state(v, tensors, f"{path}/{k}") for k, v in obj.items()}
+        return {"__items__": [[k, encode_state(v, tensors, f"{path}/{k}")] for k, v in obj.items()]}
+    if isinstance(obj, tuple):
+        return {"__tuple__": [encode_state(v, tensors, f"{path}/{i}") for i, v in enumerate(obj)]}
+    if isinstance(obj, list):
+        return [encode_state(v, tensors, f"{path}/{i}") for i, v in enumerate(obj)]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if obj is None or isinstance(obj, bool | int | float | str):
+        return obj
+    raise ResumeError(f"cannot store {type(obj).__name__} at {path or '/'} in a resume checkpoint")
+
+
+def decode_state(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """The inverse of :func:`encode_state`."""
+    if isinstance(skeleton, list):
+        return [decode_state(v, tensors) for v in skeleton]
+    if not isinstance(skeleton, dict):
+        return skeleton
+    if "__tensor__" in skeleton:
+        return tensors[skeleton["__tensor__"]]
+    if "__ndarray__" in skeleton:
+        return tensors[skeleton["__ndarray__"]].numpy()
+    if "__tuple__" in skeleton:
+        return tuple(decode_state(v, tensors) for v in skeleton["__tuple__"])
+    if "__items__" in skeleton:
+        return {k: decode_state(v, tensors) for k, v in skeleton["__items__"]}
+    return {k: decode_state(v, tensors) for k, v in skeleton.items()}
+
+
+def save_resume(path: Path, state: dict[str, Any]) -> None:
+    """Write ``state`` (see :func:`encode_state`) to ``path`` atomically."""
+    tensors: dict[str, torch.Tensor] = {}
+    document = {"format": FORMAT, "state": encode_state(state, tensors)}
+    metadata = {_META_KEY: json.dumps(document)}
+    atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+
+
+def load_resume(path: Path) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_resume`; a clear :class:`ResumeError` if it is not one."""
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (not a dict)
+    except (SafetensorError, OSError) as exc:
+        raise ResumeError(f"{path}: not a readable resume checkpoint ({exc})") from exc
+    try:
+        document = json.loads(metadata[_META_KEY])
+    except (KeyError, json.JSONDecodeError) as exc:
+        raise ResumeError(f"{path}: a safetensors file but not an mtrec resume checkpoint ({exc!r})") from exc
+    if document.get("format") != FORMAT:
+        raise ResumeError(f"{path}: checkpoint format {document.get('format')!r}, expected {FORMAT!r}")
+    try:
+        state = decode_state(document["state"], tensors)
+    except KeyError as exc:
+        raise ResumeError(f"{path}: checkpoint refers to a missing tensor {exc}") from exc
+    assert isinstance(state, dict)
+    return state
+
+
+def remove_stale_temporaries(run_dir: Path) -> None:
+    """Delete temporary files left by writes that a killed process did not finish."""
+    for tmp in Path(run_dir).glob(".*.tmp"):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)

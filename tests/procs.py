@@ -1,0 +1,41 @@
+"""Running mtrec in subprocesses for tests: plainly, under torchrun, or with a patch applied first."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from safetensors.torch import load_file
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def child_env() -> dict[str, str]:
+    """This checkout's sources first on the path, one thread, no inherited launcher variables."""
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
+    env.update(PYTHONPATH=str(SRC), OMP_NUM_THREADS="1", TQDM_DISABLE="1")
+    return env
+
+
+def run_python(code: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``python -c code args...`` in a child process."""
+    return subprocess.run([sys.executable, "-c", code, *args], env=child_env(), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def torchrun_train(nproc: int, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    """``torchrun --standalone --nproc_per_node N -m mtrec.cli train args...`` (gloo on loopback)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "mtrec.cli", "train", *args]
+    return subprocess.run(cmd, env=child_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def max_weight_difference(a: Path, b: Path) -> float:
+    """Largest absolute difference between two safetensors state dicts with the same keys."""
+    wa, wb = load_file(str(a)), load_file(str(b))
+    assert wa.keys() == wb.keys()
+    return max(float(np.abs(wa[k].numpy() - wb[k].numpy()).max()) for k in wa)
