@@ -38,7 +38,7 @@ from mtrec.data.source import load_data
 from mtrec.io import atomic_write_text
 from mtrec.models import MultiTaskModel, create_model, model_options
 from mtrec.training.checkpoint import CONFIG
-from mtrec.training.config import RunConfig, TrainConfig
+from mtrec.training.config import ConfigError, RunConfig, TrainConfig
 from mtrec.training.run import METRICS, train_run
 
 
@@ -108,7 +108,11 @@ def finished_run(directory: Path, config: RunConfig) -> dict[str, Any] | None:
     """The metrics of a run already in ``directory`` with exactly this config, else None."""
     if not (directory / METRICS).exists() or not (directory / CONFIG).exists():
         return None
-    if json.loads((directory / CONFIG).read_text()) != json.loads(json.dumps(config.to_dict())):
+    try:  # read through RunConfig so that settings added since the run was made take their defaults
+        saved = RunConfig.load(directory / CONFIG)
+    except ConfigError:
+        return None
+    if json.loads(json.dumps(saved.to_dict())) != json.loads(json.dumps(config.to_dict())):
         return None
     metrics: dict[str, Any] = json.loads((directory / METRICS).read_text())
     return metrics
