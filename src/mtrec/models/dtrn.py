@@ -70,10 +70,10 @@ BACKBONES = ("towers", "mmoe", "ple")
 class TaskInterestModule(nn.Module):
     """TIM: every behaviour history encoded per (task, behaviour) pair and pooled against its target.
 
-    ``forward(history [B, M, L, d], mask [B, M, L], sparse_fields [B, Fs, d]) -> (interests
-    [B, K', M, d], weights [B, K', M, L])`` where K' = K when
-    ``conditioned`` (hypernetwork LayerNorms per pair) and 1 otherwise (one shared encoder, learned
-    LayerNorms), M = number of sequence features, L = the longest history.
+    ``forward(history [B, M, L, d], mask [B, M, L], sparse_fields [B, Fs, d])`` returns the interests
+    ``[B, K', M, d]`` and the target-attention weights ``[B, K', M, L]``. K' = K when ``conditioned``
+    (hypernetwork LayerNorms per pair), else 1 (one shared encoder with learned LayerNorms); M = number of
+    sequence features; L = the longest history.
     """
 
     behaviour_index: torch.Tensor  # [M]: each sequence's behaviour type
