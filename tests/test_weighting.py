@@ -3,16 +3,24 @@ applying them without knowing the model or the strategy."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from fakes import tiny_dataset
+from mtrec.bench.runner import parse_bench_config, run_bench
 from mtrec.data.batches import Batch, BatchIterator
 from mtrec.models import MultiTaskModel, create_model, list_models
 from mtrec.objectives.weighting import WeightingConfigError, create_weighting, list_weightings
-from mtrec.training.config import TrainConfig
+from mtrec.training.checkpoint import WEIGHTS
+from mtrec.training.config import ConfigError, RunConfig, TrainConfig
+from mtrec.training.run import train_run
 from mtrec.training.trainer import Trainer
+from procs import max_weight_difference, torchrun_train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -152,3 +160,46 @@ def test_trainer_applies_a_strategy_from_config(weighting: str) -> None:
     assert all(w > 0 for row in weights for w in row.values())
     if weighting == "gradnorm":
         assert all(sum(row.values()) == pytest.approx(2.0) for row in weights)
+
+
+def test_a_bench_compares_weightings_through_per_model_train_settings(tmp_path: Path, tiny_dir: Path) -> None:
+    small = {"embedding_dim": 4, "expert_sizes": [8], "tower_sizes": [4]}
+    config = parse_bench_config({
+        "name": "w", "datasets": [{"data": str(tiny_dir), "label": "tiny"}], "seeds": [0],
+        "train": {"epochs": 1, "batch_size": 64, "num_threads": 1, "prefetch": 0},
+        "models": [{"name": "mmoe", "label": f"mmoe+{w}", "options": small, "train": {"weighting": w}}
+                   for w in ("fixed", "uncertainty", "gradnorm")],
+    })
+    results = run_bench(config, tmp_path / "out", log=lambda _: None)
+    for weighting in ("fixed", "uncertainty", "gradnorm"):
+        run = json.loads((tmp_path / "out" / "runs" / "tiny" / f"mmoe_{weighting}" / "seed0" / "config.json")
+                         .read_text())
+        assert run["train"]["weighting"] == weighting
+    assert {r["model"] for r in results["runs"]} == {"mmoe+fixed", "mmoe+uncertainty", "mmoe+gradnorm"}
+    assert "train {'weighting': 'gradnorm'}" in (tmp_path / "out" / "results.md").read_text()
+    with pytest.raises(ConfigError, match=r"models\[0\]\.train.*bogus"):
+        parse_bench_config({"datasets": ["synthetic"], "models": [{"name": "mmoe", "train": {"bogus": 1}}]})
+
+
+def test_gradnorm_takes_the_same_steps_in_two_gloo_processes_as_in_one(tmp_path: Path) -> None:
+    """torchrun, 2 processes: GradNorm averages the ranks' gradients and losses, so its weights (and the
+    model) follow the one-process run with the same global batch."""
+    data = tiny_dataset(rows=240, seed=5)
+    data.save(tmp_path / "data")
+    config = {"model": "mmoe", "data": str(tmp_path / "data"),
+              "model_options": {"expert_sizes": [16], "tower_sizes": [8], "num_experts": 2, "embedding_dim": 4},
+              "train": {"epochs": 2, "batch_size": 24, "lr": 0.01, "num_threads": 1, "prefetch": 0,
+                        "eval_batch_size": 16, "weighting": "gradnorm", "weighting_options": {"lr": 0.05}}}
+    (tmp_path / "run.json").write_text(json.dumps(config))
+    proc = torchrun_train(2, "--config", str(tmp_path / "run.json"), "--out", str(tmp_path / "two"))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    train_run(RunConfig.from_dict(config), tmp_path / "one", log=lambda _: None)
+
+    def weights(run: str) -> list[list[float]]:
+        rows = (tmp_path / run / "history.jsonl").read_text().splitlines()
+        return [list(json.loads(row)["task_weights"].values()) for row in rows]
+
+    one, two = weights("one"), weights("two")
+    assert one[0] != [1.0, 1.0]  # GradNorm moved the weights
+    np.testing.assert_allclose(two, one, atol=1e-5)
+    assert max_weight_difference(tmp_path / "one" / WEIGHTS, tmp_path / "two" / WEIGHTS) < 1e-5

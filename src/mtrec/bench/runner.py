@@ -4,7 +4,8 @@ A bench config (YAML)::
 
     name: census
     models: all                      # every registered model at run time, or a list:
-    # models: [mmoe, {name: mmoe, label: mmoe-8, options: {num_experts: 8}}]
+    # models: [mmoe, {name: mmoe, label: mmoe-8, options: {num_experts: 8}},
+    #          {name: mmoe, label: mmoe+gradnorm, train: {weighting: gradnorm}}]   # train: per-model overrides
     model_options: {embedding_dim: 16}   # given to every model that takes the option
     datasets:                        # dataset configs (prepared into OUT/data/NAME once), data specs
       - configs/datasets/census_income.yaml      #   (synthetic:PRESET[:ROWS], a prepared dataset dir)
@@ -17,7 +18,8 @@ The report directory holds ``results.json`` (every run's metrics, the settings a
 ``results.md`` (mean ± std per task and metric, parameter counts, train samples/s), ``auc.png`` (test AUC
 per model and task with error bars) and ``learning_curves_<dataset>.png``; each run's own directory is
 ``runs/<dataset>/<model>/seed<k>``. A run whose ``metrics.json`` exists with the same resolved config is not
-redone, so an interrupted benchmark resumes where it stopped.
+redone (a setting added to mtrec since counts as unchanged at its default), and a run interrupted half
+way continues from its last checkpoint, so an interrupted benchmark resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -49,11 +51,13 @@ ALL = "all"
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """A registered model, the label it has in the report, and its own options."""
+    """A registered model, the label it has in the report, its own options and its own train settings
+    (overriding the bench's ``train``: e.g. a task weighting, to compare weightings on one model)."""
 
     name: str
     label: str
     options: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -83,8 +87,8 @@ class BenchConfig:
         assert isinstance(self.models, list)
         return self.models
 
-    def train_config(self, seed: int) -> TrainConfig:
-        return TrainConfig(**{**self.train, "seed": seed})
+    def train_config(self, seed: int, entry: ModelEntry | None = None) -> TrainConfig:
+        return TrainConfig(**{**self.train, **(entry.train if entry else {}), "seed": seed})
 
     def options_for(self, entry: ModelEntry) -> dict[str, Any]:
         """Shared options the model takes, then its own options (checked by the registry)."""
@@ -107,10 +111,14 @@ def _parse_models(value: Any, where: str) -> list[ModelEntry] | str:
         if isinstance(item, str):
             entries.append(ModelEntry(item, item))
             continue
-        if not isinstance(item, Mapping) or "name" not in item or set(item) - {"name", "label", "options"}:
-            raise ConfigError(f"{where}: models[{i}] must be a name or {{name, label, options}}, got {item!r}")
+        if not isinstance(item, Mapping) or "name" not in item or \
+                set(item) - {"name", "label", "options", "train"}:
+            raise ConfigError(f"{where}: models[{i}] must be a name or {{name, label, options, train}}, "
+                              f"got {item!r}")
+        train = dict(item.get("train") or {})
+        _check_train(train, f"{where}: models[{i}].train")
         entries.append(ModelEntry(str(item["name"]), str(item.get("label", item["name"])),
-                                  dict(item.get("options") or {})))
+                                  dict(item.get("options") or {}), train))
     labels = [e.label for e in entries]
     if len(set(labels)) != len(labels):
         raise ConfigError(f"{where}: model labels must be unique (give 'label:'), got {labels}")
@@ -144,6 +152,14 @@ def _parse_datasets(value: Any, where: str) -> list[DatasetEntry]:
     return entries
 
 
+def _check_train(train: dict[str, Any], where: str) -> None:
+    known = {f.name for f in fields(TrainConfig)} - {"seed"}
+    bad = sorted(set(train) - known)
+    if bad:
+        raise ConfigError(f"{where}: unknown option(s) {bad} (seeds go under 'seeds:'); expected {sorted(known)}")
+    TrainConfig(**train)  # value checks
+
+
 def parse_bench_config(data: Mapping[str, Any], origin: str = "bench config") -> BenchConfig:
     allowed = {"name", "models", "model_options", "datasets", "seeds", "train"}
     unknown = sorted(set(data) - allowed)
@@ -153,12 +169,7 @@ def parse_bench_config(data: Mapping[str, Any], origin: str = "bench config") ->
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
         raise ConfigError(f"{origin}: 'seeds' must be a non-empty list of integers, got {seeds!r}")
     train = dict(data.get("train") or {})
-    known = {f.name for f in fields(TrainConfig)} - {"seed"}
-    bad = sorted(set(train) - known)
-    if bad:
-        raise ConfigError(f"{origin}: unknown train option(s) {bad} (seeds go under 'seeds:'); "
-                          f"expected {sorted(known)}")
-    TrainConfig(**train)  # value checks
+    _check_train(train, f"{origin}: train")
     config = BenchConfig(
         name=str(data.get("name") or Path(origin).stem),
         models=_parse_models(data.get("models", ALL), origin),
@@ -242,7 +253,7 @@ def run_bench(
                 done += 1
                 run_dir = out / "runs" / _safe(entry.label) / _safe(model.label) / f"seed{seed}"
                 run_config = RunConfig(model=model.name, data=spec, model_options=config.options_for(model),
-                                       train=config.train_config(seed))
+                                       train=config.train_config(seed, model))
                 where = f"[{done}/{total}] {entry.label} / {model.label} / seed {seed}"
                 metrics = _finished(run_dir, run_config)
                 if metrics is None and max_runs is not None and trained >= max_runs:
@@ -250,21 +261,25 @@ def run_bench(
                     continue
                 if metrics is None:
                     trained += 1
-                    log(f"{where}: training")
+                    resume = _same_config(run_dir, run_config)  # an interrupted run continues
+                    log(f"{where}: {'resuming' if resume else 'training'}")
                     start = time.perf_counter()
-                    metrics = train_run(run_config, run_dir, dataset=dataset, log=log)
-                    atomic_write_text(run_dir / TIMING, json.dumps({"wall_s": time.perf_counter() - start}) + "\n")
+                    metrics = train_run(run_config, run_dir, dataset=dataset, log=log, resume=resume)
+                    timing = {"wall_s": time.perf_counter() - start, "resumed": resume}
+                    atomic_write_text(run_dir / TIMING, json.dumps(timing) + "\n")
                 else:
                     log(f"{where}: already done ({run_dir / METRICS})")
                 timing = json.loads((run_dir / TIMING).read_text()) if (run_dir / TIMING).is_file() else {}
                 runs.append({**metrics, "data": entry.label, "model": model.label, "registry_name": model.name,
-                             "run_dir": str(run_dir), "wall_s": timing.get("wall_s")})
+                             "run_dir": str(run_dir), "wall_s": timing.get("wall_s"),
+                             "resumed": bool(timing.get("resumed"))})
     results = {
         "bench": config.name,
         "command": command,
         "machine": machine_info(),
         "settings": {"train": config.train, "seeds": config.seeds, "model_options": config.model_options,
-                     "models": {m.label: {"model": m.name, "options": m.options} for m in models}},
+                     "models": {m.label: {"model": m.name, "options": m.options, "train": m.train}
+                                for m in models}},
         "datasets": datasets,
         "total_run_s": sum(r["wall_s"] or 0.0 for r in runs),
         "pending_runs": pending,
@@ -274,15 +289,30 @@ def run_bench(
     return results
 
 
+def _same_config(run_dir: Path, config: RunConfig) -> bool:
+    """Whether the run directory was started with ``config``. A key the stored config lacks (a setting
+    added to mtrec since) counts as equal when the current value is that setting's default."""
+    path = run_dir / "config.json"
+    if not path.is_file():
+        return False
+    stored = json.loads(path.read_text())
+    if isinstance(stored, dict):
+        stored["train"] = {**asdict(TrainConfig()), **stored.get("train", {})}
+        stored["model_options"] = {**model_options(config.model), **stored.get("model_options", {})}
+    return bool(_normalised(stored) == _normalised(asdict(config)))
+
+
 def _finished(run_dir: Path, config: RunConfig) -> dict[str, Any] | None:
     """The run's metrics if it finished with this same config, else None."""
-    metrics_path, config_path = run_dir / METRICS, run_dir / "config.json"
-    if not (metrics_path.is_file() and config_path.is_file()):
+    if not ((run_dir / METRICS).is_file() and _same_config(run_dir, config)):
         return None
-    if json.loads(config_path.read_text()) != _normalised(asdict(config)):
-        return None
-    metrics: dict[str, Any] = json.loads(metrics_path.read_text())
+    metrics: dict[str, Any] = json.loads((run_dir / METRICS).read_text())
     return metrics
+
+
+def _resumed_note(runs: list[dict[str, Any]]) -> str:
+    resumed = sum(1 for r in runs if r.get("resumed"))
+    return f"; {resumed} run(s) resumed after an interruption count only their last part" if resumed else ""
 
 
 def _duration(seconds: float) -> str:
@@ -305,7 +335,8 @@ def write_report(results: dict[str, Any], out: Path) -> str:
         f"Machine: {machine['platform']}, {machine['cpu_count']} CPU cores"
         f"{', GPU ' + machine['cuda'] if machine.get('cuda') else ''}; Python {machine['python']}, torch "
         f"{machine['torch']}, {threads} thread(s) per run. Total training time "
-        f"{_duration(results['total_run_s'])} (sum over runs, evaluation included).",
+        f"{_duration(results['total_run_s'])} (sum over runs, evaluation included"
+        f"{_resumed_note(runs)}).",
         "",
         f"Same settings for every model: up to {train.epochs} epochs with early stopping on the mean "
         f"validation AUC (patience {train.patience}; the best validation epoch is tested), batch "
@@ -318,10 +349,12 @@ def write_report(results: dict[str, Any], out: Path) -> str:
         "loading included, evaluation excluded).",
         "",
     ]
-    own = {label: m["options"] for label, m in settings["models"].items() if m["options"] or label != m["model"]}
+    own = {label: m for label, m in settings["models"].items()
+           if m["options"] or m.get("train") or label != m["model"]}
     if own:
-        lines += ["Per-model options: " + "; ".join(f"{label} ({settings['models'][label]['model']}): "
-                                                  f"{opts or 'defaults'}" for label, opts in own.items()), ""]
+        lines += ["Per-model options: " + "; ".join(
+            f"{label} ({m['model']}): {m['options'] or 'defaults'}"
+            + (f", train {m['train']}" if m.get("train") else "") for label, m in own.items()), ""]
     for label, info in results["datasets"].items():
         rows = info["rows"]
         lines.append(f"- **{label}**: {rows['train']:,} train / {rows['valid']:,} valid / {rows['test']:,} "

@@ -1,6 +1,6 @@
 """Model registry; importing this package registers every built-in model."""
 
-from mtrec.models import aitm, cgc, dcrnn, esmm, mmoe, omoe, ple, shared_bottom, single_task
+from mtrec.models import aitm, cgc, dcrnn, dtrn, esmm, mmoe, omoe, ple, shared_bottom, single_task
 from mtrec.models._registry import (
     ModelConfigError,
     create_model,
@@ -18,6 +18,7 @@ __all__ = [
     "cgc",
     "create_model",
     "dcrnn",
+    "dtrn",
     "esmm",
     "list_models",
     "mmoe",

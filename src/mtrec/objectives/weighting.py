@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from mtrec.models.base import MultiTaskModel
@@ -121,7 +122,9 @@ class GradNormWeighting(WeightingStrategy):
       positive (at least ``min_weight``) and are renormalised to sum to the number of tasks.
 
     The step on ``w`` happens inside :meth:`combine` (the returned loss uses the weights of this step, so
-    the model update is that of the paper's algorithm); ``w`` is a buffer, not an optimizer parameter.
+    the model update is that of the paper's algorithm); ``w`` is a buffer, not an optimizer parameter. In
+    distributed training the gradients and losses are first averaged over the ranks (one all-reduce), so
+    every rank takes the same step.
     A task that learns slowly (high ``r_k``) gets a larger gradient-norm target and so a larger weight;
     ``alpha`` sets how strongly. Needs a model that shares parameters (``single_task`` does not).
     """
@@ -134,8 +137,8 @@ class GradNormWeighting(WeightingStrategy):
     ) -> None:
         super().__init__(task_names)
         if alpha < 0 or lr <= 0 or min_weight <= 0:
-            raise WeightingConfigError(f"gradnorm: need alpha >= 0, lr > 0 and min_weight > 0; got alpha={alpha}, "
-                             f"lr={lr}, min_weight={min_weight}")
+            raise WeightingConfigError(f"gradnorm: need alpha >= 0, lr > 0 and min_weight > 0; got "
+                                       f"alpha={alpha}, lr={lr}, min_weight={min_weight}")
         self.alpha = alpha
         self.lr = lr
         self.min_weight = min_weight
@@ -165,12 +168,19 @@ class GradNormWeighting(WeightingStrategy):
         shared = [p for p in model.shared_parameters() if p.requires_grad]
         if not shared:
             name = model.registry_name or type(model).__name__
-            raise WeightingConfigError(f"gradnorm needs a model with shared parameters; model {name!r} shares none "
-                             "(its shared_parameters() is empty): use the fixed or uncertainty weighting")
+            raise WeightingConfigError(f"gradnorm needs a model with shared parameters; model {name!r} shares "
+                                       "none (its shared_parameters() is empty): use the fixed or uncertainty "
+                                       "weighting")
+        grads = torch.stack([self._flat_grad(task_losses[t], shared) for t in self.task_names])  # [T, P]
+        if dist.is_available() and dist.is_initialized():  # the whole step's gradients and losses
+            stats = torch.cat([grads.flatten(), losses])
+            dist.all_reduce(stats)
+            stats /= dist.get_world_size()  # each rank's terms are scaled so that their mean is the step's
+            grads, losses = stats[: grads.numel()].view_as(grads), stats[grads.numel() :]
         if not self.has_initial_losses:
             self.initial_losses.copy_(losses.clamp_min(1e-12))
             self.has_initial_losses = True
-        norms = torch.stack([self._grad_norm(task_losses[t], shared) for t in self.task_names])  # [T]
+        norms = grads.norm(dim=1)  # n_k
         weighted = self.weights * norms  # G_k
         rates = losses / self.initial_losses
         target = weighted.mean() * (rates / rates.mean()) ** self.alpha  # G_k*, a constant
@@ -179,12 +189,12 @@ class GradNormWeighting(WeightingStrategy):
         self.weights.mul_(len(self.task_names) / self.weights.sum())
 
     @staticmethod
-    def _grad_norm(loss: torch.Tensor, params: list[nn.Parameter]) -> torch.Tensor:
-        """``||d loss / d params||`` (a scalar; 0 when the loss does not reach them)."""
+    def _flat_grad(loss: torch.Tensor, params: list[nn.Parameter]) -> torch.Tensor:
+        """``d loss / d params`` flattened into one vector ``[P]`` (zeros where the loss does not reach)."""
         with torch.enable_grad():
             grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-        squares = [g.pow(2).sum() for g in grads if g is not None]
-        return torch.stack(squares).sum().sqrt() if squares else loss.new_zeros(())
+        flat = [(torch.zeros_like(p) if g is None else g).flatten() for g, p in zip(grads, params, strict=True)]
+        return torch.cat(flat)
 
     def current_weights(self) -> dict[str, float]:
         return dict(zip(self.task_names, self.weights.tolist(), strict=True))
