@@ -20,6 +20,16 @@ from mtrec.training.trainer import Trainer
 LN3 = math.log(3.0)  # sigmoid(ln 3) = 0.75 exactly
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():  # type: ignore[no-untyped-def]
+    """Tiny tensors: one thread avoids OpenMP hand-offs (the field GRU's small steps slow 50x on a busy
+    machine with two)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def data():  # type: ignore[no-untyped-def]
     return tiny_dataset(rows=200, seed=3)
