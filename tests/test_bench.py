@@ -118,3 +118,24 @@ def test_shared_option_taken_by_no_model_is_an_error(tmp_path: Path, tiny_dir: P
     config = parse_bench_config(_bench(tmp_path, tiny_dir, model_options={"embeding_dim": 4}))
     with pytest.raises(ConfigError, match="embeding_dim"):
         run_bench(config, tmp_path / "out", log=lambda _: None)
+
+
+def test_demo_runs_through_the_bench_runner(tmp_path: Path, tiny_dir: Path) -> None:
+    from mtrec.bench.demo import run_demo
+    from mtrec.training.config import TrainConfig
+
+    table = run_demo(tmp_path / "demo", data=str(tiny_dir), models=["mmoe"],
+                     train=TrainConfig(epochs=1, batch_size=64, num_threads=1, prefetch=0), log=lambda _: None)
+    assert "| mmoe |" in table
+    assert (tmp_path / "demo" / "results.md").is_file() and (tmp_path / "demo" / "auc.png").is_file()
+
+
+def test_an_interrupted_run_is_resumed(tmp_path: Path, tiny_dir: Path) -> None:
+    config = parse_bench_config(_bench(tmp_path, tiny_dir, models=["mmoe"], seeds=[0]))
+    run_bench(config, tmp_path / "out", log=lambda _: None)
+    run = tmp_path / "out" / "runs" / "tiny" / "mmoe" / "seed0"
+    (run / "metrics.json").unlink()  # as if stopped before the end: config.json written, no metrics
+    logs: list[str] = []
+    results = run_bench(config, tmp_path / "out", log=logs.append)
+    assert any("resuming" in line for line in logs)
+    assert (run / "metrics.json").is_file() and results["runs"][0]["resumed"]

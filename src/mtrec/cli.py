@@ -124,7 +124,7 @@ def bench(config_file: Path, out: Path | None, max_runs: int | None) -> None:
 @cli.command()
 @click.option("--out", type=click.Path(path_type=Path), default=Path("reports/demo"), show_default=True)
 @click.option("--data", default="synthetic:easy", show_default=True, help="data spec")
-@click.option("--epochs", type=int, default=10, show_default=True)
+@click.option("--epochs", type=int, default=6, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--models", "model_names", help="comma-separated subset of models (default: all)")
 def demo(out: Path, data: str, epochs: int, seed: int, model_names: str | None) -> None:

@@ -18,7 +18,8 @@ The report directory holds ``results.json`` (every run's metrics, the settings a
 ``results.md`` (mean ± std per task and metric, parameter counts, train samples/s), ``auc.png`` (test AUC
 per model and task with error bars) and ``learning_curves_<dataset>.png``; each run's own directory is
 ``runs/<dataset>/<model>/seed<k>``. A run whose ``metrics.json`` exists with the same resolved config is not
-redone, so an interrupted benchmark resumes where it stopped.
+redone (a setting added to mtrec since counts as unchanged at its default), and a run interrupted half
+way continues from its last checkpoint, so an interrupted benchmark resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -260,15 +261,18 @@ def run_bench(
                     continue
                 if metrics is None:
                     trained += 1
-                    log(f"{where}: training")
+                    resume = _same_config(run_dir, run_config)  # an interrupted run continues
+                    log(f"{where}: {'resuming' if resume else 'training'}")
                     start = time.perf_counter()
-                    metrics = train_run(run_config, run_dir, dataset=dataset, log=log)
-                    atomic_write_text(run_dir / TIMING, json.dumps({"wall_s": time.perf_counter() - start}) + "\n")
+                    metrics = train_run(run_config, run_dir, dataset=dataset, log=log, resume=resume)
+                    timing = {"wall_s": time.perf_counter() - start, "resumed": resume}
+                    atomic_write_text(run_dir / TIMING, json.dumps(timing) + "\n")
                 else:
                     log(f"{where}: already done ({run_dir / METRICS})")
                 timing = json.loads((run_dir / TIMING).read_text()) if (run_dir / TIMING).is_file() else {}
                 runs.append({**metrics, "data": entry.label, "model": model.label, "registry_name": model.name,
-                             "run_dir": str(run_dir), "wall_s": timing.get("wall_s")})
+                             "run_dir": str(run_dir), "wall_s": timing.get("wall_s"),
+                             "resumed": bool(timing.get("resumed"))})
     results = {
         "bench": config.name,
         "command": command,
@@ -285,15 +289,30 @@ def run_bench(
     return results
 
 
+def _same_config(run_dir: Path, config: RunConfig) -> bool:
+    """Whether the run directory was started with ``config``. A key the stored config lacks (a setting
+    added to mtrec since) counts as equal when the current value is that setting's default."""
+    path = run_dir / "config.json"
+    if not path.is_file():
+        return False
+    stored = json.loads(path.read_text())
+    if isinstance(stored, dict):
+        stored["train"] = {**asdict(TrainConfig()), **stored.get("train", {})}
+        stored["model_options"] = {**model_options(config.model), **stored.get("model_options", {})}
+    return bool(_normalised(stored) == _normalised(asdict(config)))
+
+
 def _finished(run_dir: Path, config: RunConfig) -> dict[str, Any] | None:
     """The run's metrics if it finished with this same config, else None."""
-    metrics_path, config_path = run_dir / METRICS, run_dir / "config.json"
-    if not (metrics_path.is_file() and config_path.is_file()):
+    if not ((run_dir / METRICS).is_file() and _same_config(run_dir, config)):
         return None
-    if json.loads(config_path.read_text()) != _normalised(asdict(config)):
-        return None
-    metrics: dict[str, Any] = json.loads(metrics_path.read_text())
+    metrics: dict[str, Any] = json.loads((run_dir / METRICS).read_text())
     return metrics
+
+
+def _resumed_note(runs: list[dict[str, Any]]) -> str:
+    resumed = sum(1 for r in runs if r.get("resumed"))
+    return f"; {resumed} run(s) resumed after an interruption count only their last part" if resumed else ""
 
 
 def _duration(seconds: float) -> str:
@@ -316,7 +335,8 @@ def write_report(results: dict[str, Any], out: Path) -> str:
         f"Machine: {machine['platform']}, {machine['cpu_count']} CPU cores"
         f"{', GPU ' + machine['cuda'] if machine.get('cuda') else ''}; Python {machine['python']}, torch "
         f"{machine['torch']}, {threads} thread(s) per run. Total training time "
-        f"{_duration(results['total_run_s'])} (sum over runs, evaluation included).",
+        f"{_duration(results['total_run_s'])} (sum over runs, evaluation included"
+        f"{_resumed_note(runs)}).",
         "",
         f"Same settings for every model: up to {train.epochs} epochs with early stopping on the mean "
         f"validation AUC (patience {train.patience}; the best validation epoch is tested), batch "

@@ -1,6 +1,6 @@
 """Model registry; importing this package registers every built-in model."""
 
-from mtrec.models import aitm, cgc, esmm, mmoe, omoe, ple, shared_bottom, single_task
+from mtrec.models import aitm, cgc, dcrnn, dtrn, esmm, mmoe, omoe, ple, shared_bottom, single_task
 from mtrec.models._registry import (
     ModelConfigError,
     create_model,
@@ -17,6 +17,8 @@ __all__ = [
     "aitm",
     "cgc",
     "create_model",
+    "dcrnn",
+    "dtrn",
     "esmm",
     "list_models",
     "mmoe",

@@ -9,6 +9,7 @@ items of its behaviour histories) read the same rows. Dense values are projected
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mtrec.data.batches import Batch
@@ -59,8 +60,11 @@ class FeatureEmbedding(nn.Module):
         return self.table(ids + self.sequence_offsets[name]), ids > 0
 
     def sequences(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """All histories stacked: embeddings ``[B, M, L, d]`` and mask ``[B, M, L]`` (needs equal L)."""
-        ids = torch.stack([batch.sequences[n] for n in self.sequence_names], dim=1)  # [B, M, L]
+        """All histories stacked: embeddings ``[B, M, L, d]`` and mask ``[B, M, L]``; L is the longest
+        history's length, shorter ones are padded (mask False)."""
+        blocks = [batch.sequences[n] for n in self.sequence_names]
+        length = max(b.shape[1] for b in blocks)
+        ids = torch.stack([F.pad(b, (0, length - b.shape[1])) for b in blocks], dim=1)  # [B, M, L]
         offsets = torch.tensor([self.sequence_offsets[n] for n in self.sequence_names], device=ids.device)
         return self.table(ids + offsets.view(1, -1, 1)), ids > 0
 

@@ -11,7 +11,7 @@ from typing import Any
 
 @dataclass
 class EarlyStopping:
-    """Stops after ``patience`` epochs without a better (higher) validation score."""
+    """Stops once more than ``patience`` consecutive epochs fail to beat the best (higher) validation score."""
 
     patience: int
     best: float = -math.inf

@@ -50,9 +50,10 @@ def check_resumable(config: RunConfig, out: Path) -> None:
     path = out / CONFIG
     if not path.exists():
         return
-    saved = RunConfig.load(path)
-    changed = [f"{key}: {getattr(saved, key)!r} -> {getattr(config, key)!r}"
-               for key in ("model", "data", "model_options") if getattr(saved, key) != getattr(config, key)]
+    saved = RunConfig.load(path).to_dict()
+    current = json.loads(json.dumps(config.to_dict()))  # as saved: tuples become lists
+    changed = [f"{key}: {saved[key]!r} -> {current[key]!r}"
+               for key in ("model", "data", "model_options") if saved[key] != current[key]]
     if changed:
         raise ConfigError(f"cannot resume {out}: the run was started with other settings ({'; '.join(changed)})")
 

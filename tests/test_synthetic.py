@@ -1,0 +1,105 @@
+"""The synthetic presets have the properties they state (real-log-like rates and AUCs, a linear model
+falls short of the oracle, conflict opposes the tasks, sequences tie each task to its own history)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mtrec.data.dataset import PreparedDataset
+from mtrec.data.synthetic import PRESETS, logistic_regression_auc, make_synthetic, oracle_auc
+
+ROWS = 30_000
+
+
+@pytest.fixture(scope="module")
+def presets() -> dict[str, PreparedDataset]:
+    return {name: make_synthetic(name, rows=ROWS) for name in PRESETS}
+
+
+def true_logits(data: PreparedDataset) -> np.ndarray:
+    assert data.oracle is not None
+    p = np.clip(data.oracle, 1e-7, 1 - 1e-7)
+    return np.log(p / (1 - p))  # [N, T]
+
+
+def test_deterministic_per_seed() -> None:
+    a, b, c = (make_synthetic("easy", rows=3000, seed=s) for s in (0, 0, 1))
+    np.testing.assert_array_equal(a.sparse, b.sparse)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    assert not np.array_equal(a.labels, c.labels)
+
+
+def test_unknown_preset_names_the_valid_ones() -> None:
+    with pytest.raises(ValueError, match="easy"):
+        make_synthetic("nope", rows=100)
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_shapes_ids_and_padding(presets: dict[str, PreparedDataset], name: str) -> None:
+    data = presets[name]
+    assert data.num_rows == ROWS
+    for j, feature in enumerate(data.schema.sparse):
+        assert data.sparse[:, j].min() >= 2 and data.sparse[:, j].max() < feature.vocab_size
+    for seq in data.schema.sequences:
+        ids = data.sequences[seq.name]
+        assert ids.max() < seq.vocab_size
+        valid = ids > 0
+        # left-aligned: no real id after a padding position
+        assert not (valid[:, 1:] & ~valid[:, :-1]).any()
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_rates_and_oracle_auc_like_real_logs(presets: dict[str, PreparedDataset], name: str) -> None:
+    data = presets[name]
+    click, conversion = data.labels[:, 0], data.labels[:, 1]
+    assert 0.03 <= click.mean() <= 0.15
+    conv_rate = conversion[click == 1].mean() if name == "esmm" else conversion.mean()
+    assert 0.05 <= conv_rate <= 0.20
+    oracle = oracle_auc(data, "test")
+    assert 0.70 <= oracle["click"] <= 0.85
+    assert 0.75 <= oracle["conversion"] <= 0.90
+
+
+def test_esmm_conversion_only_after_click(presets: dict[str, PreparedDataset]) -> None:
+    data = presets["esmm"]
+    assert data.schema.task("conversion").observed_after == "click"
+    assert not ((data.labels[:, 1] == 1) & (data.labels[:, 0] == 0)).any()
+
+
+@pytest.mark.parametrize("name", ["easy", "sequences"])
+def test_logistic_regression_stays_below_the_oracle(presets: dict[str, PreparedDataset], name: str) -> None:
+    data = presets[name]
+    oracle = oracle_auc(data, "test")
+    linear = logistic_regression_auc(data, "test")
+    for task in data.schema.task_names:
+        assert linear[task] <= oracle[task] - 0.02, (task, linear[task], oracle[task])
+
+
+def test_conflict_opposes_the_tasks(presets: dict[str, PreparedDataset]) -> None:
+    easy = np.corrcoef(true_logits(presets["easy"]).T)[0, 1]
+    conflict = np.corrcoef(true_logits(presets["conflict"]).T)[0, 1]
+    assert easy > 0.3
+    assert conflict < easy - 0.3
+
+
+def test_sequences_ties_each_task_to_its_own_history(presets: dict[str, PreparedDataset]) -> None:
+    """Measured as the share of a history's items in the target item's category: it correlates more with
+    the click logit for the click history, and more with the conversion logit for the buy history."""
+    data = presets["sequences"]
+    names = [f.name for f in data.schema.sparse]
+    item, category = data.sparse[:, names.index("item_id")], data.sparse[:, names.index("item_category")]
+    category_of = np.zeros(item.max() + 1, dtype=np.int64)
+    category_of[item] = category
+
+    def same_category_share(history: str) -> np.ndarray:
+        ids = data.sequences[history]
+        valid = ids > 0
+        same = (category_of[ids] == category[:, None]) & valid
+        return same.sum(1) / np.maximum(valid.sum(1), 1)
+
+    logits = true_logits(data)
+    corr = {(h, t): np.corrcoef(same_category_share(h), logits[:, t])[0, 1]
+            for h in ("hist_click", "hist_buy") for t in (0, 1)}
+    assert corr[("hist_click", 0)] > corr[("hist_buy", 0)] + 0.05
+    assert corr[("hist_buy", 1)] > corr[("hist_click", 1)] + 0.05
