@@ -221,7 +221,7 @@ def test_omoe_feeds_one_mixture_to_every_task(data: PreparedDataset) -> None:
     outputs = model(first_batch(data))
     torch.testing.assert_close(outputs["click"], outputs["conversion"])
     mmoe = create_model("mmoe", data.schema)
-    assert model.gate.n_gates == 1 and mmoe.gates.n_gates == 2
+    assert model.gates.n_gates == 1 and mmoe.gates.n_gates == 2
 
 
 def test_single_task_networks_share_nothing(data: PreparedDataset) -> None:

@@ -1,15 +1,44 @@
-"""Atomic file writes: write to a temporary file beside the target, fsync, then rename over it.
+"""File access shared by every module: atomic writes, and reading a JSON/YAML mapping with clear errors.
 
-A reader (or a process killed mid-write) sees either the old file or the new one, never half of one.
+Atomic writes go to a temporary file beside the target, fsync, then rename over it: a reader (or a
+process killed mid-write) sees either the old file or the new one, never half of one.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+def read_mapping(path: str | Path, what: str, error: type[Exception] = ValueError) -> dict[str, Any]:
+    """The mapping at the top of a ``.json`` file (read as JSON) or any other file (read as YAML).
+
+    Raises ``error`` with a message naming the file and the problem: not found (``what`` names the kind
+    of file, e.g. "dataset config"), not valid JSON/YAML (with the parser's line and column), or not a
+    mapping at the top level.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise error(f"{what} not found: {path}") from None
+    except IsADirectoryError:
+        raise error(f"{what} expected, found a directory: {path}") from None
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        kind = "JSON" if path.suffix == ".json" else "YAML"
+        raise error(f"{path}: not valid {kind}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise error(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -16,9 +16,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from mtrec.data.dataset import SPLITS, DatasetError
+from mtrec.io import read_mapping
 
 SPLIT_KINDS = ("random", "permutation", "column", "files")
 FORMATS = ("auto", "csv", "parquet")
@@ -569,13 +568,5 @@ def parse_dataset_config(data: Mapping[str, Any], origin: str = "dataset config"
 
 def load_dataset_config(path: str | Path) -> DatasetConfig:
     """Read and validate a dataset config file (YAML)."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise DatasetConfigError(f"dataset config not found: {path}") from None
-    except yaml.YAMLError as exc:
-        raise DatasetConfigError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise DatasetConfigError(f"{path}: expected a mapping at the top level")
+    data = read_mapping(path, "dataset config", DatasetConfigError)
     return parse_dataset_config(data, origin=str(path))

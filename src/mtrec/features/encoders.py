@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 
 from mtrec.features.schema import OOV_ID, DatasetSchema, SequenceFeature, SparseFeature
 from mtrec.features.vocab import Vocabulary
-from mtrec.io import atomic_write_text
+from mtrec.io import atomic_write_text, read_mapping
 
 ENCODERS_FILE = "encoders.json"
 FORMAT = "mtrec-feature-encoders"
@@ -374,15 +374,7 @@ class FeatureEncoders:
 
     @classmethod
     def load(cls, path: str | Path) -> FeatureEncoders:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ValueError(f"feature encoders file not found: {path}") from None
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: not valid JSON ({exc})") from exc
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a JSON object")
+        data = read_mapping(path, "feature encoders file")
         try:
             return cls.from_dict(data)
         except ValueError as exc:

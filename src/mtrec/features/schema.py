@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mtrec.io import atomic_write_text
+from mtrec.io import atomic_write_text, read_mapping
 
 PADDING_ID = 0
 OOV_ID = 1
@@ -184,11 +184,4 @@ class DatasetSchema:
 
     @classmethod
     def load(cls, path: str | Path) -> DatasetSchema:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise SchemaError(f"schema file not found: {path}") from None
-        except json.JSONDecodeError as exc:
-            raise SchemaError(f"{path}: not valid JSON ({exc})") from exc
-        return cls.from_dict(data)
+        return cls.from_dict(read_mapping(path, "schema file", SchemaError))

@@ -8,6 +8,7 @@ task, and one tower per task. Sequences, if the schema has them, are mean-pooled
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -23,6 +24,9 @@ from mtrec.nn.mlp import ParallelMLP, TaskTowers
 
 @register_model("mmoe")
 class MMoE(MultiTaskModel):
+    #: one gate per task; OMoE (a subclass) has one gate whose mixture every task reads
+    gate_per_task: ClassVar[bool] = True
+
     def __init__(
         self,
         schema: DatasetSchema,
@@ -36,13 +40,13 @@ class MMoE(MultiTaskModel):
         self.embedding = FeatureEmbedding(schema, embedding_dim)
         in_dim = self.embedding.num_all_fields * embedding_dim
         self.experts = ParallelMLP(num_experts, in_dim, expert_sizes, dropout)
-        self.gates = Gates(in_dim, len(self.task_names), num_experts)
+        self.gates = Gates(in_dim, len(self.task_names) if self.gate_per_task else 1, num_experts)
         self.towers = TaskTowers(len(self.task_names), self.experts.out_dim, tower_sizes, dropout)
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         x = self.embedding.all_fields(batch).flatten(1)  # [B, F*d]
-        task_inputs = mix(self.experts(x), self.gates(x))  # [T, B, H]
-        logits = self.towers(task_inputs)  # [T, B]
+        mixed = mix(self.experts(x), self.gates(x))  # [T, B, H] (one gate: [1, B, H])
+        logits = self.towers(mixed if self.gate_per_task else mixed.squeeze(0))  # [T, B]
         return dict(zip(self.task_names, logits, strict=True))
 
     def shared_parameters(self) -> list[nn.Parameter]:

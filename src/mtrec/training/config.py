@@ -7,9 +7,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from mtrec.io import atomic_write_text
+from mtrec.io import atomic_write_text, read_mapping
 
 
 class ConfigError(ValueError):
@@ -95,18 +93,9 @@ class RunConfig:
 
     @classmethod
     def load(cls, path: Path) -> RunConfig:
-        return cls.from_dict(json.loads(Path(path).read_text()), where=str(path))
+        return cls.from_dict(read_mapping(path, "run config", ConfigError), where=str(path))
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """A YAML (or JSON) mapping from a file, with a clear error for anything else."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
-    return data
+    return read_mapping(path, "config file", ConfigError)
