@@ -76,3 +76,18 @@ def test_fixed_weighting_weights_and_errors() -> None:
         create_weighting("fixed", ["click"], weights={"buy": 1.0})
     with pytest.raises(ValueError, match="unknown weighting 'magic'"):
         create_weighting("magic", ["click"])
+
+
+def test_roc_plot_without_any_two_class_task_warns_nothing(tmp_path: Path) -> None:
+    import warnings
+
+    from mtrec.training.plots import plot_roc
+
+    rng = np.random.default_rng(0)
+    probs = {"click": rng.random(50), "buy": rng.random(50)}
+    labels = {"click": np.ones(50, np.float32), "buy": np.zeros(50, np.float32)}  # as on a tiny sample
+    masks = {task: np.ones(50, np.float32) for task in probs}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plot_roc(probs, labels, masks, tmp_path / "roc.png")
+    assert (tmp_path / "roc.png").stat().st_size > 1000

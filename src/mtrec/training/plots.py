@@ -40,13 +40,16 @@ def plot_roc(
 ) -> None:
     """Test ROC curve per task, over each task's observed rows."""
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    undefined = []
     for task, p in probs.items():
         keep = masks[task] > 0
         if len(np.unique(labels[task][keep])) < 2:
+            undefined.append(task)
             continue
         fpr, tpr, _ = roc_curve(labels[task][keep], p[keep])
         ax.plot(fpr, tpr, label=task)
-    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=0.8)
-    ax.set(title="test ROC", xlabel="false positive rate", ylabel="true positive rate")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=0.8, label="chance")
+    note = f" ({', '.join(undefined)}: one class only)" if undefined else ""
+    ax.set(title=f"test ROC{note}", xlabel="false positive rate", ylabel="true positive rate")
     ax.legend()
     _save(fig, path)
