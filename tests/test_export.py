@@ -61,6 +61,7 @@ def test_every_model_exports_with_parity(name: str, data) -> None:  # type: igno
     model = create_model(name, data.schema).eval()
     batches, source = parity_batches(data.schema, None, rows=96, batch_size=64)
     checked = export_checked(model, batches, source)
+    assert checked.exporter == "torchscript", checked.notes  # the fast tracer; dynamo is only a fallback
     assert checked.parity.ok
     assert checked.parity.max_abs_diff <= 1e-4
     assert {64, 32, 1} <= set(checked.parity.batch_sizes)  # several batch sizes through one graph

@@ -30,12 +30,13 @@ def masked_softmax(scores: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> t
     return torch.softmax(filled, dim=dim) * mask.to(scores.dtype)
 
 
-def conditional_layer_norm(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+def conditional_layer_norm(x: torch.Tensor, dim: int, gamma: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
     """LayerNorm over the last dimension with a given scale and shift: ``norm(x) * gamma + beta``.
 
-    x: ``[..., d]``; gamma, beta: anything that broadcasts against it. The result has the broadcast shape.
+    x: ``[..., dim]``; gamma, beta: anything that broadcasts against it. The result has the broadcast shape.
+    ``dim`` is passed as a Python int (not read from ``x.shape``) so that ONNX tracing sees a constant.
     """
-    return F.layer_norm(x, x.shape[-1:]) * gamma + beta
+    return F.layer_norm(x, (dim,)) * gamma + beta
 
 
 class MultiHeadSelfAttention(nn.Module):
@@ -78,6 +79,7 @@ class ConditionalTransformerLayer(nn.Module):
 
     def __init__(self, dim: int, heads: int, ffn_dim: int, dropout: float = 0.0) -> None:
         super().__init__()
+        self.dim = dim
         self.attention = MultiHeadSelfAttention(dim, heads, dropout)
         self.ffn = nn.Sequential(
             nn.Linear(dim, ffn_dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(ffn_dim, dim),
@@ -89,8 +91,8 @@ class ConditionalTransformerLayer(nn.Module):
     ) -> torch.Tensor:
         """x: ``[..., L, d]``; mask: ``[..., L]`` (same leading shape as x); gamma, beta: ``[..., 2, d]``
         with leading dimensions that broadcast against x's. Returns ``[broadcast leading..., L, d]``."""
-        y = conditional_layer_norm(x + self.attention(x, mask), gamma[..., 0:1, :], beta[..., 0:1, :])
-        return conditional_layer_norm(y + self.ffn(y), gamma[..., 1:2, :], beta[..., 1:2, :])
+        y = conditional_layer_norm(x + self.attention(x, mask), self.dim, gamma[..., 0:1, :], beta[..., 0:1, :])
+        return conditional_layer_norm(y + self.ffn(y), self.dim, gamma[..., 1:2, :], beta[..., 1:2, :])
 
 
 class ConditionalTransformer(nn.Module):
