@@ -5,7 +5,11 @@ batch 1024, two tasks. The pipeline figure reads a prepared dataset from disk (m
 ``BatchIterator`` (seeded shuffle, one gather per block, background prefetch); the model-bound figure steps
 the same model on batches already built in memory. Their ratio is the pipeline's cost (target >= 0.9).
 
-    python benchmarks/throughput.py [--rows 200000] [--steps 150] [--repeats 5] [--prefetch 2]
+For comparison, ``--per-sample`` also times the loading most recommender libraries use: a
+``torch.utils.data.Dataset`` whose ``__getitem__`` returns one row as a dict of tensors, batched by
+``DataLoader``'s default collate (``--workers`` worker processes), over the same memory-mapped arrays.
+
+    python benchmarks/throughput.py [--rows 400000] [--steps 150] [--repeats 5] [--prefetch 2] [--per-sample]
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import platform
 import statistics
 import tempfile
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +51,35 @@ def census_shaped(rows: int, seed: int = 0) -> PreparedDataset:
                                                               "test": perm[b:]})
 
 
-def step_all(model: MultiTaskModel, batches: list[Batch] | BatchIterator, steps: int) -> float:
+class PerSampleRows(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
+    """One training row per ``__getitem__`` as a dict of tensors: the per-sample loading being compared."""
+
+    def __init__(self, data: PreparedDataset, split: str) -> None:
+        self.data, self.rows = data, data.splits[split]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        row = int(self.rows[i])
+        return {
+            "sparse": torch.from_numpy(self.data.sparse[row].astype(np.int64)),
+            "dense": torch.from_numpy(np.array(self.data.dense[row])),
+            "labels": torch.from_numpy(np.array(self.data.labels[row])),
+        }
+
+
+def per_sample_batches(data: PreparedDataset, batch_size: int, workers: int) -> Iterator[Batch]:
+    """``DataLoader`` over :class:`PerSampleRows` (shuffled, default collate), turned into :class:`Batch`."""
+    loader = torch.utils.data.DataLoader(PerSampleRows(data, "train"), batch_size=batch_size, shuffle=True,
+                                         num_workers=workers, persistent_workers=workers > 0)
+    tasks = data.schema.task_names
+    for item in loader:
+        labels = {t: item["labels"][:, k] for k, t in enumerate(tasks)}
+        yield Batch(item["sparse"], item["dense"], {}, labels, {t: torch.ones_like(v) for t, v in labels.items()})
+
+
+def step_all(model: MultiTaskModel, batches: Iterable[Batch], steps: int) -> float:
     """Train steps over the first ``steps`` batches; returns samples per second."""
     weighting = create_weighting("fixed", model.task_names)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, foreach=True)
@@ -69,6 +102,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--prefetch", type=int, default=2)
+    parser.add_argument("--per-sample", action="store_true", help="also time a per-row Dataset + DataLoader")
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes for --per-sample")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -79,11 +114,14 @@ def main() -> None:
         iterator = BatchIterator(data, "train", args.batch_size, shuffle=True, seed=0, prefetch=args.prefetch)
         in_memory = [b for b, _ in zip(iterator, range(args.steps), strict=False)]
         step_all(model, in_memory, 10)  # warm-up
-        pipeline, bound = [], []
-        for r in range(args.repeats):  # interleaved so that machine noise hits both alike
+        pipeline, bound, per_sample = [], [], []
+        for r in range(args.repeats):  # interleaved so that machine noise hits all alike
             iterator.set_epoch(r + 1)
             pipeline.append(step_all(model, iterator, args.steps))
             bound.append(step_all(model, in_memory, args.steps))
+            if args.per_sample:
+                per_sample.append(step_all(model, per_sample_batches(data, args.batch_size, args.workers),
+                                           args.steps))
     p, m = statistics.median(pipeline), statistics.median(bound)
     print(f"machine: {os.cpu_count()} cores, torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"{platform.machine()}")
@@ -92,6 +130,10 @@ def main() -> None:
     print(f"pipeline (memmap + BatchIterator, prefetch {args.prefetch}): {p:,.0f} samples/s")
     print(f"model-bound (batches in memory):                    {m:,.0f} samples/s")
     print(f"ratio pipeline / model-bound: {p / m:.3f}")
+    if per_sample:
+        q = statistics.median(per_sample)
+        print(f"per-sample Dataset + DataLoader ({args.workers} workers): {q:,.0f} samples/s "
+              f"(ratio to model-bound {q / m:.3f}; mtrec's pipeline is {p / q:.1f}x faster)")
 
 
 if __name__ == "__main__":
