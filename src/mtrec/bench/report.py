@@ -73,31 +73,36 @@ def comparison_table(runs: list[dict[str, Any]], metrics: tuple[str, ...] = ("au
 
 
 def plot_auc_bars(runs: list[dict[str, Any]], path: Path) -> None:
-    """Test AUC per model with error bars (sample std over seeds), one panel per dataset and task, each
-    with its own scale so that small differences show; the oracle as a dashed line where known."""
+    """Test AUC per model with error bars (sample std over seeds): one row of panels per dataset, one panel
+    per task, each with its own scale so that small differences show; the oracle as a dashed line where
+    known."""
     groups = group_runs(runs)
-    panels: list[tuple[str, str, list[tuple[str, list[dict[str, Any]]]]]] = []
+    rows: list[tuple[str, list[tuple[str, list[dict[str, Any]]]]]] = []
     for data in dict.fromkeys(d for d, _ in groups):
-        models = [(m, g) for (d, m), g in groups.items() if d == data]
-        panels += [(data, task, models) for task in models[0][1][0]["tasks"]]
-    width = max(4.0, 0.45 * max(len(models) for _, _, models in panels) + 1.5)
-    fig, axes = plt.subplots(1, len(panels), figsize=(width * len(panels), 4), squeeze=False)
-    for i, (ax, (data, task, models)) in enumerate(zip(axes[0], panels, strict=True)):
-        spread = [_spread([r["test"][task]["auc"] for r in g]) for _, g in models]
-        x = np.arange(len(models))
-        ax.bar(x, [m for m, _ in spread], 0.7, yerr=[s for _, s in spread], capsize=3, color=f"C{i % 10}")
-        values = [v for m, sd in spread if not math.isnan(m) for v in (m - sd, m + sd)]
-        oracle = models[0][1][0].get("oracle")
-        if oracle:
-            ax.axhline(oracle[task]["auc"], color="black", linestyle="--", linewidth=1, label="oracle")
-            values.append(oracle[task]["auc"])
-            ax.legend(fontsize=8)
-        if values:
-            pad = max(0.002, 0.25 * (max(values) - min(values)))
-            ax.set_ylim(max(0.0, min(values) - pad), min(1.0, max(values) + pad))
-        ax.set_xticks(x, [m for m, _ in models], rotation=35, ha="right")
-        ax.set(title=f"{data}: test AUC, {task}", ylabel="AUC")
-        ax.grid(axis="y", alpha=0.3)
+        rows.append((data, [(m, g) for (d, m), g in groups.items() if d == data]))
+    columns = max(len(models[0][1][0]["tasks"]) for _, models in rows)
+    width = max(4.0, 0.45 * max(len(models) for _, models in rows) + 1.5)
+    fig, axes = plt.subplots(len(rows), columns, figsize=(width * columns, 4 * len(rows)), squeeze=False)
+    for (data, models), row_axes in zip(rows, axes, strict=True):
+        tasks = models[0][1][0]["tasks"]
+        for ax in row_axes[len(tasks):]:
+            ax.set_visible(False)
+        for i, (ax, task) in enumerate(zip(row_axes, tasks, strict=False)):
+            spread = [_spread([r["test"][task]["auc"] for r in g]) for _, g in models]
+            x = np.arange(len(models))
+            ax.bar(x, [m for m, _ in spread], 0.7, yerr=[s for _, s in spread], capsize=3, color=f"C{i % 10}")
+            values = [v for m, sd in spread if not math.isnan(m) for v in (m - sd, m + sd)]
+            oracle = models[0][1][0].get("oracle")
+            if oracle:
+                ax.axhline(oracle[task]["auc"], color="black", linestyle="--", linewidth=1, label="oracle")
+                values.append(oracle[task]["auc"])
+                ax.legend(fontsize=8)
+            if values:
+                pad = max(0.002, 0.25 * (max(values) - min(values)))
+                ax.set_ylim(max(0.0, min(values) - pad), min(1.0, max(values) + pad))
+            ax.set_xticks(x, [m for m, _ in models], rotation=35, ha="right")
+            ax.set(title=f"{data}: test AUC, {task}", ylabel="AUC")
+            ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
     plt.close(fig)
