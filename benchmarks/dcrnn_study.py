@@ -16,6 +16,7 @@ pieces (``--seeds 0``, then ``--seeds 1``, ...) and the full command then prints
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import math
 import shlex
@@ -93,8 +94,15 @@ class RunCache:
         return self.runs.get(key)
 
     def put(self, key: str, metrics: dict[str, Any]) -> None:
+        """Add a run and write the file, merged with what other study processes wrote since it was read
+        (under an exclusive lock, so that two studies run side by side keep each other's runs)."""
         self.runs[key] = metrics
-        atomic_write_text(self.path, json.dumps(self.runs, indent=1) + "\n")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_name(self.path.name + ".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            stored = json.loads(self.path.read_text()) if self.path.exists() else {}
+            self.runs = {**{self._normalise(k): v for k, v in stored.items()}, **self.runs}
+            atomic_write_text(self.path, json.dumps(self.runs, indent=1) + "\n")
 
 
 class Study:
