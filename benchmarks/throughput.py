@@ -79,6 +79,16 @@ def per_sample_batches(data: PreparedDataset, batch_size: int, workers: int) -> 
         yield Batch(item["sparse"], item["dense"], {}, labels, {t: torch.ones_like(v) for t, v in labels.items()})
 
 
+def load_only(batches: Iterable[Batch], steps: int) -> float:
+    """Samples per second of building ``steps`` batches with no model step in between."""
+    samples, start = 0, time.perf_counter()
+    for i, batch in enumerate(batches):
+        if i == steps:
+            break
+        samples += len(batch)
+    return samples / (time.perf_counter() - start)
+
+
 def step_all(model: MultiTaskModel, batches: Iterable[Batch], steps: int) -> float:
     """Train steps over the first ``steps`` batches; returns samples per second."""
     weighting = create_weighting("fixed", model.task_names)
@@ -122,6 +132,10 @@ def main() -> None:
             if args.per_sample:
                 per_sample.append(step_all(model, per_sample_batches(data, args.batch_size, args.workers),
                                            args.steps))
+        iterator.set_epoch(0)
+        loading = load_only(iterator, args.steps)
+        loading_per_sample = (load_only(per_sample_batches(data, args.batch_size, args.workers), args.steps)
+                              if args.per_sample else 0.0)
     p, m = statistics.median(pipeline), statistics.median(bound)
     print(f"machine: {os.cpu_count()} cores, torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"{platform.machine()}")
@@ -130,6 +144,8 @@ def main() -> None:
     print(f"pipeline (memmap + BatchIterator, prefetch {args.prefetch}): {p:,.0f} samples/s")
     print(f"model-bound (batches in memory):                    {m:,.0f} samples/s")
     print(f"ratio pipeline / model-bound: {p / m:.3f}")
+    print(f"loading alone (no model step): pipeline {loading:,.0f} samples/s", end="")
+    print(f", per-sample {loading_per_sample:,.0f} samples/s" if per_sample else "")
     if per_sample:
         q = statistics.median(per_sample)
         print(f"per-sample Dataset + DataLoader ({args.workers} workers): {q:,.0f} samples/s "
