@@ -31,12 +31,6 @@ def step_mean(per_row: torch.Tensor, batch: Batch, task: str | None = None) -> t
     return total * (shard.world_size / max(count, 1.0))
 
 
-def masked_bce(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean BCE over the rows where ``mask`` is 1. All inputs ``[B]``; returns a scalar (0 if none)."""
-    per_row = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
-    return (per_row * mask).sum() / mask.sum().clamp_min(1.0)
-
-
 def masked_task_losses(logits: dict[str, torch.Tensor], batch: Batch) -> dict[str, torch.Tensor]:
     """Each task's BCE over its observed rows: a task observed after another is learned on that task's
     positives."""
@@ -90,12 +84,9 @@ def entire_space_task_losses(
     return losses
 
 
-def expectation_calibration(
-    later: torch.Tensor, earlier: torch.Tensor, batch: Batch | None = None
-) -> torch.Tensor:
+def expectation_calibration(later: torch.Tensor, earlier: torch.Tensor, batch: Batch) -> torch.Tensor:
     """AITM's Behavioral Expectation Calibrator (Xi et al., KDD 2021): ``mean(max(p_later - p_earlier,
     0))`` over rows. Probabilities ``[B]`` in the entire space (a conversion cannot be likelier than the
-    click it needs); zero wherever the later task's probability is at most the earlier's. With ``batch``,
-    the mean is :func:`step_mean`'s (padding rows excluded, normalised over the whole distributed step)."""
-    excess = torch.relu(later - earlier)
-    return excess.mean() if batch is None else step_mean(excess, batch)
+    click it needs); zero wherever the later task's probability is at most the earlier's. The mean is
+    :func:`step_mean`'s (padding rows excluded, normalised over the whole distributed step)."""
+    return step_mean(torch.relu(later - earlier), batch)

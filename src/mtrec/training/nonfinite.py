@@ -51,10 +51,6 @@ class LossWatch:
             return None
         return step, [name for name, s in zip(self.names, first, strict=True) if s == step]
 
-    def reset(self) -> None:
-        if self.first_bad is not None:
-            self.first_bad.fill_(NEVER)
-
 
 def all_finite_everywhere(finite: torch.Tensor) -> bool:
     """True if every entry of ``finite`` is True on every rank (one sync; a collective)."""

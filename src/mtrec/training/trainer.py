@@ -51,8 +51,6 @@ WARMUP_STEPS = 3  # steps excluded from the throughput figure
 # settings a resumed run must share with the checkpoint (others, e.g. epochs or patience, may change)
 RESUME_FIXED = ("batch_size", "seed", "lr", "weight_decay", "weighting", "weighting_options")
 
-resolve_device = distributed.resolve_device
-
 
 def validation_score(metrics: dict[str, dict[str, float]]) -> float:
     """Model-selection score: mean validation AUC over tasks (tasks with an undefined AUC skipped)."""
