@@ -65,11 +65,10 @@ factorisation or MLP model learns from ~100k training rows.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, astuple, dataclass, field, replace
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
 from mtrec.data.dataset import PreparedDataset
 from mtrec.features.schema import (
@@ -79,6 +78,7 @@ from mtrec.features.schema import (
     SparseFeature,
     TaskSpec,
 )
+from mtrec.metrics.ranking import auc
 
 FIRST_ID = 2  # ids 0 (padding) and 1 (out-of-vocabulary) are reserved; see mtrec.features.schema
 
@@ -107,21 +107,8 @@ class TaskWeights:
     hist_buy: float = 0.0
 
     def as_array(self) -> np.ndarray:
-        """The weights in component order ``[9]``."""
-        return np.array(
-            [
-                self.item,
-                self.user,
-                self.cross,
-                self.context,
-                self.dense,
-                self.recency,
-                self.hist_click,
-                self.hist_cart,
-                self.hist_buy,
-            ],
-            dtype=np.float64,
-        )
+        """The weights in component order (the field order) ``[9]``."""
+        return np.array(astuple(self), dtype=np.float64)
 
 
 @dataclass(frozen=True)
@@ -603,12 +590,6 @@ def observed_rows(dataset: PreparedDataset, task: str, rows: np.ndarray) -> np.n
     return rows[np.asarray(dataset.labels[rows, col]) == 1]
 
 
-def _auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    if labels.size == 0 or labels.min() == labels.max():
-        return float("nan")  # AUC is undefined with one class
-    return float(roc_auc_score(labels, scores))
-
-
 def oracle_auc(dataset: PreparedDataset, split: str = "test") -> dict[str, float]:
     """AUC of the true probabilities per task on ``split`` ("all" for every row), each task on its observed
     rows. NaN where a task has a single class there. ValueError if the dataset has no oracle."""
@@ -618,7 +599,7 @@ def oracle_auc(dataset: PreparedDataset, split: str = "test") -> dict[str, float
     result = {}
     for t, name in enumerate(dataset.schema.task_names):
         obs = observed_rows(dataset, name, rows)
-        result[name] = _auc(np.asarray(dataset.labels[obs, t]), np.asarray(dataset.oracle[obs, t]))
+        result[name] = auc(np.asarray(dataset.labels[obs, t]), np.asarray(dataset.oracle[obs, t]))
     return result
 
 
@@ -665,5 +646,5 @@ def logistic_regression_auc(
         model = LogisticRegression(C=c, max_iter=300)
         model.fit(raw_feature_matrix(dataset, fit_rows), y)
         scores = model.decision_function(raw_feature_matrix(dataset, eval_rows))
-        result[name] = _auc(np.asarray(dataset.labels[eval_rows, t]), scores)
+        result[name] = auc(np.asarray(dataset.labels[eval_rows, t]), scores)
     return result
