@@ -11,10 +11,10 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from mtrec.models.base import MultiTaskModel
+from mtrec.training import distributed
 
 
 class WeightingConfigError(ValueError):
@@ -172,10 +172,10 @@ class GradNormWeighting(WeightingStrategy):
                                        "none (its shared_parameters() is empty): use the fixed or uncertainty "
                                        "weighting")
         grads = torch.stack([self._flat_grad(task_losses[t], shared) for t in self.task_names])  # [T, P]
-        if dist.is_available() and dist.is_initialized():  # the whole step's gradients and losses
-            stats = torch.cat([grads.flatten(), losses])
-            dist.all_reduce(stats)
-            stats /= dist.get_world_size()  # each rank's terms are scaled so that their mean is the step's
+        world_size = distributed.current().world_size
+        if world_size > 1:  # the whole step's gradients and losses
+            stats = distributed.all_reduce_(torch.cat([grads.flatten(), losses]))
+            stats /= world_size  # each rank's terms are scaled so that their mean is the step's
             grads, losses = stats[: grads.numel()].view_as(grads), stats[grads.numel() :]
         if not self.has_initial_losses:
             self.initial_losses.copy_(losses.clamp_min(1e-12))
