@@ -266,12 +266,11 @@ class Trainer:
             state.best_valid = valid
             self.best_state = copy.deepcopy(self.model.state_dict())
         state.epoch, state.step, state.epoch_loss, state.epoch_trained_steps = state.epoch + 1, 0, {}, 0
-        self._check_parameters()
-        if self.writes and improved:
+        self._save_resume(state)  # checks losses and parameters first, so nothing non-finite is written
+        if self.writes and improved:  # (a kill before this write is mended by resuming: _restore writes it)
             assert self.out_dir is not None
             save_weights(self.out_dir / WEIGHTS, self.best_state)
         history.append(row)
-        self._save_resume(state)
         if state.stopper.should_stop:
             self.log(f"early stop: no better validation AUC for {state.stopper.bad_epochs} epochs")
 
