@@ -252,13 +252,18 @@ class DTRN(MultiTaskModel):
             self.experts.out_dim, list(tower_sizes))
         self.towers = TaskTowers(num_tasks, tower_in, tower_hidden, dropout)
 
-    def interests(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    def interests(
+        self, batch: Batch, sparse_fields: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """TIM's output: interests ``[B, K', M, d]`` and target-attention weights ``[B, K', M, L]``
-        (K' = K with ``use_tim``, else 1). Needs sequence features in the schema."""
+        (K' = K with ``use_tim``, else 1). ``sparse_fields`` ``[B, Fs, d]``: the sparse field embeddings
+        when already computed. Needs sequence features in the schema."""
         if self.tim is None:
             raise ModelConfigError("dtrn: the schema has no sequence features, so there are no interests")
         history, mask = self.embedding.sequences(batch)  # [B, M, L, d], [B, M, L]
-        return self.tim(history, mask, self.embedding.sparse_fields(batch))
+        if sparse_fields is None:
+            sparse_fields = self.embedding.sparse_fields(batch)
+        return self.tim(history, mask, sparse_fields)
 
     def task_inputs(self, batch: Batch) -> torch.Tensor:
         """Each task's bottom representation, refined by TRM: ``[K, B, F + M, d]``."""
@@ -266,9 +271,7 @@ class DTRN(MultiTaskModel):
         fields = self.embedding.fields(batch)  # [B, F, d]
         x = fields.unsqueeze(0).expand(num_tasks, -1, -1, -1)  # [K, B, F, d]
         if self.tim is not None:
-            history, mask = self.embedding.sequences(batch)  # [B, M, L, d], [B, M, L]
-            sparse = fields[:, : self.embedding.num_sparse]  # [B, Fs, d]
-            interests, _ = self.tim(history, mask, sparse)  # [B, K', M, d]
+            interests, _ = self.interests(batch, fields[:, : self.embedding.num_sparse])  # [B, K', M, d]
             interests = interests.transpose(0, 1).expand(num_tasks, -1, -1, -1)  # [K, B, M, d]
             x = torch.cat([x, interests], dim=2)  # [K, B, F + M, d]
         return self.trm(x) if self.trm is not None else x
