@@ -31,13 +31,14 @@ from typing import Any
 import torch
 
 from mtrec.bench.report import mean_std
-from mtrec.data.batches import Batch, gather_batch
+from mtrec.data.batches import gather_batch
 from mtrec.data.dataset import PreparedDataset
 from mtrec.data.source import load_data
 from mtrec.io import atomic_write_text
-from mtrec.models import MultiTaskModel, create_model
+from mtrec.models import create_model
 from mtrec.training.config import RunConfig, TrainConfig
 from mtrec.training.run import train_run
+from stepping import train_step
 
 Variant = tuple[str, str, dict[str, Any]]  # (label, registered model, options)
 
@@ -167,14 +168,6 @@ class Study:
         return "\n".join(lines) + "\n"
 
 
-def train_steps(model: MultiTaskModel, optimizer: torch.optim.Optimizer, batch: Batch, steps: int) -> None:
-    for _ in range(steps):
-        loss = sum(model.losses(model(batch), batch).values())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[union-attr]
-        optimizer.step()
-
-
 def speed_table(variants: list[Variant], dataset: PreparedDataset, steps: int = 10, repeats: int = 3) -> str:
     """Model-bound train throughput (one thread, batch 1024 already in memory, Adam): median of
     ``repeats`` timings of ``steps`` steps each, after two warm-up steps."""
@@ -184,12 +177,14 @@ def speed_table(variants: list[Variant], dataset: PreparedDataset, steps: int = 
     for label, model_name, options in variants:
         torch.manual_seed(0)
         model = create_model(model_name, dataset.schema, **options)
-        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-        train_steps(model, optimizer, batch, 2)  # warm-up
+        step = train_step(model)
+        for _ in range(2):  # warm-up
+            step(batch)
         timings = []
         for _ in range(repeats):
             start = time.perf_counter()
-            train_steps(model, optimizer, batch, steps)
+            for _ in range(steps):
+                step(batch)
             timings.append(time.perf_counter() - start)
         rate = steps * len(batch) / statistics.median(timings)
         lines.append(f"| {label} | {sum(p.numel() for p in model.parameters()):,} | {rate:,.0f} |")

@@ -32,14 +32,15 @@ import numpy as np
 import torch
 
 from mtrec.bench.report import comparison_table, plot_auc_bars
-from mtrec.data.batches import Batch, gather_batch
+from mtrec.data.batches import gather_batch
 from mtrec.data.dataset import PreparedDataset
 from mtrec.data.source import load_data
 from mtrec.io import atomic_write_text
-from mtrec.models import MultiTaskModel, create_model, model_options
+from mtrec.models import create_model, model_options
 from mtrec.training.checkpoint import CONFIG
 from mtrec.training.config import ConfigError, RunConfig, TrainConfig
 from mtrec.training.run import METRICS, train_run
+from stepping import train_step
 
 
 @dataclass(frozen=True)
@@ -129,16 +130,7 @@ def model_bound_speeds(
     steppers = {}
     for variant in variants:
         torch.manual_seed(0)
-        model = create_model(variant.model, dataset.schema, **variant.options)
-        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, foreach=True)
-
-        def step(batch: Batch, model: MultiTaskModel = model, optimizer: torch.optim.Optimizer = optimizer) -> None:
-            loss = torch.stack(list(model.losses(model(batch), batch).values())).sum()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-
-        steppers[variant.label] = step
+        steppers[variant.label] = train_step(create_model(variant.model, dataset.schema, **variant.options))
     samples: dict[str, list[float]] = {label: [] for label in steppers}
     for _ in range(repeats):
         for label, step in steppers.items():

@@ -20,7 +20,7 @@ import platform
 import statistics
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +29,8 @@ import torch
 from mtrec.data.batches import Batch, BatchIterator
 from mtrec.data.dataset import PreparedDataset
 from mtrec.features.schema import DatasetSchema, DenseFeature, SparseFeature, TaskSpec
-from mtrec.models import MultiTaskModel, create_model
-from mtrec.objectives.weighting import create_weighting
+from mtrec.models import create_model
+from stepping import train_step
 
 
 def census_shaped(rows: int, seed: int = 0) -> PreparedDataset:
@@ -89,18 +89,13 @@ def load_only(batches: Iterable[Batch], steps: int) -> float:
     return samples / (time.perf_counter() - start)
 
 
-def step_all(model: MultiTaskModel, batches: Iterable[Batch], steps: int) -> float:
+def step_all(step: Callable[[Batch], None], batches: Iterable[Batch], steps: int) -> float:
     """Train steps over the first ``steps`` batches; returns samples per second."""
-    weighting = create_weighting("fixed", model.task_names)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, foreach=True)
     samples, start = 0, time.perf_counter()
     for i, batch in enumerate(batches):
         if i == steps:
             break
-        loss = weighting.combine(model.losses(model(batch), batch), model)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        step(batch)
         samples += len(batch)
     return samples / (time.perf_counter() - start)
 
@@ -120,17 +115,17 @@ def main() -> None:
         census_shaped(args.rows).save(Path(tmp) / "data")
         data = PreparedDataset.load(Path(tmp) / "data")  # memory-mapped
         torch.manual_seed(0)
-        model = create_model("mmoe", data.schema, embedding_dim=16)
+        step = train_step(create_model("mmoe", data.schema, embedding_dim=16))
         iterator = BatchIterator(data, "train", args.batch_size, shuffle=True, seed=0, prefetch=args.prefetch)
         in_memory = [b for b, _ in zip(iterator, range(args.steps), strict=False)]
-        step_all(model, in_memory, 10)  # warm-up
+        step_all(step, in_memory, 10)  # warm-up
         pipeline, bound, per_sample = [], [], []
         for r in range(args.repeats):  # interleaved so that machine noise hits all alike
             iterator.set_epoch(r + 1)
-            pipeline.append(step_all(model, iterator, args.steps))
-            bound.append(step_all(model, in_memory, args.steps))
+            pipeline.append(step_all(step, iterator, args.steps))
+            bound.append(step_all(step, in_memory, args.steps))
             if args.per_sample:
-                per_sample.append(step_all(model, per_sample_batches(data, args.batch_size, args.workers),
+                per_sample.append(step_all(step, per_sample_batches(data, args.batch_size, args.workers),
                                            args.steps))
         iterator.set_epoch(0)
         loading = load_only(iterator, args.steps)
