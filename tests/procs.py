@@ -1,12 +1,17 @@
-"""Running mtrec in subprocesses for tests: plainly, under torchrun, or with a patch applied first."""
+"""Running mtrec in subprocesses for tests: plainly, under torchrun, with a patch applied first, or serving."""
 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import numpy as np
 from safetensors.torch import load_file
 
@@ -39,3 +44,31 @@ def max_weight_difference(a: Path, b: Path) -> float:
     wa, wb = load_file(str(a)), load_file(str(b))
     assert wa.keys() == wb.keys()
     return max(float(np.abs(wa[k].numpy() - wb[k].numpy()).max()) for k in wa)
+
+
+@contextmanager
+def serve_process(run_dir: Path, *args: str, timeout: float = 120) -> Iterator[str]:
+    """``mtrec serve RUN_DIR args...`` in a child process on a free loopback port; yields its base URL once
+    ``/healthz`` answers, and stops it (SIGTERM) afterwards."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "mtrec.cli", "serve", str(run_dir), "--port", str(port), *args],
+                            env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(f"mtrec serve exited: {proc.stderr.read().decode() if proc.stderr else ''}")
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "mtrec serve did not answer /healthz in time"
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

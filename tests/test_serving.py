@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 import shutil
 import socket
@@ -22,6 +23,7 @@ import uvicorn
 from mtrec.cli import main
 from mtrec.serving.app import create_app
 from mtrec.serving.predictor import Predictor
+from mtrec.serving.request import RequestEncoder
 from mtrec.training.config import RunConfig, TrainConfig
 from mtrec.training.run import train_run
 from rawdata import (
@@ -157,6 +159,32 @@ def test_unseen_values_score_as_out_of_vocabulary(client: httpx.Client) -> None:
     candidates = [{**row, "item_id": "unseen-a"}, {**row, "item_id": "unseen-b"}, row]
     scores = client.post("/v1/score", json={"candidates": candidates}).json()["scores"]
     assert scores[0] == scores[1]  # both map to the OOV id
+
+
+def test_the_request_encoder_gives_what_the_column_encoders_give(predictor: Predictor) -> None:
+    """Vectorized request encoding == FeatureEncoders.encode of the merged columns, for every kind of value."""
+    encoder = RequestEncoder(predictor.schema, predictor.encoders, MAX_CANDIDATES)
+    rows = one_user_rows(12, seed=4)
+    user = {f: as_json_value(f, rows[0][f]) for f in USER_FEATURES}
+    odd_categoricals = [7, 3.0, 2.5, True, None, " u1 ", "", "never-seen"]
+    odd_histories = [["i1", 3, 4.0, "", "i2"], "i3|i4||i5", None, [], ["i1"] * 20, "i7"]
+    candidates: list[dict[str, Any]] = []
+    for i, row in enumerate(rows):
+        item = {f: as_json_value(f, row[f]) for f in ITEM_FEATURES}
+        item["category"] = odd_categoricals[i % len(odd_categoricals)]
+        if i % 3 == 0:  # a candidate's own value wins over the user's
+            item.update(activity=None if i % 2 else i, hist_buy=odd_histories[i % len(odd_histories)])
+        if i == 4:
+            item["price"] = 12
+        candidates.append(item)
+    body = {"user": {**user, "user_id": 17}, "candidates": candidates}
+    merged = {f: [c.get(f, body["user"].get(f)) for c in candidates] for f in FEATURES}
+    expected = predictor.encode(merged)
+    got = encoder(json.dumps(body).encode())
+    assert got.keys() == expected.keys()
+    for name in expected:
+        np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
+        assert got[name].dtype == expected[name].dtype
 
 
 GOOD_USER = {"user_id": "u1", "activity": 3, "hist_click": ["i1", "i2"], "hist_buy": None}

@@ -136,6 +136,8 @@ def demo(out: Path, data: str, epochs: int, seed: int, model_names: str | None) 
     table = run_demo(out, data=data, models=chosen, train=TrainConfig(epochs=epochs, seed=seed))
     click.echo(table)
     click.echo(f"report written to {out}/results.md (plot: {out}/auc.png)")
+    if (out / "request.json").is_file():
+        click.echo(f"raw inputs for `mtrec predict` and `mtrec serve`: {out}/sample.csv, {out}/request.json")
 
 
 @cli.command("export")
@@ -197,15 +199,19 @@ def predict(run_dir: Path, input_file: Path, out: Path, keep: tuple[str, ...], c
 @_BACKEND
 @_THREADS
 @click.option("--inference-workers", type=click.IntRange(min=1), default=1, show_default=True,
-              help="requests encoded and scored at the same time (the others wait in line)")
+              help="scoring threads per process (each scores the requests waiting at that moment in one call)")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="serving processes, each loading the run (for machines with more cores)")
 @click.option("--access-log/--no-access-log", default=False, show_default=True)
 def serve(run_dir: Path, host: str, port: int, max_candidates: int, backend: str, threads: int,
-          inference_workers: int, access_log: bool) -> None:
+          inference_workers: int, workers: int, access_log: bool) -> None:
     """Serve a run's model over HTTP: POST /v1/score, GET /healthz, OpenAPI at /docs and /openapi.json."""
+    from mtrec.serving.app import ServeSettings
     from mtrec.serving.app import serve as run_server
 
-    run_server(str(run_dir), host=host, port=port, max_candidates=max_candidates, backend=backend,
-               threads=threads, access_log=access_log, inference_workers=inference_workers, echo=click.echo)
+    settings = ServeSettings(str(run_dir), backend=backend, threads=threads, max_candidates=max_candidates,
+                             inference_workers=inference_workers)
+    run_server(settings, host=host, port=port, workers=workers, access_log=access_log, echo=click.echo)
 
 
 def _is_main_process() -> bool:

@@ -9,7 +9,7 @@ Layout of a prepared dataset directory::
     labels.npy               float32 [N, T]         0/1 per task, tasks in schema order
     oracle.npy               float32 [N, T]         (synthetic only) true probability per task
     splits/{train,valid,test}.npy  int64 [n_split]  row indices of each split
-    encoders.json            (prepared from raw files only) the fitted FeatureEncoders: vocabularies per
+    encoders.json            (prepared from raw files, or saved synthetic data) the FeatureEncoders: vocabularies per
                              embedding table, dense transforms, sequence formats (mtrec.features.encoders)
     prepare.json             (prepared from raw files only) the dataset config used and row counts
 
@@ -27,8 +27,9 @@ from typing import Literal
 
 import numpy as np
 
+from mtrec.features.encoders import ENCODERS_FILE, FeatureEncoders
 from mtrec.features.schema import DatasetSchema, SchemaError
-from mtrec.io import atomic_replace_dir
+from mtrec.io import atomic_replace_dir, atomic_write_bytes
 
 SPLITS = ("train", "valid", "test")
 _LABEL_CHECK_ROWS = 1 << 20
@@ -50,6 +51,7 @@ class PreparedDataset:
     splits: dict[str, np.ndarray]  # split -> int64 [n]
     oracle: np.ndarray | None = None  # float32 [N, T]
     path: Path | None = None
+    encoders: FeatureEncoders | None = None  # raw values -> ids, held in memory (synthetic data)
 
     def __post_init__(self) -> None:
         self.check()
@@ -115,6 +117,24 @@ class PreparedDataset:
                 )
 
     # ---- files ---------------------------------------------------------------------------------
+    def load_encoders(self) -> FeatureEncoders | None:
+        """The dataset's encoders (in memory, else its directory's ``encoders.json``); None if it has none."""
+        if self.encoders is None and self.path is not None and (self.path / ENCODERS_FILE).is_file():
+            return FeatureEncoders.load(self.path / ENCODERS_FILE)
+        return self.encoders
+
+    def write_encoders(self, path: Path) -> bool:
+        """Write the dataset's encoders (the in-memory ones, else its directory's ``encoders.json``) to
+        ``path``; False if it has none."""
+        if self.encoders is not None:
+            self.encoders.save(path)
+            return True
+        saved = self.path / ENCODERS_FILE if self.path is not None else None
+        if saved is None or not saved.is_file():
+            return False
+        atomic_write_bytes(path, saved.read_bytes())
+        return True
+
     def save(self, directory: str | Path, vocabularies_json: str | None = None) -> None:
         """Write the dataset directory atomically (see the module docstring for the layout)."""
         self.check_labels()
@@ -133,6 +153,8 @@ class PreparedDataset:
                 np.save(tmp / "splits" / f"{split}.npy", np.asarray(idx, dtype=np.int64))
             if vocabularies_json is not None:
                 (tmp / "vocabularies.json").write_text(vocabularies_json)
+            if self.encoders is not None:
+                self.encoders.save(tmp / ENCODERS_FILE)
 
         atomic_replace_dir(Path(directory), build)
 

@@ -24,6 +24,7 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from itertools import repeat
 from pathlib import Path
 from typing import Any, TypeAlias
 
@@ -50,6 +51,12 @@ class EncodingError(ValueError):
         self.feature = feature
         self.row = row
         self.value = value
+
+
+def out_of_range(feature: str, value: Any, row: int | None = None) -> EncodingError:
+    """The error for a dense value that is not finite as float32 once transformed."""
+    return EncodingError(f"dense feature {feature!r}: {value!r} is out of range for the model (not finite as "
+                         f"float32 after the feature's transform)", feature, row, value)
 
 
 # ---- canonical raw text ----------------------------------------------------------------------------
@@ -125,6 +132,22 @@ def lookup(vocab: Vocabulary, tokens: pa.Array) -> np.ndarray:
     return ids[encoded.indices.to_numpy(zero_copy_only=False)]
 
 
+def lookup_values(vocab: Vocabulary, values: Sequence[Any], strip: bool = False) -> np.ndarray:
+    """Raw values as Python objects ``[N]`` (a request's JSON values) -> ids ``[N]`` (int64), as :func:`lookup`
+    gives for the same values.
+
+    One C-level dictionary pass over the values as given; only the misses (non-string values, untrimmed
+    strings, unseen values) are made canonical one by one and looked up again."""
+    index = vocab.index
+    ids = np.fromiter(map(index.get, values, repeat(-1)), dtype=np.int64, count=len(values))
+    for i in np.flatnonzero(ids < 0).tolist():
+        text = _canonical_item(values[i])
+        if text is not None and strip:
+            text = text.strip()
+        ids[i] = index.get(text or "", OOV_ID)
+    return ids
+
+
 # ---- dense -------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class DenseTransform:
@@ -140,6 +163,11 @@ class DenseTransform:
         x = signed_log1p(raw) if self.log1p else raw
         x = (x - self.mean) / self.std
         return np.where(np.isnan(x), self.fill, x).astype(np.float32)
+
+    def inverse(self, x: np.ndarray) -> np.ndarray:
+        """Model inputs ``[N]`` -> raw values ``[N]`` (float64) that :meth:`transform` maps back to them."""
+        raw = x * self.std + self.mean
+        return np.sign(raw) * np.expm1(np.abs(raw)) if self.log1p else raw
 
 
 def signed_log1p(x: np.ndarray) -> np.ndarray:
@@ -260,6 +288,27 @@ def sequence_tokens(values: RawColumn | np.ndarray, fmt: SequenceFormat, max_len
     return flat.filter(pa.array(kept)), rows[kept], position[kept], n
 
 
+def sequence_row(value: Any, fmt: SequenceFormat, max_len: int, vocab: Vocabulary, strip: bool = False) -> np.ndarray:
+    """One history given as a Python value (a list of tokens, a separator-joined string, or None) -> its ids
+    ``[max_len]`` (int64, left-aligned, 0 = padding), as :meth:`FeatureEncoders.encode` gives for it."""
+    if value is None:
+        tokens: list[Any] = []
+    elif isinstance(value, str):
+        text = value.strip() if strip else value
+        tokens = text.split(fmt.separator) if fmt.separator is not None else [text]
+    else:
+        tokens = list(value)
+    texts = [_canonical_item(t) for t in tokens]
+    if strip:
+        texts = [t.strip() if t is not None else None for t in texts]
+    pad = fmt.pad_values
+    kept = [t for t in texts if t and t not in pad]
+    kept = kept[-max_len:] if fmt.keep == "last" else kept[:max_len]
+    row = np.zeros(max_len, dtype=np.int64)
+    row[: len(kept)] = lookup_values(vocab, kept)
+    return row
+
+
 # ---- the encoders --------------------------------------------------------------------------------------
 @dataclass
 class FeatureEncoders:
@@ -331,6 +380,30 @@ class FeatureEncoders:
             block[rows, positions] = lookup(self.vocabularies[s.table_name], tokens)
             sequences[s.name] = block
         return sparse, dense, sequences
+
+    def decode(
+        self, sparse: np.ndarray, dense: np.ndarray, sequences: Mapping[str, np.ndarray], schema: DatasetSchema
+    ) -> dict[str, list[Any]]:
+        """Encoded rows -> raw values keyed by feature name (what :meth:`encode` turns back into these rows).
+
+        sparse ``[N, F_sparse]``, dense ``[N, F_dense]``, ``{sequence name: [N, L]}`` as :meth:`encode` returns
+        them. Categorical values come back as their raw text (the OOV id, which has none, as None), dense
+        values through the inverse transform (float64, so encoding them again gives the same float32),
+        histories as strings joined by their separator (``|`` without one)."""
+        self.check(schema)
+
+        def texts(table: str) -> np.ndarray:  # id -> raw text [vocab size], object
+            return np.array([None, None, *self.vocabularies[table].to_list()], dtype=object)
+
+        columns: dict[str, list[Any]] = {}
+        for j, f in enumerate(schema.sparse):
+            columns[f.name] = texts(f.table_name)[np.asarray(sparse[:, j])].tolist()
+        for j, d in enumerate(schema.dense):
+            columns[d.name] = self.dense[d.name].inverse(np.asarray(dense[:, j], dtype=np.float64)).tolist()
+        for s in schema.sequences:
+            names, separator = texts(s.table_name), self.sequences[s.name].separator or "|"
+            columns[s.name] = [separator.join(names[row[row > 1]]) for row in np.asarray(sequences[s.name])]
+        return columns
 
     # ---- JSON -------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -14,15 +14,19 @@ Other columns are ignored unless named by ``keep``, which copies them to the out
 scores back on, say). The output (CSV, or Parquet if the name ends in ``.parquet``/``.pq``) has the kept
 columns, then one probability column per task, row for row in input order. It is written to a temporary
 file and renamed when complete (:func:`mtrec.io.atomic_write`): a failed run leaves no partial output.
+The model scores one chunk in a second thread while the next is read and encoded (ONNX Runtime and the
+Arrow readers release the GIL), so reading and encoding cost little beside the model.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
@@ -39,7 +43,7 @@ from mtrec.data.config import (
 )
 from mtrec.data.dataset import DatasetError
 from mtrec.data.prepare import feature_columns
-from mtrec.data.readers import ColumnLayout, file_format, iter_chunks, read_layout
+from mtrec.data.readers import Chunk, ColumnLayout, file_format, iter_chunks, read_layout
 from mtrec.features.encoders import EncodingError
 from mtrec.features.schema import DatasetSchema
 from mtrec.io import atomic_write
@@ -158,25 +162,40 @@ def score_file(
     start = time.perf_counter()
     rows = 0
 
+    def encode(chunk: Chunk) -> dict[str, np.ndarray]:
+        try:
+            return predictor.encode(feature_columns(chunk, features, layout))
+        except EncodingError as exc:
+            where = chunk.where(exc.row) if exc.row is not None else str(source)
+            raise ScoringInputError(f"{where}, feature {exc.feature!r}: {exc}") from exc
+        except ValueError as exc:
+            raise ScoringInputError(f"{chunk.where(0)} (chunk of {chunk.num_rows} rows): {exc}") from exc
+
     def write(tmp: Path) -> None:
-        nonlocal rows
         writer = _writer(tmp, out_schema, is_parquet(out))  # tmp's name ends in .tmp
         total = count_rows(source, features.source.header and not parquet_in)
         bar = tqdm(total=total, unit="rows", unit_scale=True, desc="scoring", disable=not progress)
+
+        def emit(chunk: Chunk, scored: Future[dict[str, np.ndarray]]) -> None:
+            nonlocal rows
+            probs = scored.result()
+            arrays = [chunk.table.column(k) for k in keep] + [pa.array(probs[t], pa.float32())
+                                                              for t in predictor.task_names]
+            writer.write_table(pa.Table.from_arrays(arrays, schema=out_schema))
+            rows += chunk.num_rows
+            bar.update(chunk.num_rows)
+
+        # the model scores chunk k in the pool's thread while this one reads and encodes chunk k + 1
         try:
-            for chunk in iter_chunks(source, features.source, layout, include, chunk_rows):
-                try:
-                    probs = predictor.predict(feature_columns(chunk, features, layout))
-                except EncodingError as exc:
-                    where = chunk.where(exc.row) if exc.row is not None else str(source)
-                    raise ScoringInputError(f"{where}, feature {exc.feature!r}: {exc}") from exc
-                except ValueError as exc:
-                    raise ScoringInputError(f"{chunk.where(0)} (chunk of {chunk.num_rows} rows): {exc}") from exc
-                arrays = [chunk.table.column(k) for k in keep] + [pa.array(probs[t], pa.float32())
-                                                                  for t in predictor.task_names]
-                writer.write_table(pa.Table.from_arrays(arrays, schema=out_schema))
-                rows += chunk.num_rows
-                bar.update(chunk.num_rows)
+            with ThreadPoolExecutor(1, thread_name_prefix="mtrec-scoring") as pool:
+                pending: tuple[Chunk, Future[dict[str, np.ndarray]]] | None = None
+                for chunk in iter_chunks(source, features.source, layout, include, chunk_rows):
+                    scoring = (chunk, pool.submit(predictor.score, encode(chunk)))
+                    if pending is not None:
+                        emit(*pending)
+                    pending = scoring
+                if pending is not None:
+                    emit(*pending)
         finally:
             bar.close()
             writer.close()

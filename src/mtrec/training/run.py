@@ -2,8 +2,8 @@
 
 A run directory receives ``config.json``, ``schema.json``, ``model.safetensors`` (best epoch),
 ``history.jsonl``, ``metrics.json``, ``learning_curves.png``, ``roc.png`` and ``resume.safetensors``
-(the checkpoint ``--resume`` continues from); when the data is a dataset prepared from raw files, also
-its ``encoders.json`` (raw values -> model input, for serving).
+(the checkpoint ``--resume`` continues from) and, when the data has them (synthetic data, or a dataset
+prepared from raw files), its ``encoders.json`` (raw values -> model input, for predict and serve).
 
 Under ``torchrun`` every rank runs this function; only rank 0 logs and writes.
 """
@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from mtrec.data.dataset import PreparedDataset
 from mtrec.data.source import is_synthetic, load_data
 from mtrec.features.encoders import ENCODERS_FILE
-from mtrec.io import atomic_write_bytes, atomic_write_text
+from mtrec.io import atomic_write_text
 from mtrec.models import create_model, model_options
 from mtrec.training import distributed
 from mtrec.training.checkpoint import CONFIG, SCHEMA
@@ -96,9 +96,7 @@ def _train(
         out.mkdir(parents=True, exist_ok=True)
         dataset.schema.save(out / SCHEMA)
         config.save(out / CONFIG)
-        encoders = dataset.path / ENCODERS_FILE if dataset.path is not None else None
-        if encoders is not None and encoders.is_file():
-            atomic_write_bytes(out / ENCODERS_FILE, encoders.read_bytes())
+        dataset.write_encoders(out / ENCODERS_FILE)
     ranks = f" on {ctx.world_size} processes" if ctx.enabled else ""
     log(f"training {config.model} ({count_parameters(model):,} parameters) on {config.data}: "
         f"{dataset.split_size('train'):,} train rows{ranks}")
