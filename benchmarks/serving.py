@@ -18,7 +18,8 @@ Sections (``--skip`` any of them):
 6. runtimes: ONNX Runtime vs eager PyTorch vs TorchScript (traced) on batches of 100 and 8192 rows.
 
 ``--before SRC`` also runs sections 3 and 5 with the ``mtrec`` of another source tree (e.g. a worktree of
-an older commit), interleaved with this tree's, so both are measured in the same run under the same load.
+an older commit, run by its checkout's ``.venv``: its own dependencies), before this tree's, so both are
+measured in the same run under the same load.
 
 The load generator is a minimal asyncio HTTP/1.1 client (pre-encoded requests, keep-alive, responses read
 by Content-Length) on uvloop when installed: it uses far less CPU per request than a general client, which
@@ -51,6 +52,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -258,13 +260,24 @@ def commit_of(src: Path) -> str:
     return (git("rev-parse", "--short", "HEAD") or "?") + ("+changes" if git("status", "--porcelain", ".") else "")
 
 
-def _env(src: Path) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(src)}
+@dataclass(frozen=True)
+class Tree:
+    """A source tree to measure: its ``src`` directory and the Python (with its dependencies) to run it."""
+
+    src: Path
+    python: str
+
+    def mtrec(self, *args: str) -> list[str]:
+        return [self.python, "-m", "mtrec.cli", *args]
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "PYTHONPATH": str(self.src)}
 
 
-def start_server(src: Path, run: Path, port: int, extra: list[str]) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen([sys.executable, "-m", "mtrec.cli", "serve", str(run), "--host", HOST, "--port", str(port),
-                             *extra], env=_env(src), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+def start_server(tree: Tree, run: Path, port: int, extra: list[str]) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(tree.mtrec("serve", str(run), "--host", HOST, "--port", str(port), *extra), env=tree.env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -344,11 +357,11 @@ def run_load(port: int, bodies: list[bytes], concurrency: int, duration: float, 
         return runner.run(load(port, bodies, concurrency, duration, max_requests, candidates))
 
 
-def bench_http(src: Path, run: Path, bodies: list[bytes], levels: list[int], candidates: int, duration: float,
+def bench_http(tree: Tree, run: Path, bodies: list[bytes], levels: list[int], candidates: int, duration: float,
                max_requests: int, server_args: list[str]) -> list[dict[str, Any]]:
     port = free_port()
-    server = start_server(src, run, port, ["--max-candidates", str(max(candidates, 1000)), *server_args])
-    commit = commit_of(src)
+    server = start_server(tree, run, port, ["--max-candidates", str(max(candidates, 1000)), *server_args])
+    commit = commit_of(tree.src)
     try:
         results = []
         for c in levels:
@@ -365,7 +378,7 @@ def bench_http(src: Path, run: Path, bodies: list[bytes], levels: list[int], can
 
 
 # ---- 5. batch scoring --------------------------------------------------------------------------------------
-def bench_predict(srcs: list[Path], run: Path, predictor: Predictor, rows: int) -> list[dict[str, Any]]:
+def bench_predict(trees: list[Tree], run: Path, predictor: Predictor, rows: int) -> list[dict[str, Any]]:
     """``mtrec predict`` of each source tree, and ONNX Runtime alone on the same rows (before and after)."""
     results = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -383,18 +396,18 @@ def bench_predict(srcs: list[Path], run: Path, predictor: Predictor, rows: int) 
                 predictor.score(f)
             return rows / (time.perf_counter() - start)
 
-        for src in srcs:
+        for tree in trees:
             alone = [model_only()]
             start = time.perf_counter()
-            done = subprocess.run([sys.executable, "-m", "mtrec.cli", "predict", str(run), "--input", str(source),
-                                   "--out", str(Path(tmp) / "scores.csv")], env=_env(src),
+            done = subprocess.run(tree.mtrec("predict", str(run), "--input", str(source), "--out",
+                                             str(Path(tmp) / "scores.csv")), env=tree.env,
                                   capture_output=True, text=True, check=True)
             wall = time.perf_counter() - start
             alone.append(model_only())
             reported = re.search(r"scored ([\d,]+) rows in ([\d.]+) s \(([\d,]+) rows/s", done.stdout)
             assert reported, done.stdout
-            result = {"commit": commit_of(src), "rows": rows, "rows_per_s": float(reported.group(3).replace(",", "")),
-                      "scoring_s": float(reported.group(2)), "wall_s": wall,
+            result = {"commit": commit_of(tree.src), "rows": rows,
+                      "rows_per_s": float(reported.group(3).replace(",", "")), "scoring_s": float(reported.group(2)), "wall_s": wall,
                       "model_rows_per_s": statistics.mean(alone), "load": load_average()}
             result["ratio"] = result["rows_per_s"] / result["model_rows_per_s"]
             results.append(result)
@@ -451,6 +464,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, help="run directory to serve (default: make one)")
     parser.add_argument("--before", type=Path, help="another source tree (its src/) to measure beside this one")
+    parser.add_argument("--before-python", help="the Python to run it with (default: its checkout's .venv, if any)")
     parser.add_argument("--duration", type=float, default=15.0, help="seconds of load per concurrency level")
     parser.add_argument("--concurrency", default="1,8,32")
     parser.add_argument("--workers-concurrency", type=int, default=16)
@@ -465,7 +479,11 @@ def main() -> None:
     print(f"machine: {platform.platform()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"python {platform.python_version()}; {load_average()}", flush=True)
     torch.set_num_threads(1)
-    srcs = [*([args.before.resolve()] if args.before else []), HERE]
+    here = Tree(HERE, sys.executable)
+    trees = [here]
+    if args.before:
+        venv = args.before.resolve().parent / ".venv" / "bin" / "python"
+        trees.insert(0, Tree(args.before.resolve(), args.before_python or str(venv if venv.exists() else here.python)))
     with tempfile.TemporaryDirectory() as tmp:
         run = args.run or make_run(Path(tmp))
         predictor = Predictor.from_run(run, backend="onnx", threads=1)
@@ -478,18 +496,18 @@ def main() -> None:
             print(f"  encoding: {e['total_ms']:.3f} ms per request ({e['load']})", flush=True)
         if "http" not in skip:
             levels = [int(c) for c in args.concurrency.split(",")]
-            results["http"] = [r for src in srcs for r in bench_http(
-                src, run, bodies, levels, args.candidates, args.duration, args.max_requests, [])]
+            results["http"] = [r for tree in trees for r in bench_http(
+                tree, run, bodies, levels, args.candidates, args.duration, args.max_requests, [])]
         if "model" not in skip:
             results["model"].append(bench_model(predictor, bodies))
             results["model_rows_per_s"] = statistics.mean(m["rows_per_s"] for m in results["model"])
             print(f"  ONNX Runtime alone: {results['model_rows_per_s']:,.0f} rows/s", flush=True)
         if "workers" not in skip:
             results["workers"] = [r for n in (1, 2) for r in bench_http(
-                HERE, run, bodies, [args.workers_concurrency], args.candidates, args.duration, args.max_requests,
+                here, run, bodies, [args.workers_concurrency], args.candidates, args.duration, args.max_requests,
                 ["--workers", str(n)])]
         if "predict" not in skip:
-            results["predict"] = bench_predict(srcs, run, predictor, args.predict_rows)
+            results["predict"] = bench_predict(trees, run, predictor, args.predict_rows)
         if "runtimes" not in skip:
             results["runtimes"] = bench_runtimes(run)
     print(markdown(results))

@@ -243,7 +243,7 @@ def _as_list_array(values: RawColumn | np.ndarray, fmt: SequenceFormat, strip: b
                                          pa.types.is_fixed_size_list(values.type) or
                                          pa.types.is_large_list(values.type)):
         arr: pa.Array = values
-    elif any(isinstance(v, list | tuple | np.ndarray) for v in values):
+    elif not isinstance(values, pa.Array) and any(isinstance(v, list | tuple | np.ndarray) for v in values):
         try:
             arr = pa.array(values, from_pandas=True)
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
