@@ -237,6 +237,14 @@ def test_bad_input_gets_a_4xx_naming_the_field(client: httpx.Client, case: str) 
     assert client.get("/healthz").status_code == 200  # still serving
 
 
+def test_a_body_streamed_past_the_limit_or_another_method_is_refused(client: httpx.Client) -> None:
+    chunks = (b'{"candidates": [{"item_id": "' + b"x" * 1000 for _ in range(MAX_BODY // 1000 + 2))
+    response = client.post("/v1/score", content=chunks, headers={"content-type": "application/json"})  # chunked
+    assert response.status_code == 413 and response.json()["error"].startswith("body: request body over")
+    assert client.get("/v1/score").status_code == 405
+    assert client.get("/healthz").status_code == 200
+
+
 def test_torch_backend_gives_the_onnx_probabilities(run_dir: Path, predictor: Predictor) -> None:
     rows = raw_rows(60, seed=8)
     columns = {f: [r[f] for r in rows] for f in FEATURES}

@@ -140,6 +140,8 @@ def lookup_values(vocab: Vocabulary, values: Sequence[Any], strip: bool = False)
     strings, unseen values) are made canonical one by one and looked up again."""
     index = vocab.index
     ids = np.fromiter(map(index.get, values, repeat(-1)), dtype=np.int64, count=len(values))
+    if not len(ids) or ids.min() >= 0:
+        return ids
     for i in np.flatnonzero(ids < 0).tolist():
         text = _canonical_item(values[i])
         if text is not None and strip:

@@ -11,11 +11,13 @@ candidate list (``max_candidates``) and a body over ``max_body_bytes`` get a 4xx
 field (``candidates[3].price: expected a finite number, got string``) and whose ``detail`` lists every
 problem.
 
-Each request is parsed, validated and encoded on the event loop (:class:`~mtrec.serving.request.RequestEncoder`,
-vectorized), then scored by a :class:`~mtrec.serving.batching.BatchingScorer` thread, which scores the
-requests waiting at the same moment in one runtime call while the loop reads the next ones (a serving
-process sets a GIL switch interval of 0.5 ms, so that thread gets the GIL back soon after each call). ``serve`` runs
-one such process, or ``workers`` of them (uvicorn's process manager, one listening socket), each loading the
+``POST /v1/score`` is a bare ASGI handler in front of the FastAPI app (which serves the rest and the
+OpenAPI schema). Each request is parsed, validated and encoded on the event loop
+(:class:`~mtrec.serving.request.RequestEncoder`, vectorized), then scored by a
+:class:`~mtrec.serving.batching.BatchingScorer` thread, which scores the requests waiting at the same
+moment in one runtime call while the loop reads the next ones (a serving process sets a GIL switch
+interval of 0.5 ms, so that thread gets the GIL back soon after each call). ``serve`` runs one such
+process, or ``workers`` of them (uvicorn's process manager, one listening socket), each loading the
 run itself: they share nothing mutable.
 """
 
@@ -31,8 +33,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import orjson
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi import FastAPI
 from pydantic import BaseModel, Field
 
 from mtrec.serving.batching import DEFAULT_MAX_ROWS, BatchingScorer
@@ -42,16 +43,17 @@ from mtrec.serving.request import RequestEncoder, RequestError, problem
 log = logging.getLogger("mtrec.serving")
 DEFAULT_MAX_CANDIDATES = 1000
 DEFAULT_MAX_BODY_BYTES = 8 << 20
+SCORE_PATH = "/v1/score"
 SETTINGS_ENV = "MTREC_SERVE_SETTINGS"  # how `serve` hands its settings to worker processes
 # A scoring thread back from the runtime waits for the GIL while the event loop parses requests, up to the
 # switch interval (5 ms by default): the model would idle that long per batch under load.
 SWITCH_INTERVAL_S = 0.0005
+WORKER_START_S = 120  # how long a worker process may take to answer uvicorn's first health ping
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 class ScoreResponse(BaseModel):
@@ -70,28 +72,79 @@ class Health(BaseModel):
     pid: int = Field(description="the serving process (one of --workers)")
 
 
-def error_response(error: RequestError) -> JSONResponse:
+def error_body(error: RequestError) -> bytes:
     """``{"error": "<first field>: <message>", "detail": [{"field", "loc", "msg", "type"}, ...]}``."""
-    return JSONResponse(status_code=error.status, content={"error": str(error), "detail": error.problems})
+    return orjson.dumps({"error": str(error), "detail": error.problems})
 
 
-class BodyLimit:
-    """ASGI middleware: refuse a request whose declared Content-Length exceeds ``limit`` bytes (413)."""
+class _TooLarge(Exception):
+    pass
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app = app
-        self.limit = limit
+
+class ScoringService:
+    """The ASGI app: ``POST /v1/score`` is answered here with no framework work per request (read the body,
+    encode, score, answer); everything else (``/healthz``, ``/openapi.json``, ``/docs``, lifespan, 404s) goes
+    to the FastAPI app ``api``, whose OpenAPI schema also describes ``/v1/score``."""
+
+    def __init__(self, api: FastAPI, encoder: RequestEncoder, scorer: BatchingScorer, model_name: str,
+                 max_body_bytes: int) -> None:
+        self.api = api
+        self.encoder = encoder
+        self.scorer = scorer
+        self.tasks = scorer.predictor.task_names
+        self.max_body_bytes = max_body_bytes
+        self.head = orjson.dumps({"model": model_name, "tasks": self.tasks})[:-1] + b',"scores":'
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            length = dict(scope.get("headers") or []).get(b"content-length")
-            if length is not None and (not length.isdigit() or int(length) > self.limit):
-                response = error_response(RequestError([problem(
-                    ("body",), f"request body over {self.limit} bytes (Content-Length "
-                               f"{length.decode(errors='replace')})", "body_too_large")], status=413))
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+        if scope["type"] != "http" or scope["path"] != SCORE_PATH:
+            await self.api(scope, receive, send)
+        elif scope["method"] != "POST":
+            await _answer(send, 405, orjson.dumps({"error": "method not allowed: POST /v1/score", "detail": []}),
+                          [(b"allow", b"POST")])
+        else:
+            status, body = await self.score(scope, receive)
+            await _answer(send, status, body)
+
+    async def score(self, scope: Scope, receive: Receive) -> tuple[int, bytes]:
+        """(status, JSON body) for one scoring request."""
+        try:
+            feeds = self.encoder(await self._body(scope, receive))
+        except _TooLarge as exc:
+            return 413, error_body(RequestError([problem(("body",), f"request body over {self.max_body_bytes} "
+                                                                    f"bytes ({exc})", "body_too_large")], 413))
+        except RequestError as exc:
+            return exc.status, error_body(exc)
+        except Exception as exc:  # encoding depends on the request's values alone: a failure is bad input
+            log.warning("request values could not be encoded", exc_info=True)
+            return 422, error_body(RequestError([problem(("body",), f"the request's values could not be encoded "
+                                                                    f"({type(exc).__name__}: {exc})", "value_error")]))
+        probs = await self.scorer.score(feeds)
+        rows = zip(*(probs[t].tolist() for t in self.tasks), strict=True)  # N rows of T probabilities
+        return 200, self.head + orjson.dumps([dict(zip(self.tasks, row, strict=True)) for row in rows]) + b"}"
+
+    async def _body(self, scope: Scope, receive: Receive) -> bytes:
+        """The request body; _TooLarge when its declared length, or what arrives, exceeds the limit."""
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_body_bytes):
+            raise _TooLarge(f"Content-Length {declared.decode(errors='replace')}")
+        parts, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                break
+            parts.append(message.get("body", b""))
+            size += len(parts[-1])
+            if size > self.max_body_bytes:
+                raise _TooLarge(f"{size} bytes received")
+            more = message.get("more_body", False)
+        return b"".join(parts)
+
+
+async def _answer(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *(headers or [])]})
+    await send({"type": "http.response.body", "body": body})
 
 
 # ---- the app ----------------------------------------------------------------------------------------------
@@ -101,14 +154,13 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     workers: int = 1,
     max_batch_rows: int = DEFAULT_MAX_ROWS,
-) -> FastAPI:
+) -> ScoringService:
     """The scoring service for ``predictor`` (``workers`` scoring threads); see the module docstring."""
     if max_candidates < 1 or workers < 1:
         raise ValueError(f"max_candidates and workers must be >= 1, got {max_candidates} and {workers}")
     encoder = RequestEncoder(predictor.schema, predictor.encoders, max_candidates)
     scorer = BatchingScorer(predictor, threads=workers, max_rows=max_batch_rows)
     tasks = predictor.task_names
-    head = orjson.dumps({"model": predictor.model_name, "tasks": tasks})[:-1] + b',"scores":'
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -118,54 +170,49 @@ def create_app(
         finally:
             scorer.stop()
 
-    app = FastAPI(
+    api = FastAPI(
         title="mtrec scoring service",
         version="1",
         description=f"Multi-task scores of model {predictor.model_name!r} "
                     f"(tasks: {', '.join(tasks)}). See mtrec.serving.request for the request format.",
         lifespan=lifespan,
     )
-    app.add_middleware(BodyLimit, limit=max_body_bytes)
 
-    @app.get("/healthz", response_model=Health)
+    @api.get("/healthz", response_model=Health)
     def healthz() -> Health:
         """Liveness and what is being served."""
         return Health(status="ok", model=predictor.model_name, tasks=tasks, backend=predictor.backend,
                       features=predictor.feature_names, max_candidates=max_candidates, pid=os.getpid())
 
     request_schema = encoder.json_schema()
-    schemas = {**request_schema.pop("$defs", {}), "ScoreRequest": request_schema}
-
-    @app.post("/v1/score", response_model=ScoreResponse,
-              responses={413: {"description": "request body too large"},
-                         422: {"description": "invalid input; `error` names the field"}},
-              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
-                  "schema": {"$ref": "#/components/schemas/ScoreRequest"}}}}})
-    async def score(request: Request) -> Response:
-        """Each task's probability for every candidate, in request order."""
-        try:
-            feeds = encoder(await request.body())
-        except RequestError as exc:
-            return error_response(exc)
-        except Exception as exc:  # encoding depends on the request's values alone: a failure is bad input
-            log.warning("request values could not be encoded", exc_info=True)
-            return error_response(RequestError([problem(("body",), f"the request's values could not be encoded "
-                                                                   f"({type(exc).__name__}: {exc})", "value_error")]))
-        probs = await scorer.score(feeds)
-        rows = zip(*(probs[t].tolist() for t in tasks), strict=True)
-        return Response(head + orjson.dumps([dict(zip(tasks, row, strict=True)) for row in rows]) + b"}",
-                        media_type="application/json")
-
-    default_openapi = app.openapi
+    ref = "#/components/schemas/{model}"
+    schemas = {**request_schema.pop("$defs", {}), "ScoreRequest": request_schema,
+               "ScoreResponse": ScoreResponse.model_json_schema(ref_template=ref)}
+    error = {"content": {"application/json": {"schema": {"type": "object", "properties": {
+        "error": {"type": "string"}, "detail": {"type": "array", "items": {"type": "object"}}}}}}}
+    operation = {
+        "summary": "Score", "operationId": "score",
+        "description": "Each task's probability for every candidate, in request order.",
+        "requestBody": {"required": True, "content": {"application/json": {
+            "schema": {"$ref": ref.format(model="ScoreRequest")}}}},
+        "responses": {
+            "200": {"description": "the scores", "content": {"application/json": {
+                "schema": {"$ref": ref.format(model="ScoreResponse")}}}},
+            "413": {"description": "request body too large", **error},
+            "422": {"description": "invalid input; `error` names the field", **error},
+        },
+    }
+    default_openapi = api.openapi
 
     def openapi() -> dict[str, Any]:
-        """FastAPI's schema, with the request's types (built from the model's schema) as components."""
+        """FastAPI's schema, plus ``POST /v1/score`` and its types (built from the model's schema)."""
         spec = default_openapi()
+        spec["paths"][SCORE_PATH] = {"post": operation}
         spec.setdefault("components", {}).setdefault("schemas", {}).update(schemas)
         return spec
 
-    app.openapi = openapi  # type: ignore[method-assign]
-    return app
+    api.openapi = openapi  # type: ignore[method-assign]
+    return ScoringService(api, encoder, scorer, predictor.model_name, max_body_bytes)
 
 
 # ---- the server --------------------------------------------------------------------------------------------
@@ -180,7 +227,7 @@ class ServeSettings:
     inference_workers: int = 1
     max_batch_rows: int = DEFAULT_MAX_ROWS
 
-    def app(self, predictor: Predictor | None = None) -> FastAPI:
+    def app(self, predictor: Predictor | None = None) -> ScoringService:
         """The process's app (loading the run unless ``predictor`` is given); sets the GIL switch interval."""
         sys.setswitchinterval(SWITCH_INTERVAL_S)
         predictor = predictor or Predictor.from_run(self.run_dir, backend=self.backend,  # type: ignore[arg-type]
@@ -189,7 +236,7 @@ class ServeSettings:
                           max_batch_rows=self.max_batch_rows)
 
 
-def worker_app() -> FastAPI:
+def worker_app() -> ScoringService:
     """The app of one worker process of ``serve --workers N`` (uvicorn's factory), from ``$MTREC_SERVE_SETTINGS``."""
     return ServeSettings(**json.loads(os.environ[SETTINGS_ENV])).app()
 
@@ -218,5 +265,6 @@ def serve(
         return
     del predictor  # each worker loads its own
     os.environ[SETTINGS_ENV] = json.dumps(asdict(settings))
+    # a worker answers uvicorn's health pings only once it has imported everything: give it time to load
     uvicorn.run("mtrec.serving.app:worker_app", factory=True, workers=workers, host=host, port=port,
-                access_log=access_log, log_level="info")
+                access_log=access_log, log_level="info", timeout_worker_healthcheck=WORKER_START_S)
