@@ -6,6 +6,20 @@ import numpy as np
 
 from mtrec.data.dataset import PreparedDataset
 from mtrec.features.schema import DatasetSchema, DenseFeature, SequenceFeature, SparseFeature, TaskSpec
+from mtrec.models import MultiTaskModel
+from mtrec.objectives import Objective, create_objective
+from mtrec.objectives.scorer import Scorer
+
+
+def default_objective(model: MultiTaskModel) -> Objective:
+    """The objective ``model`` trains with when the config names none."""
+    name, options = model.default_objective
+    return create_objective(name, model.schema, **options)
+
+
+def scorer(model: MultiTaskModel) -> Scorer:
+    """``model`` read through its default objective, as export and serving score it."""
+    return Scorer(default_objective(model), model, model.registry_name)
 
 
 def tiny_schema(seq_len: int = 6) -> DatasetSchema:
