@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from fakes import default_objective, tiny_dataset
+from fakes import default_objective, tiny_dataset, with_regression_task
 from mtrec.data.batches import gather_batch
 from mtrec.models import ModelConfigError, create_model, list_models, model_options
 from mtrec.objectives import create_objective, list_objectives
@@ -98,6 +98,27 @@ def test_every_model_trains_a_step_with_every_objective(name: str, objective: st
     with torch.no_grad():
         predictions = loss_of.predictions(model(batch.features))
     assert all(((p >= 0) & (p <= 1)).all() for p in predictions.values())
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_model_learns_and_serves_a_regression_task(name: str, data) -> None:  # type: ignore[no-untyped-def]
+    mixed = with_regression_task(data)
+    model = build(name, mixed.schema)
+    objective = default_objective(model)
+    batch = gather_batch(mixed, np.arange(64))
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    spend = []
+    for _ in range(10):
+        losses = objective.losses(model(batch.features), batch)
+        spend.append(float(losses["spend"].detach()))
+        optimizer.zero_grad()
+        sum(losses.values()).backward()  # type: ignore[union-attr]
+        optimizer.step()
+    assert spend[-1] < spend[0]
+    with torch.no_grad():
+        outputs = model(batch.features)
+        predictions = objective.predictions(outputs)
+    assert torch.equal(predictions["spend"], outputs["spend"])  # the value itself, no sigmoid
 
 
 def test_variants_are_entrypoints_over_their_base_class() -> None:
