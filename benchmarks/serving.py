@@ -62,9 +62,9 @@ import torch
 
 from mtrec.data.prepare import feature_columns
 from mtrec.data.readers import iter_chunks, read_layout
-from mtrec.export.onnx import random_batch
-from mtrec.export.scoring import ScoringModule, batch_inputs, input_names
-from mtrec.models import MultiTaskModel
+from mtrec.export.onnx import random_features
+from mtrec.export.scoring import ScoringModule, feature_inputs, input_names
+from mtrec.objectives.scorer import Scorer
 from mtrec.serving.batch import DEFAULT_CHUNK_ROWS, input_features
 from mtrec.serving.predictor import Predictor, Runner, TorchRunner
 from mtrec.serving.request import RequestEncoder
@@ -165,10 +165,10 @@ def make_run(root: Path, rows: int = 30_000) -> Path:
 class TracedRunner:
     """The scoring module traced with ``torch.jit.trace`` (TorchScript), for comparison only."""
 
-    def __init__(self, model: MultiTaskModel) -> None:
+    def __init__(self, model: Scorer) -> None:
         schema = model.schema
         self.names = input_names(schema)
-        example = batch_inputs(random_batch(schema, 8), schema)
+        example = feature_inputs(random_features(schema, 8), schema)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             self.traced = torch.jit.trace(ScoringModule(model).eval(), example, check_trace=False)
