@@ -96,7 +96,7 @@ def test_masks_follow_observed_after() -> None:
 def test_bad_labels_and_mismatched_schema_are_named(tmp_path: Path) -> None:
     data = tiny_dataset(rows=100)
     data.labels[7, 1] = 2.0
-    with pytest.raises(DatasetError, match=r"task .conversion. row 7 has 2\.0"):
+    with pytest.raises(DatasetError, match=r"task .conversion. must be 0 or 1: row 7 has 2\.0"):
         data.save(tmp_path / "bad")
     good = tiny_dataset(rows=100)
     good.save(tmp_path / "d")
