@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from mtrec.io import json_text
 
 
 @dataclass
@@ -41,7 +42,7 @@ class EpochLog:
 
     @staticmethod
     def line(row: dict[str, Any]) -> str:
-        return json.dumps(row) + "\n"
+        return json_text(row) + "\n"
 
     def append(self, row: dict[str, Any]) -> None:
         self.rows.append(row)

@@ -16,6 +16,7 @@ from mtrec.features.schema import DatasetSchema, SchemaError
 from mtrec.io import atomic_write
 from mtrec.models import MultiTaskModel, create_model
 from mtrec.training.config import ConfigError, RunConfig
+from mtrec.training.nonfinite import nonfinite_parameters
 
 WEIGHTS = "model.safetensors"
 SCHEMA = "schema.json"
@@ -59,4 +60,8 @@ def load_model(run_dir: str | Path) -> tuple[MultiTaskModel, RunConfig]:
         model.load_state_dict(state)
     except RuntimeError as exc:
         raise ArtifactError(f"{run_dir / WEIGHTS}: weights do not fit model {config.model!r}: {exc}") from exc
+    bad = nonfinite_parameters(model)
+    if bad:
+        raise ArtifactError(f"{run_dir / WEIGHTS}: {len(bad)} weight tensor(s) hold NaN or infinite values "
+                            f"(first: {bad[0]}); the model cannot score")
     return model.eval(), config

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import platform
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from tqdm.auto import tqdm
 from mtrec.data.dataset import PreparedDataset
 from mtrec.data.source import is_synthetic, load_data
 from mtrec.features.encoders import ENCODERS_FILE
-from mtrec.io import atomic_write_bytes, atomic_write_text
+from mtrec.io import atomic_write_bytes, atomic_write_text, check_output_dir, check_own_dir, json_text
 from mtrec.models import create_model, model_options
 from mtrec.training import distributed
 from mtrec.training.checkpoint import CONFIG, SCHEMA
@@ -30,6 +31,9 @@ from mtrec.training.config import ConfigError, RunConfig
 from mtrec.training.trainer import Trainer
 
 METRICS = "metrics.json"
+# what a run directory holds (timing.json: the benchmark's); training never writes over anything else
+RUN_FILES = re.compile(r"^(config\.json|schema\.json|model\.safetensors|resume\.safetensors|history\.jsonl|"
+                       r"metrics\.json|encoders\.json|timing\.json|learning_curves\.png|roc\.png)$")
 
 
 def oracle_metrics(dataset: PreparedDataset) -> dict[str, dict[str, float]] | None:
@@ -84,6 +88,8 @@ def _train(
     ctx: distributed.DistContext,
 ) -> dict[str, Any]:
     cfg = config.train
+    check_output_dir(out, "run directory")
+    check_own_dir(out, RUN_FILES, "an mtrec run directory")
     torch.set_num_threads(cfg.num_threads or distributed.threads_per_process(ctx))
     config.model_options = model_options(config.model, config.model_options)
     if resume:
@@ -92,6 +98,7 @@ def _train(
         dataset = load_data(config.data)
     torch.manual_seed(cfg.seed)
     model = create_model(config.model, dataset.schema, **config.model_options)
+    trainer = Trainer(model, cfg, out, log)  # checks the weighting options before anything is written
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
         dataset.schema.save(out / SCHEMA)
@@ -102,7 +109,7 @@ def _train(
     ranks = f" on {ctx.world_size} processes" if ctx.enabled else ""
     log(f"training {config.model} ({count_parameters(model):,} parameters) on {config.data}: "
         f"{dataset.split_size('train'):,} train rows{ranks}")
-    result = Trainer(model, cfg, out, log).fit(dataset, resume=resume)
+    result = trainer.fit(dataset, resume=resume)
     metrics: dict[str, Any] = {
         "model": config.model,
         "data": config.data,
@@ -114,6 +121,7 @@ def _train(
         "train_samples_per_s": result.train_samples_per_s,
         "samples_seen": result.samples_seen,
         "skipped_batches": result.skipped_batches,
+        "warnings": result.warnings,
         "params": count_parameters(model),
         "seed": cfg.seed,
         "machine": {"torch": torch.__version__, "threads": torch.get_num_threads(), "processes": ctx.world_size,
@@ -124,7 +132,7 @@ def _train(
     if ctx.is_main:
         from mtrec.training.plots import plot_learning_curves, plot_roc  # matplotlib: rank 0 only
 
-        atomic_write_text(out / METRICS, json.dumps(metrics, indent=2) + "\n")
+        atomic_write_text(out / METRICS, json_text(metrics, indent=2) + "\n")
         plot_learning_curves(result.history, dataset.schema.task_names, out / "learning_curves.png")
         predictions = result.test_predictions
         plot_roc(predictions.probs, predictions.labels, predictions.masks, out / "roc.png")

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from mtrec.data.batches import Batch, BatchIterator
 from mtrec.data.dataset import PreparedDataset
-from mtrec.io import atomic_write_text
+from mtrec.io import atomic_write_text, remove_stale_temporaries
 from mtrec.models import MultiTaskModel
 from mtrec.objectives.weighting import WeightingStrategy, create_weighting
 from mtrec.training import distributed
@@ -45,9 +45,12 @@ from mtrec.training.nonfinite import (
     all_finite_everywhere,
     nonfinite_parameters,
 )
-from mtrec.training.resume import RESUME, ResumeError, load_resume, remove_stale_temporaries, save_resume
+from mtrec.training.resume import RESUME, ResumeError, load_resume, save_resume
 
 WARMUP_STEPS = 3  # steps excluded from the throughput figure
+# an epoch whose mean train loss of a task exceeds this many times the task's loss at the first step has
+# diverged (a learning rate far too high: the model ends up no better than chance, without a NaN)
+DIVERGED = 10.0
 # settings a resumed run must share with the checkpoint (others, e.g. epochs or patience, may change)
 RESUME_FIXED = ("batch_size", "seed", "lr", "weight_decay", "weighting", "weighting_options")
 
@@ -66,6 +69,7 @@ class FitResult:
     test_predictions: Predictions
     train_samples_per_s: float
     history: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # e.g. that training diverged
     samples_seen: int = 0  # rows trained on over all epochs and ranks (a resumed run counts all of them)
     skipped_batches: int = 0  # steps skipped for a non-finite loss (train.on_nonfinite: skip)
 
@@ -81,6 +85,9 @@ class TrainState:
     samples: int = 0
     skipped_batches: int = 0
     epoch_loss: dict[str, float] = field(default_factory=dict)  # sum over the epoch's trained steps
+    first_loss: dict[str, float] = field(default_factory=dict)  # each task's loss at the first step
+    diverged: list[str] = field(default_factory=list)  # tasks whose training diverged (warned once each)
+    warnings: list[str] = field(default_factory=list)
     epoch_trained_steps: int = 0
     best_valid: dict[str, dict[str, float]] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -175,6 +182,9 @@ class Trainer:
             if first_epoch and session_steps == WARMUP_STEPS:
                 timed_rows, start = 0, time.perf_counter()
             task_losses = self._step(batch.to(self.device, non_blocking=True), state)
+            if task_losses is not None and not state.first_loss:  # one sync, once per run
+                first = distributed.all_reduce_(task_losses.clone()) / self.dist.world_size
+                state.first_loss = dict(zip(self.model.task_names, first.tolist(), strict=True))
             if task_losses is not None:
                 local_loss += task_losses
                 state.samples += batch.step_rows
@@ -213,7 +223,8 @@ class Trainer:
             return
         step, names = failure
         epoch, in_epoch = divmod(step, max(self.steps_per_epoch, 1))
-        where = f"; the last good checkpoint is {self.out_dir / RESUME}" if self.out_dir is not None else ""
+        checkpoint = self.out_dir / RESUME if self.out_dir is not None else None
+        where = f"; the last good checkpoint is {checkpoint}" if checkpoint is not None and checkpoint.exists() else ""
         raise NonFiniteLossError(
             f"non-finite loss of {self._describe(names)} at epoch {epoch} step {in_epoch} "
             f"(optimizer step {step}); stopped before writing anything from it{where}. Lower train.lr, "
@@ -229,6 +240,20 @@ class Trainer:
         parts = [f"task{'s' * (len(tasks) > 1)} {', '.join(tasks)}"] if tasks else []
         parts += [f"loss term{'s' * (len(others) > 1)} {', '.join(others)}"] if others else []
         return " and ".join(parts)
+
+    def _check_divergence(self, state: TrainState, train_loss: dict[str, float]) -> None:
+        """Warn (in the log and the run's metrics) when an epoch's train loss has grown far beyond the
+        loss at the first step: training diverged, so its model is no better than chance."""
+        for task, loss in train_loss.items():
+            first = state.first_loss.get(task)
+            if first is None or task in state.diverged or not loss > DIVERGED * max(first, 1e-3):
+                continue
+            state.diverged.append(task)
+            warning = (f"training diverged: epoch {state.epoch} train loss of task {task!r} is {loss:.3g}, "
+                       f"{loss / max(first, 1e-3):.3g} times its loss at the first step ({first:.3g}); "
+                       f"lower train.lr (now {self.config.lr:g})")
+            state.warnings.append(warning)
+            self.log(f"warning: {warning}")
 
     def _check_parameters(self) -> None:
         """Refuse to go on (and so to write) with non-finite weights, whatever the losses said."""
@@ -250,6 +275,7 @@ class Trainer:
                       rows: int, seconds: float) -> None:
         self._check_losses()
         train_loss = {t: v / max(state.epoch_trained_steps, 1) for t, v in state.epoch_loss.items()}
+        self._check_divergence(state, train_loss)
         valid = self._predict(dataset, "valid").metrics()
         score = validation_score(valid)
         improved = state.stopper.update(score, state.epoch)
@@ -324,8 +350,6 @@ class Trainer:
         """Load ``resume.safetensors`` if there is one; the state to continue from."""
         assert self.out_dir is not None
         path = self.out_dir / RESUME
-        if self.dist.is_main:
-            remove_stale_temporaries(self.out_dir)
         if not path.exists():
             self.log(f"--resume: no checkpoint at {path}, starting from the beginning")
             return state
@@ -370,6 +394,9 @@ class Trainer:
         self.steps_per_epoch = len(batches)
         history = EpochLog(self.out_dir / "history.jsonl" if self.writes and self.out_dir else None)
         state = TrainState(stopper=EarlyStopping(cfg.patience))
+        if self.writes:
+            assert self.out_dir is not None
+            remove_stale_temporaries(self.out_dir)  # left by a killed run
         if resume:
             if self.out_dir is None:
                 raise ResumeError("resuming needs the run directory (out_dir) that holds the checkpoint")
@@ -400,4 +427,5 @@ class Trainer:
             history=list(state.history),
             samples_seen=state.samples,
             skipped_batches=state.skipped_batches,
+            warnings=list(state.warnings),
         )
