@@ -30,7 +30,7 @@ import platform
 import re
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,8 @@ from mtrec.data.source import is_synthetic, load_data
 from mtrec.io import atomic_write_text, json_text
 from mtrec.models import list_models, model_options
 from mtrec.training.config import ConfigError, RunConfig, TrainConfig, read_config_file
-from mtrec.training.run import METRICS, train_run
+from mtrec.training.run import train_run
+from mtrec.training.rundir import METRICS, finished_metrics, started_with
 
 TIMING = "timing.json"
 ALL = "all"
@@ -255,13 +256,13 @@ def run_bench(
                 run_config = RunConfig(model=model.name, data=spec, model_options=config.options_for(model),
                                        train=config.train_config(seed, model))
                 where = f"[{done}/{total}] {entry.label} / {model.label} / seed {seed}"
-                metrics = _finished(run_dir, run_config)
+                metrics = finished_metrics(run_dir, run_config)
                 if metrics is None and max_runs is not None and trained >= max_runs:
                     pending += 1
                     continue
                 if metrics is None:
                     trained += 1
-                    resume = _same_config(run_dir, run_config)  # an interrupted run continues
+                    resume = started_with(run_dir, run_config)  # an interrupted run continues
                     log(f"{where}: {'resuming' if resume else 'training'}")
                     start = time.perf_counter()
                     metrics = train_run(run_config, run_dir, dataset=dataset, log=log, resume=resume)
@@ -287,27 +288,6 @@ def run_bench(
     }
     write_report(results, out)
     return results
-
-
-def _same_config(run_dir: Path, config: RunConfig) -> bool:
-    """Whether the run directory was started with ``config``. A key the stored config lacks (a setting
-    added to mtrec since) counts as equal when the current value is that setting's default."""
-    path = run_dir / "config.json"
-    if not path.is_file():
-        return False
-    stored = json.loads(path.read_text())
-    if isinstance(stored, dict):
-        stored["train"] = {**asdict(TrainConfig()), **stored.get("train", {})}
-        stored["model_options"] = {**model_options(config.model), **stored.get("model_options", {})}
-    return bool(_normalised(stored) == _normalised(asdict(config)))
-
-
-def _finished(run_dir: Path, config: RunConfig) -> dict[str, Any] | None:
-    """The run's metrics if it finished with this same config, else None."""
-    if not ((run_dir / METRICS).is_file() and _same_config(run_dir, config)):
-        return None
-    metrics: dict[str, Any] = json.loads((run_dir / METRICS).read_text())
-    return metrics
 
 
 def _resumed_note(runs: list[dict[str, Any]]) -> str:

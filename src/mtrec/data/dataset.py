@@ -171,17 +171,19 @@ class PreparedDataset:
                                    f"data and schema.json do not match")
 
     def check_labels(self) -> None:
-        """Raise DatasetError if any label is not 0 or 1 (checked in chunks: bounded memory)."""
+        """Raise DatasetError if a binary task's label is not 0 or 1, or a regression task's is not finite
+        (checked in chunks: bounded memory)."""
+        binary = np.array([t.is_binary for t in self.schema.tasks])
         for start in range(0, self.num_rows, _CHECK_ROWS):
             chunk = np.asarray(self.labels[start : start + _CHECK_ROWS])
-            bad = (chunk != 0) & (chunk != 1)
+            bad = np.where(binary, (chunk != 0) & (chunk != 1), ~np.isfinite(chunk))
             if bad.any():
                 row, col = np.argwhere(bad)[0]
-                task = self.schema.tasks[col].name
+                task = self.schema.tasks[col]
                 where = f" in {self.path}" if self.path else ""
-                raise DatasetError(
-                    f"labels must be 0 or 1: task {task!r} row {start + row} has {float(chunk[row, col])}{where}"
-                )
+                need = "0 or 1" if task.is_binary else "finite"
+                raise DatasetError(f"labels of task {task.name!r} must be {need}: row {start + row} has "
+                                   f"{float(chunk[row, col])}{where}")
 
     # ---- files ---------------------------------------------------------------------------------
     def save(self, directory: str | Path, vocabularies_json: str | None = None, overwrite: bool = False) -> None:

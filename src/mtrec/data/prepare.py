@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
-from mtrec.data.config import DatasetConfig, DatasetConfigError, SplitConfig, load_dataset_config
+from mtrec.data.config import DatasetConfig, DatasetConfigError, SplitConfig, TaskConfig, load_dataset_config
 from mtrec.data.dataset import SPLITS, DatasetWriter, PreparedDataset, check_replaceable, seal
 from mtrec.data.readers import Chunk, ColumnLayout, DataFormatError, iter_chunks, read_layout, resolve_paths
 from mtrec.features.encoders import (
@@ -226,12 +226,16 @@ def _label_values(text: pa.Array) -> np.ndarray:
 
 
 def read_labels(chunk: Chunk, config: DatasetConfig, keep: np.ndarray) -> np.ndarray:
-    """Labels ``[n, T]`` (float32 0/1) of a chunk; raises DataFormatError naming the file, line and
-    column of a value that is not a label (checked on the ``keep`` rows)."""
+    """Labels ``[n, T]`` (float32: 0/1 for a binary task, the value for a regression task) of a chunk;
+    raises DataFormatError naming the file, line and column of a value that is not a label (checked on
+    the ``keep`` rows)."""
     labels = np.zeros((chunk.num_rows, len(config.tasks)), dtype=np.float32)
     for j, task in enumerate(config.tasks):
         spec = task.label
         text = canonical_strings(chunk.table[spec.column])
+        if task.type == "regression":
+            labels[:, j] = regression_labels(chunk, task, text, keep)
+            continue
         if spec.positive:
             positive = np.asarray(pc.is_in(text, value_set=pa.array(list(spec.positive))).to_numpy(
                 zero_copy_only=False), bool)
@@ -266,6 +270,26 @@ def read_labels(chunk: Chunk, config: DatasetConfig, keep: np.ndarray) -> np.nda
                     f"{chunk.where(int(bad[0]))}: task {task.name!r} is 1 where {task.observed_after!r}, the "
                     f"task it is observed after, is 0 (column {task.label.column!r})")
     return labels
+
+
+def regression_labels(chunk: Chunk, task: TaskConfig, text: pa.ChunkedArray, keep: np.ndarray) -> np.ndarray:
+    """A regression task's values ``[n]`` (``log1p``-transformed if the task says so): finite numbers, at
+    least 0 for ``log1p``; a DataFormatError names the first other value (on the ``keep`` rows)."""
+    column = task.label.column
+    try:
+        values = parse_numbers(text, feature=column)
+    except EncodingError as exc:
+        where = chunk.where(exc.row) if exc.row is not None else str(chunk.path)
+        raise DataFormatError(f"{where}, column {column!r} (label of regression task {task.name!r}): "
+                              f"not a number: {exc}") from None
+    bad = np.flatnonzero(~np.isfinite(values) & keep) if not task.log1p else \
+        np.flatnonzero(~(np.isfinite(values) & (values >= 0)) & keep)
+    if bad.size:
+        row = int(bad[0])
+        need = "a finite number >= 0 (log1p)" if task.log1p else "a finite number"
+        raise DataFormatError(f"{chunk.where(row)}, column {column!r} (label of regression task {task.name!r}): "
+                              f"expected {need}, found {text[row].as_py()!r}")
+    return np.log1p(values) if task.log1p else values
 
 
 # ---- pass 1: fit ---------------------------------------------------------------------------------------
@@ -392,7 +416,7 @@ def build_schema(config: DatasetConfig, encoders: FeatureEncoders) -> DatasetSch
         sequences=tuple(
             SequenceFeature(s.name, sizes[s.table_name], s.max_len, s.behaviour, s.table, s.target)
             for s in config.sequences),
-        tasks=tuple(TaskSpec(t.name, t.observed_after) for t in config.tasks),
+        tasks=tuple(TaskSpec(t.name, t.observed_after, t.type, t.loss) for t in config.tasks),
         user_id=config.user_id,
         metadata={"dataset": config.name, "prepared_from": "raw files (mtrec prepare)"},
     )

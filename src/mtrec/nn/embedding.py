@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtrec.data.batches import Batch
+from mtrec.features.inputs import Features
 from mtrec.features.schema import DatasetSchema
 
 
@@ -45,43 +45,43 @@ class FeatureEmbedding(nn.Module):
         self.num_sparse = len(schema.sparse)
         self.num_fields = self.num_sparse + n_dense
 
-    def sparse_fields(self, batch: Batch) -> torch.Tensor:
+    def sparse_fields(self, features: Features) -> torch.Tensor:
         """Sparse field embeddings ``[B, F_sparse, d]`` (one gather)."""
-        return self.table(batch.sparse + self.sparse_offsets)
+        return self.table(features.sparse + self.sparse_offsets)
 
-    def fields(self, batch: Batch) -> torch.Tensor:
+    def fields(self, features: Features) -> torch.Tensor:
         """Sparse then dense field embeddings ``[B, F, d]``."""
-        dense = batch.dense.unsqueeze(-1) * self.dense_weight + self.dense_bias  # [B, F_dense, d]
-        return torch.cat([self.sparse_fields(batch), dense], dim=1)
+        dense = features.dense.unsqueeze(-1) * self.dense_weight + self.dense_bias  # [B, F_dense, d]
+        return torch.cat([self.sparse_fields(features), dense], dim=1)
 
-    def sequence(self, batch: Batch, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def sequence(self, features: Features, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """A history's item embeddings ``[B, L, d]`` and its validity mask ``[B, L]`` (False = padding)."""
-        ids = batch.sequences[name]
+        ids = features.sequences[name]
         return self.table(ids + self.sequence_offsets[name]), ids > 0
 
-    def sequences(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    def sequences(self, features: Features) -> tuple[torch.Tensor, torch.Tensor]:
         """All histories stacked: embeddings ``[B, M, L, d]`` and mask ``[B, M, L]``; L is the longest
         history's length, shorter ones are padded (mask False)."""
-        blocks = [batch.sequences[n] for n in self.sequence_names]
+        blocks = [features.sequences[n] for n in self.sequence_names]
         length = max(b.shape[1] for b in blocks)
         ids = torch.stack([F.pad(b, (0, length - b.shape[1])) for b in blocks], dim=1)  # [B, M, L]
         offsets = torch.tensor([self.sequence_offsets[n] for n in self.sequence_names], device=ids.device)
         return self.table(ids + offsets.view(1, -1, 1)), ids > 0
 
-    def mean_pooled_sequences(self, batch: Batch) -> torch.Tensor:
+    def mean_pooled_sequences(self, features: Features) -> torch.Tensor:
         """Each history mean-pooled over its valid positions: ``[B, S, d]`` (zeros for an empty one)."""
         pooled = []
         for name in self.sequence_names:
-            emb, mask = self.sequence(batch, name)  # [B, L, d], [B, L]
+            emb, mask = self.sequence(features, name)  # [B, L, d], [B, L]
             weights = mask.unsqueeze(-1).to(emb.dtype)
             pooled.append((emb * weights).sum(1) / weights.sum(1).clamp_min(1.0))
         # the batch size as a tensor dimension, not an int: an exporter keeps it symbolic
-        return torch.stack(pooled, dim=1) if pooled else batch.dense.new_zeros(batch.dense.shape[0], 0, self.dim)
+        return torch.stack(pooled, dim=1) if pooled else features.dense.new_zeros(features.dense.shape[0], 0, self.dim)
 
-    def all_fields(self, batch: Batch) -> torch.Tensor:
+    def all_fields(self, features: Features) -> torch.Tensor:
         """Fields plus mean-pooled histories: ``[B, F + S, d]``; the input of models without a
         sequence module of their own."""
-        return torch.cat([self.fields(batch), self.mean_pooled_sequences(batch)], dim=1)
+        return torch.cat([self.fields(features), self.mean_pooled_sequences(features)], dim=1)
 
     @property
     def num_all_fields(self) -> int:

@@ -14,6 +14,7 @@ class ConfigError(ValueError):
 
 
 NONFINITE_POLICIES = ("stop", "skip")
+SELECTIONS = ("mean", "per_task")
 
 
 @dataclass
@@ -29,6 +30,12 @@ class TrainConfig:
     eval_batch_size: int = 8192
     weighting: str = "fixed"
     weighting_options: dict[str, Any] = field(default_factory=dict)
+    # the objective (mtrec.objectives): "" for the model's default; a run's saved config names the one used
+    objective: str = ""
+    objective_options: dict[str, Any] = field(default_factory=dict)
+    # model selection on validation: "mean" (one epoch, best mean task score) or "per_task" (each task
+    # read from the weights of its own best epoch)
+    select: str = "mean"
     prefetch: int = 2
     device: str = "auto"
     num_threads: int = 0  # 0: the machine's cores shared among the processes on it
@@ -51,6 +58,8 @@ class TrainConfig:
             raise ConfigError(f"train.lr must be > 0, got {self.lr}")
         if self.checkpoint_every < 0:
             raise ConfigError(f"train.checkpoint_every must be >= 0 (0: epoch ends only), got {self.checkpoint_every}")
+        if self.select not in SELECTIONS:
+            raise ConfigError(f"train.select must be one of {list(SELECTIONS)}, got {self.select!r}")
         if self.on_nonfinite not in NONFINITE_POLICIES:
             raise ConfigError(
                 f"train.on_nonfinite must be one of {list(NONFINITE_POLICIES)}, got {self.on_nonfinite!r}"
@@ -100,3 +109,12 @@ class RunConfig:
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """A YAML (or JSON) mapping from a file, with a clear error for anything else."""
     return read_mapping(path, "config file", ConfigError)
+
+
+def resolved_objective(train: TrainConfig, default: tuple[str, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+    """The objective a run uses and its options: ``train.objective`` when set (with its options as
+    given), else the model's ``default`` with the default's options updated by ``train.objective_options``."""
+    if train.objective:
+        return train.objective, dict(train.objective_options)
+    name, options = default
+    return name, {**options, **train.objective_options}

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from mtrec import collectives
 from mtrec.io import atomic_write
 
 RESUME = "resume.safetensors"
@@ -109,3 +111,29 @@ def load_resume(path: Path) -> dict[str, Any]:
         raise ResumeError(f"{path}: checkpoint refers to a missing tensor {exc}") from exc
     assert isinstance(state, dict)
     return state
+
+
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """RNG states: torch (CPU, and CUDA) per rank, Python and NumPy of this rank (rank 0's is the one
+    written). A collective: every rank calls it."""
+    state: dict[str, Any] = {
+        "torch": collectives.all_gather_equal(torch.get_rng_state().to(device)),
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+    }
+    if device.type == "cuda":
+        state["cuda"] = collectives.all_gather_equal(torch.cuda.get_rng_state(device).to(device))
+    return state
+
+
+def set_rng_state(state: dict[str, Any], device: torch.device, rank: int, world_size: int) -> None:
+    """Each rank takes its own saved state (rank 0's when the world size has changed)."""
+
+    def mine(states: list[torch.Tensor]) -> torch.Tensor:
+        return states[rank if len(states) == world_size else 0].cpu()
+
+    torch.set_rng_state(mine(state["torch"]))
+    if "cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(mine(state["cuda"]), device)
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
