@@ -3,8 +3,8 @@
 A bench config (YAML)::
 
     name: census
-    models: all                      # every registered model at run time, or a list:
-    # models: [mmoe, {name: mmoe, label: mmoe-8, options: {num_experts: 8}},
+    models: all                      # every registered model at run time, a pattern ("dcrnn*"), or a list:
+    # models: [mmoe, "ple*", {name: mmoe, label: mmoe-8, options: {num_experts: 8}},
     #          {name: mmoe, label: mmoe+gradnorm, train: {weighting: gradnorm}}]   # train: per-model overrides
     model_options: {embedding_dim: 16}   # given to every model that takes the option
     datasets:                        # dataset configs (prepared into OUT/data/NAME once), data specs
@@ -105,10 +105,18 @@ def _safe(label: str) -> str:
 def _parse_models(value: Any, where: str) -> list[ModelEntry] | str:
     if value == ALL:
         return ALL
+    if isinstance(value, str):
+        value = [value]
     if not isinstance(value, list) or not value:
-        raise ConfigError(f"{where}: 'models' must be 'all' or a non-empty list")
+        raise ConfigError(f"{where}: 'models' must be 'all', a name pattern or a non-empty list")
     entries = []
     for i, item in enumerate(value):
+        if isinstance(item, str) and any(c in item for c in "*?["):  # an fnmatch pattern over the registry
+            matches = list_models(item)
+            if not matches:
+                raise ConfigError(f"{where}: models[{i}] {item!r} matches no registered model")
+            entries += [ModelEntry(name, name) for name in matches]
+            continue
         if isinstance(item, str):
             entries.append(ModelEntry(item, item))
             continue
