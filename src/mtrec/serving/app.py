@@ -7,9 +7,10 @@ is in :mod:`mtrec.serving.request`) and answers each task's probability per cand
      "scores": [{"click": 0.12, "conversion": 0.01}, {"click": 0.08, "conversion": 0.004}]}
 
 Bad input never reaches the model: wrong types, unknown or missing features, an empty or oversized
-candidate list (``max_candidates``) and a body over ``max_body_bytes`` get a 4xx whose ``error`` names the
-field (``candidates[3].price: expected a finite number, got string``) and whose ``detail`` lists every
-problem.
+candidate list (``max_candidates``), a body that is not JSON (or not UTF-8) and a body over
+``max_body_bytes`` (declared or streamed) get a 4xx whose ``error`` names the field
+(``candidates[3].price: expected a finite number, got string``) and whose ``detail`` lists every problem;
+other HTTP errors (an unknown path, a wrong method) have the same shape.
 
 ``POST /v1/score`` is a bare ASGI handler in front of the FastAPI app (which serves the rest and the
 OpenAPI schema). Each request is parsed, validated and encoded on the event loop
@@ -33,8 +34,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import orjson
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, Response
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mtrec.serving.batching import DEFAULT_MAX_ROWS, BatchingScorer
 from mtrec.serving.predictor import Predictor
@@ -140,6 +142,14 @@ class ScoringService:
         return b"".join(parts)
 
 
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Every HTTP error of the FastAPI part (an unknown path, a wrong method) in the error shape."""
+    assert isinstance(exc, StarletteHTTPException)
+    error = RequestError([problem(("url",), f"{exc.detail}: {request.method} {request.url.path}", "http_error")],
+                         exc.status_code)
+    return Response(error_body(error), status_code=exc.status_code, media_type="application/json")
+
+
 async def _answer(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
@@ -183,6 +193,9 @@ def create_app(
         """Liveness and what is being served."""
         return Health(status="ok", model=predictor.model_name, tasks=tasks, backend=predictor.backend,
                       features=predictor.feature_names, max_candidates=max_candidates, pid=os.getpid())
+
+    api.add_api_route("/healthz", healthz, methods=["HEAD"], include_in_schema=False)  # load balancers' probe
+    api.add_exception_handler(StarletteHTTPException, _http_error)
 
     request_schema = encoder.json_schema()
     ref = "#/components/schemas/{model}"

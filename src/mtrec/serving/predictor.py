@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 from mtrec.export.onnx import export_checked, onnx_session, parity_batches
@@ -154,7 +155,8 @@ class Predictor:
         if not np.isfinite(dense).all():  # a finite raw value can overflow float32 after its transform
             row, col = (int(i) for i in np.argwhere(~np.isfinite(dense))[0])
             name = self.schema.dense[col].name
-            raise out_of_range(name, columns[name][row], row)
+            value = columns[name][row]
+            raise out_of_range(name, value.as_py() if isinstance(value, pa.Scalar) else value, row)
         return array_feeds(sparse, dense, sequences, self.schema)
 
     def score(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -14,9 +14,9 @@ value (encoded as at preparation).
 
 Parsing: the body is parsed by orjson and validated by pydantic-core against a typed description of the
 request built from the schema (strict types, unknown keys refused; no Python code per value). A body
-orjson refuses (not JSON, ``Infinity``, a lone surrogate) is validated from its bytes by pydantic, whose
-error then names the problem. Every problem becomes ``{"field", "loc", "msg", "type"}`` with the field
-written ``candidates[3].price``.
+orjson refuses (not JSON, ``Infinity``, a lone surrogate, nested too deeply) is validated from its bytes by
+pydantic, whose error then names the problem; a body that is not UTF-8 is refused as such. Every problem
+becomes ``{"field", "loc", "msg", "type"}`` with the field written ``candidates[3].price``.
 
 Encoding: a feature given under ``user`` is encoded once and repeated for every candidate; a feature given
 per candidate is one column of N raw values, looked up in one dictionary pass
@@ -150,7 +150,9 @@ def validation_problems(errors: Sequence[Any], max_candidates: int, kinds: dict[
         msg = str(err.get("msg", "invalid value"))
         found: dict[str, Any] | None = None
         if kind == "json_invalid":
-            found = problem(("body",), f"not valid JSON: {err.get('ctx', {}).get('error', msg)}", kind)
+            reason = str(err.get("ctx", {}).get("error", msg))
+            reason = "nested too deeply" if reason.startswith("recursion limit") else reason
+            found = problem(("body",), f"not valid JSON: {reason}", kind)
         elif loc == ("body", "candidates") and kind in ("too_short", "too_long"):
             count = len(err.get("input") or [])
             found = problem(loc, f"expected 1 to {max_candidates} candidates per request (the server's "
@@ -192,6 +194,10 @@ class RequestEncoder:
         try:
             data = orjson.loads(body)
         except orjson.JSONDecodeError:
+            try:
+                body.decode()
+            except UnicodeDecodeError:
+                raise RequestError([problem(("body",), "not valid JSON: not UTF-8 text", "json_invalid")]) from None
             data = _ABSENT
         try:
             return self.adapter.validate_python(data) if data is not _ABSENT else self.adapter.validate_json(body)
