@@ -397,28 +397,93 @@ def _(t: Path, w: World, mp: pytest.MonkeyPatch) -> Case:
     return Case(train_argv(w.data, Path(".")), ["not an mtrec run directory", "notes.md"])
 
 
-def run_config(t: Path, text: str) -> Path:
-    path = t / "run.yaml"
-    path.write_text(text)
-    return path
-
-
-@case("train: patience -1")
-def _(t: Path, w: World, mp: pytest.MonkeyPatch) -> Case:
-    config = run_config(t, "model: mmoe\ntrain: {patience: -1}\n")
-    return Case(train_argv(w.data, t / "run", "--config", str(config)), ["patience", "-1"])
-
-
-@case("train: a negative task weight")
-def _(t: Path, w: World, mp: pytest.MonkeyPatch) -> Case:
-    config = run_config(t, "model: mmoe\ntrain: {weighting_options: {weights: {click: -1.0}}}\n")
-    return Case(train_argv(w.data, t / "run", "--config", str(config)), ["weights.click", "-1.0"])
-
-
 @case("train: a loss that is not finite, before any checkpoint")
 def _(t: Path, w: World, mp: pytest.MonkeyPatch) -> Case:
     return Case(train_argv(w.data, t / "run", "--lr", "1e30"), ["non-finite loss", "epoch 0"], t / "run",
                 absent=["resume.safetensors"])
+
+
+# D7: typed configs. A run config's text -> what the error line names
+RUN_CONFIGS = {
+    "lr a word": ("train: {lr: fast}", ["run.yaml", "train.lr", "'fast'"]),
+    "epochs: ten": ("train: {epochs: ten}", ["train.epochs", "'ten'"]),
+    "batch_size: 64.5": ("train: {batch_size: 64.5}", ["train.batch_size", "64.5"]),
+    "batch_size: true": ("train: {batch_size: true}", ["train.batch_size", "True"]),
+    "train: a list": ("train: [1, 2]", ["run.yaml", "train", "[1, 2]"]),
+    "data: 5": ("data: 5", ["run.yaml", "data", "got 5"]),
+    "num_experts: -1": ("model_options: {num_experts: -1}", ["run.yaml", "model 'mmoe'", "num_experts", "-1"]),
+    "expert_sizes: big": ("model_options: {expert_sizes: big}", ["expert_sizes", "'big'"]),
+    "expert_sizes: [0]": ("model_options: {expert_sizes: [0]}", ["expert_sizes[0]", "got 0"]),
+    "dropout: 1.5": ("model_options: {dropout: 1.5}", ["dropout", "1.5"]),
+    "an unknown model option": ("model_options: {num_expert: 2}", ["num_expert"]),
+    "device: tpu": ("train: {device: tpu}", ["train.device", "'tpu'"]),
+    "num_threads: -3": ("train: {num_threads: -3}", ["train.num_threads", "-3"]),
+    "lr: .nan": ("train: {lr: .nan}", ["train.lr", "nan"]),
+    "lr: 1e400": ("train: {lr: 1e400}", ["train.lr", "inf"]),
+    "patience: -1": ("train: {patience: -1}", ["train.patience", "-1"]),
+    "a negative task weight": ("train: {weighting_options: {weights: {click: -1.0}}}", ["weights.click", "-1.0"]),
+    "a gradnorm alpha that is a word": ("train: {weighting: gradnorm, weighting_options: {alpha: x}}",
+                                        ["weighting 'gradnorm'", "alpha", "'x'"]),
+    "select: best": ("train: {select: best}", ["train.select", "'best'"]),
+    "a misspelt train key": ("train: {epoch: 3}", ["train.epoch", "did you mean 'epochs'"]),
+    "a misspelt top-level key": ("modle_options: {}", ["modle_options", "did you mean 'model_options'"]),
+    "data: synthetic:hard": ("data: synthetic:hard", ["synthetic:hard", "unknown synthetic preset"]),
+}
+
+for _name, (_text, _expect) in RUN_CONFIGS.items():
+    def _run_config(t: Path, w: World, mp: pytest.MonkeyPatch, text: str = _text, expect: list[str] = _expect
+                    ) -> Case:
+        (t / "run.yaml").write_text(f"model: mmoe\n{text}\n")
+        return Case(["train", "--config", str(t / "run.yaml"), "--data", str(w.data), "--out", str(t / "run")]
+                    if not text.startswith("data:") else ["train", "--config", str(t / "run.yaml"), "--out",
+                                                          str(t / "run")], expect)
+
+    case(f"train: run config {_name}")(_run_config)
+
+OPTIONS = {  # command-line values -> what the error line names
+    "--lr nan": (["--lr", "nan"], ["--lr", "nan"]),
+    "--lr -1": (["--lr", "-1"], ["--lr", "-1"]),
+    "--seed -1": (["--seed", "-1"], ["--seed", "-1"]),
+    "--epochs 0": (["--epochs", "0"], ["--epochs", "got 0"]),
+    "--batch-size 0": (["--batch-size", "0"], ["--batch-size", "got 0"]),
+    "--epochs ten": (["--epochs", "ten"], ["--epochs", "'ten'"]),
+}
+
+for _name, (_args, _expect) in OPTIONS.items():
+    def _option(t: Path, w: World, mp: pytest.MonkeyPatch, args: list[str] = _args, expect: list[str] = _expect
+                ) -> Case:
+        return Case(["train", "--model", "mmoe", "--data", str(w.data), "--out", str(t / "run"), *args], expect)
+
+    case(f"train: {_name}")(_option)
+
+SPECS = {"synthetic:hard": "unknown synthetic preset 'hard'", "synthetic:easy:10": "rows must be >= 100",
+         "synthetic:easy:many": "ROWS must be an integer"}
+
+for _spec, _expect in SPECS.items():
+    def _spec_case(t: Path, w: World, mp: pytest.MonkeyPatch, spec: str = _spec, expect: str = _expect) -> Case:
+        return Case(["train", "--model", "mmoe", "--data", spec, "--out", str(t / "run")], [spec, expect])
+
+    case(f"train: --data {_spec}")(_spec_case)
+
+BENCH_CONFIGS = {
+    "a train key the model entry misspells": ("models: [{name: mmoe, train: {bogus: 1}}]\ndatasets: [synthetic]",
+                                              ["bench.yaml", "models[0].train", "bogus"]),
+    "no datasets": ("datasets: []", ["bench.yaml", "datasets"]),
+    "seeds: 3": ("seeds: 3\ndatasets: [synthetic]", ["bench.yaml", "seeds", "got 3"]),
+    "a negative seed": ("seeds: [0, -1]\ndatasets: [synthetic]", ["seeds[1]", "-1"]),
+    "a seed under train": ("train: {seed: 1}\ndatasets: [synthetic]", ["train", "seeds:"]),
+    "an unknown preset": ("datasets: [synthetic:hard]", ["datasets[0]", "synthetic:hard"]),
+    "a pattern matching no model": ("models: ['nomodel*']\ndatasets: [synthetic]", ["models[0]", "nomodel*"]),
+    "a bad shared model option": ("model_options: {num_experts: -2}\nmodels: [mmoe]\ndatasets: [synthetic]",
+                                  ["bench.yaml", "num_experts", "-2"]),
+}
+
+for _name, (_text, _expect) in BENCH_CONFIGS.items():
+    def _bench(t: Path, w: World, mp: pytest.MonkeyPatch, text: str = _text, expect: list[str] = _expect) -> Case:
+        (t / "bench.yaml").write_text(text + "\n")
+        return Case(["bench", str(t / "bench.yaml"), "--out", str(t / "report")], expect)
+
+    case(f"bench: {_name}")(_bench)
 
 
 # D11, D14, D4: predict, export and serve

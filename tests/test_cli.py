@@ -62,7 +62,7 @@ def test_config_file_and_flags_combine(tiny_dir: Path, tmp_path: Path) -> None:
         (["--model", "mmoe", "--data", "/no/such/dir"], "neither 'synthetic[:PRESET[:ROWS]]' nor an existing"),
         (["--model", "mmoe", "--data", "synthetic:easy:many"], "ROWS must be an integer"),
         (["--data", "synthetic"], "no model given"),
-        (["--model", "mmoe", "--data", "synthetic", "--epochs", "0"], "train.epochs must be >= 1"),
+        (["--model", "mmoe", "--data", "synthetic", "--epochs", "0"], "--epochs: must be >= 1, got 0"),
     ],
 )
 def test_bad_input_gives_one_clear_line(

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from pydantic import ValidationError
 
 from mtrec.data.dataset import DatasetError
 from mtrec.export.onnx import ExportError, ParityError
@@ -16,9 +17,10 @@ from mtrec.io import PathError
 from mtrec.models import ModelConfigError, list_models
 from mtrec.objectives.weighting import WeightingConfigError
 from mtrec.training.checkpoint import ArtifactError
-from mtrec.training.config import ConfigError, RunConfig, read_config_file
+from mtrec.training.config import ConfigError, RunConfig, TrainConfig, read_config_file
 from mtrec.training.nonfinite import NonFiniteLossError, NonFiniteParametersError
 from mtrec.training.resume import ResumeError
+from mtrec.typed import error_line, first_problem
 
 USER_ERRORS: tuple[type[Exception], ...] = (DatasetError, SchemaError, ModelConfigError, ConfigError,
                                             WeightingConfigError, ArtifactError, ResumeError, PathError,
@@ -49,7 +51,14 @@ def _run_config(
         raw["data"] = data
     if "model" not in raw:
         raise ConfigError("no model given: pass --model NAME or a config file with 'model:'")
-    raw["train"] = {**(raw.get("train") or {}), **{k: v for k, v in overrides.items() if v is not None}}
+    given = {k: v for k, v in overrides.items() if v is not None}
+    for key, value in given.items():  # a bad option value is named by its option
+        try:
+            TrainConfig.model_validate({key: value})
+        except ValidationError as exc:
+            raise ConfigError(f"--{key.replace('_', '-')}: {first_problem(exc)}") from None
+    if isinstance(raw.get("train") or {}, dict):  # anything else is reported by the validation
+        raw["train"] = {**(raw.get("train") or {}), **given}
     return RunConfig.from_dict(raw, where=str(config_file) if config_file else "command line")
 
 
@@ -140,7 +149,8 @@ def demo(out: Path, data: str, epochs: int, seed: int, model_names: str | None) 
     from mtrec.training.config import TrainConfig
 
     chosen = [m.strip() for m in model_names.split(",")] if model_names else None
-    table = run_demo(out, data=data, models=chosen, train=TrainConfig(epochs=epochs, seed=seed))
+    train = TrainConfig.parse({"epochs": epochs, "seed": seed}, where="command line")
+    table = run_demo(out, data=data, models=chosen, train=train)
     click.echo(table)
     click.echo(f"report written to {out}/results.md (plot: {out}/auc.png)")
     if (out / "request.json").is_file():
@@ -246,6 +256,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except USER_ERRORS as exc:
         click.echo(f"error: {_one_line(exc)}", err=True)
+        sys.exit(2)
+    except ValidationError as exc:  # a value a library call validated (the CLI's own checks name the option)
+        click.echo(f"error: {error_line(exc)}", err=True)
         sys.exit(2)
     except OSError as exc:  # a path the system refused (no space, no permission), whatever wrote it
         where = f"{exc.filename}: " if exc.filename else ""

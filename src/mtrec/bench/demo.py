@@ -7,7 +7,6 @@ the same form as any benchmark's.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -31,7 +30,7 @@ def run_demo(
     data does) raw inputs for ``predict`` and ``serve``: ``sample.csv`` and ``request.json``
     (:mod:`mtrec.serving.samples`). Returns the Markdown table."""
     train = train or TrainConfig()
-    settings = {k: v for k, v in asdict(train).items() if k != "seed"}
+    settings = {k: v for k, v in train.model_dump().items() if k != "seed"}
     config = BenchConfig(
         name=f"demo ({data})",
         models=[ModelEntry(m, m) for m in models] if models else ALL,

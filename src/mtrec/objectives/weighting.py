@@ -7,7 +7,6 @@ parameters the model declares shared (``shared_parameters()``); a strategy never
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -15,6 +14,7 @@ from torch import nn
 
 from mtrec import collectives
 from mtrec.objectives.registry import Registry
+from mtrec.typed import NonNegativeFloat, Rate, checked_options
 
 
 class WeightingConfigError(ValueError):
@@ -41,12 +41,14 @@ register_weighting = _STRATEGIES.register
 list_weightings = _STRATEGIES.names
 
 
+def weighting_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` checked against the constructor of the weighting ``name`` (names, types, ranges)."""
+    return checked_options(_STRATEGIES.get(name).__init__, options, f"train.weighting_options of weighting {name!r}",
+                           WeightingConfigError, skip=("task_names",))
+
+
 def create_weighting(name: str, task_names: list[str], **options: Any) -> WeightingStrategy:
-    cls = _STRATEGIES.get(name)
-    try:
-        return cls(task_names, **options)
-    except TypeError as exc:
-        raise WeightingConfigError(f"weighting {name!r}: bad options {options}: {exc}") from exc
+    return _STRATEGIES.get(name)(task_names, **weighting_options(name, options))
 
 
 @register_weighting("fixed")
@@ -55,17 +57,13 @@ class FixedWeighting(WeightingStrategy):
 
     weights: torch.Tensor
 
-    def __init__(self, task_names: list[str], weights: dict[str, float] | None = None) -> None:
+    def __init__(self, task_names: list[str], weights: dict[str, NonNegativeFloat] | None = None) -> None:
         super().__init__(task_names)
         weights = weights or {}
         unknown = sorted(set(weights) - set(task_names))
         if unknown:
             raise WeightingConfigError(f"fixed weighting names unknown task(s) {unknown}; tasks: {task_names}")
         values = {t: weights.get(t, 1.0) for t in task_names}
-        for task, w in values.items():
-            if isinstance(w, bool) or not isinstance(w, int | float) or not math.isfinite(w) or w < 0:
-                raise WeightingConfigError(f"weighting_options.weights.{task}: a task weight must be a finite "
-                                           f"number >= 0, got {w!r}")
         if not any(values.values()):
             raise WeightingConfigError(f"weighting_options.weights: every task weight is 0, so nothing would "
                                        f"be learned: {values}")
@@ -131,12 +129,9 @@ class GradNormWeighting(WeightingStrategy):
     initial_losses: torch.Tensor
 
     def __init__(
-        self, task_names: list[str], alpha: float = 1.5, lr: float = 0.01, min_weight: float = 1e-3
+        self, task_names: list[str], alpha: NonNegativeFloat = 1.5, lr: Rate = 0.01, min_weight: Rate = 1e-3
     ) -> None:
         super().__init__(task_names)
-        if alpha < 0 or lr <= 0 or min_weight <= 0:
-            raise WeightingConfigError(f"gradnorm: need alpha >= 0, lr > 0 and min_weight > 0; got "
-                                       f"alpha={alpha}, lr={lr}, min_weight={min_weight}")
         self.alpha = alpha
         self.lr = lr
         self.min_weight = min_weight
