@@ -124,29 +124,29 @@ class PCGrad(GradientBalancing):
         self.steps = int(state["steps"])
 
 
-def cagrad_weights(gram: torch.Tensor, c: float, iterations: int = 50, lr: float = 0.2) -> torch.Tensor:
+def cagrad_weights(gram: torch.Tensor, c: float, iterations: int = 50, step: float = 2.0) -> torch.Tensor:
     """CAGrad's dual weights ``w`` ``[T]`` on the simplex from the Gram matrix ``G = g g^T`` ``[T, T]``:
 
         min_w  F(w) = g_w . g_0 + sqrt(phi) |g_w|,   g_w = sum_i w_i g_i,  g_0 = mean_i g_i,
         phi = c^2 |g_0|^2,
 
-    i.e. ``w^T G 1/T + c sqrt(1^T G 1 / T^2) sqrt(w^T G w)``, minimised over ``w = softmax(z)`` by Adam
-    from the uniform ``w`` (``G`` is first divided by its mean diagonal: ``F`` scales with it, its
-    minimiser does not)."""
+    i.e. ``w^T G b + c sqrt(b^T G b) sqrt(w^T G w)`` with ``b = 1/T``, a convex function of ``w``. Solved
+    by exponentiated gradient (mirror descent on the simplex) from the uniform ``w``:
+    ``w <- w * exp(-step * dF/dw)``, renormalised, with ``dF/dw = G b + sqrt(phi) G w / |g_w|``; ``G`` is
+    first divided by its mean diagonal (``F`` scales with it, its minimiser does not), so ``step`` does
+    not depend on the scale of the gradients. A few tensor operations on ``[T, T]`` per iteration."""
     T = gram.shape[0]
-    g = (gram / gram.diagonal().mean().clamp_min(EPS)).detach()
+    g = gram / gram.diagonal().mean().clamp_min(EPS)
     mean = torch.full((T,), 1.0 / T, dtype=g.dtype, device=g.device)
     sqrt_phi = c * (mean @ g @ mean).clamp_min(0.0).sqrt()
-    z = torch.zeros(T, dtype=g.dtype, device=g.device, requires_grad=True)
-    optimizer = torch.optim.Adam([z], lr=lr)
-    with torch.enable_grad():
-        for _ in range(iterations):
-            w = torch.softmax(z, 0)
-            objective = w @ g @ mean + sqrt_phi * (w @ g @ w).clamp_min(EPS).sqrt()
-            optimizer.zero_grad()
-            objective.backward()
-            optimizer.step()
-    return torch.softmax(z.detach(), 0)
+    g_mean = g @ mean  # [T]
+    w = mean.clone()
+    for _ in range(iterations):
+        g_w = g @ w  # [T]
+        grad = g_mean + sqrt_phi * g_w / (w @ g_w).clamp_min(EPS).sqrt()
+        w = w * torch.exp(-step * (grad - grad.min()))
+        w = w / w.sum()
+    return w
 
 
 @register_weighting("cagrad")
