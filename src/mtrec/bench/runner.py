@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 from mtrec.bench.report import comparison_table, plot_auc_bars, plot_learning_curves_by_model, table_metrics
 from mtrec.data.dataset import SPLITS, PreparedDataset
 from mtrec.data.source import is_synthetic, load_data
-from mtrec.io import atomic_write_text
+from mtrec.io import atomic_write_text, json_text
 from mtrec.models import list_models, model_options
 from mtrec.training.config import ConfigError, RunConfig, TrainConfig, read_config_file
 from mtrec.training.run import train_run
@@ -222,7 +222,7 @@ def _open_dataset(entry: DatasetEntry, cache: Path, log: Callable[[str], None]) 
             log(f"dataset {entry.label}: using the prepared copy in {target}")
             return str(target), PreparedDataset.load(target)
     log(f"dataset {entry.label}: preparing {entry.config} into {target}")
-    return str(target), prepare_dataset(config, target, raw=entry.raw, log=log)
+    return str(target), prepare_dataset(config, target, raw=entry.raw, log=log, overwrite=True)
 
 
 def _normalised(value: Any) -> Any:
@@ -275,7 +275,7 @@ def run_bench(
                     start = time.perf_counter()
                     metrics = train_run(run_config, run_dir, dataset=dataset, log=log, resume=resume)
                     timing = {"wall_s": time.perf_counter() - start, "resumed": resume}
-                    atomic_write_text(run_dir / TIMING, json.dumps(timing) + "\n")
+                    atomic_write_text(run_dir / TIMING, json_text(timing) + "\n")
                 else:
                     log(f"{where}: already done ({run_dir / METRICS})")
                 timing = json.loads((run_dir / TIMING).read_text()) if (run_dir / TIMING).is_file() else {}
@@ -353,7 +353,7 @@ def write_report(results: dict[str, Any], out: Path) -> str:
     if not runs:
         markdown = "\n".join(lines) + "\n\nNo run has finished yet.\n"
         atomic_write_text(out / "results.md", markdown)
-        atomic_write_text(out / "results.json", json.dumps(results, indent=2, default=str) + "\n")
+        atomic_write_text(out / "results.json", json_text(results, indent=2, default=str) + "\n")
         return markdown
     lines += ["", comparison_table(runs, table_metrics(runs)), "![test AUC per model and task](auc.png)", ""]
     plot_auc_bars(runs, out / "auc.png")
@@ -373,5 +373,5 @@ def write_report(results: dict[str, Any], out: Path) -> str:
             lines += [f"![learning curves: {label}]({name})", ""]
     markdown = "\n".join(lines)
     atomic_write_text(out / "results.md", markdown)
-    atomic_write_text(out / "results.json", json.dumps(results, indent=2, default=str) + "\n")
+    atomic_write_text(out / "results.json", json_text(results, indent=2, default=str) + "\n")
     return markdown

@@ -75,7 +75,8 @@ class FeatureEmbedding(nn.Module):
             emb, mask = self.sequence(features, name)  # [B, L, d], [B, L]
             weights = mask.unsqueeze(-1).to(emb.dtype)
             pooled.append((emb * weights).sum(1) / weights.sum(1).clamp_min(1.0))
-        return torch.stack(pooled, dim=1) if pooled else features.dense.new_zeros(len(features), 0, self.dim)
+        # the batch size as a tensor dimension, not an int: an exporter keeps it symbolic
+        return torch.stack(pooled, dim=1) if pooled else features.dense.new_zeros(features.dense.shape[0], 0, self.dim)
 
     def all_fields(self, features: Features) -> torch.Tensor:
         """Fields plus mean-pooled histories: ``[B, F + S, d]``; the input of models without a

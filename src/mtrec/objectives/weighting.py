@@ -7,6 +7,7 @@ parameters the model declares shared (``shared_parameters()``); a strategy never
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -69,7 +70,15 @@ class FixedWeighting(WeightingStrategy):
         unknown = sorted(set(weights) - set(task_names))
         if unknown:
             raise WeightingConfigError(f"fixed weighting names unknown task(s) {unknown}; tasks: {task_names}")
-        self.register_buffer("weights", torch.tensor([float(weights.get(t, 1.0)) for t in task_names]))
+        values = {t: weights.get(t, 1.0) for t in task_names}
+        for task, w in values.items():
+            if isinstance(w, bool) or not isinstance(w, int | float) or not math.isfinite(w) or w < 0:
+                raise WeightingConfigError(f"weighting_options.weights.{task}: a task weight must be a finite "
+                                           f"number >= 0, got {w!r}")
+        if not any(values.values()):
+            raise WeightingConfigError(f"weighting_options.weights: every task weight is 0, so nothing would "
+                                       f"be learned: {values}")
+        self.register_buffer("weights", torch.tensor([float(w) for w in values.values()]))
 
     def combine(self, task_losses: dict[str, torch.Tensor], shared: list[nn.Parameter]) -> torch.Tensor:
         return torch.stack([task_losses[t] for t in self.task_names]) @ self.weights

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 from mtrec.export.onnx import export_checked, onnx_session, parity_batches
@@ -154,8 +155,10 @@ class Predictor:
         if not np.isfinite(dense).all():  # a finite raw value can overflow float32 after its transform
             row, col = (int(i) for i in np.argwhere(~np.isfinite(dense))[0])
             name = self.schema.dense[col].name
-            raise EncodingError(f"dense feature {name!r}: {columns[name][row]!r} is out of range for the model "
-                                f"(not finite as float32 after the feature's transform)", name, row)
+            value = columns[name][row]
+            value = value.as_py() if isinstance(value, pa.Scalar) else value
+            raise EncodingError(f"dense feature {name!r}: {value!r} is out of range for the model "
+                                f"(not finite as float32 after the feature's transform)", name, row, value)
         return array_feeds(sparse, dense, sequences, self.schema)
 
     def score(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from mtrec.io import atomic_write_text, read_mapping
+from mtrec.io import atomic_write_text, json_text, read_mapping
 
 
 class ConfigError(ValueError):
@@ -53,6 +52,8 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "eval_batch_size", "nonfinite_check_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.patience < 0:
+            raise ConfigError(f"train.patience must be >= 0, got {self.patience}")
         if self.lr <= 0:
             raise ConfigError(f"train.lr must be > 0, got {self.lr}")
         if self.checkpoint_every < 0:
@@ -98,7 +99,7 @@ class RunConfig:
         )
 
     def save(self, path: Path) -> None:
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+        atomic_write_text(path, json_text(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def load(cls, path: Path) -> RunConfig:

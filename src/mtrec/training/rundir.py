@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +19,24 @@ import numpy as np
 
 from mtrec.features.encoders import ENCODERS_FILE
 from mtrec.features.schema import DatasetSchema
-from mtrec.io import atomic_write_bytes, atomic_write_text
+from mtrec.io import (
+    atomic_write_bytes,
+    atomic_write_text,
+    check_output_dir,
+    check_own_dir,
+    json_text,
+    remove_stale_temporaries,
+)
 from mtrec.models import ModelConfigError, model_class, model_options
 from mtrec.training.checkpoint import CONFIG, SCHEMA, WEIGHTS, save_weights
 from mtrec.training.config import ConfigError, RunConfig, resolved_objective
-from mtrec.training.resume import RESUME, load_resume, remove_stale_temporaries, save_resume
+from mtrec.training.resume import RESUME, load_resume, save_resume
 
 HISTORY = "history.jsonl"
 METRICS = "metrics.json"
+# what a run directory holds (timing.json: the benchmark's); a run never writes over anything else
+RUN_FILES = re.compile(r"^(config\.json|schema\.json|model\.safetensors|resume\.safetensors|history\.jsonl|"
+                       r"metrics\.json|encoders\.json|timing\.json|learning_curves\.png|roc\.png)$")
 
 
 class RunDirectory:
@@ -38,6 +49,12 @@ class RunDirectory:
     def resume_path(self) -> Path:
         return self.path / RESUME
 
+    def check(self) -> None:
+        """PathError unless the directory can be written and holds nothing but a run's files (a directory
+        of other files is never written over)."""
+        check_output_dir(self.path, "run directory")
+        check_own_dir(self.path, RUN_FILES, "an mtrec run directory")
+
     def start(self, schema: DatasetSchema, config: RunConfig, encoders: Path | None) -> None:
         """Create the directory and write the run's description: schema, resolved config, encoders."""
         self.path.mkdir(parents=True, exist_ok=True)
@@ -49,11 +66,11 @@ class RunDirectory:
     # ---- training progress ---------------------------------------------------------------------
     def write_history(self, rows: list[dict[str, Any]]) -> None:
         """Replace ``history.jsonl`` with ``rows`` (a fresh run: none; a resumed one: the checkpoint's)."""
-        atomic_write_text(self.path / HISTORY, "".join(json.dumps(row) + "\n" for row in rows))
+        atomic_write_text(self.path / HISTORY, "".join(json_text(row) + "\n" for row in rows))
 
     def append_history(self, row: dict[str, Any]) -> None:
         with open(self.path / HISTORY, "a") as fh:
-            fh.write(json.dumps(row) + "\n")
+            fh.write(json_text(row) + "\n")
 
     def write_weights(self, state: dict[str, Any]) -> None:
         save_weights(self.path / WEIGHTS, state)
@@ -69,7 +86,7 @@ class RunDirectory:
         return load_resume(self.resume_path) if self.resume_path.exists() else None
 
     def remove_stale_temporaries(self) -> None:
-        """Delete the temporaries of writes that a killed process did not finish."""
+        """Delete the temporaries of writes that a killed process did not finish (and nothing else)."""
         remove_stale_temporaries(self.path)
 
     def remove_resume(self) -> None:
@@ -78,7 +95,7 @@ class RunDirectory:
 
     # ---- results -------------------------------------------------------------------------------
     def write_metrics(self, metrics: dict[str, Any]) -> None:
-        atomic_write_text(self.path / METRICS, json.dumps(metrics, indent=2) + "\n")
+        atomic_write_text(self.path / METRICS, json_text(metrics, indent=2) + "\n")
 
     def write_plots(self, history: list[dict[str, Any]], schema: DatasetSchema, probs: dict[str, np.ndarray],
                     labels: dict[str, np.ndarray], masks: dict[str, np.ndarray]) -> None:

@@ -54,6 +54,9 @@ from mtrec.training.resume import ResumeError, rng_state, set_rng_state
 from mtrec.training.rundir import RunDirectory
 
 WARMUP_STEPS = 3  # steps excluded from the throughput figure
+# an epoch whose mean train loss of a task exceeds this many times the task's loss at the first step has
+# diverged (a learning rate far too high: the model ends up no better than chance, without a NaN)
+DIVERGED = 10.0
 # settings a resumed run must share with the checkpoint (others, e.g. epochs or patience, may change)
 RESUME_FIXED = ("batch_size", "seed", "lr", "weight_decay", "weighting", "weighting_options", "objective",
                 "objective_options", "select")
@@ -78,6 +81,7 @@ class FitResult:
     test_predictions: Predictions
     train_samples_per_s: float
     history: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # e.g. that training diverged
     samples_seen: int = 0  # rows trained on over all epochs and ranks (a resumed run counts all of them)
     skipped_batches: int = 0  # steps skipped for a non-finite loss (train.on_nonfinite: skip)
 
@@ -93,6 +97,9 @@ class TrainState:
     samples: int = 0
     skipped_batches: int = 0
     epoch_loss: dict[str, float] = field(default_factory=dict)  # sum over the epoch's trained steps
+    first_loss: dict[str, float] = field(default_factory=dict)  # each task's loss at the first step
+    diverged: list[str] = field(default_factory=list)  # tasks whose training diverged (warned once each)
+    warnings: list[str] = field(default_factory=list)
     epoch_trained_steps: int = 0
     best_valid: dict[str, dict[str, float]] = field(default_factory=dict)  # per task, at its selected epoch
     history: list[dict[str, Any]] = field(default_factory=list)  # one row per finished epoch
@@ -199,6 +206,9 @@ class Trainer:
             if first_epoch and session_steps == WARMUP_STEPS:
                 timed_rows, start = 0, time.perf_counter()
             task_losses = self._step(batch.to(self.device, non_blocking=True), state)
+            if task_losses is not None and not state.first_loss:  # one sync, once per run
+                first = collectives.all_reduce_(task_losses.clone()) / self.dist.world_size
+                state.first_loss = dict(zip(self.model.task_names, first.tolist(), strict=True))
             if task_losses is not None:
                 local_loss += task_losses
                 state.samples += batch.step_rows
@@ -255,6 +265,20 @@ class Trainer:
         parts += [f"loss term{'s' * (len(others) > 1)} {', '.join(others)}"] if others else []
         return " and ".join(parts)
 
+    def _check_divergence(self, state: TrainState, train_loss: dict[str, float]) -> None:
+        """Warn (in the log and the run's metrics) when an epoch's train loss has grown far beyond the
+        loss at the first step: training diverged, so its model is no better than chance."""
+        for task, loss in train_loss.items():
+            first = state.first_loss.get(task)
+            if first is None or task in state.diverged or not loss > DIVERGED * max(first, 1e-3):
+                continue
+            state.diverged.append(task)
+            warning = (f"training diverged: epoch {state.epoch} train loss of task {task!r} is {loss:.3g}, "
+                       f"{loss / max(first, 1e-3):.3g} times its loss at the first step ({first:.3g}); "
+                       f"lower train.lr (now {self.config.lr:g})")
+            state.warnings.append(warning)
+            self.log(f"warning: {warning}")
+
     def _check_parameters(self) -> None:
         """Refuse to go on (and so to write) with non-finite weights, whatever the losses said."""
         bad = nonfinite_parameters(self.model) + [f"weighting.{n}" for n in nonfinite_parameters(self.weighting)]
@@ -294,6 +318,7 @@ class Trainer:
     def _finish_epoch(self, dataset: PreparedDataset, state: TrainState, rows: int, seconds: float) -> None:
         self._check_losses()
         train_loss = {t: v / max(state.epoch_trained_steps, 1) for t, v in state.epoch_loss.items()}
+        self._check_divergence(state, train_loss)
         valid = self._predict(self.scorer, dataset, "valid").metrics()
         scores = selection_scores(valid, self.config.select)
         improved = state.stopper.update(scores, state.epoch)
@@ -383,6 +408,8 @@ class Trainer:
         )
         self.steps_per_epoch = len(batches)
         state = TrainState(stopper=EarlyStopping(cfg.patience))
+        if self.writer is not None:
+            self.writer.remove_stale_temporaries()  # left by a killed run
         if resume:
             state = self._resume(state)
         elif self.writer is not None:
@@ -412,6 +439,7 @@ class Trainer:
             history=list(state.history),
             samples_seen=state.samples,
             skipped_batches=state.skipped_batches,
+            warnings=list(state.warnings),
         )
 
     def _resume(self, state: TrainState) -> TrainState:
@@ -419,8 +447,6 @@ class Trainer:
         ``state`` when there is none."""
         if self.run_dir is None:
             raise ResumeError("resuming needs the run directory that holds the checkpoint")
-        if self.writer is not None:
-            self.writer.remove_stale_temporaries()
         saved = self.run_dir.read_resume()
         if saved is None:
             self.log(f"--resume: no checkpoint at {self.run_dir.resume_path}, starting from the beginning")
