@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mtrec import collectives
+from mtrec.objectives.gradients import mean_over_ranks, task_gradients
 from mtrec.objectives.registry import Registry
 from mtrec.typed import NonNegativeFloat, Rate, checked_options
 
@@ -34,6 +34,15 @@ class WeightingStrategy(nn.Module):
     def current_weights(self) -> dict[str, float]:
         """The weights in force, for logging (called once per epoch, not per step)."""
         raise NotImplementedError
+
+
+def trainable_shared(strategy: str, shared: list[nn.Parameter]) -> list[nn.Parameter]:
+    """The shared parameters that train; a strategy that needs them refuses a model that shares none."""
+    trainable = [p for p in shared if p.requires_grad]
+    if not trainable:
+        raise WeightingConfigError(f"{strategy} needs a model with shared parameters; this model shares none "
+                                   "(its shared_parameters() is empty): use the fixed or uncertainty weighting")
+    return trainable
 
 
 _STRATEGIES: Registry[WeightingStrategy] = Registry("weighting", WeightingConfigError)
@@ -158,16 +167,10 @@ class GradNormWeighting(WeightingStrategy):
         self, task_losses: dict[str, torch.Tensor], losses: torch.Tensor, shared_parameters: list[nn.Parameter]
     ) -> None:
         """One GradNorm step on the weights (see the class docstring)."""
-        shared = [p for p in shared_parameters if p.requires_grad]
-        if not shared:
-            raise WeightingConfigError("gradnorm needs a model with shared parameters; this model shares none "
-                                       "(its shared_parameters() is empty): use the fixed or uncertainty weighting")
-        grads = torch.stack([self._flat_grad(task_losses[t], shared) for t in self.task_names])  # [T, P]
-        world_size = collectives.world_size()
-        if world_size > 1:  # the whole step's gradients and losses
-            stats = collectives.all_reduce_(torch.cat([grads.flatten(), losses]))
-            stats /= world_size  # each rank's terms are scaled so that their mean is the step's
-            grads, losses = stats[: grads.numel()].view_as(grads), stats[grads.numel() :]
+        shared = trainable_shared("gradnorm", shared_parameters)
+        grads = task_gradients([task_losses[t] for t in self.task_names], shared)  # [T, P]
+        stats = mean_over_ranks(torch.cat([grads.flatten(), losses]))  # the whole step's gradients and losses
+        grads, losses = stats[: grads.numel()].view_as(grads), stats[grads.numel() :]
         if not self.has_initial_losses:
             self.initial_losses.copy_(losses.clamp_min(1e-12))
             self.has_initial_losses = True
@@ -178,14 +181,6 @@ class GradNormWeighting(WeightingStrategy):
         step = norms * torch.sign(weighted - target) / norms.mean().clamp_min(1e-12)
         self.weights.sub_(self.lr * step).clamp_(min=self.min_weight)
         self.weights.mul_(len(self.task_names) / self.weights.sum())
-
-    @staticmethod
-    def _flat_grad(loss: torch.Tensor, params: list[nn.Parameter]) -> torch.Tensor:
-        """``d loss / d params`` flattened into one vector ``[P]`` (zeros where the loss does not reach)."""
-        with torch.enable_grad():
-            grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-        flat = [(torch.zeros_like(p) if g is None else g).flatten() for g, p in zip(grads, params, strict=True)]
-        return torch.cat(flat)
 
     def current_weights(self) -> dict[str, float]:
         return dict(zip(self.task_names, self.weights.tolist(), strict=True))
