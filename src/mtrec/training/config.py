@@ -15,6 +15,8 @@ class ConfigError(ValueError):
 
 
 NONFINITE_POLICIES = ("stop", "skip")
+EMBEDDING_SHARDINGS = ("none", "table_wise", "column_wise", "auto")
+EMBEDDING_OPTIMIZERS = ("adam", "adagrad", "sgd")
 
 
 @dataclass
@@ -41,6 +43,13 @@ class TrainConfig:
     # with "stop", the loss flags are read every this many steps (and before every checkpoint), so
     # the step needs no device-to-host sync; "skip" reads them every step
     nonfinite_check_every: int = 50
+    # the embedding tables under torchrun: "none" (replicated on every rank, DDP), or sharded over the
+    # ranks with TorchRec: "table_wise", "column_wise", or "auto" (TorchRec's planner); see docs/distributed.md
+    embedding_sharding: str = "none"
+    # "auto": each rank's memory budget for its tables in MiB (0: TorchRec's default)
+    embedding_memory_mb: int = 0
+    # the tables' optimizer: "adam" (the model's Adam), or "adagrad" / "sgd" (their own, as sharded tables need)
+    embedding_optimizer: str = "adam"
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size", "nonfinite_check_every"):
@@ -54,6 +63,21 @@ class TrainConfig:
             raise ConfigError(
                 f"train.on_nonfinite must be one of {list(NONFINITE_POLICIES)}, got {self.on_nonfinite!r}"
             )
+        choices = {"embedding_sharding": EMBEDDING_SHARDINGS, "embedding_optimizer": EMBEDDING_OPTIMIZERS}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"train.{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
+        if self.embedding_memory_mb < 0:
+            raise ConfigError(f"train.embedding_memory_mb must be >= 0 (0: TorchRec's default), "
+                              f"got {self.embedding_memory_mb}")
+        if self.embedding_sharding != "none" and self.embedding_optimizer == "adam":
+            raise ConfigError(f"train.embedding_sharding: {self.embedding_sharding} needs train.embedding_optimizer "
+                              f"adagrad or sgd: sharded tables are updated by fbgemm's fused kernels, which have "
+                              f"no Adam on CPU")
+        if self.embedding_sharding != "none" and self.weighting == "gradnorm":
+            raise ConfigError(f"train.weighting: gradnorm cannot be used with train.embedding_sharding: "
+                              f"{self.embedding_sharding}: it measures gradients on the embedding tables, which "
+                              f"sharded tables apply inside the backward pass")
 
 
 @dataclass

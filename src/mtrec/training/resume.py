@@ -26,6 +26,7 @@ from safetensors.torch import save_file
 from mtrec.io import atomic_write
 
 RESUME = "resume.safetensors"
+SHARD_FILES = "resume-shard*of*-step*.safetensors"  # a sharded run's per-rank files (mtrec.training.sharding)
 FORMAT = "mtrec-resume/1"
 _META_KEY = "mtrec_resume"
 
@@ -111,3 +112,10 @@ def remove_stale_temporaries(run_dir: Path) -> None:
     for tmp in Path(run_dir).glob(".*.tmp"):
         if tmp.is_file():
             tmp.unlink(missing_ok=True)
+
+
+def remove_checkpoint(run_dir: Path) -> None:
+    """Delete a run directory's resume checkpoint (the main file and any per-rank files of a sharded run)."""
+    (Path(run_dir) / RESUME).unlink(missing_ok=True)
+    for shard in Path(run_dir).glob(SHARD_FILES):
+        shard.unlink(missing_ok=True)

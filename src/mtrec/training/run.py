@@ -100,7 +100,8 @@ def _train(
         if encoders is not None and encoders.is_file():
             atomic_write_bytes(out / ENCODERS_FILE, encoders.read_bytes())
     ranks = f" on {ctx.world_size} processes" if ctx.enabled else ""
-    log(f"training {config.model} ({count_parameters(model):,} parameters) on {config.data}: "
+    params = count_parameters(model)  # before training: sharding leaves each rank only its part
+    log(f"training {config.model} ({params:,} parameters) on {config.data}: "
         f"{dataset.split_size('train'):,} train rows{ranks}")
     result = Trainer(model, cfg, out, log).fit(dataset, resume=resume)
     metrics: dict[str, Any] = {
@@ -114,7 +115,8 @@ def _train(
         "train_samples_per_s": result.train_samples_per_s,
         "samples_seen": result.samples_seen,
         "skipped_batches": result.skipped_batches,
-        "params": count_parameters(model),
+        "params": params,
+        "embedding": result.embedding,
         "seed": cfg.seed,
         "machine": {"torch": torch.__version__, "threads": torch.get_num_threads(), "processes": ctx.world_size,
                     "device": str(next(model.parameters()).device), "platform": platform.platform()},

@@ -13,7 +13,6 @@ resumed from ``resume.safetensors`` (:mod:`mtrec.training.resume`), written ever
 
 from __future__ import annotations
 
-import copy
 import math
 import random
 import time
@@ -45,11 +44,14 @@ from mtrec.training.nonfinite import (
     all_finite_everywhere,
     nonfinite_parameters,
 )
-from mtrec.training.resume import RESUME, ResumeError, load_resume, remove_stale_temporaries, save_resume
+from mtrec.training.optimizers import build_optimizers
+from mtrec.training.placement import create_placement
+from mtrec.training.resume import RESUME, ResumeError, remove_checkpoint, remove_stale_temporaries
 
 WARMUP_STEPS = 3  # steps excluded from the throughput figure
 # settings a resumed run must share with the checkpoint (others, e.g. epochs or patience, may change)
-RESUME_FIXED = ("batch_size", "seed", "lr", "weight_decay", "weighting", "weighting_options")
+RESUME_FIXED = ("batch_size", "seed", "lr", "weight_decay", "weighting", "weighting_options", "embedding_sharding",
+                "embedding_optimizer")
 
 
 def validation_score(metrics: dict[str, dict[str, float]]) -> float:
@@ -68,6 +70,7 @@ class FitResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     samples_seen: int = 0  # rows trained on over all epochs and ranks (a resumed run counts all of them)
     skipped_batches: int = 0  # steps skipped for a non-finite loss (train.on_nonfinite: skip)
+    embedding: dict[str, Any] = field(default_factory=dict)  # the tables' sharding and bytes per rank
 
 
 @dataclass
@@ -134,15 +137,13 @@ class Trainer:
         self.weighting: WeightingStrategy = create_weighting(
             config.weighting, model.task_names, **config.weighting_options
         ).to(self.device)
-        self.loss_step = distributed.data_parallel(LossStep(self.model, self.weighting), self.device)
-        params = [*self.model.parameters(), *self.weighting.parameters()]
-        self.optimizer = torch.optim.Adam(
-            params, lr=config.lr, weight_decay=config.weight_decay, foreach=self.device.type != "cuda",
-            fused=self.device.type == "cuda" or None,
-        )
         self.out_dir = out_dir
         self.writes = out_dir is not None and self.dist.is_main
         self.log = log if self.dist.is_main else _quiet
+        self.placement = create_placement(config, self.model, self.device, self.log)
+        self.loss_step = self.placement.wrap(LossStep(self.model, self.weighting))
+        self.optimizer = build_optimizers(config, [*self.placement.dense_parameters(), *self.weighting.parameters()],
+                                          self.placement.table_parameters(), self.device)
         self.watch = LossWatch(self.device)
         self.best_state: dict[str, torch.Tensor] = {}
         self.steps_per_epoch = 0
@@ -233,17 +234,20 @@ class Trainer:
     def _check_parameters(self) -> None:
         """Refuse to go on (and so to write) with non-finite weights, whatever the losses said."""
         bad = nonfinite_parameters(self.model) + [f"weighting.{n}" for n in nonfinite_parameters(self.weighting)]
-        if bad:
+        # a collective: with sharded tables a rank may hold the only bad shard
+        if distributed.all_reduce_(torch.tensor([len(bad)], device=self.device), "max").item():
             raise NonFiniteParametersError(
-                f"parameters became non-finite (first: {bad[:3]}) although every loss was finite; "
-                f"nothing was written from them. Lower train.lr"
+                f"parameters became non-finite (first: {bad[:3] or 'on another rank'}) although every loss was "
+                f"finite; nothing was written from them. Lower train.lr"
             )
 
     # ---- evaluation ---------------------------------------------------------------------------
     def _predict(self, dataset: PreparedDataset, split: str) -> Predictions:
         """The whole split's predictions: each rank scores its block, then all are gathered."""
         part = distributed.block_of(dataset.split_size(split), self.dist)
-        local = predict_split(self.model, dataset, split, self.config.eval_batch_size, self.device, part)
+        batch_size = self.config.eval_batch_size
+        local = predict_split(self.model, dataset, split, batch_size, self.device, part,
+                              min_batches=self.placement.eval_batches(dataset.split_size(split), batch_size))
         return distributed.gather_predictions(local, self.device)
 
     def _finish_epoch(self, dataset: PreparedDataset, state: TrainState, history: EpochLog,
@@ -264,12 +268,11 @@ class Trainer:
                  f"{'  *best*' if improved else ''}")
         if improved:
             state.best_valid = valid
-            self.best_state = copy.deepcopy(self.model.state_dict())
+            self.best_state = self.placement.snapshot()
         state.epoch, state.step, state.epoch_loss, state.epoch_trained_steps = state.epoch + 1, 0, {}, 0
         self._save_resume(state)  # checks losses and parameters first, so nothing non-finite is written
-        if self.writes and improved:  # (a kill before this write is mended by resuming: _restore writes it)
-            assert self.out_dir is not None
-            save_weights(self.out_dir / WEIGHTS, self.best_state)
+        if improved:  # (a kill before this write is mended by resuming: _restore writes it)
+            self._write_best()
         history.append(row)
         if state.stopper.should_stop:
             self.log(f"early stop: no better validation AUC for {state.stopper.bad_epochs} epochs")
@@ -300,25 +303,29 @@ class Trainer:
         random.setstate(state["python"])
         np.random.set_state(state["numpy"])
 
+    def _write_best(self) -> None:
+        """Write the best weights, gathered whole, to ``model.safetensors`` (rank 0; a collective)."""
+        full = self.placement.full_state(self.best_state)
+        if self.writes:
+            assert self.out_dir is not None
+            save_weights(self.out_dir / WEIGHTS, full)
+
     def _save_resume(self, state: TrainState) -> None:
-        """Write ``resume.safetensors`` (rank 0) after checking that nothing non-finite goes in it."""
+        """Write the resume checkpoint after checking that nothing non-finite goes in it."""
         self._check_losses()
         self._check_parameters()
         if self.out_dir is None:  # the same on every rank
             return
-        rng = self._rng_state()
-        if not self.writes:
-            return
-        save_resume(self.out_dir / RESUME, {
+        common = {
             "settings": self._settings(),
             "steps_per_epoch": self.steps_per_epoch,
             "progress": state.to_dict(),
-            "model": self.model.state_dict(),
-            "best": self.best_state,
-            "optimizer": self.optimizer.state_dict(),
             "weighting": self.weighting.state_dict(),
-            "rng": rng,
-        })
+            "rng": self._rng_state(),
+        }
+        held = {"model": self.placement.held(), "best": self.best_state, "optimizer": self.optimizer.state_dict(),
+                **self.placement.extra_state()}
+        self.placement.save_checkpoint(self.out_dir, common, held, state.global_step)
 
     def _restore(self, state: TrainState, history: EpochLog) -> TrainState:
         """Load ``resume.safetensors`` if there is one; the state to continue from."""
@@ -329,9 +336,10 @@ class Trainer:
         if not path.exists():
             self.log(f"--resume: no checkpoint at {path}, starting from the beginning")
             return state
-        saved = load_resume(path)
-        changed = [f"train.{k}: {saved['settings'].get(k)!r} -> {v!r}" for k, v in self._settings().items()
-                   if saved["settings"].get(k) != v]
+        saved, held = self.placement.load_checkpoint(self.out_dir)
+        defaults = TrainConfig()  # a checkpoint written before a setting existed had its default
+        settings = {k: saved["settings"].get(k, getattr(defaults, k)) for k in RESUME_FIXED}
+        changed = [f"train.{k}: {settings[k]!r} -> {v!r}" for k, v in self._settings().items() if settings[k] != v]
         if changed:
             raise ResumeError(f"{path}: cannot resume with changed settings ({'; '.join(changed)}); "
                               f"use the checkpoint's settings or start a new run directory")
@@ -339,22 +347,21 @@ class Trainer:
             raise ResumeError(f"{path}: the checkpoint has {saved['steps_per_epoch']} steps per epoch, this "
                               f"run {self.steps_per_epoch}: not the same training data")
         try:
-            self.model.load_state_dict(saved["model"])
+            self.placement.restore(held["model"])
             self.weighting.load_state_dict(saved["weighting"])
-            self.optimizer.load_state_dict(saved["optimizer"])
+            self.optimizer.load_state_dict(held["optimizer"])
+            self.placement.load_extra_state(held)
         except (RuntimeError, ValueError, KeyError) as exc:
             raise ResumeError(f"{path}: does not fit this model and optimizer ({exc})") from exc
-        self.best_state = {k: v.to(self.device) for k, v in saved["best"].items()}
+        self.best_state = {k: v.to(self.device) for k, v in held["best"].items()}
         self._set_rng_state(saved["rng"])
         state = TrainState.from_dict(saved["progress"])
         self.log(f"resumed from {path}: epoch {state.epoch} step {state.step}, "
                  f"{state.samples:,} samples trained so far")
-        if self.writes:  # make the run directory agree with the checkpoint
-            assert self.out_dir is not None
-            if self.best_state:
-                save_weights(self.out_dir / WEIGHTS, self.best_state)
-            else:
-                (self.out_dir / WEIGHTS).unlink(missing_ok=True)
+        if self.best_state:  # make the run directory agree with the checkpoint
+            self._write_best()
+        elif self.writes:
+            (self.out_dir / WEIGHTS).unlink(missing_ok=True)
         history.rows = list(state.history)
         return state
 
@@ -376,7 +383,7 @@ class Trainer:
             state = self._restore(state, history)
         elif self.writes:
             assert self.out_dir is not None
-            (self.out_dir / RESUME).unlink(missing_ok=True)  # a fresh run must not resume an older one
+            remove_checkpoint(self.out_dir)  # a fresh run must not resume an older one
         if history.path is not None:
             atomic_write_text(history.path, "".join(EpochLog.line(row) for row in history.rows))
         rows, seconds = 0, 0.0
@@ -387,7 +394,7 @@ class Trainer:
             rows, seconds, first = rows + n, seconds + s, False
             self._finish_epoch(dataset, state, history, n, s)
         if self.best_state:
-            self.model.load_state_dict(self.best_state)
+            self.placement.restore(self.best_state)
         else:
             self.log("no epoch improved the validation score; keeping the last weights")
         test_predictions = self._predict(dataset, "test")
@@ -400,4 +407,5 @@ class Trainer:
             history=list(state.history),
             samples_seen=state.samples,
             skipped_batches=state.skipped_batches,
+            embedding=self.placement.summary(self.optimizer),
         )
