@@ -15,7 +15,7 @@ Gradients: each rank's loss is scaled so that DDP's *average* over ranks is the 
 gradients, so the rows a lookup returns scale their gradient by ``1 / world_size`` on the way back.
 Sharded tables are updated inside the backward pass by fbgemm's fused exact Adagrad or SGD
 (``train.embedding_optimizer``), the same update :mod:`mtrec.training.optimizers` gives a plain run's
-tables; tables the planner keeps data-parallel are updated by that torch optimizer.
+tables.
 
 Checkpoints: each rank writes the tensors it holds (its shards, their optimizer state, and its copy of the
 dense part) to its own file, named by the checkpoint's step; then rank 0 writes ``resume.safetensors``,
@@ -51,9 +51,9 @@ COLLECTION = "table.collection"  # where ShardedTables' collection sits under a 
 SHARDING_TYPES = {
     "table_wise": [ShardingType.TABLE_WISE.value],
     "column_wise": [ShardingType.COLUMN_WISE.value],
-    # no row-wise: fbgemm has no CPU kernel for it
-    "auto": [ShardingType.TABLE_WISE.value, ShardingType.COLUMN_WISE.value, ShardingType.TABLE_COLUMN_WISE.value,
-             ShardingType.DATA_PARALLEL.value],
+    # not row-wise: fbgemm has no CPU kernel for it; not data-parallel: TorchRec 1.8.0's data-parallel
+    # sequence embedding returned one pooled row per table instead of a row per id on CPU
+    "auto": [ShardingType.TABLE_WISE.value, ShardingType.COLUMN_WISE.value, ShardingType.TABLE_COLUMN_WISE.value],
 }
 FUSED_OPTIMIZERS = {"adagrad": EmbOptimType.EXACT_ADAGRAD, "sgd": EmbOptimType.EXACT_SGD}
 
@@ -67,7 +67,7 @@ class ShardedTables(nn.Module):
 
     starts: torch.Tensor
 
-    def __init__(self, tables: dict[str, tuple[int, int]], weight: torch.Tensor) -> None:
+    def __init__(self, tables: dict[str, tuple[int, int]], weight: torch.Tensor, gradient_scale: float) -> None:
         super().__init__()
         self.names = list(tables)
         self.dim = int(weight.shape[1])
@@ -80,7 +80,7 @@ class ShardedTables(nn.Module):
                 self.collection.embeddings[name].weight.copy_(weight[offset : offset + rows])
         self.register_buffer("starts", torch.tensor([o for o, _ in tables.values()], dtype=torch.long),
                              persistent=False)
-        self.gradient_scale = dict.fromkeys(self.names, 1.0)  # set per table once the plan is known
+        self.gradient_scale = gradient_scale
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         flat = ids.reshape(-1)  # [N]
@@ -91,16 +91,13 @@ class ShardedTables(nn.Module):
             lengths=torch.bincount(which, minlength=len(self.names)),
         )
         looked_up = self.collection(features)
-        rows = torch.cat([self._scaled(looked_up[name].values(), name) for name in self.names])  # [N, d]
+        rows = torch.cat([looked_up[name].values() for name in self.names])  # [N, d]
+        if rows.requires_grad and self.gradient_scale != 1.0:
+            scale = self.gradient_scale
+            rows.register_hook(lambda grad: grad * scale)
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(len(order), device=order.device)
         return rows[inverse].view(*ids.shape, self.dim)
-
-    def _scaled(self, rows: torch.Tensor, name: str) -> torch.Tensor:
-        scale = self.gradient_scale[name]
-        if rows.requires_grad and scale != 1.0:
-            rows.register_hook(lambda grad: grad * scale)
-        return rows
 
 
 def _local(state: dict[str, Any], prefix: str = "") -> dict[str, torch.Tensor]:
@@ -186,7 +183,8 @@ class Sharded(Replicated):
         for block in self.blocks.values():
             stacked = block.table
             assert isinstance(stacked, nn.Embedding)
-            block.table = ShardedTables(block.tables, stacked.weight.detach())
+            # each rank's rows get the sum of the ranks' gradients: scaled to DDP's average
+            block.table = ShardedTables(block.tables, stacked.weight.detach(), 1.0 / self.ctx.world_size)
             block.lookup_once = True  # one lookup (so one fused update) per table per forward pass
             dims.update(dict.fromkeys(block.tables, block.dim))
         self.model.register_forward_pre_hook(self._forget_rows)
@@ -213,12 +211,6 @@ class Sharded(Replicated):
             data_parallel_wrapper=DefaultDataParallelWrapper(static_graph=False),
         )
         self.plan = self._describe(plan)
-        for block in self.blocks.values():
-            tables = block.table
-            assert isinstance(tables, ShardedTables)
-            for name in tables.names:  # model-parallel tables get the sum of the ranks' gradients
-                parallel = self.plan[name]["sharding_type"] != ShardingType.DATA_PARALLEL.value
-                tables.gradient_scale[name] = 1.0 / self.ctx.world_size if parallel else 1.0
         return self.dmp
 
     def _forget_rows(self, *_: Any) -> None:
@@ -245,11 +237,8 @@ class Sharded(Replicated):
         return any(name.startswith(f"{path}.{COLLECTION}." if path else f"{COLLECTION}.") for path in self.blocks)
 
     def table_parameters(self) -> list[nn.Parameter]:
-        """Parameters of data-parallel tables (the planner's choice under ``auto``): updated by the torch
-        optimizer; sharded tables are updated by their fused kernels and are not here."""
-        dp = {n for n, t in self.plan.items() if t["sharding_type"] == ShardingType.DATA_PARALLEL.value}
-        return [p for name, p in self.model.named_parameters()
-                if self._is_table(name) and name.split(".")[-2] in dp]
+        """None: sharded tables are updated by their fused kernels, not by a torch optimizer."""
+        return []
 
     def dense_parameters(self) -> list[nn.Parameter]:
         return [p for name, p in self.model.named_parameters() if not self._is_table(name)]
@@ -330,8 +319,7 @@ class Sharded(Replicated):
     # ---- reporting ------------------------------------------------------------------------------
     def summary(self, optimizer: Optimizers) -> dict[str, Any]:
         tables = [v for k, v in self.held().items() if self._is_table(k.split("@")[0])]
-        fused = [v for v in self.extra_state()["fused_optimizer"].values()]
-        dp = self.table_parameters()
-        per_rank = self._gathered([tensor_bytes(tables), tensor_bytes(fused) + optimizer.state_bytes(dp)])
+        fused = list(self.extra_state()["fused_optimizer"].values())
+        per_rank = self._gathered([tensor_bytes(tables), tensor_bytes(fused)])
         return {"sharding": self.sharding, "plan": self.plan, "rank_table_bytes": [r[0] for r in per_rank],
                 "rank_table_optimizer_bytes": [r[1] for r in per_rank]}
