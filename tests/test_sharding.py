@@ -10,17 +10,21 @@ from __future__ import annotations
 
 import json
 import re
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from fakes import tiny_dataset
 from mtrec.cli import cli
+from mtrec.features.schema import DatasetSchema, DenseFeature, SparseFeature, TaskSpec
 from mtrec.models import create_model
 from mtrec.training.checkpoint import WEIGHTS, load_model
 from mtrec.training.config import ConfigError, RunConfig, TrainConfig
@@ -195,3 +199,36 @@ def test_column_wise_needs_a_width_divisible_by_the_ranks() -> None:
     sharded.ctx = DistContext(rank=0, world_size=2)
     with pytest.raises(ConfigError, match="column_wise splits each table's 5 columns over 2 ranks"):
         sharded._constraints({"item_id": 5})
+
+
+@pytest.fixture
+def one_rank_group() -> Iterator[None]:
+    """A gloo process group of this process alone (what torchrun would set up, with one rank)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+@pytest.mark.usefixtures("one_rank_group")
+def test_auto_plans_within_the_memory_budget_or_names_it() -> None:
+    """A 1M x 8 table: 32 MiB of weights and 32 MiB of Adagrad state, on one rank."""
+    from mtrec.objectives.weighting import create_weighting
+    from mtrec.training.sharding import Sharded
+    from mtrec.training.trainer import LossStep
+
+    schema = DatasetSchema(sparse=(SparseFeature("item", 1_000_000),), dense=(DenseFeature("x"),),
+                           tasks=(TaskSpec("click"),))
+    for budget in (40, 80):
+        model = create_model("shared_bottom", schema, embedding_dim=8, bottom_sizes=[8], tower_sizes=[4])
+        sharded = Sharded(model, torch.device("cpu"), TrainConfig(
+            embedding_sharding="auto", embedding_optimizer="adagrad", embedding_memory_mb=budget))
+        step = LossStep(model, create_weighting("fixed", model.task_names))
+        if budget == 40:
+            with pytest.raises(ConfigError, match=r"planner found no plan \(train.embedding_memory_mb: 40\)"):
+                sharded.wrap(step)
+        else:
+            sharded.wrap(step)
+            assert sharded.plan["item"]["ranks"] == [0]

@@ -46,7 +46,7 @@ class TrainConfig:
     # the embedding tables under torchrun: "none" (replicated on every rank, DDP), or sharded over the
     # ranks with TorchRec: "table_wise", "column_wise", or "auto" (TorchRec's planner); see docs/distributed.md
     embedding_sharding: str = "none"
-    # "auto": each rank's memory budget for its tables in MiB (0: TorchRec's default)
+    # "auto": each rank's memory budget in MiB for its tables and their optimizer state (0: TorchRec's default)
     embedding_memory_mb: int = 0
     # the tables' optimizer: "adam" (the model's Adam), or "adagrad" / "sgd" (their own, as sharded tables need)
     embedding_optimizer: str = "adam"

@@ -38,6 +38,7 @@ from torchrec import EmbeddingCollection, EmbeddingConfig, KeyedJaggedTensor
 from torchrec.distributed.embedding import EmbeddingCollectionSharder
 from torchrec.distributed.model_parallel import DefaultDataParallelWrapper, DistributedModelParallel
 from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints
+from torchrec.distributed.planner.storage_reservations import FixedPercentageStorageReservation
 from torchrec.distributed.planner.types import KernelConfig, PlannerError, TopologyFactory, TrainerConfig
 from torchrec.distributed.types import ShardingPlan, ShardingType
 
@@ -193,17 +194,22 @@ class Sharded(Replicated):
         sharder = EmbeddingCollectionSharder(fused_params={
             "optimizer": FUSED_OPTIMIZERS[cfg.embedding_optimizer], "learning_rate": cfg.lr, "eps": ADAGRAD_EPS,
         })
-        budget = cfg.embedding_memory_mb * 2**20 if self.sharding == "auto" and cfg.embedding_memory_mb else None
+        # the planner counts the tables' weights only (it is not told of optimizers given as fused
+        # parameters): Adagrad's state is as large again
+        state = 2 if cfg.embedding_optimizer == "adagrad" else 1
+        budget = cfg.embedding_memory_mb * 2**20 // state if self.sharding == "auto" and cfg.embedding_memory_mb \
+            else None
         topology = TopologyFactory.create_topology(
             TrainerConfig(world_size=self.ctx.world_size, local_world_size=self.ctx.local_world_size,
                           ddr_cap_bytes=budget),
             kernel_config=KernelConfig(compute_device=self.device.type),
         )
-        planner = EmbeddingShardingPlanner(topology=topology, constraints=self._constraints(dims))
+        planner = EmbeddingShardingPlanner(topology=topology, constraints=self._constraints(dims),
+                                           storage_reservation=FixedPercentageStorageReservation(0.0))
         try:
             plan = planner.collective_plan(loss_step, [sharder], dist.GroupMember.WORLD)
         except PlannerError as exc:
-            first = str(exc).strip().splitlines()[0]
+            first = str(exc).strip().splitlines()[0].strip()
             raise ConfigError(f"train.embedding_sharding: {self.sharding}: TorchRec's planner found no plan "
                               f"(train.embedding_memory_mb: {cfg.embedding_memory_mb}): {first}") from exc
         self.dmp = DistributedModelParallel(
