@@ -16,6 +16,7 @@ pieces (``--seeds 0``, then ``--seeds 1``, ...) and the full command then prints
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import fcntl
 import json
 import math
@@ -66,7 +67,7 @@ SWEEP: list[Variant] = [
 # the training settings that decide a result (not threads, prefetch, device or checkpoint cadence), so that
 # a setting added to TrainConfig later does not orphan the cached runs
 RESULT_SETTINGS = ("epochs", "batch_size", "lr", "weight_decay", "patience", "seed", "weighting",
-                   "weighting_options")
+                   "weighting_options", "objective")
 
 
 class RunCache:
@@ -79,7 +80,7 @@ class RunCache:
 
     @staticmethod
     def _make_key(model: str, options: dict[str, Any], data: str, train: dict[str, Any]) -> str:
-        settings = {name: train[name] for name in RESULT_SETTINGS}
+        settings = {name: train.get(name, "") for name in RESULT_SETTINGS}  # runs cached before a setting existed
         return json.dumps({"model": model, "options": options, "data": data, "train": settings}, sort_keys=True)
 
     @classmethod
@@ -123,8 +124,10 @@ class Study:
         return self._data[spec]
 
     def run(self, model: str, options: dict[str, Any], spec: str, seed: int) -> dict[str, Any] | None:
-        """One run's metrics (from the cache, or trained now unless ``--cached-only``)."""
-        train = self.train_config(seed)
+        """One run's metrics (from the cache, or trained now unless ``--cached-only``). A variant's
+        ``objective`` entry is the run's ``train.objective``, the rest its model options."""
+        options = dict(options)
+        train = dataclasses.replace(self.train_config(seed), objective=options.pop("objective", ""))
         key = self.cache.key(model, options, spec, train)
         found = self.cache.get(key)
         if found is not None or self.args.cached_only:

@@ -37,9 +37,9 @@ from mtrec.data.dataset import PreparedDataset
 from mtrec.data.source import load_data
 from mtrec.io import atomic_write_text
 from mtrec.models import create_model, model_options
-from mtrec.training.checkpoint import CONFIG
-from mtrec.training.config import ConfigError, RunConfig, TrainConfig
-from mtrec.training.run import METRICS, train_run
+from mtrec.training.config import RunConfig, TrainConfig
+from mtrec.training.run import train_run
+from mtrec.training.rundir import finished_metrics
 from stepping import train_step
 
 
@@ -105,20 +105,6 @@ def reproducing_command(args: argparse.Namespace, keys: list[str]) -> str:
     return "PYTHONPATH=src python benchmarks/dtrn_study.py " + shlex.join(options)
 
 
-def finished_run(directory: Path, config: RunConfig) -> dict[str, Any] | None:
-    """The metrics of a run already in ``directory`` with exactly this config, else None."""
-    if not (directory / METRICS).exists() or not (directory / CONFIG).exists():
-        return None
-    try:  # read through RunConfig so that settings added since the run was made take their defaults
-        saved = RunConfig.load(directory / CONFIG)
-    except ConfigError:
-        return None
-    if json.loads(json.dumps(saved.to_dict())) != json.loads(json.dumps(config.to_dict())):
-        return None
-    metrics: dict[str, Any] = json.loads((directory / METRICS).read_text())
-    return metrics
-
-
 def model_bound_speeds(
     dataset: PreparedDataset, variants: list[Variant], repeats: int, batch_size: int, steps: int = 20
 ) -> dict[str, float]:
@@ -172,7 +158,7 @@ def main(argv: list[str]) -> None:
         for seed in args.seeds:
             config = run_config(variant, seed, args)
             directory = args.out / "runs" / variant.key / f"seed{seed}"
-            metrics = finished_run(directory, config)
+            metrics = finished_metrics(directory, config)
             if metrics is None and variant in variants and not args.table_only:
                 if dataset is None:
                     dataset = load_data(config.data)

@@ -42,9 +42,9 @@ import httpx
 import numpy as np
 import torch
 
-from mtrec.export.onnx import random_batch
-from mtrec.export.scoring import ScoringModule, batch_inputs, input_names
-from mtrec.models import MultiTaskModel
+from mtrec.export.onnx import random_features
+from mtrec.export.scoring import ScoringModule, feature_inputs, input_names
+from mtrec.objectives.scorer import Scorer
 from mtrec.serving.predictor import Predictor, Runner, TorchRunner
 from mtrec.training.checkpoint import load_model
 
@@ -125,10 +125,10 @@ def make_run(root: Path, rows: int = 30_000) -> Path:
 class TracedRunner:
     """The scoring module traced with ``torch.jit.trace`` (TorchScript), for comparison only."""
 
-    def __init__(self, model: MultiTaskModel) -> None:
+    def __init__(self, model: Scorer) -> None:
         schema = model.schema
         self.names = input_names(schema)
-        example = batch_inputs(random_batch(schema, 8), schema)
+        example = feature_inputs(random_features(schema, 8), schema)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             self.traced = torch.jit.trace(ScoringModule(model).eval(), example, check_trace=False)

@@ -28,6 +28,7 @@ import torch
 
 from mtrec.data.batches import Batch, BatchIterator
 from mtrec.data.dataset import PreparedDataset
+from mtrec.features.inputs import Features
 from mtrec.features.schema import DatasetSchema, DenseFeature, SparseFeature, TaskSpec
 from mtrec.models import create_model
 from stepping import train_step
@@ -76,7 +77,8 @@ def per_sample_batches(data: PreparedDataset, batch_size: int, workers: int) -> 
     tasks = data.schema.task_names
     for item in loader:
         labels = {t: item["labels"][:, k] for k, t in enumerate(tasks)}
-        yield Batch(item["sparse"], item["dense"], {}, labels, {t: torch.ones_like(v) for t, v in labels.items()})
+        features = Features(item["sparse"], item["dense"])
+        yield Batch(features, labels, {t: torch.ones_like(v) for t, v in labels.items()})
 
 
 def load_only(batches: Iterable[Batch], steps: int) -> float:

@@ -2,10 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from mtrec.data.dataset import PreparedDataset
 from mtrec.features.schema import DatasetSchema, DenseFeature, SequenceFeature, SparseFeature, TaskSpec
+from mtrec.models import MultiTaskModel
+from mtrec.objectives import Objective, create_objective
+from mtrec.objectives.scorer import Scorer
+
+
+def default_objective(model: MultiTaskModel) -> Objective:
+    """The objective ``model`` trains with when the config names none."""
+    name, options = model.default_objective
+    return create_objective(name, model.schema, **options)
+
+
+def scorer(model: MultiTaskModel) -> Scorer:
+    """``model`` read through its default objective, as export and serving score it."""
+    return Scorer(default_objective(model), model, model.registry_name)
 
 
 def tiny_schema(seq_len: int = 6) -> DatasetSchema:
@@ -45,3 +61,13 @@ def tiny_dataset(rows: int = 240, seed: int = 0) -> PreparedDataset:
         labels=np.stack([click, conv], axis=1),
         splits={"train": perm[:a], "valid": perm[a:b], "test": perm[b:]},
     )
+
+
+def with_regression_task(data: PreparedDataset) -> PreparedDataset:
+    """``data`` with a third task, ``spend``: a regression task observed after click, its value growing
+    with the first dense feature on clicked rows (0 elsewhere)."""
+    schema = dataclasses.replace(
+        data.schema, tasks=(*data.schema.tasks, TaskSpec("spend", observed_after="click", type="regression")))
+    labels = np.asarray(data.labels)
+    spend = labels[:, 0] * np.exp(0.5 * np.asarray(data.dense)[:, 0])
+    return dataclasses.replace(data, schema=schema, labels=np.concatenate([labels, spend[:, None]], axis=1))

@@ -1,5 +1,6 @@
-"""Baseline models: ESMM's entire space, AITM's transfer and calibrator, CGC/PLE structure, OMoE's one
-gate, single-task independence, and every baseline with or without sequence features."""
+"""Baseline models: AITM's transfer, CGC/PLE structure, OMoE's one gate, single-task independence, and
+every baseline with or without sequence features (the objectives ESMM and AITM train with are tested in
+test_objectives.py)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,11 @@ import dataclasses
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from fakes import tiny_dataset
+from fakes import default_objective, tiny_dataset
 from mtrec.data.batches import Batch, BatchIterator
 from mtrec.data.dataset import PreparedDataset
-from mtrec.features.schema import DatasetSchema, TaskSpec
-from mtrec.models import ModelConfigError, create_model
+from mtrec.models import create_model
 from mtrec.nn.experts import ExtractionLayer, ProgressiveLayers
 
 BASELINES = ["single_task", "omoe", "cgc", "ple", "esmm", "aitm"]
@@ -26,139 +25,23 @@ def first_batch(dataset: PreparedDataset, size: int = 64) -> Batch:
     return next(iter(BatchIterator(dataset, "train", size, shuffle=False)))
 
 
-def with_tasks(schema: DatasetSchema, *tasks: TaskSpec) -> DatasetSchema:
-    return dataclasses.replace(schema, tasks=tasks)
-
-
-def relabelled(batch: Batch, schema: DatasetSchema) -> Batch:
-    """The batch with labels for ``schema``'s tasks: click, and each later task = the earlier's label
-    times a coin flip (so a chained task's label is 1 only where its chain happened)."""
-    gen = torch.Generator().manual_seed(0)
-    labels = {}
-    for task in schema.tasks:
-        if task.observed_after is None:
-            labels[task.name] = batch.labels["click"]
-        else:
-            coin = (torch.rand(len(batch), generator=gen) < 0.5).float()
-            labels[task.name] = labels[task.observed_after] * coin
-    masks = {t.name: labels[t.observed_after] if t.observed_after else torch.ones(len(batch))
-             for t in schema.tasks}
-    return dataclasses.replace(batch, labels=labels, masks=masks)
-
-
 @pytest.fixture(scope="module")
 def data() -> PreparedDataset:
     return tiny_dataset()
 
 
-# ---- ESMM -------------------------------------------------------------------------------------------
-
-def test_esmm_ctcvr_is_the_product_of_ctr_and_cvr(data: PreparedDataset) -> None:
-    torch.manual_seed(0)
-    model = create_model("esmm", data.schema)
-    outputs = model(first_batch(data))
-    product = torch.sigmoid(outputs["click"]) * torch.sigmoid(outputs["conversion"])
-    torch.testing.assert_close(torch.sigmoid(outputs["ctcvr"]), product, atol=1e-6, rtol=1e-4)
-    probs = model.probabilities(outputs)
-    assert list(probs) == ["click", "conversion"]
-    assert torch.equal(probs["conversion"], torch.sigmoid(outputs["conversion"]))  # pCVR is served
-
-
-def test_esmm_loss_is_on_click_and_ctcvr_over_all_impressions(data: PreparedDataset) -> None:
-    torch.manual_seed(0)
-    model = create_model("esmm", data.schema)
-    batch = first_batch(data)
-    outputs = model(batch)
-    losses = model.losses(outputs, batch)
-    assert set(losses) == {"click", "conversion"}
-    ctcvr = torch.sigmoid(outputs["click"]) * torch.sigmoid(outputs["conversion"])
-    expected = F.binary_cross_entropy(ctcvr, batch.labels["conversion"])  # every row, not only clicks
-    torch.testing.assert_close(losses["conversion"], expected)
-    torch.testing.assert_close(
-        losses["click"], F.binary_cross_entropy_with_logits(outputs["click"], batch.labels["click"])
-    )
-
-
-def test_esmm_chains_deeper_tasks_and_names_each_product(data: PreparedDataset) -> None:
-    schema = with_tasks(data.schema, TaskSpec("click"), TaskSpec("cart", observed_after="click"),
-                        TaskSpec("buy", observed_after="cart"))
-    torch.manual_seed(0)
-    model = create_model("esmm", schema)
-    batch = relabelled(first_batch(data), schema)
-    outputs = model(batch)
-    assert {"ctcvr_cart", "ctcvr_buy"} <= set(outputs)
-    p = {t: torch.sigmoid(outputs[t]) for t in ("click", "cart", "buy")}
-    product = p["click"] * p["cart"] * p["buy"]
-    torch.testing.assert_close(torch.sigmoid(outputs["ctcvr_buy"]), product, atol=1e-6, rtol=1e-4)
-    loss = model.losses(outputs, batch)["buy"]
-    torch.testing.assert_close(loss, F.binary_cross_entropy(product, batch.labels["buy"]))
-
-
-def test_esmm_without_chained_tasks_is_plain_bce_with_no_derived_output(data: PreparedDataset) -> None:
-    schema = with_tasks(data.schema, TaskSpec("click"), TaskSpec("conversion"))
-    model = create_model("esmm", schema)
-    batch = relabelled(first_batch(data), schema)
-    outputs = model(batch)
-    assert set(outputs) == {"click", "conversion"}
-    expected = F.binary_cross_entropy_with_logits(outputs["conversion"], batch.labels["conversion"])
-    torch.testing.assert_close(model.losses(outputs, batch)["conversion"], expected)
-
-
-def test_esmm_rejects_a_task_named_like_its_derived_output(data: PreparedDataset) -> None:
-    schema = with_tasks(data.schema, TaskSpec("click"), TaskSpec("ctcvr", observed_after="click"))
-    with pytest.raises(ModelConfigError, match="ctcvr"):
-        create_model("esmm", schema)
-
-
 # ---- AITM -------------------------------------------------------------------------------------------
-
-def test_aitm_calibrator_is_zero_when_the_later_task_is_no_likelier(data: PreparedDataset) -> None:
-    model = create_model("aitm", data.schema, calibrator_weight=0.5)
-    batch = first_batch(data, 16)
-    click = torch.linspace(-2, 2, 16)
-    below = {"click": click, "conversion": click - torch.rand(16)}  # p_conversion <= p_click everywhere
-    assert model.losses(below, batch)["calibrator"].item() == 0.0
-    equal = {"click": click, "conversion": click.clone()}
-    assert model.losses(equal, batch)["calibrator"].item() == 0.0
-    above = {"click": click, "conversion": click + 1.0}
-    excess = (torch.sigmoid(click + 1.0) - torch.sigmoid(click)).mean()
-    torch.testing.assert_close(model.losses(above, batch)["calibrator"], 0.5 * excess)
-    assert model.losses(above, batch)["calibrator"].item() > 0
-
-
-def test_aitm_calibrator_weight_is_an_option_and_needs_an_observed_after_pair(data: PreparedDataset) -> None:
-    batch = first_batch(data, 16)
-    outputs = {"click": torch.zeros(16), "conversion": torch.ones(16)}
-    assert "calibrator" not in create_model("aitm", data.schema, calibrator_weight=0.0).losses(outputs, batch)
-    unordered = with_tasks(data.schema, TaskSpec("click"), TaskSpec("conversion"))
-    assert "calibrator" not in create_model("aitm", unordered).losses(outputs, batch)
-    with pytest.raises(ModelConfigError, match="calibrator_weight"):
-        create_model("aitm", data.schema, calibrator_weight=-1.0)
-
-
-def test_aitm_learns_every_task_on_all_impressions_and_serves_the_conditional(data: PreparedDataset) -> None:
-    torch.manual_seed(0)
-    model = create_model("aitm", data.schema)
-    batch = first_batch(data)
-    outputs = model(batch)
-    losses = model.losses(outputs, batch)
-    expected = F.binary_cross_entropy_with_logits(outputs["conversion"], batch.labels["conversion"])
-    torch.testing.assert_close(losses["conversion"], expected)  # every row, not only clicked ones
-    probs = model.probabilities(outputs)
-    ratio = torch.sigmoid(outputs["conversion"]) / torch.sigmoid(outputs["click"])
-    torch.testing.assert_close(probs["conversion"], ratio.clamp(0, 1))
-
 
 def test_aitm_transfers_information_from_the_earlier_task(data: PreparedDataset) -> None:
     torch.manual_seed(0)
     model = create_model("aitm", data.schema)
     batch = first_batch(data)
-    model(batch)["conversion"].sum().backward()
+    model(batch.features)["conversion"].sum().backward()
     first_layer = model.towers.layers[0].weight.grad  # [T, in, out]
     assert first_layer is not None
     assert first_layer[0].abs().sum() > 0  # the click tower feeds the conversion output
     model.zero_grad()
-    model(batch)["click"].sum().backward()
+    model(batch.features)["click"].sum().backward()
     assert model.towers.layers[0].weight.grad[1].abs().sum() == 0  # but not the other way round
 
 
@@ -218,7 +101,7 @@ def test_omoe_feeds_one_mixture_to_every_task(data: PreparedDataset) -> None:
         for layer in model.towers.layers:  # make task 1's tower a copy of task 0's
             layer.weight[1] = layer.weight[0]
             layer.bias[1] = layer.bias[0]
-    outputs = model(first_batch(data))
+    outputs = model(first_batch(data).features)
     torch.testing.assert_close(outputs["click"], outputs["conversion"])
     mmoe = create_model("mmoe", data.schema)
     assert model.gates.n_gates == 1 and mmoe.gates.n_gates == 2
@@ -228,7 +111,7 @@ def test_single_task_networks_share_nothing(data: PreparedDataset) -> None:
     torch.manual_seed(0)
     model = create_model("single_task", data.schema, embedding_dim=4)
     batch = first_batch(data)
-    model(batch)["click"].sum().backward()
+    model(batch.features)["click"].sum().backward()
     table = model.embedding.table.weight.grad  # [V, T*d]: task k owns columns k*d .. (k+1)*d
     assert table is not None
     assert table[:, :4].abs().sum() > 0 and table[:, 4:].abs().sum() == 0
@@ -252,14 +135,14 @@ def test_baseline_trains_one_step(name: str, sequences: bool, data: PreparedData
     model = create_model(name, dataset.schema, embedding_dim=4)
     batch = first_batch(dataset)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    losses = model.losses(model(batch), batch)
+    losses = default_objective(model).losses(model(batch.features), batch)
     assert set(dataset.schema.task_names) <= set(losses)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     torch.stack(list(losses.values())).sum().backward()
     optimizer.step()
     moved = [n for n, p in model.named_parameters() if not torch.equal(p, before[n])]
     assert len(moved) == len(before), sorted(set(before) - set(moved))
-    probs = model.probabilities(model(batch))
+    probs = default_objective(model).predictions(model(batch.features))
     for task in dataset.schema.task_names:
         assert probs[task].shape == (len(batch),)
         assert bool(((probs[task] >= 0) & (probs[task] <= 1)).all())

@@ -78,5 +78,5 @@ def test_mismatched_dataset_is_named(tiny_dir: Path, tmp_path: Path) -> None:
     (tiny_dir / "labels.npy").write_bytes(b"not an array")
     result = mtrec("train", "--model", "mmoe", "--data", str(tiny_dir), "--out", str(tmp_path / "run"))
     assert result.returncode == 2
-    assert "labels.npy: not a readable .npy array" in result.stderr
+    assert "labels.npy has 12 bytes, but 2,048 bytes were written: the file is damaged" in result.stderr
     assert "Traceback" not in result.stderr

@@ -13,7 +13,7 @@ import torch
 from fakes import tiny_dataset
 from mtrec.data.batches import Batch, BatchIterator, gather_batch
 from mtrec.models import create_model
-from mtrec.objectives.losses import entire_space_task_losses, masked_task_losses
+from mtrec.objectives import create_objective
 from mtrec.training.checkpoint import WEIGHTS, load_model
 from mtrec.training.config import ConfigError, RunConfig
 from mtrec.training.distributed import DistContext, block_of
@@ -42,8 +42,8 @@ def test_each_step_is_dealt_to_the_ranks_without_loss_or_repeat(world_size: int,
     for step, whole in enumerate(single):
         parts = [r[step] for r in ranks]
         assert len({len(p) for p in parts}) == 1  # equal batch shapes, padding included
-        real = np.concatenate([p.dense[: p.num_real, 0].numpy() for p in parts])
-        np.testing.assert_array_equal(np.sort(real), np.sort(whole.dense[:, 0].numpy()))
+        real = np.concatenate([p.features.dense[: p.num_real, 0].numpy() for p in parts])
+        np.testing.assert_array_equal(np.sort(real), np.sort(whole.features.dense[:, 0].numpy()))
         for p in parts:
             pad = slice(p.num_real, None)
             assert all(float(m[pad].abs().sum()) == 0 for m in p.masks.values())
@@ -68,9 +68,8 @@ def test_ranks_average_gradient_equals_the_whole_step_gradient(objective: str) -
     model = create_model("shared_bottom", data.schema)
 
     def loss_of(batch: Batch) -> torch.Tensor:
-        out = model(batch)
-        losses = (masked_task_losses(out, batch) if objective == "masked"
-                  else entire_space_task_losses(out, batch, data.schema))
+        out = model(batch.features)
+        losses = create_objective(objective, data.schema).losses(out, batch)
         return torch.stack(list(losses.values())).sum()
 
     args = {"dataset": data, "split": "train", "batch_size": 44, "shuffle": True, "seed": 1}
@@ -143,6 +142,8 @@ def test_two_gloo_processes_train_the_same_weights_as_one(tmp_path: Path) -> Non
     ({"embedding_sharding": "auto", "embedding_optimizer": "sgd", "weighting": "gradnorm"},
      "gradnorm cannot be used with train.embedding_sharding: auto"),
     ({"embedding_memory_mb": -1}, "train.embedding_memory_mb must be >= 0"),
+    ({"embedding_sharding": "column_wise", "embedding_optimizer": "sgd", "select": "per_task"},
+     "per_task cannot be used with train.embedding_sharding: column_wise"),
 ])
 def test_sharding_settings_are_checked_with_one_line_errors(train: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):

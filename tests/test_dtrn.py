@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from fakes import tiny_dataset, tiny_schema
+from fakes import default_objective, tiny_dataset, tiny_schema
 from mtrec.data.batches import Batch, gather_batch
 from mtrec.data.dataset import PreparedDataset
 from mtrec.features.schema import DatasetSchema, SequenceFeature, TaskSpec
@@ -116,7 +116,7 @@ def test_senet_field_mode_scales_whole_fields_and_bit_mode_each_element() -> Non
 )
 def test_outputs_one_finite_logit_per_row_and_task(batch: Batch, options: dict[str, object]) -> None:
     model = build(tiny_schema(), **options)
-    out = model(batch)
+    out = model(batch.features)
     assert set(out) == {"click", "conversion"}
     for logits in out.values():
         assert logits.shape == (len(batch),) and torch.isfinite(logits).all()
@@ -124,10 +124,10 @@ def test_outputs_one_finite_logit_per_row_and_task(batch: Batch, options: dict[s
 
 
 def test_interests_per_task_differ_with_tim_and_are_shared_without(batch: Batch) -> None:
-    u, w = build(tiny_schema()).interests(batch)
+    u, w = build(tiny_schema()).interests(batch.features)
     assert u.shape == (48, 2, 2, 16) and w.shape == (48, 2, 2, 6)  # [B, K, M, d], [B, K, M, L]
     assert not torch.allclose(u[:, 0], u[:, 1])
-    u_shared, _ = build(tiny_schema(), use_tim=False).interests(batch)
+    u_shared, _ = build(tiny_schema(), use_tim=False).interests(batch.features)
     assert u_shared.shape == (48, 1, 2, 16)
 
 
@@ -137,10 +137,10 @@ def test_batched_pairs_equal_encoding_each_task_behaviour_pair_alone(batch: Batc
     assert tim is not None
     model.eval()
     with torch.no_grad():
-        u, _ = model.interests(batch)
-        history, mask = model.embedding.sequences(batch)  # [B, M, L, d], [B, M, L]
+        u, _ = model.interests(batch.features)
+        history, mask = model.embedding.sequences(batch.features)  # [B, M, L, d], [B, M, L]
         gamma, beta = tim.norm_parameters()  # [K, M, N, d]
-        target = tim.targets(model.embedding.sparse_fields(batch))  # [B, M, d]
+        target = tim.targets(model.embedding.sparse_fields(batch.features))  # [B, M, d]
         for k, m in itertools.product(range(2), range(2)):
             encoded = tim.encoder(history[:, m], mask[:, m], gamma[k, m], beta[k, m])  # [B, L, d]
             alone, _ = tim.pooling(encoded, mask[:, m], target[:, m])
@@ -153,14 +153,15 @@ def test_all_pairs_are_one_batched_pass_with_the_first_attention_once_per_histor
     shapes: list[tuple[int, ...]] = []
     for layer in model.tim.encoder.layers:
         layer.attention.register_forward_hook(lambda _m, args, _out: shapes.append(tuple(args[0].shape)))
-    model(batch)
+    model(batch.features)
     # one call per layer (not per task/behaviour pair); layer 0 runs before the per-pair norms
     assert shapes == [(48, 1, 2, 6, 16), (48, 2, 2, 6, 16)]  # [B, K', M, L, d]
 
 
 def test_padding_positions_get_zero_target_attention_weight(batch: Batch) -> None:
-    _, weights = build(tiny_schema()).interests(batch)  # [B, K, M, L]
-    padding = torch.stack([batch.sequences["hist_click"], batch.sequences["hist_buy"]], 1) == 0  # [B, M, L]
+    _, weights = build(tiny_schema()).interests(batch.features)  # [B, K, M, L]
+    histories = batch.features.sequences
+    padding = torch.stack([histories["hist_click"], histories["hist_buy"]], 1) == 0  # [B, M, L]
     assert padding.any() and (~padding).any()
     assert torch.all(weights.permute(1, 0, 2, 3)[:, padding] == 0)
     sums = weights.sum(-1)  # [B, K, M]: 1 for a history with items, 0 for an empty one
@@ -175,13 +176,13 @@ def test_all_padding_histories_give_finite_outputs_and_gradients(
     batch: Batch, options: dict[str, object]
 ) -> None:
     model = build(tiny_schema(), **options)
-    no_items = {k: torch.zeros_like(v) for k, v in batch.sequences.items()}
-    empty = dataclasses.replace(batch, sequences=no_items)
-    out = model(empty)
+    no_items = {k: torch.zeros_like(v) for k, v in batch.features.sequences.items()}
+    empty = dataclasses.replace(batch, features=dataclasses.replace(batch.features, sequences=no_items))
+    out = model(empty.features)
     assert all(torch.isfinite(v).all() for v in out.values())
-    u, _ = model.interests(empty)
+    u, _ = model.interests(empty.features)
     assert torch.all(u == 0)
-    loss = sum(model.losses(out, empty).values())
+    loss = sum(default_objective(model).losses(out, empty).values())
     assert isinstance(loss, torch.Tensor)
     loss.backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
@@ -226,7 +227,7 @@ def test_histories_of_different_lengths_are_padded_together() -> None:
     sequences = {**ds.sequences, "hist_cart": rng.integers(0, 40, (ds.num_rows, 3))}
     ds = PreparedDataset(schema, ds.sparse, ds.dense, sequences, ds.labels, ds.splits)
     b = gather_batch(ds, ds.splits["train"][:16])
-    _, weights = build(schema).interests(b)
+    _, weights = build(schema).interests(b.features)
     assert weights.shape == (16, 2, 3, 6)
     assert torch.all(weights[:, :, 2, 3:] == 0)  # the padded tail of the short history
 
@@ -235,10 +236,10 @@ def test_runs_without_sequence_features(batch: Batch) -> None:
     schema = dataclasses.replace(tiny_schema(), sequences=())
     model = build(schema, backbone="mmoe")
     assert model.tim is None
-    out = model(dataclasses.replace(batch, sequences={}))
+    out = model(dataclasses.replace(batch.features, sequences={}))
     assert out["click"].shape == (48,)
     with pytest.raises(ModelConfigError, match="no sequence features"):
-        model.interests(batch)
+        model.interests(batch.features)
 
 
 def test_a_history_without_target_uses_a_learned_query(batch: Batch) -> None:
@@ -248,7 +249,7 @@ def test_a_history_without_target_uses_a_learned_query(batch: Batch) -> None:
     )
     model = build(schema)
     assert model.tim is not None and model.tim.default_target is not None
-    assert torch.isfinite(model(batch)["click"]).all()
+    assert torch.isfinite(model(batch.features)["click"]).all()
 
 
 @pytest.mark.parametrize(
@@ -266,7 +267,7 @@ def test_a_few_optimizer_steps_lower_the_loss(batch: Batch) -> None:
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
 
     def loss() -> torch.Tensor:
-        return torch.stack(list(model.losses(model(batch), batch).values())).sum()
+        return torch.stack(list(default_objective(model).losses(model(batch.features), batch).values())).sum()
 
     first = loss().item()
     for _ in range(15):

@@ -10,9 +10,8 @@ import onnx
 import pytest
 import torch
 
-from fakes import tiny_dataset
+from fakes import scorer, tiny_dataset
 from mtrec.cli import main
-from mtrec.data.batches import Batch
 from mtrec.export import onnx as onnx_export
 from mtrec.export.onnx import (
     ParityError,
@@ -21,10 +20,12 @@ from mtrec.export.onnx import (
     export_onnx,
     onnx_session,
     parity_batches,
-    random_batch,
+    random_features,
 )
-from mtrec.export.scoring import ScoringModule, batch_inputs, input_names
+from mtrec.export.scoring import ScoringModule, feature_inputs, input_names
+from mtrec.features.inputs import Features
 from mtrec.models import MultiTaskModel, create_model, list_models
+from mtrec.objectives.scorer import Scorer
 from mtrec.training.config import RunConfig, TrainConfig
 from mtrec.training.run import train_run
 
@@ -58,7 +59,7 @@ def run_cli(argv: list[str]) -> int:
 @pytest.mark.parametrize("name", MODELS)
 def test_every_model_exports_with_parity(name: str, data) -> None:  # type: ignore[no-untyped-def]
     torch.manual_seed(0)
-    model = create_model(name, data.schema).eval()
+    model = scorer(create_model(name, data.schema)).eval()
     batches, source = parity_batches(data.schema, None, rows=96, batch_size=64)
     checked = export_checked(model, batches, source)
     assert checked.exporter == "torchscript", checked.notes  # the fast tracer; dynamo is only a fallback
@@ -75,7 +76,7 @@ def test_every_model_exports_with_parity(name: str, data) -> None:  # type: igno
 
 def test_dynamo_exporter_gives_the_same_probabilities(data) -> None:  # type: ignore[no-untyped-def]
     torch.manual_seed(0)
-    model = create_model("shared_bottom", data.schema, bottom_sizes=[16], tower_sizes=[8]).eval()
+    model = scorer(create_model("shared_bottom", data.schema, bottom_sizes=[16], tower_sizes=[8])).eval()
     batches, source = parity_batches(data.schema, None, rows=64, batch_size=64)
     checked = export_checked(model, batches, source, exporter="dynamo")
     assert checked.exporter == "dynamo"
@@ -89,16 +90,16 @@ class _DataDependent(MultiTaskModel):
         super().__init__(schema)
         self.weight = torch.nn.Parameter(torch.ones(len(schema.dense)))
 
-    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
-        logit = batch.dense @ self.weight
-        if batch.dense[:, 0].mean() > 0:
+    def forward(self, features: Features) -> dict[str, torch.Tensor]:
+        logit = features.dense @ self.weight
+        if features.dense[:, 0].mean() > 0:
             logit = logit + 0.5
         return dict.fromkeys(self.task_names, logit)
 
 
 def test_a_graph_that_differs_from_eager_fails_the_parity_check(data) -> None:  # type: ignore[no-untyped-def]
-    model = _DataDependent(data.schema).eval()
-    batches = [random_batch(data.schema, 50, seed=s) for s in range(6)]
+    model = scorer(_DataDependent(data.schema)).eval()
+    batches = [random_features(data.schema, 50, seed=s) for s in range(6)]
     assert len({bool(b.dense[:, 0].mean() > 0) for b in batches}) == 2  # both branches are exercised
     with pytest.raises(ParityError, match=r"max abs difference .* > tolerance"):
         export_checked(model, batches, "test batches", exporter="torchscript")
@@ -106,24 +107,24 @@ def test_a_graph_that_differs_from_eager_fails_the_parity_check(data) -> None:  
 
 def test_parity_report_measures_the_difference(data) -> None:  # type: ignore[no-untyped-def]
     torch.manual_seed(0)
-    model = create_model("mmoe", data.schema).eval()
+    model = scorer(create_model("mmoe", data.schema)).eval()
     graph = export_onnx(model)
     torch.manual_seed(1)
-    other = create_model("mmoe", data.schema).eval()  # same architecture, other weights
-    batch = random_batch(data.schema, 40, seed=2)
+    other = scorer(create_model("mmoe", data.schema)).eval()  # same architecture, other weights
+    batch = random_features(data.schema, 40, seed=2)
     report = check_parity(other, graph, [batch], tolerance=1e-4)
     with torch.no_grad():
-        ours = ScoringModule(model)(*batch_inputs(batch, data.schema))
-        theirs = ScoringModule(other)(*batch_inputs(batch, data.schema))
+        ours = ScoringModule(model)(*feature_inputs(batch, data.schema))
+        theirs = ScoringModule(other)(*feature_inputs(batch, data.schema))
     expected = {t: float((a - b).abs().max()) for t, a, b in zip(data.schema.task_names, ours, theirs, strict=True)}
     assert not report.ok
     for task, diff in report.per_task.items():
         assert diff == pytest.approx(expected[task], abs=1e-6)
 
 
-def test_random_batch_holds_valid_ids_and_edge_rows(data) -> None:  # type: ignore[no-untyped-def]
+def test_random_features_holds_valid_ids_and_edge_rows(data) -> None:  # type: ignore[no-untyped-def]
     schema = data.schema
-    batch = random_batch(schema, 50, seed=7)
+    batch = random_features(schema, 50, seed=7)
     for j, f in enumerate(schema.sparse):
         assert int(batch.sparse[:, j].min()) >= 0 and int(batch.sparse[:, j].max()) < f.vocab_size
     for s in schema.sequences:
@@ -160,14 +161,14 @@ def test_cli_export_writes_a_graph_matching_the_model(run_dir: Path, tmp_path: P
     from mtrec.training.checkpoint import load_model
 
     model, _ = load_model(run_dir)
-    batch = random_batch(model.schema, 25, seed=9)
+    batch = random_features(model.schema, 25, seed=9)
     session = onnx_session(out.read_bytes())
     declared = {i.name for i in session.get_inputs()}  # type: ignore[attr-defined]
-    feeds = {n: t.numpy() for n, t in zip(input_names(model.schema), batch_inputs(batch, model.schema), strict=True)
+    feeds = {n: t.numpy() for n, t in zip(input_names(model.schema), feature_inputs(batch, model.schema), strict=True)
              if n in declared}
     got = session.run(None, feeds)  # type: ignore[attr-defined]
     with torch.no_grad():
-        expected = ScoringModule(model)(*batch_inputs(batch, model.schema))
+        expected = ScoringModule(model)(*feature_inputs(batch, model.schema))
     for g, e in zip(got, expected, strict=True):
         np.testing.assert_allclose(g, e.numpy(), atol=1e-5)
 
@@ -177,10 +178,10 @@ def test_cli_export_fails_loudly_and_writes_nothing_on_mismatch(
 ) -> None:
     real_export = onnx_export.export_onnx
 
-    def export_other_weights(model: MultiTaskModel, exporter: str = "torchscript") -> bytes:
+    def export_other_weights(model: Scorer, exporter: str = "torchscript") -> bytes:
         torch.manual_seed(123)
-        stranger = create_model(model.registry_name, model.schema, expert_sizes=[16], tower_sizes=[8])
-        return real_export(stranger.eval(), "torchscript")
+        stranger = create_model(model.name, model.schema, expert_sizes=[16], tower_sizes=[8])
+        return real_export(scorer(stranger).eval(), "torchscript")
 
     monkeypatch.setattr(onnx_export, "export_onnx", export_other_weights)
     out = tmp_path / "model.onnx"

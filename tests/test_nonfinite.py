@@ -18,6 +18,7 @@ from mtrec.training.checkpoint import WEIGHTS
 from mtrec.training.config import ConfigError, TrainConfig
 from mtrec.training.nonfinite import NonFiniteLossError, NonFiniteParametersError
 from mtrec.training.resume import RESUME, load_resume
+from mtrec.training.rundir import RunDirectory
 from mtrec.training.trainer import Trainer
 
 BATCH = 16
@@ -38,11 +39,11 @@ def step_of(data: PreparedDataset, row: int, epoch: int) -> int:
     return int(np.flatnonzero(it.order() == row)[0]) // BATCH
 
 
-def trainer(data: PreparedDataset, out: Path, **options: object) -> Trainer:
+def trainer(data: PreparedDataset, out: Path | None, **options: object) -> Trainer:
     torch.manual_seed(0)
     model = create_model("shared_bottom", data.schema, embedding_dim=4, bottom_sizes=[8], tower_sizes=[4])
     config = TrainConfig(epochs=2, batch_size=BATCH, lr=0.01, num_threads=1, prefetch=0, **options)  # type: ignore[arg-type]
-    return Trainer(model, config, out, log=lambda _: None)
+    return Trainer(model, config, RunDirectory(out) if out is not None else None, log=lambda _: None)
 
 
 def test_stop_names_the_step_and_task_and_writes_nothing_from_it(tmp_path: Path) -> None:
@@ -61,7 +62,7 @@ def test_stop_names_the_step_and_task_and_writes_nothing_from_it(tmp_path: Path)
 
 def test_stop_is_noticed_at_the_check_interval_without_checkpoints(tmp_path: Path) -> None:
     data, row = poisoned()
-    run = trainer(data, None, checkpoint_every=0, nonfinite_check_every=1)  # type: ignore[arg-type]
+    run = trainer(data, None, checkpoint_every=0, nonfinite_check_every=1)
     with pytest.raises(NonFiniteLossError, match=f"optimizer step {step_of(data, row, 0)}\\)"):
         run.fit(data)
 

@@ -36,7 +36,7 @@ def test_every_train_row_exactly_once_per_epoch(prefetch: int) -> None:
         seen = []
         for batch in it:
             # the user id column identifies a row only together with the others; track rows via dense values
-            seen.append(batch.dense[:, 0].numpy())
+            seen.append(batch.features.dense[:, 0].numpy())
         got = np.sort(np.concatenate(seen))
         want = np.sort(data.dense[data.splits["train"], 0])
         np.testing.assert_array_equal(got, want)
@@ -77,10 +77,10 @@ def test_memmap_round_trip_gives_identical_batches(tmp_path: Path) -> None:
     assert isinstance(loaded.sparse, np.memmap)
     rows = np.array([5, 3, 200, 17])
     a, b = gather_batch(data, rows), gather_batch(loaded, rows)
-    torch.testing.assert_close(a.sparse, b.sparse)
-    torch.testing.assert_close(a.dense, b.dense)
-    for name in a.sequences:
-        torch.testing.assert_close(a.sequences[name], b.sequences[name])
+    torch.testing.assert_close(a.features.sparse, b.features.sparse)
+    torch.testing.assert_close(a.features.dense, b.features.dense)
+    for name in a.features.sequences:
+        torch.testing.assert_close(a.features.sequences[name], b.features.sequences[name])
     for task in a.labels:
         torch.testing.assert_close(a.labels[task], b.labels[task])
         torch.testing.assert_close(a.masks[task], b.masks[task])
@@ -96,12 +96,15 @@ def test_masks_follow_observed_after() -> None:
 def test_bad_labels_and_mismatched_schema_are_named(tmp_path: Path) -> None:
     data = tiny_dataset(rows=100)
     data.labels[7, 1] = 2.0
-    with pytest.raises(DatasetError, match=r"task .conversion. row 7 has 2\.0"):
+    with pytest.raises(DatasetError, match=r"task .conversion. must be 0 or 1: row 7 has 2\.0"):
         data.save(tmp_path / "bad")
     good = tiny_dataset(rows=100)
+    with pytest.raises(DatasetError, match=r"'dense'.*shape \(100, 5\).*implies \(100, 2\)"):
+        PreparedDataset(good.schema, good.sparse, np.zeros((100, 5), np.float32), good.sequences, good.labels,
+                        good.splits)
     good.save(tmp_path / "d")
     np.save(tmp_path / "d" / "dense.npy", np.zeros((100, 5), dtype=np.float32))
-    with pytest.raises(DatasetError, match=r"'dense'.*shape \(100, 5\).*implies \(100, 2\)"):
+    with pytest.raises(DatasetError, match=r"dense\.npy has 2,128 bytes, but 928 bytes were written"):
         PreparedDataset.load(tmp_path / "d")
     with pytest.raises(DatasetError, match="directory not found"):
         PreparedDataset.load(tmp_path / "missing")
@@ -112,6 +115,6 @@ def test_failed_save_leaves_previous_dataset_intact(tmp_path: Path) -> None:
     broken = tiny_dataset(rows=100)
     broken.labels[0, 0] = 5.0
     with pytest.raises(DatasetError):
-        broken.save(tmp_path / "d")
+        broken.save(tmp_path / "d", overwrite=True)
     assert PreparedDataset.load(tmp_path / "d").num_rows == 100
     assert [p.name for p in tmp_path.iterdir()] == ["d"]

@@ -20,6 +20,7 @@ from mtrec.training.checkpoint import WEIGHTS, load_model
 from mtrec.training.config import ConfigError, RunConfig, TrainConfig
 from mtrec.training.resume import RESUME, ResumeError, decode_state, encode_state, load_resume, save_resume
 from mtrec.training.run import train_run
+from mtrec.training.rundir import RunDirectory
 from mtrec.training.trainer import Trainer
 from procs import max_weight_difference, run_python
 
@@ -169,7 +170,7 @@ def test_resume_restores_the_weighting_strategy(tmp_path: Path, weighting: str) 
         model = create_model("shared_bottom", data.schema, embedding_dim=4, bottom_sizes=[8], tower_sizes=[4])
         config = TrainConfig(epochs=epochs, batch_size=16, lr=0.01, num_threads=1, prefetch=0, patience=5,
                              weighting=weighting)
-        trainer = Trainer(model, config, out, log=lambda _: None)
+        trainer = Trainer(model, config, RunDirectory(out), log=lambda _: None)
         trainer.fit(data, resume=resume)
         return trainer
 

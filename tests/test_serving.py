@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import pickle
 import shutil
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,6 +31,7 @@ from rawdata import (
     write_csv,
     write_raw,
 )
+from servers import serving
 
 MAX_CANDIDATES = 40
 MAX_BODY = 64_000
@@ -60,23 +58,8 @@ def predictor(run_dir: Path) -> Predictor:
 @pytest.fixture(scope="module")
 def base_url(predictor: Predictor) -> Iterator[str]:
     """The real app under uvicorn on a free loopback port, in a background thread."""
-    app = create_app(predictor, max_candidates=MAX_CANDIDATES, max_body_bytes=MAX_BODY)
-    # IPPROTO_TCP, so that asyncio sets TCP_NODELAY on the connections (else each response waits ~40 ms for
-    # a delayed ACK between its header and body writes)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
-    sock.close()
+    with serving(create_app(predictor, max_candidates=MAX_CANDIDATES, max_body_bytes=MAX_BODY)) as url:
+        yield url
 
 
 @pytest.fixture
@@ -293,6 +276,7 @@ def test_an_invalid_model_file_is_refused_at_startup_without_running_it(
 ) -> None:
     bad_run = tmp_path / "run"
     shutil.copytree(run_dir, bad_run)
+    (tmp_path / "x.csv").write_text("user_id\nu1\n")  # an input that exists: the model is what is refused
     marker = tmp_path / "payload-ran"
     weights = bad_run / "model.safetensors"
     if content == "garbage":

@@ -37,14 +37,14 @@ def test_seeded_runs_repeat_exactly(tmp_path: Path) -> None:
 def test_saved_model_is_the_best_epoch_and_reloads(tmp_path: Path) -> None:
     metrics = run(tmp_path, "r", epochs=4)
     history = [json.loads(line) for line in (tmp_path / "r" / "history.jsonl").read_text().splitlines()]
-    scores = [row["valid_score"] for row in history]
+    scores = [row["valid_score"]["mean"] for row in history]
     assert metrics["best_epoch"] == int(np.argmax(scores))
     model, config = load_model(tmp_path / "r")
     assert config.model == "mmoe"
     data = tiny_dataset(rows=600)
     batch = gather_batch(data, data.splits["test"])
     with torch.no_grad():
-        probs = model.probabilities(model(batch))
+        probs = model(batch.features)
     from mtrec.metrics import auc
 
     labels = batch.labels["click"].numpy()
@@ -53,10 +53,18 @@ def test_saved_model_is_the_best_epoch_and_reloads(tmp_path: Path) -> None:
 
 def test_early_stopping_counts_patience() -> None:
     stopper = EarlyStopping(patience=1)
-    assert stopper.update(0.5, 0) and not stopper.should_stop
-    assert not stopper.update(0.4, 1) and not stopper.should_stop
-    assert not stopper.update(0.45, 2) and stopper.should_stop
-    assert stopper.best_epoch == 0
+    assert stopper.update({"mean": 0.5}, 0) == ["mean"] and not stopper.should_stop
+    assert not stopper.update({"mean": 0.4}, 1) and not stopper.should_stop
+    assert not stopper.update({"mean": 0.45}, 2) and stopper.should_stop
+    assert stopper.best_epoch == {"mean": 0}
+
+
+def test_early_stopping_per_task_goes_on_while_any_task_improves() -> None:
+    stopper = EarlyStopping(patience=0)
+    assert stopper.update({"click": 0.6, "conversion": 0.7}, 0) == ["click", "conversion"]
+    assert stopper.update({"click": 0.5, "conversion": 0.8}, 1) == ["conversion"] and not stopper.should_stop
+    assert not stopper.update({"click": 0.55, "conversion": 0.75}, 2) and stopper.should_stop
+    assert stopper.best_epoch == {"click": 0, "conversion": 1}
 
 
 def test_model_file_that_is_not_safetensors_is_refused(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from fakes import tiny_dataset
+from fakes import default_objective, tiny_dataset
 from mtrec.bench.runner import parse_bench_config, run_bench
 from mtrec.data.batches import Batch, BatchIterator
 from mtrec.models import MultiTaskModel, create_model, list_models
@@ -52,7 +52,7 @@ def test_fixed_weights_reject_unknown_task_names() -> None:
 def test_fixed_weights_combine_as_a_weighted_sum() -> None:
     fixed = create_weighting("fixed", ["click", "conversion"], weights={"conversion": 3.0})
     losses = {"click": torch.tensor(0.5), "conversion": torch.tensor(0.25)}
-    torch.testing.assert_close(fixed.combine(losses, TwoScales()), torch.tensor(0.5 + 0.75))
+    torch.testing.assert_close(fixed.combine(losses, TwoScales().shared_parameters()), torch.tensor(0.5 + 0.75))
 
 
 def test_unknown_strategy_or_option_is_a_clear_error() -> None:
@@ -67,7 +67,7 @@ def test_unknown_strategy_or_option_is_a_clear_error() -> None:
 def test_uncertainty_log_variances_get_gradients_and_move() -> None:
     strategy = create_weighting("uncertainty", ["click", "conversion"])
     losses = {"click": torch.tensor(2.0), "conversion": torch.tensor(0.1)}
-    total = strategy.combine(losses, TwoScales())
+    total = strategy.combine(losses, TwoScales().shared_parameters())
     torch.testing.assert_close(total, torch.tensor(2.1))  # s = 0: exp(0) * L + 0
     total.backward()
     grad = strategy.log_variances.grad
@@ -76,7 +76,7 @@ def test_uncertainty_log_variances_get_gradients_and_move() -> None:
     optimizer = torch.optim.SGD(strategy.parameters(), lr=0.1)
     for _ in range(200):
         optimizer.zero_grad()
-        strategy.combine(losses, TwoScales()).backward()
+        strategy.combine(losses, TwoScales().shared_parameters()).backward()
         optimizer.step()
     # the optimum is s = log L: the high-loss task gets the small weight exp(-s) = 1 / L
     torch.testing.assert_close(strategy.log_variances.detach(), torch.log(torch.tensor([2.0, 0.1])),
@@ -91,7 +91,7 @@ def test_gradnorm_balances_gradient_norms_and_keeps_weights_normalised() -> None
     x = torch.randn(32, 4)
     history = []
     for _ in range(100):
-        strategy.combine(model.task_losses(x), model)
+        strategy.combine(model.task_losses(x), model.shared_parameters())
         weights = strategy.current_weights()
         history.append(weights)
         assert min(weights.values()) > 0
@@ -108,7 +108,7 @@ def test_gradnorm_uses_the_weights_of_the_step_in_the_loss() -> None:
     x = torch.randn(8, 4)
     losses = model.task_losses(x)
     before = strategy.current_weights()
-    total = strategy.combine(losses, model)
+    total = strategy.combine(losses, model.shared_parameters())
     expected = before["click"] * losses["click"] + before["conversion"] * losses["conversion"]
     torch.testing.assert_close(total, expected)
     total.backward()  # the in-place weight update must not break the graph
@@ -120,8 +120,8 @@ def test_gradnorm_needs_shared_parameters() -> None:
     model = create_model("single_task", data.schema, embedding_dim=4)
     batch = next(iter(BatchIterator(data, "train", 32)))
     strategy = create_weighting("gradnorm", data.schema.task_names)
-    with pytest.raises(WeightingConfigError, match=r"single_task.*shares none"):
-        strategy.combine(model.losses(model(batch), batch), model)
+    with pytest.raises(WeightingConfigError, match=r"shares none"):
+        strategy.combine(default_objective(model).losses(model(batch.features), batch), model.shared_parameters())
 
 
 def shares_with_every_task(name: str, batch: Batch) -> bool:
@@ -132,7 +132,7 @@ def shares_with_every_task(name: str, batch: Batch) -> bool:
         return True
     own = {id(p) for p in model.parameters()}
     assert all(id(p) in own for p in shared)
-    losses = model.losses(model(batch), batch)
+    losses = default_objective(model).losses(model(batch.features), batch)
     for task in model.task_names:
         grads = torch.autograd.grad(losses[task], shared, retain_graph=True, allow_unused=True)
         if not any(g is not None and g.abs().sum() > 0 for g in grads):

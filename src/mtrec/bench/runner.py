@@ -3,8 +3,8 @@
 A bench config (YAML)::
 
     name: census
-    models: all                      # every registered model at run time, or a list:
-    # models: [mmoe, {name: mmoe, label: mmoe-8, options: {num_experts: 8}},
+    models: all                      # every registered model at run time, a pattern ("dcrnn*"), or a list:
+    # models: [mmoe, "ple*", {name: mmoe, label: mmoe-8, options: {num_experts: 8}},
     #          {name: mmoe, label: mmoe+gradnorm, train: {weighting: gradnorm}}]   # train: per-model overrides
     model_options: {embedding_dim: 16}   # given to every model that takes the option
     datasets:                        # dataset configs (prepared into OUT/data/NAME once), data specs
@@ -30,7 +30,7 @@ import platform
 import re
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +40,11 @@ from tqdm.auto import tqdm
 from mtrec.bench.report import comparison_table, plot_auc_bars, plot_learning_curves_by_model, table_metrics
 from mtrec.data.dataset import SPLITS, PreparedDataset
 from mtrec.data.source import is_synthetic, load_data
-from mtrec.io import atomic_write_text
+from mtrec.io import atomic_write_text, json_text
 from mtrec.models import list_models, model_options
 from mtrec.training.config import ConfigError, RunConfig, TrainConfig, read_config_file
-from mtrec.training.run import METRICS, train_run
+from mtrec.training.run import train_run
+from mtrec.training.rundir import METRICS, finished_metrics, started_with
 
 TIMING = "timing.json"
 ALL = "all"
@@ -104,10 +105,18 @@ def _safe(label: str) -> str:
 def _parse_models(value: Any, where: str) -> list[ModelEntry] | str:
     if value == ALL:
         return ALL
+    if isinstance(value, str):
+        value = [value]
     if not isinstance(value, list) or not value:
-        raise ConfigError(f"{where}: 'models' must be 'all' or a non-empty list")
+        raise ConfigError(f"{where}: 'models' must be 'all', a name pattern or a non-empty list")
     entries = []
     for i, item in enumerate(value):
+        if isinstance(item, str) and any(c in item for c in "*?["):  # an fnmatch pattern over the registry
+            matches = list_models(item)
+            if not matches:
+                raise ConfigError(f"{where}: models[{i}] {item!r} matches no registered model")
+            entries += [ModelEntry(name, name) for name in matches]
+            continue
         if isinstance(item, str):
             entries.append(ModelEntry(item, item))
             continue
@@ -213,7 +222,7 @@ def _open_dataset(entry: DatasetEntry, cache: Path, log: Callable[[str], None]) 
             log(f"dataset {entry.label}: using the prepared copy in {target}")
             return str(target), PreparedDataset.load(target)
     log(f"dataset {entry.label}: preparing {entry.config} into {target}")
-    return str(target), prepare_dataset(config, target, raw=entry.raw, log=log)
+    return str(target), prepare_dataset(config, target, raw=entry.raw, log=log, overwrite=True)
 
 
 def _normalised(value: Any) -> Any:
@@ -255,18 +264,18 @@ def run_bench(
                 run_config = RunConfig(model=model.name, data=spec, model_options=config.options_for(model),
                                        train=config.train_config(seed, model))
                 where = f"[{done}/{total}] {entry.label} / {model.label} / seed {seed}"
-                metrics = _finished(run_dir, run_config)
+                metrics = finished_metrics(run_dir, run_config)
                 if metrics is None and max_runs is not None and trained >= max_runs:
                     pending += 1
                     continue
                 if metrics is None:
                     trained += 1
-                    resume = _same_config(run_dir, run_config)  # an interrupted run continues
+                    resume = started_with(run_dir, run_config)  # an interrupted run continues
                     log(f"{where}: {'resuming' if resume else 'training'}")
                     start = time.perf_counter()
                     metrics = train_run(run_config, run_dir, dataset=dataset, log=log, resume=resume)
                     timing = {"wall_s": time.perf_counter() - start, "resumed": resume}
-                    atomic_write_text(run_dir / TIMING, json.dumps(timing) + "\n")
+                    atomic_write_text(run_dir / TIMING, json_text(timing) + "\n")
                 else:
                     log(f"{where}: already done ({run_dir / METRICS})")
                 timing = json.loads((run_dir / TIMING).read_text()) if (run_dir / TIMING).is_file() else {}
@@ -287,27 +296,6 @@ def run_bench(
     }
     write_report(results, out)
     return results
-
-
-def _same_config(run_dir: Path, config: RunConfig) -> bool:
-    """Whether the run directory was started with ``config``. A key the stored config lacks (a setting
-    added to mtrec since) counts as equal when the current value is that setting's default."""
-    path = run_dir / "config.json"
-    if not path.is_file():
-        return False
-    stored = json.loads(path.read_text())
-    if isinstance(stored, dict):
-        stored["train"] = {**asdict(TrainConfig()), **stored.get("train", {})}
-        stored["model_options"] = {**model_options(config.model), **stored.get("model_options", {})}
-    return bool(_normalised(stored) == _normalised(asdict(config)))
-
-
-def _finished(run_dir: Path, config: RunConfig) -> dict[str, Any] | None:
-    """The run's metrics if it finished with this same config, else None."""
-    if not ((run_dir / METRICS).is_file() and _same_config(run_dir, config)):
-        return None
-    metrics: dict[str, Any] = json.loads((run_dir / METRICS).read_text())
-    return metrics
 
 
 def _resumed_note(runs: list[dict[str, Any]]) -> str:
@@ -365,7 +353,7 @@ def write_report(results: dict[str, Any], out: Path) -> str:
     if not runs:
         markdown = "\n".join(lines) + "\n\nNo run has finished yet.\n"
         atomic_write_text(out / "results.md", markdown)
-        atomic_write_text(out / "results.json", json.dumps(results, indent=2, default=str) + "\n")
+        atomic_write_text(out / "results.json", json_text(results, indent=2, default=str) + "\n")
         return markdown
     lines += ["", comparison_table(runs, table_metrics(runs)), "![test AUC per model and task](auc.png)", ""]
     plot_auc_bars(runs, out / "auc.png")
@@ -385,5 +373,5 @@ def write_report(results: dict[str, Any], out: Path) -> str:
             lines += [f"![learning curves: {label}]({name})", ""]
     markdown = "\n".join(lines)
     atomic_write_text(out / "results.md", markdown)
-    atomic_write_text(out / "results.json", json.dumps(results, indent=2, default=str) + "\n")
+    atomic_write_text(out / "results.json", json_text(results, indent=2, default=str) + "\n")
     return markdown

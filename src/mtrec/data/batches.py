@@ -15,13 +15,14 @@ from __future__ import annotations
 import dataclasses
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from mtrec.data.dataset import PreparedDataset
+from mtrec.features.inputs import Features
 from mtrec.features.schema import DatasetSchema
 
 
@@ -40,28 +41,25 @@ class StepShard:
 
 @dataclass
 class Batch:
-    """One batch of B rows, every per-task entry keyed by task name.
+    """One training batch of B rows: the model's :class:`~mtrec.features.inputs.Features` and, keyed by
+    task name, what the objective needs besides them.
 
-    sparse:    int64   [B, F_sparse]   ids in schema order
-    dense:     float32 [B, F_dense]
-    sequences: name -> int64 [B, L]    0 = padding
-    labels:    task -> float32 [B]     0/1
+    features:  the model input (sparse ids, dense values, sequences)
+    labels:    task -> float32 [B]     0/1 (binary tasks) or the value (regression tasks)
     masks:     task -> float32 [B]     1 where the task's label is observed (all ones unless observed_after)
     padding:   the last ``padding`` rows are copies of a real row with every mask 0 (they keep distributed
                shards equal in size and add nothing to a loss normalised by :meth:`row_weights` or masks)
     shard:     the step this batch is one rank's share of (None on a single process)
     """
 
-    sparse: torch.Tensor
-    dense: torch.Tensor
-    sequences: dict[str, torch.Tensor] = field(default_factory=dict)
+    features: Features
     labels: dict[str, torch.Tensor] = field(default_factory=dict)
     masks: dict[str, torch.Tensor] = field(default_factory=dict)
     padding: int = 0
     shard: StepShard | None = None
 
     def __len__(self) -> int:
-        return int(self.sparse.shape[0] if self.sparse.numel() else self.dense.shape[0])
+        return len(self.features)
 
     @property
     def num_real(self) -> int:
@@ -75,26 +73,18 @@ class Batch:
 
     def row_weights(self) -> torch.Tensor:
         """float32 ``[B]``: 1 for a real row, 0 for a padding row."""
-        weights = torch.ones(len(self), dtype=torch.float32, device=self.dense.device)
+        weights = torch.ones(len(self), dtype=torch.float32, device=self.features.dense.device)
         if self.padding:
             weights[len(self) - self.padding :] = 0.0
         return weights
 
-    def _map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> Batch:
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         return dataclasses.replace(
             self,
-            sparse=fn(self.sparse),
-            dense=fn(self.dense),
-            sequences={k: fn(v) for k, v in self.sequences.items()},
-            labels={k: fn(v) for k, v in self.labels.items()},
-            masks={k: fn(v) for k, v in self.masks.items()},
+            features=self.features.to(device, non_blocking=non_blocking),
+            labels={k: v.to(device, non_blocking=non_blocking) for k, v in self.labels.items()},
+            masks={k: v.to(device, non_blocking=non_blocking) for k, v in self.masks.items()},
         )
-
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
-        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
-
-    def pin_memory(self) -> Batch:
-        return self._map(lambda t: t.pin_memory())
 
 
 def label_masks(
@@ -123,12 +113,15 @@ def gather_batch(dataset: PreparedDataset, rows: np.ndarray, padding: int = 0) -
     labels = torch.from_numpy(np.asarray(dataset.labels[rows], dtype=np.float32))
     real = torch.ones(len(rows), dtype=torch.float32)
     real[len(rows) - padding :] = 0.0
-    return Batch(
+    features = Features(
         sparse=torch.from_numpy(dataset.sparse[rows].astype(np.int64)),
         dense=torch.from_numpy(np.asarray(dataset.dense[rows], dtype=np.float32)),
         sequences={
             name: torch.from_numpy(block[rows].astype(np.int64)) for name, block in dataset.sequences.items()
         },
+    )
+    return Batch(
+        features=features,
         labels={t.name: labels[:, i] for i, t in enumerate(schema.tasks)},
         masks=label_masks(schema, labels, real),
         padding=padding,

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mtrec.data.dataset import SPLITS, DatasetError
+from mtrec.features.schema import TASK_LOSSES
 from mtrec.io import read_mapping
 
 SPLIT_KINDS = ("random", "permutation", "column", "files")
@@ -154,9 +155,16 @@ class LabelConfig:
 
 @dataclass(frozen=True)
 class TaskConfig:
+    """A task: its label, the task it is observed after, and its type. A ``regression`` task's label is a
+    numeric column (``log1p``: learned and predicted as ``log(1 + value)``), its ``loss`` ``mse`` or
+    ``huber``; a ``binary`` task's is 0/1 (see :class:`LabelConfig`)."""
+
     name: str
     label: LabelConfig
     observed_after: str | None = None
+    type: str = "binary"
+    loss: str = ""
+    log1p: bool = False
 
 
 @dataclass(frozen=True)
@@ -413,7 +421,7 @@ def _parse_tasks(items: Any, where: str) -> list[TaskConfig]:
     for i, item in enumerate(items):
         at = f"{where}[{i}]"
         d = _mapping(item, at)
-        _check_keys(d, at, ("name", "label", "observed_after"), required=("name",))
+        _check_keys(d, at, ("name", "label", "observed_after", "type", "loss", "log1p"), required=("name",))
         name = str(d["name"])
         label = d.get("label", name)
         if isinstance(label, str):
@@ -430,7 +438,18 @@ def _parse_tasks(items: Any, where: str) -> list[TaskConfig]:
                 raise DatasetConfigError(f"{at}.label: values {sorted(overlap)} are both positive and "
                                          f"negative")
         after = d.get("observed_after")
-        tasks.append(TaskConfig(name, spec, None if after is None else str(after)))
+        kind, loss, log1p = str(d.get("type", "binary")), str(d.get("loss", "")), d.get("log1p", False)
+        if kind not in TASK_LOSSES:
+            raise DatasetConfigError(f"{at}.type: expected one of {sorted(TASK_LOSSES)}, got {kind!r}")
+        if loss and loss not in TASK_LOSSES[kind]:
+            raise DatasetConfigError(f"{at}.loss: a {kind} task's loss is one of {list(TASK_LOSSES[kind])}, "
+                                     f"got {loss!r}")
+        if not isinstance(log1p, bool) or (log1p and kind != "regression"):
+            raise DatasetConfigError(f"{at}.log1p: true or false, and only for a regression task")
+        if kind == "regression" and spec.positive:
+            raise DatasetConfigError(f"{at}.label: a regression task's label is a numeric column, not positive "
+                                     "values")
+        tasks.append(TaskConfig(name, spec, None if after is None else str(after), kind, loss, log1p))
     return tasks
 
 

@@ -13,9 +13,9 @@ from mtrec.export.onnx import (
     export_onnx,
     export_run,
     parity_batches,
-    random_batch,
+    random_features,
 )
-from mtrec.export.scoring import ScoringModule, array_feeds, batch_inputs, input_names, output_names
+from mtrec.export.scoring import ScoringModule, array_feeds, feature_inputs, input_names, output_names
 
 __all__ = [
     "DEFAULT_TOLERANCE",
@@ -27,13 +27,13 @@ __all__ = [
     "ParityReport",
     "ScoringModule",
     "array_feeds",
-    "batch_inputs",
     "check_parity",
     "export_checked",
     "export_onnx",
     "export_run",
+    "feature_inputs",
     "input_names",
     "output_names",
     "parity_batches",
-    "random_batch",
+    "random_features",
 ]

@@ -28,13 +28,14 @@ from typing import Literal
 import numpy as np
 import torch
 
-from mtrec.data.batches import Batch, gather_batch
+from mtrec.data.batches import gather_batch
 from mtrec.data.dataset import DatasetError
 from mtrec.data.source import load_data
-from mtrec.export.scoring import ScoringModule, batch_inputs, input_names, output_names
+from mtrec.export.scoring import ScoringModule, feature_inputs, input_names, output_names
+from mtrec.features.inputs import Features
 from mtrec.features.schema import OOV_ID, PADDING_ID, DatasetSchema, SchemaError
 from mtrec.io import atomic_write_bytes
-from mtrec.models import MultiTaskModel
+from mtrec.objectives.scorer import Scorer
 from mtrec.training.checkpoint import load_model
 from mtrec.training.config import RunConfig
 
@@ -54,7 +55,7 @@ class ParityError(RuntimeError):
 
 
 # ---- inputs ------------------------------------------------------------------------------------
-def random_batch(schema: DatasetSchema, rows: int, seed: int = 0) -> Batch:
+def random_features(schema: DatasetSchema, rows: int, seed: int = 0) -> Features:
     """``rows`` rows of valid inputs for ``schema``, covering the edge cases a service meets.
 
     Ids are drawn from each feature's whole range (padding and OOV included); row 0 has every history
@@ -74,12 +75,12 @@ def random_batch(schema: DatasetSchema, rows: int, seed: int = 0) -> Batch:
         lengths[: min(rows, 2)] = [0, s.max_len][: min(rows, 2)]
         ids[np.arange(s.max_len)[None, :] >= lengths[:, None]] = PADDING_ID
         sequences[s.name] = torch.from_numpy(ids.astype(np.int64))
-    return Batch(sparse=torch.from_numpy(sparse.astype(np.int64)), dense=torch.from_numpy(dense), sequences=sequences)
+    return Features(torch.from_numpy(sparse.astype(np.int64)), torch.from_numpy(dense), sequences)
 
 
 def _run_data_batches(
     schema: DatasetSchema, config: RunConfig, rows: int, batch_size: int
-) -> tuple[list[Batch], str]:
+) -> tuple[list[Features], str]:
     """Batches of the run's own test rows, or ``([], reason)`` when its data can't be loaded."""
     try:
         dataset = load_data(config.data)
@@ -89,13 +90,13 @@ def _run_data_batches(
         return [], f"the run's data {config.data!r} no longer matches the run's schema"
     split = "test" if dataset.split_size("test") else "valid"
     index = np.asarray(dataset.splits[split][:rows])
-    batches = [gather_batch(dataset, index[i : i + batch_size]) for i in range(0, len(index), batch_size)]
+    batches = [gather_batch(dataset, index[i : i + batch_size]).features for i in range(0, len(index), batch_size)]
     return batches, f"{len(index)} rows of the {split} split of {config.data}"
 
 
 def parity_batches(
     schema: DatasetSchema, config: RunConfig | None = None, rows: int = 2048, batch_size: int = 512
-) -> tuple[list[Batch], str]:
+) -> tuple[list[Features], str]:
     """Batches for the parity check and a description of where they come from.
 
     Real rows (the run's test split) when the run's data can be loaded, else generated valid ids; in both
@@ -104,14 +105,14 @@ def parity_batches(
     batches, source = _run_data_batches(schema, config, rows, batch_size) if config else ([], "no run config")
     if not batches:
         source = f"{rows} generated rows ({source})"
-        batches = [random_batch(schema, min(batch_size, rows - i), seed=1 + i) for i in range(0, rows, batch_size)]
-    edge = random_batch(schema, 37, seed=0)
-    one = random_batch(schema, 1, seed=0)
+        batches = [random_features(schema, min(batch_size, rows - i), seed=1 + i) for i in range(0, rows, batch_size)]
+    edge = random_features(schema, 37, seed=0)
+    one = random_features(schema, 1, seed=0)
     return [*batches, edge, one], source + " + generated edge cases (batches of 37 and 1)"
 
 
 # ---- export ------------------------------------------------------------------------------------
-def export_onnx(model: MultiTaskModel, exporter: Literal["torchscript", "dynamo"] = "torchscript",
+def export_onnx(model: Scorer, exporter: Literal["torchscript", "dynamo"] = "torchscript",
                 opset: int = OPSET) -> bytes:
     """Convert ``model`` (via :class:`ScoringModule`) to a serialized ONNX model with a dynamic batch axis,
     without checking it (see :func:`export_checked`)."""
@@ -119,7 +120,7 @@ def export_onnx(model: MultiTaskModel, exporter: Literal["torchscript", "dynamo"
         raise ExportError(f"unknown exporter {exporter!r}; choose one of {list(EXPORTERS)}")
     schema = model.schema
     module = ScoringModule(model).eval()
-    example = batch_inputs(random_batch(schema, _EXAMPLE_ROWS, seed=0), schema)
+    example = feature_inputs(random_features(schema, _EXAMPLE_ROWS, seed=0), schema)
     names, outputs = input_names(schema), output_names(schema)
     try:
         with warnings.catch_warnings(), torch.no_grad():
@@ -134,17 +135,18 @@ def export_onnx(model: MultiTaskModel, exporter: Literal["torchscript", "dynamo"
                 return buffer.getvalue()
             # the exporter logs one warning per torchvision op it cannot find; mtrec uses none of them
             logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
-            batch_dim = torch.export.Dim("batch")
-            dims = {0: batch_dim}
+            dims = {0: torch.export.Dim("batch")}
+            # one entry per positional input; the *sequences tuple only when there are sequences
+            shapes = (dims, dims, *((tuple(dims for _ in schema.sequences),) if schema.sequences else ()))
             program = torch.onnx.export(
                 module, example, dynamo=True, input_names=names, output_names=outputs, opset_version=opset,
-                dynamic_shapes=(dims, dims, tuple(dims for _ in schema.sequences)), verbose=False, report=False,
+                dynamic_shapes=shapes, verbose=False, report=False,
             )
             assert program is not None
             return bytes(program.model_proto.SerializeToString())
     except Exception as exc:  # exporters raise many unrelated types; name the model and the cause
         raise ExportError(
-            f"model {model.registry_name or type(model).__name__!r} could not be exported to ONNX with the "
+            f"model {model.name!r} could not be exported to ONNX with the "
             f"{exporter} exporter: {type(exc).__name__}: {exc}"
         ) from exc
 
@@ -181,7 +183,7 @@ def onnx_session(onnx_model: bytes, threads: int = 1) -> object:
 
 
 def check_parity(
-    model: MultiTaskModel, onnx_model: bytes, batches: list[Batch], source: str = "",
+    model: Scorer, onnx_model: bytes, batches: list[Features], source: str = "",
     tolerance: float = DEFAULT_TOLERANCE,
 ) -> ParityReport:
     """Score ``batches`` with eager PyTorch and with ONNX Runtime and compare the probabilities."""
@@ -192,8 +194,8 @@ def check_parity(
     module = ScoringModule(model).eval()
     per_task = dict.fromkeys(schema.task_names, 0.0)
     problems: list[str] = []
-    for batch in batches:
-        inputs = batch_inputs(batch, schema)
+    for features in batches:
+        inputs = feature_inputs(features, schema)
         with torch.no_grad():
             expected = [t.numpy() for t in module(*inputs)]
         # a tracing exporter drops inputs the graph does not read; feed only the declared ones
@@ -201,7 +203,7 @@ def check_parity(
         try:
             got = session.run(schema.task_names, feeds)  # type: ignore[attr-defined]
         except Exception as exc:  # onnxruntime raises its own exception types
-            problems.append(f"ONNX Runtime failed on a batch of {len(batch)} rows: {exc}")
+            problems.append(f"ONNX Runtime failed on a batch of {len(features)} rows: {exc}")
             continue
         for task, e, g in zip(schema.task_names, expected, got, strict=True):
             if g.shape != e.shape:
@@ -209,7 +211,7 @@ def check_parity(
                 continue
             if not np.isfinite(e).all():
                 problems.append(f"task {task!r}: eager PyTorch itself gives non-finite probabilities "
-                                f"(batch of {len(batch)} rows; a model bug, e.g. on empty histories)")
+                                f"(batch of {len(features)} rows; a model bug, e.g. on empty histories)")
                 continue
             diff = np.abs(g.astype(np.float64) - e.astype(np.float64))
             worst = float(diff.max()) if diff.size else 0.0
@@ -238,7 +240,7 @@ def _failure(exporter: str, report: ParityReport) -> str:
 
 
 def export_checked(
-    model: MultiTaskModel, batches: list[Batch], source: str = "", exporter: Exporter = "auto",
+    model: Scorer, batches: list[Features], source: str = "", exporter: Exporter = "auto",
     tolerance: float = DEFAULT_TOLERANCE,
 ) -> CheckedExport:
     """Export ``model`` and check it on ``batches``; raise ExportError/ParityError if no exporter tried
@@ -259,7 +261,7 @@ def export_checked(
             return CheckedExport(onnx_model, name, report, notes)
         parity_failed = True
         notes.append(_failure(name, report))
-    model_name = model.registry_name or type(model).__name__
+    model_name = model.name
     error = ParityError if parity_failed else ExportError
     raise error(f"ONNX export of {model_name} failed: " + " | ".join(notes))
 

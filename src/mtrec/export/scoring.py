@@ -1,14 +1,14 @@
-"""The scoring graph: named input tensors -> each task's probability, the form that is exported and served.
+"""The scoring graph: named input tensors -> each task's prediction, the form that is exported and served.
 
-A model's ``forward`` takes a :class:`~mtrec.data.batches.Batch`; exporters and runtimes take flat, named
-tensors. :class:`ScoringModule` is the bridge: it rebuilds a Batch from
+A model's ``forward`` takes :class:`~mtrec.features.inputs.Features`; exporters and runtimes take flat,
+named tensors. :class:`ScoringModule` is the bridge: it builds Features from
 
     sparse           int64   [B, F_sparse]  ids, fields in schema order
     dense            float32 [B, F_dense]   transformed values, fields in schema order
     seq__<name>      int64   [B, L]         one per sequence feature, in schema order, 0 = padding
 
-and returns ``model.probabilities(model(batch))`` as one ``[B]`` tensor per task, in task order, named
-after the tasks.
+and returns the :class:`~mtrec.objectives.scorer.Scorer`'s predictions (a binary task's probability, a
+regression task's value) as one ``[B]`` tensor per task, in task order, named after the tasks.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from mtrec.data.batches import Batch
+from mtrec.features.inputs import Features
 from mtrec.features.schema import DatasetSchema
-from mtrec.models import MultiTaskModel
+from mtrec.objectives.scorer import Scorer
 
 SPARSE_INPUT = "sparse"
 DENSE_INPUT = "dense"
@@ -39,12 +39,12 @@ def output_names(schema: DatasetSchema) -> list[str]:
     return schema.task_names
 
 
-def batch_inputs(batch: Batch, schema: DatasetSchema) -> tuple[torch.Tensor, ...]:
-    """A Batch as the scoring graph's positional inputs (int64 ids, float32 values)."""
+def feature_inputs(features: Features, schema: DatasetSchema) -> tuple[torch.Tensor, ...]:
+    """Features as the scoring graph's positional inputs (int64 ids, float32 values)."""
     return (
-        batch.sparse.to(torch.int64),
-        batch.dense.to(torch.float32),
-        *(batch.sequences[s.name].to(torch.int64) for s in schema.sequences),
+        features.sparse.to(torch.int64),
+        features.dense.to(torch.float32),
+        *(features.sequences[s.name].to(torch.int64) for s in schema.sequences),
     )
 
 
@@ -62,15 +62,15 @@ def array_feeds(
 
 
 class ScoringModule(nn.Module):
-    """Wraps a model: ``(sparse, dense, *sequences) -> (probability [B] per task)``, in eval mode."""
+    """Wraps a scorer: ``(sparse, dense, *sequences) -> (prediction [B] per task)``, in eval mode."""
 
-    def __init__(self, model: MultiTaskModel) -> None:
+    def __init__(self, scorer: Scorer) -> None:
         super().__init__()
-        self.model = model.eval()
-        self.sequence_names = [s.name for s in model.schema.sequences]
-        self.task_names = output_names(model.schema)
+        self.scorer = scorer.eval()
+        self.sequence_names = [s.name for s in scorer.schema.sequences]
+        self.task_names = output_names(scorer.schema)
 
     def forward(self, sparse: torch.Tensor, dense: torch.Tensor, *sequences: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        batch = Batch(sparse=sparse, dense=dense, sequences=dict(zip(self.sequence_names, sequences, strict=True)))
-        probs = self.model.probabilities(self.model(batch))
-        return tuple(probs[task] for task in self.task_names)
+        features = Features(sparse, dense, dict(zip(self.sequence_names, sequences, strict=True)))
+        predictions = self.scorer(features)
+        return tuple(predictions[task] for task in self.task_names)

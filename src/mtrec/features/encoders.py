@@ -19,7 +19,6 @@ mean after standardisation).
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -33,7 +32,7 @@ import pyarrow.compute as pc
 
 from mtrec.features.schema import OOV_ID, DatasetSchema, SequenceFeature, SparseFeature
 from mtrec.features.vocab import Vocabulary
-from mtrec.io import atomic_write_text, read_mapping
+from mtrec.io import atomic_write_text, json_text, read_mapping
 
 ENCODERS_FILE = "encoders.json"
 FORMAT = "mtrec-feature-encoders"
@@ -151,10 +150,12 @@ def parse_numbers(values: RawColumn, missing_values: Iterable[str] = (), feature
                   strip: bool = True) -> np.ndarray:
     """A raw column -> float64 ``[N]`` with NaN where missing (None, NaN, empty, or a missing token).
 
-    Raises EncodingError naming the first value that is not a number."""
+    Raises EncodingError naming the first value that is not a number, or not a finite one (``inf``,
+    ``1e400``: list such a token in ``missing_values`` to read it as missing)."""
     arr = to_arrow(values)
     if pa.types.is_dictionary(arr.type):
         arr = arr.dictionary_decode()
+    values_before = arr
     if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
         text = pc.utf8_trim_whitespace(arr.cast(pa.string())) if strip else arr.cast(pa.string())
         missing = pc.or_(pc.equal(text, ""), pc.is_in(text, value_set=pa.array(list(missing_values),
@@ -178,7 +179,13 @@ def parse_numbers(values: RawColumn, missing_values: Iterable[str] = (), feature
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             raise EncodingError(f"dense feature {feature!r}: values of type {arr.type} are not numbers",
                                 feature) from None
-    return np.asarray(arr.to_numpy(zero_copy_only=False), dtype=np.float64)
+    values = np.asarray(arr.to_numpy(zero_copy_only=False), dtype=np.float64)
+    infinite = np.flatnonzero(np.isinf(values))
+    if infinite.size:
+        row = int(infinite[0])
+        raw = values_before[row].as_py() if isinstance(values_before, pa.Array) else values[row]
+        raise EncodingError(f"dense feature {feature!r}: {raw!r} is not a finite number", feature, row, raw)
+    return values
 
 
 # ---- sequences ---------------------------------------------------------------------------------------
@@ -346,7 +353,7 @@ class FeatureEncoders:
         }
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=1, ensure_ascii=False) + "\n"
+        return json_text(self.to_dict(), indent=1, ensure_ascii=False) + "\n"
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> FeatureEncoders:

@@ -10,12 +10,11 @@ start at 2; ``vocab_size`` counts all ids including those two.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mtrec.io import atomic_write_text, read_mapping
+from mtrec.io import atomic_write_text, json_text, read_mapping
 
 PADDING_ID = 0
 OOV_ID = 1
@@ -70,18 +69,34 @@ class SequenceFeature:
         return self.table or self.name
 
 
+TASK_TYPES = ("binary", "regression")
+TASK_LOSSES = {"binary": ("bce",), "regression": ("mse", "huber")}
+
+
 @dataclass(frozen=True)
 class TaskSpec:
-    """A binary prediction task.
+    """A prediction task: ``binary`` (a 0/1 outcome, learned by BCE, evaluated by AUC) or ``regression``
+    (a number, learned by ``mse`` or ``huber`` loss, evaluated by RMSE and MAE).
 
-    ``observed_after`` names the task whose positive outcome is needed for this one to be observed (a
-    conversion is observed only after a click). Its label column then holds the outcome over all
-    impressions (1 only where both happened); the task is learned and evaluated on the rows where the
-    earlier task is positive, unless a model declares an entire-space objective.
+    ``observed_after`` names the binary task whose positive outcome is needed for this one to be observed
+    (a conversion is observed only after a click). Its label column then holds the outcome over all
+    impressions (1 only where both happened; 0 where a regression task was not observed); the task is
+    learned and evaluated on the rows where the earlier task is positive, unless the objective learns it
+    in the entire space. ``loss``: empty for the type's default (``bce``, ``mse``).
     """
 
     name: str
     observed_after: str | None = None
+    type: str = "binary"
+    loss: str = ""
+
+    @property
+    def is_binary(self) -> bool:
+        return self.type == "binary"
+
+    @property
+    def loss_name(self) -> str:
+        return self.loss or TASK_LOSSES[self.type][0]
 
 
 @dataclass(frozen=True)
@@ -137,11 +152,19 @@ class DatasetSchema:
         if len(set(task_names)) != len(task_names):
             raise SchemaError(f"task names must be unique; got {task_names}")
         for i, t in enumerate(self.tasks):
+            if t.type not in TASK_TYPES:
+                raise SchemaError(f"task {t.name!r}: type must be one of {list(TASK_TYPES)}, got {t.type!r}")
+            if t.loss and t.loss not in TASK_LOSSES[t.type]:
+                raise SchemaError(f"task {t.name!r}: a {t.type} task's loss must be one of "
+                                  f"{list(TASK_LOSSES[t.type])}, got {t.loss!r}")
             if t.observed_after is not None and t.observed_after not in task_names[:i]:
                 raise SchemaError(
                     f"task {t.name!r}: observed_after={t.observed_after!r} must name an earlier task "
                     f"(tasks in order: {task_names})"
                 )
+            if t.observed_after is not None and not self.task(t.observed_after).is_binary:
+                raise SchemaError(f"task {t.name!r}: observed_after={t.observed_after!r} must name a binary "
+                                  "task (it is observed where that task's label is 1)")
         for f in self.embedded_features:
             if f.vocab_size < 2:
                 raise SchemaError(f"feature {f.name!r}: vocab_size must be >= 2 (padding and OOV ids)")
@@ -180,7 +203,7 @@ class DatasetSchema:
             raise SchemaError(f"not a valid schema description: {exc}") from exc
 
     def save(self, path: str | Path) -> None:
-        atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
+        atomic_write_text(Path(path), json_text(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> DatasetSchema:

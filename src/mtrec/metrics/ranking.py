@@ -68,17 +68,37 @@ def logloss(labels: np.ndarray, probs: np.ndarray, eps: float = 1e-7) -> float:
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log1p(-p)))
 
 
+def regression_metrics(labels: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
+    """RMSE, MAE and R² (``1 - MSE / variance of the labels``; NaN for constant labels) of predictions."""
+    y = np.asarray(labels, dtype=np.float64)
+    error = np.asarray(predictions, dtype=np.float64) - y
+    mse = float(np.mean(error**2)) if y.size else float("nan")
+    variance = float(np.var(y)) if y.size else 0.0
+    return {"rmse": mse**0.5, "mae": float(np.mean(np.abs(error))) if y.size else float("nan"),
+            "r2": 1.0 - mse / variance if variance > 0 else float("nan")}
+
+
+def task_score(metrics: dict[str, float]) -> float:
+    """One task's higher-is-better validation figure: AUC for a binary task, R² for a regression task."""
+    return metrics["auc"] if "auc" in metrics else metrics["r2"]
+
+
 def evaluate_tasks(
     probs: dict[str, np.ndarray],
     labels: dict[str, np.ndarray],
     masks: dict[str, np.ndarray],
     users: np.ndarray | None = None,
+    regression: frozenset[str] = frozenset(),
 ) -> dict[str, dict[str, float]]:
-    """AUC, logloss (and GAUC with ``users``) per task, each over the task's observed rows."""
+    """Per task, over the task's observed rows: AUC, logloss (and GAUC with ``users``) of a binary task's
+    probabilities; RMSE, MAE and R² of a regression task's (named in ``regression``) predicted values."""
     result: dict[str, dict[str, float]] = {}
     for task, p in probs.items():
         keep = masks[task] > 0
         y, s = labels[task][keep], p[keep]
+        if task in regression:
+            result[task] = {**regression_metrics(y, s), "rows": float(keep.sum())}
+            continue
         metrics = {"auc": auc(y, s), "logloss": logloss(y, s), "rows": float(keep.sum())}
         if users is not None:
             metrics["gauc"] = gauc(y, s, users[keep])

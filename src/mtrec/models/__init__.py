@@ -1,6 +1,6 @@
-"""Model registry; importing this package registers every built-in model."""
+"""Model registry; importing this package registers every built-in model (variants included)."""
 
-from mtrec.models import aitm, cgc, dcrnn, dtrn, esmm, mmoe, omoe, ple, shared_bottom, single_task
+from mtrec.models import aitm, dcrnn, dtrn, esmm, mmoe, ple, shared_bottom, single_task
 from mtrec.models._registry import (
     ModelConfigError,
     create_model,
@@ -8,6 +8,7 @@ from mtrec.models._registry import (
     model_class,
     model_options,
     register_model,
+    register_variant,
 )
 from mtrec.models.base import MultiTaskModel
 
@@ -15,7 +16,6 @@ __all__ = [
     "ModelConfigError",
     "MultiTaskModel",
     "aitm",
-    "cgc",
     "create_model",
     "dcrnn",
     "dtrn",
@@ -24,9 +24,9 @@ __all__ = [
     "mmoe",
     "model_class",
     "model_options",
-    "omoe",
     "ple",
     "register_model",
+    "register_variant",
     "shared_bottom",
     "single_task",
 ]

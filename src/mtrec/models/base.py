@@ -2,39 +2,30 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
-import torch
 from torch import nn
 
-from mtrec.data.batches import Batch
 from mtrec.features.schema import DatasetSchema
-from mtrec.objectives.losses import masked_task_losses
 
 
 class MultiTaskModel(nn.Module):
-    """Base class: ``forward(batch) -> {task: logits [B]}`` (plus any derived outputs by name).
+    """Base class: ``forward(features) -> {task: output [B]}`` (a logit for a binary task, the predicted
+    value for a regression task), ``features`` a :class:`~mtrec.features.inputs.Features`.
 
-    Models stay pure: no sigmoid for the loss, no loss inside forward, no device moves, no printing.
-    A model with its own objective (ESMM's entire space, AITM's calibrator) overrides :meth:`losses`;
-    one whose task probabilities are not the sigmoid of its task logits overrides :meth:`probabilities`.
+    Models stay pure: no sigmoid for the loss, no loss, no device moves, no printing. What the outputs
+    mean and how they are learned is the objective's (:mod:`mtrec.objectives`): a model only declares the
+    objective it is trained with unless the config says otherwise (:attr:`default_objective`).
     """
 
-    registry_name: ClassVar[str] = ""
+    registry_name: str = ""  # set by the registry (a variant's model carries the variant's name)
+    #: the objective (name, options) used when ``train.objective`` is not set
+    default_objective: ClassVar[tuple[str, dict[str, Any]]] = ("masked", {})
 
     def __init__(self, schema: DatasetSchema) -> None:
         super().__init__()
         self.schema = schema
         self.task_names = schema.task_names
-
-    def losses(self, outputs: dict[str, torch.Tensor], batch: Batch) -> dict[str, torch.Tensor]:
-        """Named scalar loss terms. Task names map to task losses (weighted by the weighting strategy);
-        any other name is an auxiliary term added with weight 1. Default: masked BCE per task."""
-        return masked_task_losses(outputs, batch)
-
-    def probabilities(self, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Each task's probability ``[B]``, as evaluated and served (default: sigmoid of its logit)."""
-        return {task: torch.sigmoid(outputs[task]) for task in self.task_names}
 
     def shared_parameters(self) -> list[nn.Parameter]:
         """The last layer that all tasks share (GradNorm measures each task's gradient norm over these

@@ -34,16 +34,12 @@ layers (``deep_task_sizes``, one group per task, batched). Each task's tower (``
 reads its cross state concatenated with its deep output and returns the task's logit. The embeddings are
 shared by all tasks in every mode; ``sharing`` changes the cross branch only.
 
-``objective``: for a task declared ``observed_after`` another, ``masked`` learns it on the earlier task's
-positives only (the default loss); ``entire_space`` reads its logit as the conditional probability and
-learns the product ``p(earlier) * p(task | earlier)`` on all rows (``ctcvr = ctr * cvr``, as ESMM), and
-``forward`` also returns that product as a logit named ``ctcvr`` (``ctcvr_<task>`` with several chained
-tasks). Either way ``probabilities`` gives the conditional pCVR for the conversion task, as evaluated (on
-clicked rows) and served.
+The click-to-consumption chain can also be learned in the entire space like ESMM's: that is the
+objective's (``train.objective: entire_space``), for this model as for any other.
 
 Defaults: ``shared_steps=2``, ``task_steps=1``, ``rank=None`` (full W), ``adapter_rank=4``,
 ``task_norm=False``, ``deep_sizes=(256, 128)``, ``deep_task_sizes=(64,)``, ``tower_sizes=(64,)``,
-``field_rnn_dim=64``, ``objective=masked``. A one-seed sweep on synthetic ``conflict`` (100k rows, 6
+``field_rnn_dim=64``. A one-seed sweep on synthetic ``conflict`` (100k rows, 6
 epochs; ``benchmarks/dcrnn_study.py sweep``, ``docs/dcrnn.md``) moved test AUC by at most 0.004 for any
 single change (steps 1+1 or 3+2, rank 16, adapter rank 0 or 16, task LayerNorm, the fields axis, no deep
 task layers), within about 1.5 seed standard deviations: no option earned a change, so the defaults keep
@@ -58,19 +54,16 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from mtrec.data.batches import Batch
+from mtrec.features.inputs import Features
 from mtrec.features.schema import DatasetSchema
-from mtrec.models._registry import ModelConfigError, register_model
+from mtrec.models._registry import ModelConfigError, register_model, register_variant
 from mtrec.models.base import MultiTaskModel
-from mtrec.models.esmm import entire_space_names
 from mtrec.nn.cross import CrossRNNCell, CrossTaskPart, FieldGRU
 from mtrec.nn.embedding import FeatureEmbedding
 from mtrec.nn.mlp import MLP, ParallelMLP, TaskTowers
-from mtrec.objectives.losses import entire_space_log_prob, entire_space_task_losses, log_prob_to_logit
 
 SHARING = ("partial", "hard", "none")
 CROSS_AXES = ("depth", "fields")
-OBJECTIVES = ("masked", "entire_space")
 
 
 class DepthCross(nn.Module):
@@ -158,11 +151,10 @@ class DCRNN(MultiTaskModel):
         deep_task_sizes: Sequence[int] = (64,),
         tower_sizes: Sequence[int] = (64,),
         dropout: float = 0.0,
-        objective: str = "masked",
     ) -> None:
         super().__init__(schema)
         for name, value, allowed in (
-            ("sharing", sharing, SHARING), ("cross_axis", cross_axis, CROSS_AXES), ("objective", objective, OBJECTIVES)
+            ("sharing", sharing, SHARING), ("cross_axis", cross_axis, CROSS_AXES)
         ):
             if value not in allowed:
                 raise ModelConfigError(f"dcrnn: option {name} must be one of {list(allowed)}, got {value!r}")
@@ -173,7 +165,6 @@ class DCRNN(MultiTaskModel):
             )
         if sharing == "partial" and cross_axis == "depth" and task_steps < 1:
             raise ModelConfigError("dcrnn: sharing 'partial' needs task_steps >= 1 (the task-specific steps)")
-        self.objective = objective
         n_tasks = len(self.task_names)
         self.embedding = FeatureEmbedding(schema, embedding_dim)
         x0_dim = self.embedding.num_all_fields * embedding_dim
@@ -190,25 +181,18 @@ class DCRNN(MultiTaskModel):
         self.deep_shared = MLP(x0_dim, deep_sizes, dropout)
         self.deep_tasks = ParallelMLP(n_tasks, self.deep_shared.out_dim, deep_task_sizes, dropout)
         self.towers = TaskTowers(n_tasks, self.cross.out_dim + self.deep_tasks.out_dim, tower_sizes, dropout)
-        self.entire_space_names = entire_space_names(schema) if objective == "entire_space" else {}
 
-    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
-        fields = self.embedding.all_fields(batch)  # [B, F, d]
+    def forward(self, features: Features) -> dict[str, torch.Tensor]:
+        fields = self.embedding.all_fields(features)  # [B, F, d]
         x0 = fields.flatten(1)  # [B, D]
         cross = self.cross(x0 if isinstance(self.cross, DepthCross) else fields)  # [T, B, H_cross]
         deep = self.deep_tasks(self.deep_shared(x0))  # [T, B, H_deep]
         logits = self.towers(torch.cat([cross, deep], dim=-1))  # [T, B]
-        outputs = dict(zip(self.task_names, logits, strict=True))
-        for task, name in self.entire_space_names.items():  # e.g. ctcvr: sigmoid = ctr * cvr
-            outputs[name] = log_prob_to_logit(entire_space_log_prob(outputs, self.schema, task))
-        return outputs
-
-    def losses(self, outputs: dict[str, torch.Tensor], batch: Batch) -> dict[str, torch.Tensor]:
-        """``objective: masked``: the default masked BCE; ``entire_space``: ESMM's product loss."""
-        if self.objective == "entire_space":
-            return entire_space_task_losses(outputs, batch, self.schema)
-        return super().losses(outputs, batch)
+        return dict(zip(self.task_names, logits, strict=True))
 
     def shared_parameters(self) -> list[nn.Parameter]:
         """Embeddings, the shared cross parameters (none under ``sharing: none``), the shared deep layers."""
         return [*super().shared_parameters(), *self.cross.shared_parameters(), *self.deep_shared.parameters()]
+
+
+register_variant("dcrnn_hard", DCRNN, sharing="hard")  # every task reads the shared cross state

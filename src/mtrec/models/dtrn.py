@@ -53,12 +53,12 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from mtrec.data.batches import Batch
+from mtrec.features.inputs import Features
 from mtrec.features.schema import DatasetSchema
-from mtrec.models._registry import ModelConfigError, register_model
+from mtrec.models._registry import ModelConfigError, register_model, register_variant
 from mtrec.models.base import MultiTaskModel
 from mtrec.nn.embedding import FeatureEmbedding
-from mtrec.nn.experts import GroupGates, ProgressiveLayers, mix_groups
+from mtrec.nn.experts import GroupGates, ProgressiveLayers, mix
 from mtrec.nn.hyper import NormHypernetwork
 from mtrec.nn.mlp import ParallelMLP, TaskTowers
 from mtrec.nn.senet import SENET_MODES, SENet
@@ -163,7 +163,7 @@ class TaskInputMMoE(nn.Module):
         k, b, _ = x.shape
         experts = self.experts(x.reshape(k * b, -1))  # [E, K*B, H]
         per_task = experts.view(experts.shape[0], k, b, -1).transpose(0, 1)  # [K, E, B, H]
-        return mix_groups(per_task, self.gates(x))  # [K, B, H]
+        return mix(per_task, self.gates(x))  # [K, B, H]
 
 
 class TaskInputPLE(nn.Module):
@@ -253,31 +253,31 @@ class DTRN(MultiTaskModel):
         self.towers = TaskTowers(num_tasks, tower_in, tower_hidden, dropout)
 
     def interests(
-        self, batch: Batch, sparse_fields: torch.Tensor | None = None
+        self, features: Features, sparse_fields: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """TIM's output: interests ``[B, K', M, d]`` and target-attention weights ``[B, K', M, L]``
         (K' = K with ``use_tim``, else 1). ``sparse_fields`` ``[B, Fs, d]``: the sparse field embeddings
         when already computed. Needs sequence features in the schema."""
         if self.tim is None:
             raise ModelConfigError("dtrn: the schema has no sequence features, so there are no interests")
-        history, mask = self.embedding.sequences(batch)  # [B, M, L, d], [B, M, L]
+        history, mask = self.embedding.sequences(features)  # [B, M, L, d], [B, M, L]
         if sparse_fields is None:
-            sparse_fields = self.embedding.sparse_fields(batch)
+            sparse_fields = self.embedding.sparse_fields(features)
         return self.tim(history, mask, sparse_fields)
 
-    def task_inputs(self, batch: Batch) -> torch.Tensor:
+    def task_inputs(self, features: Features) -> torch.Tensor:
         """Each task's bottom representation, refined by TRM: ``[K, B, F + M, d]``."""
         num_tasks = len(self.task_names)
-        fields = self.embedding.fields(batch)  # [B, F, d]
+        fields = self.embedding.fields(features)  # [B, F, d]
         x = fields.unsqueeze(0).expand(num_tasks, -1, -1, -1)  # [K, B, F, d]
         if self.tim is not None:
-            interests, _ = self.interests(batch, fields[:, : self.embedding.num_sparse])  # [B, K', M, d]
+            interests, _ = self.interests(features, fields[:, : self.embedding.num_sparse])  # [B, K', M, d]
             interests = interests.transpose(0, 1).expand(num_tasks, -1, -1, -1)  # [K, B, M, d]
             x = torch.cat([x, interests], dim=2)  # [K, B, F + M, d]
         return self.trm(x) if self.trm is not None else x
 
-    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
-        x = self.task_inputs(batch).flatten(2)  # [K, B, (F + M) * d]
+    def forward(self, features: Features) -> dict[str, torch.Tensor]:
+        x = self.task_inputs(features).flatten(2)  # [K, B, (F + M) * d]
         logits = self.towers(x if self.experts is None else self.experts(x))  # [K, B]
         return dict(zip(self.task_names, logits, strict=True))
 
@@ -291,3 +291,6 @@ class DTRN(MultiTaskModel):
         if self.tim is not None:
             return list(self.tim.pooling.parameters())
         return list(self.embedding.parameters())
+
+
+register_variant("dtrn_mmoe", DTRN, backbone="mmoe")  # shared experts on each task's refined input

@@ -6,6 +6,10 @@ the embeddings, each level's shared experts, and in every level but the last a s
 that level's experts whose mixture feeds the next level's shared experts. Task-specific: each task's
 experts and gate at every level (reading that task's output of the level below) and its tower.
 Sequences, if the schema has them, are mean-pooled into extra fields.
+
+Variant ``cgc``: Customized Gate Control, the paper's single extraction level (``num_levels=1``; the last
+level has no shared gate): shared experts, and each task's own experts, gate (over its own experts plus
+the shared ones) and tower.
 """
 
 from __future__ import annotations
@@ -15,9 +19,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from mtrec.data.batches import Batch
+from mtrec.features.inputs import Features
 from mtrec.features.schema import DatasetSchema
-from mtrec.models._registry import register_model
+from mtrec.models._registry import register_model, register_variant
 from mtrec.models.base import MultiTaskModel
 from mtrec.nn.embedding import FeatureEmbedding
 from mtrec.nn.experts import ProgressiveLayers
@@ -45,11 +49,14 @@ class PLE(MultiTaskModel):
         )
         self.towers = TaskTowers(len(self.task_names), self.extraction.out_dim, tower_sizes, dropout)
 
-    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
-        x = self.embedding.all_fields(batch).flatten(1)  # [B, F*d]
+    def forward(self, features: Features) -> dict[str, torch.Tensor]:
+        x = self.embedding.all_fields(features).flatten(1)  # [B, F*d]
         logits = self.towers(self.extraction(x))  # [T, B]
         return dict(zip(self.task_names, logits, strict=True))
 
     def shared_parameters(self) -> list[nn.Parameter]:
         """The last level's shared experts' last layer."""
         return list(self.extraction.last_shared_layer().parameters())
+
+
+register_variant("cgc", PLE, num_levels=1)  # CGC: one extraction level

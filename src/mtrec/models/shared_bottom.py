@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from mtrec.data.batches import Batch
+from mtrec.features.inputs import Features
 from mtrec.features.schema import DatasetSchema
 from mtrec.models._registry import register_model
 from mtrec.models.base import MultiTaskModel
@@ -34,8 +34,8 @@ class SharedBottom(MultiTaskModel):
         self.bottom = MLP(self.embedding.num_all_fields * embedding_dim, bottom_sizes, dropout)
         self.towers = TaskTowers(len(self.task_names), self.bottom.out_dim, tower_sizes, dropout)
 
-    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
-        x = self.embedding.all_fields(batch).flatten(1)  # [B, F*d]
+    def forward(self, features: Features) -> dict[str, torch.Tensor]:
+        x = self.embedding.all_fields(features).flatten(1)  # [B, F*d]
         logits = self.towers(self.bottom(x))  # [T, B]
         return dict(zip(self.task_names, logits, strict=True))
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from mtrec.data.batches import Batch
+from mtrec.features.inputs import Features
 from mtrec.features.schema import DatasetSchema
 from mtrec.models._registry import register_model
 from mtrec.models.base import MultiTaskModel
@@ -38,8 +38,8 @@ class SingleTask(MultiTaskModel):
         in_dim = self.embedding.num_all_fields * embedding_dim
         self.networks = TaskTowers(n_tasks, in_dim, hidden_sizes, dropout)
 
-    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
-        fields = self.embedding.all_fields(batch)  # [B, F, T*d]
+    def forward(self, features: Features) -> dict[str, torch.Tensor]:
+        fields = self.embedding.all_fields(features)  # [B, F, T*d]
         B, F = fields.shape[0], fields.shape[1]
         per_task = fields.view(B, F, -1, self.embedding_dim).permute(2, 0, 1, 3)  # [T, B, F, d]
         logits = self.networks(per_task.reshape(-1, B, F * self.embedding_dim))  # [T, B]

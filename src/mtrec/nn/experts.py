@@ -15,7 +15,8 @@ from mtrec.nn.mlp import ParallelLinear, ParallelMLP
 
 
 class Gates(nn.Module):
-    """``n_gates`` softmax gates over ``n_experts``: ``[B, in] -> [B, n_gates, n_experts]``."""
+    """``n_gates`` softmax gates over ``n_experts``, all reading the same input: ``[B, in] -> [n_gates, B,
+    n_experts]`` (one linear layer for all gates)."""
 
     def __init__(self, in_dim: int, n_gates: int, n_experts: int) -> None:
         super().__init__()
@@ -25,15 +26,18 @@ class Gates(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.linear(x).view(-1, self.n_gates, self.n_experts)  # [B, G, E]
-        return torch.softmax(logits, dim=-1)
+        return torch.softmax(logits, dim=-1).transpose(0, 1)  # [G, B, E]
 
 
 def mix(experts: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
-    """Gate-weighted sums of expert outputs.
+    """Gate-weighted sums of expert outputs, one per gate.
 
-    experts: ``[E, B, H]``; gates: ``[B, G, E]``; returns ``[G, B, H]``.
+    experts: ``[E, B, H]`` (every gate mixes the same experts) or ``[G, E, B, H]`` (gate g mixes its own
+    group); gates: ``[G, B, E]``; returns ``[G, B, H]``.
     """
-    return torch.einsum("ebh,bge->gbh", experts, gates)
+    if experts.dim() == 3:
+        return torch.einsum("ebh,gbe->gbh", experts, gates)
+    return torch.einsum("gebh,gbe->gbh", experts, gates)
 
 
 class GroupGates(nn.Module):
@@ -49,14 +53,6 @@ class GroupGates(nn.Module):
         if x.dim() == 2:
             x = x.unsqueeze(0).expand(self.n_groups, -1, -1)  # [G, B, in]
         return torch.softmax(self.linear(x), dim=-1)  # [G, B, E]
-
-
-def mix_groups(experts: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
-    """Per-group gate-weighted sums, each group over its own experts.
-
-    experts: ``[G, E, B, H]``; gates: ``[G, B, E]``; returns ``[G, B, H]``.
-    """
-    return torch.einsum("gebh,gbe->gbh", experts, gates)
 
 
 class ExtractionLayer(nn.Module):
@@ -131,7 +127,7 @@ class ExtractionLayer(nn.Module):
             flat = self.shared_experts(task_inputs.reshape(T * B, -1))  # [Es, T*B, H]
             shared_per_task = flat.view(Es, T, B, H).transpose(0, 1)  # [T, Es, B, H]
         experts = torch.cat([own.view(T, Et, B, H), shared_per_task], dim=1)  # [T, Et+Es, B, H]
-        task_outputs = mix_groups(experts, self.task_gates(task_inputs))  # [T, B, H]
+        task_outputs = mix(experts, self.task_gates(task_inputs))  # [T, B, H]
         if self.shared_gate is None or shared is None or shared_input is None:
             return task_outputs, None
         everything = torch.cat([own, shared], dim=0)  # [T*Et+Es, B, H]

@@ -1,4 +1,4 @@
-"""Per-task binary cross-entropy on logits: masked (each task on its observed rows) or entire-space.
+"""Per-row loss terms and the step mean every objective divides by.
 
 Every loss here is a sum of per-row losses divided by :func:`step_mean`'s divisor, so it means the same on
 one process and in distributed training (where a batch is one rank's share of the step).
@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from mtrec.data.batches import Batch
-from mtrec.features.schema import DatasetSchema
+from mtrec.features.schema import DatasetSchema, TaskSpec
 
 
 def step_mean(per_row: torch.Tensor, batch: Batch, task: str | None = None) -> torch.Tensor:
@@ -31,19 +31,17 @@ def step_mean(per_row: torch.Tensor, batch: Batch, task: str | None = None) -> t
     return total * (shard.world_size / max(count, 1.0))
 
 
-def masked_task_losses(logits: dict[str, torch.Tensor], batch: Batch) -> dict[str, torch.Tensor]:
-    """Each task's BCE over its observed rows: a task observed after another is learned on that task's
-    positives."""
-    return {
-        task: step_mean(F.binary_cross_entropy_with_logits(logits[task], batch.labels[task], reduction="none"),
-                        batch, task)
-        for task in batch.labels
-    }
+def per_row_loss(task: TaskSpec, output: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """The task's loss per row ``[B]``: BCE on the logit (binary), squared error or Huber loss (delta 1)
+    on the predicted value (regression)."""
+    if task.is_binary:
+        return F.binary_cross_entropy_with_logits(output, label, reduction="none")
+    if task.loss_name == "huber":
+        return F.huber_loss(output, label, reduction="none")
+    return F.mse_loss(output, label, reduction="none")
 
 
-def entire_space_log_prob(
-    logits: dict[str, torch.Tensor], schema: DatasetSchema, task: str
-) -> torch.Tensor:
+def entire_space_log_prob(logits: dict[str, torch.Tensor], schema: DatasetSchema, task: str) -> torch.Tensor:
     """``log p(task and every task it is observed after)`` ``[B]``, reading each task's logit as its
     probability given the one it is observed after: the sum of ``logsigmoid`` along the chain
     (conversion after click: ``log(ctr * cvr)``)."""
@@ -55,33 +53,9 @@ def entire_space_log_prob(
     return log_p
 
 
-def log_prob_to_logit(log_p: torch.Tensor) -> torch.Tensor:
-    """``logit(p) = log p - log(1 - p)`` from ``log p`` (``[B]``), kept finite as ``p -> 1``."""
-    return log_p - torch.log1p(-torch.exp(log_p).clamp(max=1 - 1e-7))
-
-
-def entire_space_task_losses(
-    logits: dict[str, torch.Tensor], batch: Batch, schema: DatasetSchema
-) -> dict[str, torch.Tensor]:
-    """ESMM's entire-space objective (Ma et al., SIGIR 2018).
-
-    A task observed after another has its logit read as the conditional ``p(task | earlier)``; its loss is
-    the BCE of the product along its chain ``p(earlier) * p(task | earlier)`` (e.g. ``ctcvr = ctr * cvr``)
-    against the stored label (1 only where both happened) over ALL rows, so it is learned in the entire
-    impression space rather than on the biased sample of earlier positives. Other tasks: plain BCE on all
-    rows.
-    """
-    losses: dict[str, torch.Tensor] = {}
-    for task in schema.tasks:
-        labels = batch.labels[task.name]
-        if task.observed_after is None:
-            per_row = F.binary_cross_entropy_with_logits(logits[task.name], labels, reduction="none")
-        else:
-            log_p = entire_space_log_prob(logits, schema, task.name)
-            log_not_p = torch.log1p(-torch.exp(log_p).clamp(max=1 - 1e-7))
-            per_row = -(labels * log_p + (1 - labels) * log_not_p)
-        losses[task.name] = step_mean(per_row, batch)
-    return losses
+def log_one_minus_exp(log_p: torch.Tensor) -> torch.Tensor:
+    """``log(1 - p)`` from ``log p`` (``[B]``), kept finite as ``p -> 1``."""
+    return torch.log1p(-torch.exp(log_p).clamp(max=1 - 1e-7))
 
 
 def expectation_calibration(later: torch.Tensor, earlier: torch.Tensor, batch: Batch) -> torch.Tensor:

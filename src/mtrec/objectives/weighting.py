@@ -1,20 +1,20 @@
 """Task-weighting strategies: how per-task losses combine into the one loss that is minimised.
 
 A strategy is an ``nn.Module`` (its learnable parameters join the optimizer; its state is checkpointed)
-chosen in config by name. The trainer calls :meth:`WeightingStrategy.combine` and never looks at the
-model's class.
+chosen in config by name. The trainer calls :meth:`WeightingStrategy.combine` with the task losses and the
+parameters the model declares shared (``shared_parameters()``); a strategy never sees the model itself.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
 from typing import Any
 
 import torch
 from torch import nn
 
-from mtrec.models.base import MultiTaskModel
-from mtrec.training import distributed
+from mtrec import collectives
+from mtrec.objectives.registry import Registry
 
 
 class WeightingConfigError(ValueError):
@@ -28,7 +28,7 @@ class WeightingStrategy(nn.Module):
         super().__init__()
         self.task_names = list(task_names)
 
-    def combine(self, task_losses: dict[str, torch.Tensor], model: MultiTaskModel) -> torch.Tensor:
+    def combine(self, task_losses: dict[str, torch.Tensor], shared: list[nn.Parameter]) -> torch.Tensor:
         raise NotImplementedError
 
     def current_weights(self) -> dict[str, float]:
@@ -36,26 +36,15 @@ class WeightingStrategy(nn.Module):
         raise NotImplementedError
 
 
-_STRATEGIES: dict[str, Callable[..., WeightingStrategy]] = {}
-
-
-def register_weighting(name: str) -> Callable[[type[WeightingStrategy]], type[WeightingStrategy]]:
-    def add(cls: type[WeightingStrategy]) -> type[WeightingStrategy]:
-        _STRATEGIES[name] = cls
-        return cls
-
-    return add
-
-
-def list_weightings() -> list[str]:
-    return sorted(_STRATEGIES)
+_STRATEGIES: Registry[WeightingStrategy] = Registry("weighting", WeightingConfigError)
+register_weighting = _STRATEGIES.register
+list_weightings = _STRATEGIES.names
 
 
 def create_weighting(name: str, task_names: list[str], **options: Any) -> WeightingStrategy:
-    if name not in _STRATEGIES:
-        raise WeightingConfigError(f"unknown weighting {name!r}; available: {', '.join(list_weightings())}")
+    cls = _STRATEGIES.get(name)
     try:
-        return _STRATEGIES[name](task_names, **options)
+        return cls(task_names, **options)
     except TypeError as exc:
         raise WeightingConfigError(f"weighting {name!r}: bad options {options}: {exc}") from exc
 
@@ -72,9 +61,17 @@ class FixedWeighting(WeightingStrategy):
         unknown = sorted(set(weights) - set(task_names))
         if unknown:
             raise WeightingConfigError(f"fixed weighting names unknown task(s) {unknown}; tasks: {task_names}")
-        self.register_buffer("weights", torch.tensor([float(weights.get(t, 1.0)) for t in task_names]))
+        values = {t: weights.get(t, 1.0) for t in task_names}
+        for task, w in values.items():
+            if isinstance(w, bool) or not isinstance(w, int | float) or not math.isfinite(w) or w < 0:
+                raise WeightingConfigError(f"weighting_options.weights.{task}: a task weight must be a finite "
+                                           f"number >= 0, got {w!r}")
+        if not any(values.values()):
+            raise WeightingConfigError(f"weighting_options.weights: every task weight is 0, so nothing would "
+                                       f"be learned: {values}")
+        self.register_buffer("weights", torch.tensor([float(w) for w in values.values()]))
 
-    def combine(self, task_losses: dict[str, torch.Tensor], model: MultiTaskModel) -> torch.Tensor:
+    def combine(self, task_losses: dict[str, torch.Tensor], shared: list[nn.Parameter]) -> torch.Tensor:
         return torch.stack([task_losses[t] for t in self.task_names]) @ self.weights
 
     def current_weights(self) -> dict[str, float]:
@@ -97,7 +94,7 @@ class UncertaintyWeighting(WeightingStrategy):
         super().__init__(task_names)
         self.log_variances = nn.Parameter(torch.full((len(task_names),), float(init_log_variance)))
 
-    def combine(self, task_losses: dict[str, torch.Tensor], model: MultiTaskModel) -> torch.Tensor:
+    def combine(self, task_losses: dict[str, torch.Tensor], shared: list[nn.Parameter]) -> torch.Tensor:
         losses = torch.stack([task_losses[t] for t in self.task_names])  # [T]
         return (torch.exp(-self.log_variances) * losses + self.log_variances).sum()
 
@@ -110,8 +107,9 @@ class GradNormWeighting(WeightingStrategy):
     """GradNorm (Chen, Badrinarayanan, Lee & Rabinovich, ICML 2018, "GradNorm: Gradient Normalization for
     Adaptive Loss Balancing in Deep Multitask Networks").
 
-    The loss is ``sum_k w_k L_k``. At each step, on the model's last shared layer ``W``
-    (``model.shared_parameters()``), with ``n_k = ||grad_W L_k||`` and ``G_k = w_k n_k``:
+    The loss is ``sum_k w_k L_k``. At each step, on the model's last shared layer ``W`` (the ``shared``
+    parameters the trainer passes: ``model.shared_parameters()``), with ``n_k = ||grad_W L_k||`` and
+    ``G_k = w_k n_k``:
 
     - inverse training rate ``r_k = (L_k / L_k(0)) / mean_j (L_j / L_j(0))`` (``L_k(0)``: the first step's
       losses);
@@ -146,11 +144,11 @@ class GradNormWeighting(WeightingStrategy):
         self.register_buffer("initial_losses", torch.ones(len(task_names)))
         self.has_initial_losses = False
 
-    def combine(self, task_losses: dict[str, torch.Tensor], model: MultiTaskModel) -> torch.Tensor:
+    def combine(self, task_losses: dict[str, torch.Tensor], shared: list[nn.Parameter]) -> torch.Tensor:
         losses = torch.stack([task_losses[t] for t in self.task_names])  # [T]
         loss = (self.weights.clone() * losses).sum()
         if torch.is_grad_enabled() and losses.requires_grad:
-            self._update(task_losses, losses.detach(), model)
+            self._update(task_losses, losses.detach(), shared)
         return loss
 
     def get_extra_state(self) -> dict[str, bool]:
@@ -162,19 +160,17 @@ class GradNormWeighting(WeightingStrategy):
 
     @torch.no_grad()
     def _update(
-        self, task_losses: dict[str, torch.Tensor], losses: torch.Tensor, model: MultiTaskModel
+        self, task_losses: dict[str, torch.Tensor], losses: torch.Tensor, shared_parameters: list[nn.Parameter]
     ) -> None:
         """One GradNorm step on the weights (see the class docstring)."""
-        shared = [p for p in model.shared_parameters() if p.requires_grad]
+        shared = [p for p in shared_parameters if p.requires_grad]
         if not shared:
-            name = model.registry_name or type(model).__name__
-            raise WeightingConfigError(f"gradnorm needs a model with shared parameters; model {name!r} shares "
-                                       "none (its shared_parameters() is empty): use the fixed or uncertainty "
-                                       "weighting")
+            raise WeightingConfigError("gradnorm needs a model with shared parameters; this model shares none "
+                                       "(its shared_parameters() is empty): use the fixed or uncertainty weighting")
         grads = torch.stack([self._flat_grad(task_losses[t], shared) for t in self.task_names])  # [T, P]
-        world_size = distributed.current().world_size
+        world_size = collectives.world_size()
         if world_size > 1:  # the whole step's gradients and losses
-            stats = distributed.all_reduce_(torch.cat([grads.flatten(), losses]))
+            stats = collectives.all_reduce_(torch.cat([grads.flatten(), losses]))
             stats /= world_size  # each rank's terms are scaled so that their mean is the step's
             grads, losses = stats[: grads.numel()].view_as(grads), stats[grads.numel() :]
         if not self.has_initial_losses:

@@ -16,8 +16,9 @@ value (encoded as at preparation). The response holds each task's probability pe
      "scores": [{"click": 0.12, "conversion": 0.01}, {"click": 0.08, "conversion": 0.004}]}
 
 Bad input never reaches the model: wrong types, unknown or missing features, an empty or oversized
-candidate list (``max_candidates``) and a body over ``max_body_bytes`` get a 4xx whose ``error`` names the
-field (``candidates[3].price: expected a finite number, got str``) and whose ``detail`` lists every problem.
+candidate list (``max_candidates``), a body that is not JSON (or not UTF-8) and a body over
+``max_body_bytes`` (declared or streamed) get a 4xx whose ``error`` names the field
+(``candidates[3].price: expected a finite number, got str``) and whose ``detail`` lists every problem.
 """
 
 # no `from __future__ import annotations`: FastAPI reads the endpoint's request model (built at runtime
@@ -29,10 +30,11 @@ from typing import Annotated, Any
 
 import anyio
 import anyio.to_thread
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import AllowInfNan, BaseModel, ConfigDict, Field, Strict, create_model
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mtrec.features.encoders import EncodingError
 from mtrec.features.schema import DatasetSchema
@@ -204,22 +206,54 @@ def _validation_handler(
 
 
 class BodyLimit:
-    """ASGI middleware: refuse a request whose declared Content-Length exceeds ``limit`` bytes (413)."""
+    """ASGI middleware: refuse (413) a request body over ``limit`` bytes, whether its Content-Length says so
+    or it streams more (a chunked upload): the body is counted as it arrives, never held beyond the limit."""
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
         self.limit = limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            length = dict(scope.get("headers") or []).get(b"content-length")
-            if length is not None and (not length.isdigit() or int(length) > self.limit):
-                response = error_response(413, [problem(("body",), f"request body over {self.limit} bytes "
-                                                        f"(Content-Length {length.decode(errors='replace')})",
-                                                        "body_too_large")])
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            response = error_response(413, [problem(("body",), f"request body over {self.limit} bytes "
+                                                    f"(Content-Length {length.decode(errors='replace')})",
+                                                    "body_too_large")])
+            await response(scope, receive, send)
+            return
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:  # FastAPI passes an HTTPException on to the handlers
+                    raise HTTPException(413, f"request body over {self.limit} bytes (streamed)")
+            return message
+
+        await self.app(scope, counted, send)
+
+
+_PARSE_FAILURE = "There was an error parsing the body"  # FastAPI's 400 for a body it cannot decode
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    """Every HTTP error in the :func:`error_response` shape; a body FastAPI could not decode as JSON (not
+    UTF-8, nested too deeply) is a 422 like any other invalid JSON."""
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400 and exc.detail == _PARSE_FAILURE:
+        cause = exc.__cause__
+        reason = ("not UTF-8 text" if isinstance(cause, UnicodeError) else
+                  "nested too deeply" if isinstance(cause, RecursionError) else f"{type(cause).__name__}")
+        return error_response(422, [problem(("body",), f"not valid JSON: {reason}", "json_invalid")])
+    if exc.status_code == 413:
+        return error_response(413, [problem(("body",), str(exc.detail), "body_too_large")])
+    return error_response(exc.status_code, [problem(("url",), f"{exc.detail}: {request.method} {request.url.path}",
+                                                    "http_error")])
 
 
 # ---- the app ----------------------------------------------------------------------------------------------
@@ -244,6 +278,7 @@ def create_app(
                     f"(tasks: {', '.join(predictor.task_names)}). See mtrec.serving.app for the request format.",
     )
     app.add_exception_handler(RequestValidationError, _validation_handler(max_candidates, feature_kinds(schema)))
+    app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_middleware(BodyLimit, limit=max_body_bytes)
 
     def merged_columns(user: BaseModel, candidates: list[BaseModel]) -> dict[str, list[Any]]:
@@ -282,6 +317,8 @@ def create_app(
         """Liveness and what is being served."""
         return Health(status="ok", model=predictor.model_name, tasks=predictor.task_names,
                       backend=predictor.backend, features=names, max_candidates=max_candidates)
+
+    app.add_api_route("/healthz", healthz, methods=["HEAD"], include_in_schema=False)  # load balancers' probe
 
     def score_now(request: BaseModel) -> JSONResponse:
         candidates: list[BaseModel] = request.candidates  # type: ignore[attr-defined]

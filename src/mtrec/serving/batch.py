@@ -42,7 +42,7 @@ from mtrec.data.prepare import feature_columns
 from mtrec.data.readers import ColumnLayout, file_format, iter_chunks, read_layout
 from mtrec.features.encoders import EncodingError
 from mtrec.features.schema import DatasetSchema
-from mtrec.io import atomic_write
+from mtrec.io import PathError, atomic_write, check_output_file
 from mtrec.serving.predictor import Predictor
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -109,6 +109,20 @@ def _check_columns(path: Path, layout: ColumnLayout, features: DatasetConfig, ke
         raise ScoringInputError(f"{path}: --keep column(s) {absent} not found; its columns: {list(layout.columns)}")
 
 
+def check_paths(source: Path, out: Path) -> Path:
+    """The output path (absolute) if ``source`` can be read and ``out`` written without touching it."""
+    if not source.is_file():
+        raise ScoringInputError(f"input file not found: {source}" if not source.exists()
+                                else f"input {source} is not a file")
+    try:
+        target = check_output_file(out, "output file")
+    except PathError as exc:
+        raise ScoringInputError(str(exc)) from None
+    if (target.exists() and target.samefile(source)) or target == source.resolve():
+        raise ScoringInputError(f"--out {out} is the input file: scoring would overwrite it; choose another name")
+    return target
+
+
 @dataclass
 class ScoringResult:
     rows: int
@@ -135,13 +149,12 @@ def score_file(
     progress: bool = True,
 ) -> ScoringResult:
     """Score every row of ``source`` and write ``out`` (see the module docstring)."""
-    source, out = Path(source), Path(out)
+    source = Path(source)
     if chunk_rows < 1:
-        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+        raise ScoringInputError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    out = check_paths(source, Path(out))
     if isinstance(dataset_config, str | Path):
         dataset_config = load_dataset_config(dataset_config)
-    if not source.is_file():
-        raise ScoringInputError(f"input file not found: {source}")
     features = input_features(predictor.schema, dataset_config, separator)
     layout = read_layout(source, features.source)
     _check_columns(source, layout, features, keep, dataset_config is not None)
@@ -162,7 +175,7 @@ def score_file(
         nonlocal rows
         writer = _writer(tmp, out_schema, is_parquet(out))  # tmp's name ends in .tmp
         total = count_rows(source, features.source.header and not parquet_in)
-        bar = tqdm(total=total, unit="rows", unit_scale=True, desc="scoring", disable=not progress)
+        bar = tqdm(total=total, unit="rows", unit_scale=True, desc="scoring", disable=None if progress else True)
         try:
             for chunk in iter_chunks(source, features.source, layout, include, chunk_rows):
                 try:

@@ -24,13 +24,14 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 from mtrec.export.onnx import export_checked, onnx_session, parity_batches
 from mtrec.export.scoring import ScoringModule, array_feeds, input_names
 from mtrec.features.encoders import ENCODERS_FILE, EncodingError, FeatureEncoders, RawColumn
 from mtrec.features.schema import DatasetSchema
-from mtrec.models import MultiTaskModel
+from mtrec.objectives.scorer import Scorer
 from mtrec.training.checkpoint import ArtifactError, load_model
 
 Backend = Literal["onnx", "torch"]
@@ -48,7 +49,7 @@ class Runner(Protocol):
 class OnnxRunner:
     """ONNX Runtime on a graph exported from the model in memory (after the parity check)."""
 
-    def __init__(self, model: MultiTaskModel, threads: int = 1) -> None:
+    def __init__(self, model: Scorer, threads: int = 1) -> None:
         batches, source = parity_batches(model.schema, None, rows=256, batch_size=128)
         self.export = export_checked(model, batches, source)
         self.session = onnx_session(self.export.onnx_model, threads)
@@ -63,7 +64,7 @@ class OnnxRunner:
 class TorchRunner:
     """The model itself, eagerly, in inference mode."""
 
-    def __init__(self, model: MultiTaskModel, threads: int | None = None) -> None:
+    def __init__(self, model: Scorer, threads: int | None = None) -> None:
         if threads:
             torch.set_num_threads(threads)
         self.module = ScoringModule(model).eval()
@@ -75,7 +76,7 @@ class TorchRunner:
         return [t.numpy() for t in outputs]
 
 
-def make_runner(model: MultiTaskModel, backend: Backend, threads: int = 1) -> Runner:
+def make_runner(model: Scorer, backend: Backend, threads: int = 1) -> Runner:
     if backend == "onnx":
         return OnnxRunner(model, threads)
     if backend == "torch":
@@ -108,13 +109,13 @@ class Predictor:
 
     def __init__(
         self,
-        model: MultiTaskModel,
+        model: Scorer,
         encoders: FeatureEncoders,
         backend: Backend = DEFAULT_BACKEND,
         threads: int = 1,
         batch_size: int = DEFAULT_BATCH_SIZE,
     ) -> None:
-        self.model_name = model.registry_name or type(model).__name__
+        self.model_name = model.name
         self.schema = model.schema
         self.encoders = encoders
         self.backend = backend
@@ -154,8 +155,10 @@ class Predictor:
         if not np.isfinite(dense).all():  # a finite raw value can overflow float32 after its transform
             row, col = (int(i) for i in np.argwhere(~np.isfinite(dense))[0])
             name = self.schema.dense[col].name
-            raise EncodingError(f"dense feature {name!r}: {columns[name][row]!r} is out of range for the model "
-                                f"(not finite as float32 after the feature's transform)", name, row)
+            value = columns[name][row]
+            value = value.as_py() if isinstance(value, pa.Scalar) else value
+            raise EncodingError(f"dense feature {name!r}: {value!r} is out of range for the model "
+                                f"(not finite as float32 after the feature's transform)", name, row, value)
         return array_feeds(sparse, dense, sequences, self.schema)
 
     def score(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

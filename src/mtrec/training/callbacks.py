@@ -1,50 +1,35 @@
-"""Early stopping on the validation metric, and the per-epoch log."""
+"""Early stopping and model selection on the validation scores."""
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 
 @dataclass
 class EarlyStopping:
-    """Stops once more than ``patience`` consecutive epochs fail to beat the best (higher) validation score."""
+    """Tracks the best (higher) validation score of each selection key and stops once more than
+    ``patience`` consecutive epochs improved none of them.
+
+    The keys are ``["mean"]`` (``train.select: mean``: one score, the mean over tasks) or the task names
+    (``per_task``: each task selects its own epoch; training goes on while any task still improves).
+    """
 
     patience: int
-    best: float = -math.inf
-    best_epoch: int = -1
+    best: dict[str, float] = field(default_factory=dict)
+    best_epoch: dict[str, int] = field(default_factory=dict)
     bad_epochs: int = 0
 
-    def update(self, score: float, epoch: int) -> bool:
-        """Record an epoch's score; True if it is the best so far (the first epoch always is, even when
-        its score is undefined, e.g. a validation split without positives)."""
-        if score > self.best or self.best_epoch < 0:
-            self.best, self.best_epoch, self.bad_epochs = score, epoch, 0
-            return True
-        self.bad_epochs += 1
-        return False
+    def update(self, scores: dict[str, float], epoch: int) -> list[str]:
+        """Record an epoch's scores; the keys for which it is the best so far (an epoch is the best of a
+        key it is the first epoch of, even when the score is undefined, e.g. a split without positives)."""
+        improved = [k for k, score in scores.items()
+                    if k not in self.best_epoch or score > self.best.get(k, -math.inf)]
+        for key in improved:
+            self.best[key], self.best_epoch[key] = scores[key], epoch
+        self.bad_epochs = 0 if improved else self.bad_epochs + 1
+        return improved
 
     @property
     def should_stop(self) -> bool:
         return self.bad_epochs > self.patience
-
-
-@dataclass
-class EpochLog:
-    """Appends one JSON line per epoch to ``history.jsonl`` and keeps the rows for plotting."""
-
-    path: Path | None
-    rows: list[dict[str, Any]] = field(default_factory=list)
-
-    @staticmethod
-    def line(row: dict[str, Any]) -> str:
-        return json.dumps(row) + "\n"
-
-    def append(self, row: dict[str, Any]) -> None:
-        self.rows.append(row)
-        if self.path is not None:
-            with open(self.path, "a") as fh:
-                fh.write(self.line(row))

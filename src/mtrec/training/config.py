@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from mtrec.io import atomic_write_text, read_mapping
+from mtrec.io import atomic_write_text, json_text, read_mapping
 
 
 class ConfigError(ValueError):
@@ -15,6 +14,7 @@ class ConfigError(ValueError):
 
 
 NONFINITE_POLICIES = ("stop", "skip")
+SELECTIONS = ("mean", "per_task")
 EMBEDDING_SHARDINGS = ("none", "table_wise", "column_wise", "auto")
 EMBEDDING_OPTIMIZERS = ("adam", "adagrad", "sgd")
 
@@ -32,6 +32,12 @@ class TrainConfig:
     eval_batch_size: int = 8192
     weighting: str = "fixed"
     weighting_options: dict[str, Any] = field(default_factory=dict)
+    # the objective (mtrec.objectives): "" for the model's default; a run's saved config names the one used
+    objective: str = ""
+    objective_options: dict[str, Any] = field(default_factory=dict)
+    # model selection on validation: "mean" (one epoch, best mean task score) or "per_task" (each task
+    # read from the weights of its own best epoch)
+    select: str = "mean"
     prefetch: int = 2
     device: str = "auto"
     num_threads: int = 0  # 0: the machine's cores shared among the processes on it
@@ -55,14 +61,21 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "eval_batch_size", "nonfinite_check_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.patience < 0:
+            raise ConfigError(f"train.patience must be >= 0, got {self.patience}")
         if self.lr <= 0:
             raise ConfigError(f"train.lr must be > 0, got {self.lr}")
         if self.checkpoint_every < 0:
             raise ConfigError(f"train.checkpoint_every must be >= 0 (0: epoch ends only), got {self.checkpoint_every}")
+        if self.select not in SELECTIONS:
+            raise ConfigError(f"train.select must be one of {list(SELECTIONS)}, got {self.select!r}")
         if self.on_nonfinite not in NONFINITE_POLICIES:
             raise ConfigError(
                 f"train.on_nonfinite must be one of {list(NONFINITE_POLICIES)}, got {self.on_nonfinite!r}"
             )
+        self._check_sharding()
+
+    def _check_sharding(self) -> None:
         choices = {"embedding_sharding": EMBEDDING_SHARDINGS, "embedding_optimizer": EMBEDDING_OPTIMIZERS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -70,14 +83,19 @@ class TrainConfig:
         if self.embedding_memory_mb < 0:
             raise ConfigError(f"train.embedding_memory_mb must be >= 0 (0: TorchRec's default), "
                               f"got {self.embedding_memory_mb}")
-        if self.embedding_sharding != "none" and self.embedding_optimizer == "adam":
+        if self.embedding_sharding == "none":
+            return
+        if self.embedding_optimizer == "adam":
             raise ConfigError(f"train.embedding_sharding: {self.embedding_sharding} needs train.embedding_optimizer "
                               f"adagrad or sgd: sharded tables are updated by fbgemm's fused kernels, which have "
                               f"no Adam on CPU")
-        if self.embedding_sharding != "none" and self.weighting == "gradnorm":
+        if self.weighting == "gradnorm":
             raise ConfigError(f"train.weighting: gradnorm cannot be used with train.embedding_sharding: "
                               f"{self.embedding_sharding}: it measures gradients on the embedding tables, which "
                               f"sharded tables apply inside the backward pass")
+        if self.select == "per_task":
+            raise ConfigError(f"train.select: per_task cannot be used with train.embedding_sharding: "
+                              f"{self.embedding_sharding}: it keeps a copy of the whole model per task")
 
 
 @dataclass
@@ -113,7 +131,7 @@ class RunConfig:
         )
 
     def save(self, path: Path) -> None:
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+        atomic_write_text(path, json_text(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def load(cls, path: Path) -> RunConfig:
@@ -123,3 +141,12 @@ class RunConfig:
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """A YAML (or JSON) mapping from a file, with a clear error for anything else."""
     return read_mapping(path, "config file", ConfigError)
+
+
+def resolved_objective(train: TrainConfig, default: tuple[str, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+    """The objective a run uses and its options: ``train.objective`` when set (with its options as
+    given), else the model's ``default`` with the default's options updated by ``train.objective_options``."""
+    if train.objective:
+        return train.objective, dict(train.objective_options)
+    name, options = default
+    return name, {**options, **train.objective_options}

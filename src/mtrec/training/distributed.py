@@ -5,7 +5,8 @@
 (gloo on CPU, NCCL on GPU) and the trainer wraps its loss module in ``DistributedDataParallel``. Launched
 plainly, every helper here is a no-op and the same code runs on one process.
 
-Helpers are collectives over all ranks; every rank must call them in the same order.
+Helpers are collectives over all ranks; every rank must call them in the same order. The tensor
+collectives themselves (``all_reduce_``, ``all_gather_equal``) live in :mod:`mtrec.collectives`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from mtrec.collectives import all_gather_equal
 from mtrec.training.evaluate import Predictions
 
 
@@ -125,24 +127,6 @@ def data_parallel(module: nn.Module, device: torch.device) -> nn.Module:
 
 
 # ---- collectives (no-ops on one process) -----------------------------------------------------------
-def all_reduce_(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
-    """Reduce ``tensor`` over ranks in place (``sum``, ``min`` or ``max``) and return it."""
-    if current().enabled:
-        ops = {"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}
-        dist.all_reduce(tensor, op=ops[op])
-    return tensor
-
-
-def all_gather_equal(tensor: torch.Tensor) -> list[torch.Tensor]:
-    """Every rank's ``tensor`` (same shape and dtype on all ranks), in rank order."""
-    ctx = current()
-    if not ctx.enabled:
-        return [tensor]
-    parts = [torch.empty_like(tensor) for _ in range(ctx.world_size)]
-    dist.all_gather(parts, tensor.contiguous())
-    return parts
-
-
 def all_gather_rows(array: np.ndarray, device: torch.device) -> np.ndarray:
     """Every rank's ``array`` ``[n_r, ...]`` concatenated in rank order: ``[sum n_r, ...]``.
 
@@ -171,6 +155,7 @@ def gather_predictions(local: Predictions, device: torch.device) -> Predictions:
         labels={t: all_gather_rows(v, device) for t, v in local.labels.items()},
         masks={t: all_gather_rows(v, device) for t, v in local.masks.items()},
         users=None if local.users is None else all_gather_rows(local.users, device),
+        regression=local.regression,
     )
 
 

@@ -1,4 +1,5 @@
-"""Scoring a split with a model and computing its metrics per task."""
+"""Scoring a split with a trained model (through its :class:`~mtrec.objectives.scorer.Scorer`) and
+computing its metrics per task."""
 
 from __future__ import annotations
 
@@ -10,25 +11,27 @@ import torch
 from mtrec.data.batches import BatchIterator, gather_batch
 from mtrec.data.dataset import PreparedDataset
 from mtrec.metrics import evaluate_tasks
-from mtrec.models import MultiTaskModel
+from mtrec.objectives.scorer import Scorer
 
 
 @dataclass
 class Predictions:
-    """A split's probabilities, labels and masks per task (each ``[n]``) and user ids (or None)."""
+    """A split's predictions (probabilities of binary tasks, values of regression tasks), labels and masks
+    per task (each ``[n]``), user ids (or None), and which tasks are regression tasks."""
 
     probs: dict[str, np.ndarray]
     labels: dict[str, np.ndarray]
     masks: dict[str, np.ndarray]
     users: np.ndarray | None
+    regression: frozenset[str] = frozenset()
 
     def metrics(self) -> dict[str, dict[str, float]]:
-        return evaluate_tasks(self.probs, self.labels, self.masks, self.users)
+        return evaluate_tasks(self.probs, self.labels, self.masks, self.users, self.regression)
 
 
 @torch.no_grad()
 def predict_split(
-    model: MultiTaskModel,
+    scorer: Scorer,
     dataset: PreparedDataset,
     split: str,
     batch_size: int = 8192,
@@ -39,9 +42,10 @@ def predict_split(
     """Score every row of ``split`` once, in order (rows sorted within each batch); with ``part``, only
     those positions of the split (one rank's block). ``min_batches``: run forward passes (their outputs
     dropped) until that many were made, as ranks must whose every forward is a collective (sharded tables)."""
-    was_training = model.training
-    model.eval()
+    was_training = scorer.training
+    scorer.eval()
     schema = dataset.schema
+    regression = frozenset(t.name for t in schema.tasks if not t.is_binary)
     user_col = [f.name for f in schema.sparse].index(schema.user_id) if schema.user_id else None
     probs: dict[str, list[torch.Tensor]] = {t: [] for t in schema.task_names}
     labels: dict[str, list[torch.Tensor]] = {t: [] for t in schema.task_names}
@@ -51,18 +55,18 @@ def predict_split(
     made = 0
     for batch in BatchIterator(dataset, split, batch_size, shuffle=False, rows=rows):
         made += 1
-        out = model.probabilities(model(batch.to(device)))
+        out = scorer(batch.features.to(device))
         for t in schema.task_names:
             probs[t].append(out[t].float().cpu())
             labels[t].append(batch.labels[t])
             masks[t].append(batch.masks[t])
         if user_col is not None:
-            users.append(batch.sparse[:, user_col])
+            users.append(batch.features.sparse[:, user_col])
     if made < min_batches:
-        filler = gather_batch(dataset, dataset.splits[split][:1]).to(device)
+        filler = gather_batch(dataset, dataset.splits[split][:1]).features.to(device)
         for _ in range(min_batches - made):
-            model(filler)
-    model.train(was_training)
+            scorer(filler)
+    scorer.train(was_training)
 
     def cat(parts: dict[str, list[torch.Tensor]]) -> dict[str, np.ndarray]:
         return {t: torch.cat(v).numpy() for t, v in parts.items()}
@@ -70,5 +74,6 @@ def predict_split(
     if not probs[schema.task_names[0]]:  # an empty part
         empty = {t: np.zeros(0, dtype=np.float32) for t in schema.task_names}
         no_users = np.zeros(0, dtype=np.int64) if user_col is not None else None
-        return Predictions(empty, dict(empty), dict(empty), no_users)
-    return Predictions(cat(probs), cat(labels), cat(masks), torch.cat(users).numpy() if users else None)
+        return Predictions(empty, dict(empty), dict(empty), no_users, regression)
+    users_array = torch.cat(users).numpy() if users else None
+    return Predictions(cat(probs), cat(labels), cat(masks), users_array, regression)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from mtrec.training import distributed
+from mtrec import collectives
 
 NEVER = torch.iinfo(torch.int64).max
 TOTAL = "(weighted total)"
@@ -45,7 +45,7 @@ class LossWatch:
         """``(step, names)`` of the earliest non-finite step over all ranks, or None. A collective."""
         if self.first_bad is None:
             return None
-        first = distributed.all_reduce_(self.first_bad.clone(), "min").tolist()
+        first = collectives.all_reduce_(self.first_bad.clone(), "min").tolist()
         step = min(first)
         if step == NEVER:
             return None
@@ -55,7 +55,7 @@ class LossWatch:
 def all_finite_everywhere(finite: torch.Tensor) -> bool:
     """True if every entry of ``finite`` is True on every rank (one sync; a collective)."""
     flag = finite.all().to(torch.int32).reshape(1)
-    return bool(distributed.all_reduce_(flag, "min").item())
+    return bool(collectives.all_reduce_(flag, "min").item())
 
 
 def nonfinite_parameters(module: torch.nn.Module) -> list[str]:

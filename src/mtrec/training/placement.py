@@ -11,18 +11,19 @@ turns snapshots into the full model's state dict on rank 0, the content of ``mod
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from mtrec import collectives
 from mtrec.models import MultiTaskModel
 from mtrec.nn.embedding import FeatureEmbedding
 from mtrec.training import distributed
 from mtrec.training.config import ConfigError, TrainConfig
 from mtrec.training.optimizers import Optimizers
-from mtrec.training.resume import RESUME, ResumeError, load_resume, save_resume
+from mtrec.training.resume import ResumeError
+from mtrec.training.rundir import RunDirectory
 
 
 def feature_embeddings(model: nn.Module) -> dict[str, FeatureEmbedding]:
@@ -79,20 +80,19 @@ class Replicated:
         return 0
 
     # ---- checkpoints ----------------------------------------------------------------------------
-    def save_checkpoint(self, run_dir: Path, common: dict[str, Any], held: dict[str, Any], token: int) -> None:
+    def save_checkpoint(self, run_dir: RunDirectory, common: dict[str, Any], held: dict[str, Any],
+                        step: int) -> None:
         """Write ``resume.safetensors``: ``common`` (the run's progress) and ``held`` (what a rank holds:
-        model, best model, optimizer state), rank 0's. ``token`` names the checkpoint (its global step)."""
+        model, best models, optimizer state), rank 0's. ``step``: the checkpoint's optimizer step."""
         if self.ctx.is_main:
-            save_resume(run_dir / RESUME, {**common, **held})
+            run_dir.write_resume({**common, **held})
 
-    def load_checkpoint(self, run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-        """``(common, held)`` as :meth:`save_checkpoint` wrote them, ``held`` being this rank's."""
-        path = run_dir / RESUME
-        saved = load_resume(path)
+    def load_checkpoint(self, saved: dict[str, Any], run_dir: RunDirectory) -> dict[str, Any]:
+        """What this rank held when ``saved`` (the run directory's ``resume.safetensors``) was written."""
         if "shards" in saved:
-            raise ResumeError(f"{path}: written by a run with sharded embedding tables; resume it with its "
-                              f"train.embedding_sharding")
-        return saved, saved
+            raise ResumeError(f"{run_dir.resume_path}: written by a run with sharded embedding tables; resume it "
+                              f"with its train.embedding_sharding")
+        return saved
 
     def extra_state(self) -> dict[str, Any]:
         """Optimizer state that lives outside the torch optimizer (none here)."""
@@ -105,7 +105,7 @@ class Replicated:
     def _gathered(self, values: list[int]) -> list[list[int]]:
         """Each rank's ``values`` (ints), in rank order (a collective)."""
         mine = torch.tensor(values, dtype=torch.long, device=self.device)
-        return [[int(v) for v in t.tolist()] for t in distributed.all_gather_equal(mine)]
+        return [[int(v) for v in t.tolist()] for t in collectives.all_gather_equal(mine)]
 
     def summary(self, optimizer: Optimizers) -> dict[str, Any]:
         """What ``metrics.json`` records: the sharding, and each rank's embedding-table bytes (a collective)."""

@@ -13,6 +13,7 @@ import numpy as np
 from sklearn.metrics import roc_curve
 
 from mtrec.io import atomic_write
+from mtrec.metrics import task_score
 
 
 def _save(fig: Any, path: Path) -> None:
@@ -21,14 +22,15 @@ def _save(fig: Any, path: Path) -> None:
 
 
 def plot_learning_curves(history: list[dict[str, Any]], tasks: list[str], path: Path) -> None:
-    """Train loss and validation AUC per task, by epoch."""
+    """Train loss and the validation score per task (AUC of a binary task, R² of a regression task), by
+    epoch."""
     epochs = [row["epoch"] for row in history]
     fig, (ax_loss, ax_auc) = plt.subplots(1, 2, figsize=(10, 3.8))
     for task in tasks:
         ax_loss.plot(epochs, [row["train_loss"][task] for row in history], marker="o", label=task)
-        ax_auc.plot(epochs, [row["valid"][task]["auc"] for row in history], marker="o", label=task)
-    ax_loss.set(title="train loss per task", xlabel="epoch", ylabel="BCE")
-    ax_auc.set(title="validation AUC per task", xlabel="epoch", ylabel="AUC")
+        ax_auc.plot(epochs, [task_score(row["valid"][task]) for row in history], marker="o", label=task)
+    ax_loss.set(title="train loss per task", xlabel="epoch", ylabel="loss")
+    ax_auc.set(title="validation score per task", xlabel="epoch", ylabel="AUC (binary) / R² (regression)")
     for ax in (ax_loss, ax_auc):
         ax.grid(alpha=0.3)
         ax.legend()

@@ -15,6 +15,8 @@ half-replaced checkpoint could be seen.
 from __future__ import annotations
 
 import json
+import math
+import random
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +25,10 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from mtrec import collectives
 from mtrec.io import atomic_write
 
 RESUME = "resume.safetensors"
-SHARD_FILES = "resume-shard*of*-step*.safetensors"  # a sharded run's per-rank files (mtrec.training.sharding)
 FORMAT = "mtrec-resume/1"
 _META_KEY = "mtrec_resume"
 
@@ -53,7 +55,9 @@ def encode_state(obj: Any, tensors: dict[str, torch.Tensor], path: str = "") -> 
     if isinstance(obj, list):
         return [encode_state(v, tensors, f"{path}/{i}") for i, v in enumerate(obj)]
     if isinstance(obj, np.generic):
-        return obj.item()
+        return encode_state(obj.item(), tensors, path)
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return {"__float__": str(obj)}  # strict JSON has no NaN or infinity
     if obj is None or isinstance(obj, bool | int | float | str):
         return obj
     raise ResumeError(f"cannot store {type(obj).__name__} at {path or '/'} in a resume checkpoint")
@@ -69,6 +73,8 @@ def decode_state(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
         return tensors[skeleton["__tensor__"]]
     if "__ndarray__" in skeleton:
         return tensors[skeleton["__ndarray__"]].numpy()
+    if "__float__" in skeleton:
+        return float(skeleton["__float__"])
     if "__tuple__" in skeleton:
         return tuple(decode_state(v, tensors) for v in skeleton["__tuple__"])
     if "__items__" in skeleton:
@@ -80,7 +86,7 @@ def save_resume(path: Path, state: dict[str, Any]) -> None:
     """Write ``state`` (see :func:`encode_state`) to ``path`` atomically."""
     tensors: dict[str, torch.Tensor] = {}
     document = {"format": FORMAT, "state": encode_state(state, tensors)}
-    metadata = {_META_KEY: json.dumps(document)}
+    metadata = {_META_KEY: json.dumps(document, allow_nan=False)}
     atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
@@ -107,15 +113,27 @@ def load_resume(path: Path) -> dict[str, Any]:
     return state
 
 
-def remove_stale_temporaries(run_dir: Path) -> None:
-    """Delete temporary files left by writes that a killed process did not finish."""
-    for tmp in Path(run_dir).glob(".*.tmp"):
-        if tmp.is_file():
-            tmp.unlink(missing_ok=True)
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """RNG states: torch (CPU, and CUDA) per rank, Python and NumPy of this rank (rank 0's is the one
+    written). A collective: every rank calls it."""
+    state: dict[str, Any] = {
+        "torch": collectives.all_gather_equal(torch.get_rng_state().to(device)),
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+    }
+    if device.type == "cuda":
+        state["cuda"] = collectives.all_gather_equal(torch.cuda.get_rng_state(device).to(device))
+    return state
 
 
-def remove_checkpoint(run_dir: Path) -> None:
-    """Delete a run directory's resume checkpoint (the main file and any per-rank files of a sharded run)."""
-    (Path(run_dir) / RESUME).unlink(missing_ok=True)
-    for shard in Path(run_dir).glob(SHARD_FILES):
-        shard.unlink(missing_ok=True)
+def set_rng_state(state: dict[str, Any], device: torch.device, rank: int, world_size: int) -> None:
+    """Each rank takes its own saved state (rank 0's when the world size has changed)."""
+
+    def mine(states: list[torch.Tensor]) -> torch.Tensor:
+        return states[rank if len(states) == world_size else 0].cpu()
+
+    torch.set_rng_state(mine(state["torch"]))
+    if "cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(mine(state["cuda"]), device)
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])

@@ -1,9 +1,5 @@
-"""One training run end to end: data, model, trainer, artefacts (the library behind ``mtrec train``).
-
-A run directory receives ``config.json``, ``schema.json``, ``model.safetensors`` (best epoch),
-``history.jsonl``, ``metrics.json``, ``learning_curves.png``, ``roc.png`` and ``resume.safetensors``
-(the checkpoint ``--resume`` continues from); when the data is a dataset prepared from raw files, also
-its ``encoders.json`` (raw values -> model input, for serving).
+"""One training run end to end: data, model, objective, trainer, artefacts (the library behind ``mtrec
+train``). The files of the run directory are listed in :mod:`mtrec.training.rundir`.
 
 Under ``torchrun`` every rank runs this function; only rank 0 logs and writes.
 """
@@ -22,14 +18,12 @@ from tqdm.auto import tqdm
 from mtrec.data.dataset import PreparedDataset
 from mtrec.data.source import is_synthetic, load_data
 from mtrec.features.encoders import ENCODERS_FILE
-from mtrec.io import atomic_write_bytes, atomic_write_text
 from mtrec.models import create_model, model_options
 from mtrec.training import distributed
-from mtrec.training.checkpoint import CONFIG, SCHEMA
-from mtrec.training.config import ConfigError, RunConfig
+from mtrec.training.checkpoint import CONFIG
+from mtrec.training.config import ConfigError, RunConfig, resolved_objective
+from mtrec.training.rundir import RunDirectory
 from mtrec.training.trainer import Trainer
-
-METRICS = "metrics.json"
 
 
 def oracle_metrics(dataset: PreparedDataset) -> dict[str, dict[str, float]] | None:
@@ -84,6 +78,8 @@ def _train(
     ctx: distributed.DistContext,
 ) -> dict[str, Any]:
     cfg = config.train
+    run_dir = RunDirectory(out)
+    run_dir.check()
     torch.set_num_threads(cfg.num_threads or distributed.threads_per_process(ctx))
     config.model_options = model_options(config.model, config.model_options)
     if resume:
@@ -92,29 +88,30 @@ def _train(
         dataset = load_data(config.data)
     torch.manual_seed(cfg.seed)
     model = create_model(config.model, dataset.schema, **config.model_options)
+    cfg.objective, cfg.objective_options = resolved_objective(cfg, model.default_objective)
+    params = count_parameters(model)  # before the trainer: sharded tables leave each rank only its part
+    trainer = Trainer(model, cfg, run_dir, log)  # checks the weighting options before anything is written
     if ctx.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        dataset.schema.save(out / SCHEMA)
-        config.save(out / CONFIG)
-        encoders = dataset.path / ENCODERS_FILE if dataset.path is not None else None
-        if encoders is not None and encoders.is_file():
-            atomic_write_bytes(out / ENCODERS_FILE, encoders.read_bytes())
+        run_dir.start(dataset.schema, config, dataset.path / ENCODERS_FILE if dataset.path is not None else None)
     ranks = f" on {ctx.world_size} processes" if ctx.enabled else ""
-    params = count_parameters(model)  # before training: sharding leaves each rank only its part
-    log(f"training {config.model} ({params:,} parameters) on {config.data}: "
-        f"{dataset.split_size('train'):,} train rows{ranks}")
-    result = Trainer(model, cfg, out, log).fit(dataset, resume=resume)
+    log(f"training {config.model} ({params:,} parameters, objective {cfg.objective}) on "
+        f"{config.data}: {dataset.split_size('train'):,} train rows{ranks}")
+    result = trainer.fit(dataset, resume=resume)
     metrics: dict[str, Any] = {
         "model": config.model,
         "data": config.data,
         "tasks": dataset.schema.task_names,
         "test": result.test,
         "valid": result.valid,
-        "best_epoch": result.best_epoch,
+        "objective": cfg.objective,
+        "select": cfg.select,
+        "best_epoch": max(result.best_epochs.values()),
+        "best_epochs": result.best_epochs,
         "epochs_run": len(result.history),
         "train_samples_per_s": result.train_samples_per_s,
         "samples_seen": result.samples_seen,
         "skipped_batches": result.skipped_batches,
+        "warnings": result.warnings,
         "params": params,
         "embedding": result.embedding,
         "seed": cfg.seed,
@@ -124,10 +121,7 @@ def _train(
     if is_synthetic(config.data) or dataset.oracle is not None:
         metrics["oracle"] = oracle_metrics(dataset)
     if ctx.is_main:
-        from mtrec.training.plots import plot_learning_curves, plot_roc  # matplotlib: rank 0 only
-
-        atomic_write_text(out / METRICS, json.dumps(metrics, indent=2) + "\n")
-        plot_learning_curves(result.history, dataset.schema.task_names, out / "learning_curves.png")
+        run_dir.write_metrics(metrics)
         predictions = result.test_predictions
-        plot_roc(predictions.probs, predictions.labels, predictions.masks, out / "roc.png")
+        run_dir.write_plots(result.history, dataset.schema, predictions.probs, predictions.labels, predictions.masks)
     return metrics

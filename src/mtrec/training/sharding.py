@@ -25,8 +25,6 @@ which names that step. A kill at any moment leaves a complete earlier set that t
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -46,7 +44,8 @@ from mtrec.models import MultiTaskModel
 from mtrec.training.config import ConfigError, TrainConfig
 from mtrec.training.optimizers import ADAGRAD_EPS, Optimizers
 from mtrec.training.placement import Replicated, feature_embeddings, tensor_bytes
-from mtrec.training.resume import RESUME, ResumeError, load_resume, save_resume
+from mtrec.training.resume import ResumeError
+from mtrec.training.rundir import RunDirectory
 
 COLLECTION = "table.collection"  # where ShardedTables' collection sits under a FeatureEmbedding
 SHARDING_TYPES = {
@@ -162,6 +161,14 @@ class Sharded(Replicated):
         self.blocks = {path: b for path, b in feature_embeddings(model).items() if b.tables}
         self.dmp: DistributedModelParallel | None = None
         self.plan: dict[str, Any] = {}
+        for block in self.blocks.values():  # before the trainer builds anything on the model's parameters
+            stacked = block.table
+            assert isinstance(stacked, nn.Embedding)
+            # each rank's rows get the sum of the ranks' gradients: scaled to DDP's average
+            block.table = ShardedTables(block.tables, stacked.weight.detach(), 1.0 / self.ctx.world_size)
+            block.lookup_once = True  # one lookup (so one fused update) per table per forward pass
+        model.register_forward_pre_hook(self._forget_rows)
+        model.register_forward_hook(self._forget_rows)
 
     # ---- sharding -------------------------------------------------------------------------------
     def _constraints(self, dims: dict[str, int]) -> dict[str, ParameterConstraints]:
@@ -178,18 +185,9 @@ class Sharded(Replicated):
         return constraints
 
     def wrap(self, loss_step: nn.Module) -> nn.Module:
-        """Swap each feature embedding's stacked table for :class:`ShardedTables`, plan, and shard with
-        ``DistributedModelParallel`` (which puts the rest under DDP)."""
-        dims: dict[str, int] = {}
-        for block in self.blocks.values():
-            stacked = block.table
-            assert isinstance(stacked, nn.Embedding)
-            # each rank's rows get the sum of the ranks' gradients: scaled to DDP's average
-            block.table = ShardedTables(block.tables, stacked.weight.detach(), 1.0 / self.ctx.world_size)
-            block.lookup_once = True  # one lookup (so one fused update) per table per forward pass
-            dims.update(dict.fromkeys(block.tables, block.dim))
-        self.model.register_forward_pre_hook(self._forget_rows)
-        self.model.register_forward_hook(self._forget_rows)
+        """Plan the tables (swapped for :class:`ShardedTables` at construction) and shard them with
+        ``DistributedModelParallel``, which puts the rest of ``loss_step`` under DDP."""
+        dims = {name: block.dim for block in self.blocks.values() for name in block.tables}
         cfg = self.config
         sharder = EmbeddingCollectionSharder(fused_params={
             "optimizer": FUSED_OPTIMIZERS[cfg.embedding_optimizer], "learning_rate": cfg.lr, "eps": ADAGRAD_EPS,
@@ -291,36 +289,28 @@ class Sharded(Replicated):
                    "fused optimizer state")
 
     # ---- checkpoints ----------------------------------------------------------------------------
-    def _shard_file(self, token: int | str) -> str:
-        """This rank's checkpoint file of step ``token`` (matches :data:`~mtrec.training.resume.SHARD_FILES`)."""
-        return f"resume-shard{self.ctx.rank}of{self.ctx.world_size}-step{token}.safetensors"
-
-    def save_checkpoint(self, run_dir: Path, common: dict[str, Any], held: dict[str, Any], token: int) -> None:
+    def save_checkpoint(self, run_dir: RunDirectory, common: dict[str, Any], held: dict[str, Any],
+                        step: int) -> None:
         """Each rank's file, then (once all are complete) rank 0's ``resume.safetensors`` naming them, then
         each rank removes its files of earlier checkpoints."""
-        mine = self._shard_file(token)
-        save_resume(run_dir / mine, held)
+        rank, world = self.ctx.rank, self.ctx.world_size
+        run_dir.write_resume_shard(rank, world, step, held)
         dist.barrier()
         if self.ctx.is_main:
-            save_resume(run_dir / RESUME, {**common, "shards": {"token": token, "world_size": self.ctx.world_size,
-                                                                "plan": self.plan}})
+            run_dir.write_resume({**common, "shards": {"step": step, "world_size": world, "plan": self.plan}})
         dist.barrier()
-        pattern = re.compile(re.escape(self._shard_file("@")).replace("@", r"\d+") + "$")
-        for old in run_dir.glob(f"resume-shard{self.ctx.rank}of*"):
-            if old.name != mine and pattern.match(old.name):
-                old.unlink(missing_ok=True)
+        run_dir.remove_resume_shards(rank, keep=run_dir.shard_path(rank, world, step))
 
-    def load_checkpoint(self, run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-        path = run_dir / RESUME
-        common = load_resume(path)
-        shards = common.get("shards")
+    def load_checkpoint(self, saved: dict[str, Any], run_dir: RunDirectory) -> dict[str, Any]:
+        path = run_dir.resume_path
+        shards = saved.get("shards")
         if shards is None:
             raise ResumeError(f"{path}: written by a run without sharded embedding tables; resume it with "
                               f"train.embedding_sharding: none")
         if shards["world_size"] != self.ctx.world_size or shards["plan"] != self.plan:
             raise ResumeError(f"{path}: its tables were sharded over {shards['world_size']} ranks with another "
                               f"plan; resume a sharded run with the same number of processes and sharding")
-        return common, load_resume(run_dir / self._shard_file(shards["token"]))
+        return run_dir.read_resume_shard(self.ctx.rank, self.ctx.world_size, shards["step"])
 
     # ---- reporting ------------------------------------------------------------------------------
     def summary(self, optimizer: Optimizers) -> dict[str, Any]:

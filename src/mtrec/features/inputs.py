@@ -1,0 +1,36 @@
+"""What a model reads: one batch of feature tensors, without labels (``Features``).
+
+Models take ``Features`` and return logits; the training ``Batch`` (:mod:`mtrec.data.batches`) adds
+labels, masks and sharding information around them, and export and serving build ``Features`` directly
+from named arrays.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class Features:
+    """B rows of model input, in schema order.
+
+    sparse:    int64   [B, F_sparse]   ids (0 = padding, 1 = out-of-vocabulary)
+    dense:     float32 [B, F_dense]
+    sequences: name -> int64 [B, L]    behaviour histories, left-aligned, 0 = padding
+    """
+
+    sparse: torch.Tensor
+    dense: torch.Tensor
+    sequences: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.sparse.shape[0] if self.sparse.numel() else self.dense.shape[0])
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Features:
+        return Features(
+            sparse=self.sparse.to(device, non_blocking=non_blocking),
+            dense=self.dense.to(device, non_blocking=non_blocking),
+            sequences={k: v.to(device, non_blocking=non_blocking) for k, v in self.sequences.items()},
+        )
