@@ -32,11 +32,15 @@ def run_python(code: str, *args: str, timeout: float = 120) -> subprocess.Comple
                           text=True, timeout=timeout)
 
 
+def torchrun(nproc: int, *command: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    """``torchrun --standalone --nproc_per_node N command...`` (a script and its arguments, or ``-m``)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *command]
+    return subprocess.run(cmd, env=child_env(), capture_output=True, text=True, timeout=timeout)
+
+
 def torchrun_train(nproc: int, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
     """``torchrun --standalone --nproc_per_node N -m mtrec.cli train args...`` (gloo on loopback)."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "mtrec.cli", "train", *args]
-    return subprocess.run(cmd, env=child_env(), capture_output=True, text=True, timeout=timeout)
+    return torchrun(nproc, "-m", "mtrec.cli", "train", *args, timeout=timeout)
 
 
 def max_weight_difference(a: Path, b: Path) -> float:

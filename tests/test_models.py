@@ -144,3 +144,37 @@ def test_unknown_model_and_option_are_named() -> None:
         model_options("nope")
     with pytest.raises(ModelConfigError, match=r"no option.*'bogus'"):
         model_options("mmoe", {"bogus": 1})
+
+
+class CountingTable(torch.nn.Module):
+    """A feature embedding's table that counts its calls."""
+
+    def __init__(self, table: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = table
+        self.calls = 0
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.inner(ids)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_lookup_once_gives_the_same_outputs_from_one_table_call(name: str, data) -> None:  # type: ignore[no-untyped-def]
+    """Sharded tables need every row of a forward pass from one lookup (their update runs in its backward):
+    with ``lookup_once`` each model calls its table once per forward and computes the same outputs."""
+    model = build(name, data.schema).eval()
+    features = gather_batch(data, np.arange(32)).features
+    with torch.no_grad():
+        want = model(features)
+        block = model.embedding
+        counting = CountingTable(block.table)
+        block.table, block.lookup_once = counting, True
+        got = model(features)
+    assert counting.calls == 1
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=0, atol=1e-6)
+    block.forget_rows()
+    with torch.no_grad():
+        model(features)
+    assert counting.calls == 2  # forgotten rows are looked up again

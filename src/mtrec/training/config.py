@@ -55,6 +55,13 @@ class TrainConfig(ConfigModel):
     # with "stop", the loss flags are read every this many steps (and before every checkpoint), so
     # the step needs no device-to-host sync; "skip" reads them every step
     nonfinite_check_every: Count = 50
+    # the embedding tables under torchrun: "none" (replicated on every rank, DDP), or sharded over the
+    # ranks with TorchRec: "table_wise", "column_wise", or "auto" (TorchRec's planner); see docs/distributed.md
+    embedding_sharding: Literal["none", "table_wise", "column_wise", "auto"] = "none"
+    # "auto": each rank's memory budget in MiB for its tables and their optimizer state (0: TorchRec's default)
+    embedding_memory_mb: NonNegative = 0
+    # the tables' optimizer: "adam" (the model's Adam), or "adagrad" / "sgd" (their own, as sharded tables need)
+    embedding_optimizer: Literal["adam", "adagrad", "sgd"] = "adam"
 
     @field_validator("device")
     @classmethod
@@ -62,6 +69,24 @@ class TrainConfig(ConfigModel):
         if not DEVICE.match(value):
             raise ValueError(f"must be auto, cpu, mps, cuda or cuda:N, got {value!r}")
         return value
+
+    @model_validator(mode="after")
+    def _sharding(self) -> TrainConfig:
+        """Settings that sharded tables cannot serve."""
+        if self.embedding_sharding == "none":
+            return self
+        if self.embedding_optimizer == "adam":
+            raise ValueError(f"embedding_sharding: {self.embedding_sharding} needs train.embedding_optimizer "
+                             f"adagrad or sgd: sharded tables are updated by fbgemm's fused kernels, which have "
+                             f"no Adam on CPU")
+        if self.weighting == "gradnorm":
+            raise ValueError(f"weighting: gradnorm cannot be used with train.embedding_sharding: "
+                             f"{self.embedding_sharding}: it measures gradients on the embedding tables, which "
+                             f"sharded tables apply inside the backward pass")
+        if self.select == "per_task":
+            raise ValueError(f"select: per_task cannot be used with train.embedding_sharding: "
+                             f"{self.embedding_sharding}: it keeps a copy of the whole model per task")
+        return self
 
     @classmethod
     def parse(cls, data: Any, where: str = "config") -> TrainConfig:

@@ -88,11 +88,12 @@ def _train(
     torch.manual_seed(cfg.seed)
     model = create_model(config.model, dataset.schema, **config.model_options)
     cfg.objective, cfg.objective_options = resolved_objective(cfg, model.default_objective)
+    params = count_parameters(model)  # before the trainer: sharded tables leave each rank only its part
     trainer = Trainer(model, cfg, run_dir, log)  # checks the weighting options before anything is written
     if ctx.is_main:
         run_dir.start(dataset, config)
     ranks = f" on {ctx.world_size} processes" if ctx.enabled else ""
-    log(f"training {config.model} ({count_parameters(model):,} parameters, objective {cfg.objective}) on "
+    log(f"training {config.model} ({params:,} parameters, objective {cfg.objective}) on "
         f"{config.data}: {dataset.split_size('train'):,} train rows{ranks}")
     result = trainer.fit(dataset, resume=resume)
     metrics: dict[str, Any] = {
@@ -110,7 +111,8 @@ def _train(
         "samples_seen": result.samples_seen,
         "skipped_batches": result.skipped_batches,
         "warnings": result.warnings,
-        "params": count_parameters(model),
+        "params": params,
+        "embedding": result.embedding,
         "seed": cfg.seed,
         "machine": {"torch": torch.__version__, "threads": torch.get_num_threads(), "processes": ctx.world_size,
                     "device": str(next(model.parameters()).device), "platform": platform.platform()},

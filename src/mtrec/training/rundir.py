@@ -2,9 +2,11 @@
 
 A run directory holds ``config.json`` (resolved), ``schema.json``, ``model.safetensors`` (the selected
 weights), ``history.jsonl`` (one line per epoch), ``resume.safetensors`` (what ``--resume`` continues
-from), ``metrics.json``, ``learning_curves.png`` and ``roc.png``; for data prepared from raw files (or
+from; a run with sharded embedding tables adds each rank's ``resume-shard{r}of{W}-step{S}.safetensors``),
+``metrics.json``, ``learning_curves.png`` and ``roc.png``; for data prepared from raw files (or
 synthetic data, which carries its raw-value encoders) also ``encoders.json``. Only rank 0 holds a
-:class:`RunDirectory`; other ranks write nothing.
+:class:`RunDirectory` as its writer; other ranks write nothing, except each rank's own checkpoint file
+of a sharded run.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ HISTORY = "history.jsonl"
 METRICS = "metrics.json"
 # what a run directory holds (timing.json: the benchmark's); a run never writes over anything else
 RUN_FILES = re.compile(r"^(config\.json|schema\.json|model\.safetensors|resume\.safetensors|history\.jsonl|"
-                       r"metrics\.json|encoders\.json|timing\.json|learning_curves\.png|roc\.png)$")
+                       r"metrics\.json|encoders\.json|timing\.json|learning_curves\.png|roc\.png|"
+                       r"resume-shard\d+of\d+-step\d+\.safetensors)$")
 
 
 class RunDirectory:
@@ -90,8 +93,26 @@ class RunDirectory:
         remove_stale_temporaries(self.path)
 
     def remove_resume(self) -> None:
-        """A fresh run must not resume an older one."""
+        """A fresh run must not resume an older one (nor any rank's file of it)."""
         self.resume_path.unlink(missing_ok=True)
+        self.remove_resume_shards()
+
+    # ---- a sharded run's per-rank checkpoint files (mtrec.training.sharding) -------------------------
+    def shard_path(self, rank: int, world_size: int, step: int) -> Path:
+        """Rank ``rank``'s checkpoint file of optimizer step ``step`` (each rank writes its own)."""
+        return self.path / f"resume-shard{rank}of{world_size}-step{step}.safetensors"
+
+    def write_resume_shard(self, rank: int, world_size: int, step: int, state: dict[str, Any]) -> None:
+        save_resume(self.shard_path(rank, world_size, step), state)
+
+    def read_resume_shard(self, rank: int, world_size: int, step: int) -> dict[str, Any]:
+        return load_resume(self.shard_path(rank, world_size, step))
+
+    def remove_resume_shards(self, rank: int | None = None, keep: Path | None = None) -> None:
+        """Delete per-rank checkpoint files: every rank's, or only ``rank``'s; all but ``keep``."""
+        for path in self.path.glob(f"resume-shard{'*' if rank is None else rank}of*-step*.safetensors"):
+            if path != keep and RUN_FILES.match(path.name):
+                path.unlink(missing_ok=True)
 
     # ---- results -------------------------------------------------------------------------------
     def write_metrics(self, metrics: dict[str, Any]) -> None:
