@@ -41,10 +41,11 @@ class AITM(MultiTaskModel):
         tower_sizes: Sequence[int] = (256, 128),
         head_sizes: Sequence[int] = (64,),
         dropout: float = 0.0,
+        sequence_pooling: str = "mean",
     ) -> None:
         super().__init__(schema)
         n_tasks = len(self.task_names)
-        self.embedding = FeatureEmbedding(schema, embedding_dim)
+        self.embedding = FeatureEmbedding(schema, embedding_dim, sequence_pooling)
         in_dim = self.embedding.num_all_fields * embedding_dim
         self.towers = ParallelMLP(n_tasks, in_dim, tower_sizes, dropout)
         dim = self.towers.out_dim

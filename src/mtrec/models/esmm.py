@@ -36,9 +36,10 @@ class ESMM(MultiTaskModel):
         embedding_dim: int = 16,
         tower_sizes: Sequence[int] = (256, 128, 64),
         dropout: float = 0.0,
+        sequence_pooling: str = "mean",
     ) -> None:
         super().__init__(schema)
-        self.embedding = FeatureEmbedding(schema, embedding_dim)
+        self.embedding = FeatureEmbedding(schema, embedding_dim, sequence_pooling)
         in_dim = self.embedding.num_all_fields * embedding_dim
         self.towers = TaskTowers(len(self.task_names), in_dim, tower_sizes, dropout)
 

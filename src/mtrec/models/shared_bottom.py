@@ -1,7 +1,8 @@
 """Shared-Bottom (Caruana, 1997, "Multitask Learning"): hard parameter sharing.
 
 Shared: the embeddings and one bottom MLP. Task-specific: one tower per task.
-Sequences, if the schema has them, are mean-pooled into extra fields.
+Sequences, if the schema has them, are pooled into extra fields
+(``sequence_pooling``: ``mean`` or DIN-style ``attention``, see :mod:`mtrec.nn.embedding`).
 """
 
 from __future__ import annotations
@@ -28,9 +29,10 @@ class SharedBottom(MultiTaskModel):
         bottom_sizes: Sequence[int] = (256, 128),
         tower_sizes: Sequence[int] = (64,),
         dropout: float = 0.0,
+        sequence_pooling: str = "mean",
     ) -> None:
         super().__init__(schema)
-        self.embedding = FeatureEmbedding(schema, embedding_dim)
+        self.embedding = FeatureEmbedding(schema, embedding_dim, sequence_pooling)
         self.bottom = MLP(self.embedding.num_all_fields * embedding_dim, bottom_sizes, dropout)
         self.towers = TaskTowers(len(self.task_names), self.bottom.out_dim, tower_sizes, dropout)
 
