@@ -53,6 +53,10 @@ def test_bench_runs_the_matrix_and_writes_the_report(tmp_path: Path, tiny_dir: P
     markdown = (out / "results.md").read_text()
     assert "mtrec bench x" in markdown and "±" in markdown and "mmoe-2" in markdown
     assert "click gauc" in markdown  # the tiny data has a user id
+    limited = sum(r["best_epoch"] == r["epochs_run"] - 1 for r in results["runs"])
+    assert f"Runs ended by the epoch limit (best validation epoch = last, so not converged): {limited} of 4" \
+        in markdown
+    assert "| at limit |" in markdown
     for name in ("auc.png", "learning_curves_tiny.png"):
         assert (out / name).stat().st_size > 0
     run = out / "runs" / "tiny" / "mmoe-2" / "seed1"
@@ -147,3 +151,13 @@ def test_an_interrupted_run_is_resumed(tmp_path: Path, tiny_dir: Path) -> None:
     results = run_bench(config, tmp_path / "out", log=logs.append)
     assert any("resuming" in line for line in logs)
     assert (run / "metrics.json").is_file() and results["runs"][0]["resumed"]
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs" / "bench").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_shipped_bench_configs_are_valid(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every config under configs/bench parses, and every model entry's options are ones the model takes."""
+    monkeypatch.chdir(path.parents[2])  # the configs name dataset configs relative to the repository root
+    config = load_bench_config(path)
+    for entry in config.model_entries():
+        config.options_for(entry)

@@ -233,6 +233,18 @@ def test_conversion_state_starts_from_the_click_state_only_under_partial(axis: s
     torch.testing.assert_close(before["conversion"], after["conversion"], rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("axis", ["depth", "fields"])
+def test_without_state_passing_the_click_part_never_reaches_conversion(axis: str, data) -> None:  # type: ignore[no-untyped-def]
+    """``pass_state=False`` (the ablation of the click-to-consumption chain): each task continues from the
+    shared state, so click's own cross parameters no longer move conversion's output."""
+    batch = gather_batch(data, np.arange(32))
+    model = build(data.schema, sharing="partial", cross_axis=axis, pass_state=False)
+    click_part = model.cross.parts[0].adapter_up if axis == "depth" else model.cross.task_layers[0].gru.weight_hh_l0  # type: ignore[union-attr]
+    before, after = perturbed_outputs(model, batch, click_part)
+    assert not torch.allclose(before["click"], after["click"])
+    torch.testing.assert_close(before["conversion"], after["conversion"], rtol=0, atol=0)
+
+
 def test_hard_sharing_feeds_every_tower_the_same_cross_state(data) -> None:  # type: ignore[no-untyped-def]
     batch = gather_batch(data, np.arange(8))
     for axis in ("depth", "fields"):

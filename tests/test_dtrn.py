@@ -248,7 +248,7 @@ def test_a_history_without_target_uses_a_learned_query(batch: Batch) -> None:
         schema, sequences=(schema.sequences[0], dataclasses.replace(schema.sequences[1], target=""))
     )
     model = build(schema)
-    assert model.tim is not None and model.tim.default_target is not None
+    assert model.tim is not None and model.tim.targets.query is not None
     assert torch.isfinite(model(batch.features)["click"]).all()
 
 

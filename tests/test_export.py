@@ -74,6 +74,18 @@ def test_every_model_exports_with_parity(name: str, data) -> None:  # type: igno
         assert tensor.type.tensor_type.shape.dim[0].dim_param, f"{tensor.name}: batch axis is not dynamic"
 
 
+@pytest.mark.parametrize("name", ["mmoe", "single_task"])
+def test_attention_pooling_exports_with_parity(name: str, data) -> None:  # type: ignore[no-untyped-def]
+    """DIN-style target attention in the shared embedding block (one unit, and one per task's slice)
+    keeps the batch axis dynamic."""
+    torch.manual_seed(0)
+    model = scorer(create_model(name, data.schema, sequence_pooling="attention")).eval()
+    batches, source = parity_batches(data.schema, None, rows=96, batch_size=64)
+    checked = export_checked(model, batches, source)
+    assert checked.parity.ok and checked.parity.max_abs_diff <= 1e-4
+    assert {64, 32, 1} <= set(checked.parity.batch_sizes)
+
+
 def test_dynamo_exporter_gives_the_same_probabilities(data) -> None:  # type: ignore[no-untyped-def]
     torch.manual_seed(0)
     model = scorer(create_model("shared_bottom", data.schema, bottom_sizes=[16], tower_sizes=[8])).eval()

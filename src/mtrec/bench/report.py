@@ -47,6 +47,12 @@ def _spread(values: list[float | None]) -> tuple[float, float]:
     return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0
 
 
+def hit_the_limit(run: dict[str, Any]) -> bool:
+    """Whether the epoch limit, not early stopping, ended the run: its best validation epoch is its last
+    (under ``train.select: per_task``, any task's)."""
+    return int(run["best_epoch"]) >= int(run["epochs_run"]) - 1
+
+
 def table_metrics(runs: list[dict[str, Any]]) -> tuple[str, ...]:
     """The metrics to tabulate: AUC, GAUC where the runs report it (data with a user id), logloss."""
     has_gauc = any("gauc" in m for r in runs for m in r["test"].values())
@@ -55,24 +61,27 @@ def table_metrics(runs: list[dict[str, Any]]) -> tuple[str, ...]:
 
 def comparison_table(runs: list[dict[str, Any]], metrics: tuple[str, ...] = ("auc", "logloss")) -> str:
     """A Markdown table per dataset: one row per model (mean ± std over seeds), the oracle row first
-    where the data has one."""
+    where the data has one. "at limit" counts the model's runs that the epoch limit ended (best epoch =
+    last, :func:`hit_the_limit`): their numbers are not those of converged training."""
     lines: list[str] = []
     by_data: dict[str, list[tuple[str, list[dict[str, Any]]]]] = defaultdict(list)
     for (data, model), group in group_runs(runs).items():
         by_data[data].append((model, group))
     for data, models in by_data.items():
         tasks = models[0][1][0]["tasks"]
-        header = ["model", *[f"{t} {m}" for t in tasks for m in metrics], "params", "train samples/s", "seeds"]
+        header = ["model", *[f"{t} {m}" for t in tasks for m in metrics], "params", "train samples/s", "seeds",
+                  "at limit"]
         lines += [f"### {data}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         oracle = models[0][1][0].get("oracle")
         if oracle:
             cells = [f"{oracle[t]['auc']:.4f}" if m == "auc" else "" for t in tasks for m in metrics]
-            lines.append("| **oracle** | " + " | ".join(cells) + " |  |  |  |")
+            lines.append("| **oracle** | " + " | ".join(cells) + " |  |  |  |  |")
         for model, group in models:
             cells = [mean_std([r["test"][t].get(m, math.nan) for r in group]) for t in tasks for m in metrics]
             speed = float(np.median([r["train_samples_per_s"] for r in group]))
+            limit = sum(hit_the_limit(r) for r in group)
             lines.append(f"| {model} | " + " | ".join(cells) + f" | {group[0]['params']:,} | {speed:,.0f} | "
-                         f"{len(group)} |")
+                         f"{len(group)} | {limit}/{len(group)} |")
         lines.append("")
     return "\n".join(lines)
 

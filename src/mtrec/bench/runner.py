@@ -38,7 +38,13 @@ import torch
 from pydantic import Field, field_validator, model_validator
 from tqdm.auto import tqdm
 
-from mtrec.bench.report import comparison_table, plot_auc_bars, plot_learning_curves_by_model, table_metrics
+from mtrec.bench.report import (
+    comparison_table,
+    hit_the_limit,
+    plot_auc_bars,
+    plot_learning_curves_by_model,
+    table_metrics,
+)
 from mtrec.data.dataset import SPLITS, PreparedDataset
 from mtrec.data.source import check_spec, is_synthetic, load_data
 from mtrec.io import atomic_write_text, json_text
@@ -381,7 +387,10 @@ def write_report(results: dict[str, Any], out: Path) -> str:
         atomic_write_text(out / "results.md", markdown)
         atomic_write_text(out / "results.json", json_text(results, indent=2, default=str) + "\n")
         return markdown
-    lines += ["", comparison_table(runs, table_metrics(runs)), "![test AUC per model and task](auc.png)", ""]
+    limited = sum(hit_the_limit(r) for r in runs)
+    lines += ["", f"Runs ended by the epoch limit (best validation epoch = last, so not converged): {limited} of "
+                  f"{len(runs)}" + (" (column 'at limit')." if limited else "."),
+              "", comparison_table(runs, table_metrics(runs)), "![test AUC per model and task](auc.png)", ""]
     plot_auc_bars(runs, out / "auc.png")
     for label in results["datasets"]:
         histories: dict[str, list[list[dict[str, Any]]]] = {}

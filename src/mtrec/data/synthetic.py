@@ -41,6 +41,22 @@ Per row (user u ~ activity, item i ~ popularity, hour ~ daily cycle, device, rec
     dense_t   = a_t * price + 0.3 * activity - g_t * recency^2               (price, activity, recency z-scored)
     seq_b     = <mean_{h in hist_b} e_cat(h), e_cat(i)>   for b in click, cart, buy (0 for an empty history)
 
+Interest components (target-dependent selection over a history; used by the ``interests`` preset). Item
+aspects, drawn from their own random stream (so they leave the other presets' data unchanged)::
+
+    brand latent  f_brand ~ N(0, I/d);   item style s_i ~ N(0, I/d)   (a property beyond the category)
+    keys          a_cat(h, i)   = sqrt(d) <e_cat(h), e_cat(i)>        (~2 for the same category, ~N(0, 1) else)
+                  a_brand(h, i) = sqrt(d) <f_brand(h), f_brand(i)>
+    values        style match m(h, i) = sqrt(d) <s_h, s_i>;   price fit pf(h, i) = -(lp_h - lp_i)^2
+    attention     att^a_l(i) = softmax over the valid positions l of (gamma * a(h_l, i))   gamma = interest_temperature
+    browse_style  = sum_l att^cat_l(i)   m(h_l, i)     over hist_click   (browsed items near i's category)
+    browse_brand  = sum_l att^brand_l(i) m(h_l, i)     over hist_click   (browsed items near i's brand)
+    buy_price     = sum_l att^brand_l(i) pf(h_l, i)    over hist_buy     (what was paid for items near i's brand)
+
+(0 for an empty history.) Which history items count depends on the candidate i, so the mean of a history's
+item embeddings cannot carry these terms: with gamma = 0 each is the plain history mean of the value, and
+the interests preset's gamma = 3 concentrates the weight on the few items nearest the candidate.
+
 The conversion task's item, user and context tables are ``mix_rho`` of the click task's, so ``rho``
 sets how related the tasks are (negative: what makes an item clicked makes it less converted). With
 weights ``w_t`` per component (:class:`TaskWeights`)::
@@ -107,9 +123,12 @@ class TaskWeights:
     hist_click: float = 0.0
     hist_cart: float = 0.0
     hist_buy: float = 0.0
+    browse_style: float = 0.0
+    browse_brand: float = 0.0
+    buy_price: float = 0.0
 
     def as_array(self) -> np.ndarray:
-        """The weights in component order (the field order) ``[9]``."""
+        """The weights in component order (the field order) ``[12]``."""
         return np.array(astuple(self), dtype=np.float64)
 
 
@@ -135,6 +154,7 @@ class SyntheticConfig:
     item_quality: float = 0.5  # weight of the item-specific quality in the item effect
     user_noise: float = 0.5  # user-specific part of the tastes that draw the histories
     history_temperature: float = 2.5  # beta: how strongly a taste concentrates histories on categories
+    interest_temperature: float = 3.0  # gamma: how sharply an interest component selects history items
     task_correlation: float = 0.7  # rho: conversion's tables = mix_rho(click's tables, independent)
     click: TaskWeights = TaskWeights(hist_click=0.2, hist_cart=0.1, hist_buy=0.05)
     conversion: TaskWeights = TaskWeights(dense=0.6, hist_click=0.1, hist_cart=0.1, hist_buy=0.15)
@@ -168,6 +188,14 @@ PRESETS: dict[str, SyntheticConfig] = {
         conversion=TaskWeights(cross=0.5, context=0.4, dense=0.5, hist_cart=0.4, hist_buy=1.3),
         description="each task driven by a different behaviour history: click by the click history, "
         "conversion by the buy (and cart) history",
+    ),
+    "interests": SyntheticConfig(
+        task_correlation=0.3,
+        click=TaskWeights(cross=0.4, context=0.3, browse_style=1.3),
+        conversion=TaskWeights(cross=0.4, context=0.3, dense=0.5, buy_price=1.3, browse_brand=-0.6),
+        description="each task's history effect selects the history items near the candidate: click the "
+        "browsed items near its category (style match), conversion the bought items near its brand (price "
+        "fit) and, against click, the browsed items near its brand",
     ),
     "esmm": SyntheticConfig(
         task_correlation=0.6,
@@ -436,6 +464,49 @@ def _make_world(cfg: SyntheticConfig, rng: np.random.Generator) -> _World:
     )
 
 
+#: the interest components: name -> (history behaviour, key aspect, value); see the module docstring
+INTERESTS: dict[str, tuple[str, str, str]] = {
+    "browse_style": ("click", "category", "style"),
+    "browse_brand": ("click", "brand", "style"),
+    "buy_price": ("buy", "brand", "price"),
+}
+
+
+@dataclass
+class _Aspects:
+    """Item-pair tables of the interest components: keys and values ``[I, I]`` (history item, candidate)."""
+
+    keys: dict[str, np.ndarray]
+    values: dict[str, np.ndarray]
+
+
+def _make_aspects(cfg: SyntheticConfig, world: _World, rng: np.random.Generator) -> _Aspects:
+    d = cfg.latent_dim
+    brand = rng.normal(0.0, 1.0 / math.sqrt(d), (cfg.n_brands, d))[world.item_brand]  # [I, d]
+    style = rng.normal(0.0, 1.0 / math.sqrt(d), (cfg.n_items, d))  # [I, d]
+    category = world.cat_latent[world.item_cat]  # [I, d]
+    price = world.item_log_price
+    return _Aspects(
+        keys={"category": math.sqrt(d) * category @ category.T, "brand": math.sqrt(d) * brand @ brand.T},
+        values={"style": math.sqrt(d) * style @ style.T, "price": -((price[:, None] - price[None, :]) ** 2)},
+    )
+
+
+def _interest(
+    aspects: _Aspects, key: str, value: str, items: np.ndarray, valid: np.ndarray, target: np.ndarray,
+    temperature: float,
+) -> np.ndarray:
+    """``sum_l softmax_l(gamma * key(h_l, i)) * value(h_l, i)`` over the valid positions ``[N]`` (0 for an
+    empty history). items, valid: ``[N, L]`` (item indices, mask); target: the candidate ``[N]``."""
+    scores = temperature * aspects.keys[key][items, target[:, None]]  # [N, L]
+    scores = np.where(valid, scores, -np.inf)
+    top = np.max(scores, axis=1, keepdims=True)
+    weights = np.where(valid, np.exp(scores - np.where(np.isfinite(top), top, 0.0)), 0.0)  # [N, L]
+    total = weights.sum(1)
+    pooled = (weights * aspects.values[value][items, target[:, None]]).sum(1)
+    return np.where(total > 0, pooled / np.maximum(total, 1e-300), 0.0)
+
+
 def _hour_probs() -> np.ndarray:
     """A daily cycle: quiet at night, peaks at lunch and in the evening ``[24]``."""
     h = np.arange(N_HOURS)
@@ -471,7 +542,7 @@ class _Simulation:
     sparse: np.ndarray  # int32 [N, F_sparse]
     dense: np.ndarray  # float32 [N, F_dense]
     sequences: dict[str, np.ndarray]  # name -> int32 [N, L]
-    components: list[np.ndarray]  # per task: z-scored components [N, 9] (TaskWeights order)
+    components: list[np.ndarray]  # per task: z-scored components [N, 12] (TaskWeights order)
     logits: np.ndarray  # [N, T] true logits, intercepts included
     labels: np.ndarray  # float32 [N, T]
     splits: dict[str, np.ndarray]
@@ -496,6 +567,7 @@ def generate(config: SyntheticConfig, seed: int = 0, preset: str = "custom") -> 
 
 def _simulate(cfg: SyntheticConfig, seed: int) -> _Simulation:
     world = _make_world(cfg, np.random.default_rng([seed, 0]))
+    aspects = _make_aspects(cfg, world, np.random.default_rng([seed, 2]))
     rng = np.random.default_rng([seed, 1])
     n = cfg.rows
 
@@ -512,16 +584,22 @@ def _simulate(cfg: SyntheticConfig, seed: int) -> _Simulation:
     # histories as of the impression: a prefix of the user's history (between half and all of it)
     sequences: dict[str, np.ndarray] = {}
     similarity: dict[str, np.ndarray] = {}
+    history: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # behaviour -> item indices, mask [N, L]
     positions = np.arange(cfg.max_len)
     for b in HISTORY_BEHAVIOURS:
         full = world.history_len[b][user]
         length = rng.integers((full + 1) // 2, full + 1)  # [N]
         valid = positions[None, :] < length[:, None]  # [N, L]
         items = world.histories[b][user]  # [N, L]
+        history[b] = items, valid
         sequences[f"hist_{b}"] = np.where(valid, items + FIRST_ID, 0).astype(np.int32)
         hist_latent = world.cat_latent[world.item_cat[items]] * valid[..., None]  # [N, L, d]
         mean_latent = hist_latent.sum(1) / np.maximum(length, 1)[:, None]  # [N, d]
         similarity[b] = np.einsum("nd,nd->n", mean_latent, world.cat_latent[cat])
+    interests = [
+        _interest(aspects, key, value, *history[b], item, cfg.interest_temperature)
+        for b, key, value in INTERESTS.values()
+    ]
 
     # dense features (already standardised, as prepare would)
     price = _zscore(world.item_log_price[item])
@@ -548,9 +626,10 @@ def _simulate(cfg: SyntheticConfig, seed: int) -> _Simulation:
                 similarity["click"],
                 similarity["cart"],
                 similarity["buy"],
+                *interests,
             ],
             axis=1,
-        )  # [N, 9]
+        )  # [N, 12]
         components = (components - components.mean(0)) / np.maximum(components.std(0), 1e-12)
         components_per_task.append(components)
         score = components @ weights.as_array()  # [N]

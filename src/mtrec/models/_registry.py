@@ -105,6 +105,11 @@ def model_options(name: str, overrides: dict[str, Any] | None = None) -> dict[st
 
 def create_model(name: str, schema: DatasetSchema, **options: Any) -> MultiTaskModel:
     """Build the registered model ``name`` for ``schema`` with the given options."""
-    model = model_class(name)(schema, **model_options(name, options))
+    try:
+        model = model_class(name)(schema, **model_options(name, options))
+    except ModelConfigError:
+        raise
+    except ValueError as exc:  # a block refusing an option value
+        raise ModelConfigError(f"model {name!r}: {exc}") from None
     model.registry_name = name  # an instance attribute: a variant's model names the variant
     return model

@@ -16,6 +16,8 @@ probability ``p(conversion and click)``, read back as ``p_later / p_earlier`` fo
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import nn
 
@@ -40,10 +42,11 @@ class AITM(MultiTaskModel):
         tower_sizes: Sizes = (256, 128),
         head_sizes: Sizes = (64,),
         dropout: Dropout = 0.0,
+        sequence_pooling: Literal["mean", "attention"] = "mean",
     ) -> None:
         super().__init__(schema)
         n_tasks = len(self.task_names)
-        self.embedding = FeatureEmbedding(schema, embedding_dim)
+        self.embedding = FeatureEmbedding(schema, embedding_dim, sequence_pooling)
         in_dim = self.embedding.num_all_fields * embedding_dim
         self.towers = ParallelMLP(n_tasks, in_dim, tower_sizes, dropout)
         dim = self.towers.out_dim

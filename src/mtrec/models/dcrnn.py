@@ -9,7 +9,8 @@ The paper's three claims, each an option here so that it can be tested by ablati
    (click, then consumption), each task's recurrence starting from the previous task's final state.
 
 Input: the F field embeddings ``[B, F, d]`` (sparse ids, dense values projected to width d, behaviour
-histories mean-pooled), ``x0`` = their concatenation ``[B, D]``, ``D = F d``.
+histories pooled as ``sequence_pooling`` says: ``mean`` or DIN-style ``attention``), ``x0`` = their
+concatenation ``[B, D]``, ``D = F d``.
 
 Cross branch (``cross_axis: depth``, the recurrence over cross depth), by ``sharing``:
 
@@ -18,6 +19,7 @@ Cross branch (``cross_axis: depth``, the recurrence over cross depth), by ``shar
   low-rank adapter of rank ``adapter_rank`` on ``W h``, a LayerNorm if ``task_norm``). Task 1 continues
   the **same** cell for ``task_steps`` steps from ``h_shared`` with its part; task k continues from
   task k-1's final state with its own part. So the first task's part also shapes every later task's state.
+  ``pass_state=False`` (the ablation of claim 3): every task continues from ``h_shared`` instead.
 - ``hard``. One shared cell run ``shared_steps + task_steps`` steps (the same depth); every task reads the
   final state. No task-specific cross parameters.
 - ``none``. One separate cell per task (T cells batched as one product), each run
@@ -25,9 +27,9 @@ Cross branch (``cross_axis: depth``, the recurrence over cross depth), by ``shar
 
 ``cross_axis: fields`` reads the recurrence as a GRU over the F field embeddings instead (width
 ``field_rnn_dim``). ``partial``: a shared first GRU layer, a task-specific second layer per task, task k's
-second layer starting from task k-1's final state; ``hard``: both layers shared; ``none``: a two-layer GRU
-per task. (``shared_steps``, ``task_steps``, ``rank``, ``adapter_rank``, ``task_norm`` apply to the depth
-axis only.)
+second layer starting from task k-1's final state (from zero with ``pass_state=False``); ``hard``: both
+layers shared; ``none``: a two-layer GRU per task. (``shared_steps``, ``task_steps``, ``rank``,
+``adapter_rank``, ``task_norm`` apply to the depth axis only.)
 
 Beside the cross branch, a deep branch: a shared MLP (``deep_sizes``) on ``x0`` and task-specific upper
 layers (``deep_task_sizes``, one group per task, batched). Each task's tower (``tower_sizes``, batched)
@@ -37,7 +39,7 @@ shared by all tasks in every mode; ``sharing`` changes the cross branch only.
 The click-to-consumption chain can also be learned in the entire space like ESMM's: that is the
 objective's (``train.objective: entire_space``), for this model as for any other.
 
-Defaults: ``shared_steps=2``, ``task_steps=1``, ``rank=None`` (full W), ``adapter_rank=4``,
+Defaults: ``pass_state=True``, ``shared_steps=2``, ``task_steps=1``, ``rank=None`` (full W), ``adapter_rank=4``,
 ``task_norm=False``, ``deep_sizes=(256, 128)``, ``deep_task_sizes=(64,)``, ``tower_sizes=(64,)``,
 ``field_rnn_dim=64``. A one-seed sweep on synthetic ``conflict`` (100k rows, 6
 epochs; ``benchmarks/dcrnn_study.py sweep``, ``docs/dcrnn.md``) moved test AUC by at most 0.004 for any
@@ -48,6 +50,8 @@ the specification's shape (two shared steps, one step per task, a full W while D
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 from torch import nn
@@ -70,10 +74,10 @@ class DepthCross(nn.Module):
 
     def __init__(
         self, dim: int, n_tasks: int, sharing: str, shared_steps: int, task_steps: int,
-        rank: int | None, adapter_rank: int, task_norm: bool,
+        rank: int | None, adapter_rank: int, task_norm: bool, pass_state: bool = True,
     ) -> None:
         super().__init__()
-        self.sharing, self.n_tasks = sharing, n_tasks
+        self.sharing, self.n_tasks, self.pass_state = sharing, n_tasks, pass_state
         self.shared_steps, self.task_steps = shared_steps, task_steps
         self.cell = CrossRNNCell(dim, rank, n=n_tasks if sharing == "none" else 1)
         self.parts = nn.ModuleList(
@@ -88,10 +92,10 @@ class DepthCross(nn.Module):
         if self.sharing == "hard":
             return self.cell(x0, depth).expand(self.n_tasks, -1, -1)  # [1, B, D] -> [T, B, D]
         gate_x0 = self.cell.gate_input(x0)  # [1, B, D], reused by every step
-        h = self.cell(x0, self.shared_steps, gate_x0=gate_x0)  # h_shared [1, B, D]
+        h_shared = h = self.cell(x0, self.shared_steps, gate_x0=gate_x0)  # [1, B, D]
         states = []
         for part in self.parts:  # task order: each continues from the previous task's final state
-            h = self.cell(x0, self.task_steps, h=h, part=part, gate_x0=gate_x0)
+            h = self.cell(x0, self.task_steps, h=h if self.pass_state else h_shared, part=part, gate_x0=gate_x0)
             states.append(h[0])
         return torch.stack(states)  # [T, B, D]
 
@@ -102,9 +106,9 @@ class DepthCross(nn.Module):
 class FieldCross(nn.Module):
     """The ``cross_axis: fields`` branch: GRUs over the field axis, ``[B, F, d] -> task states [T, B, H]``."""
 
-    def __init__(self, field_dim: int, hidden: int, n_tasks: int, sharing: str) -> None:
+    def __init__(self, field_dim: int, hidden: int, n_tasks: int, sharing: str, pass_state: bool = True) -> None:
         super().__init__()
-        self.sharing, self.n_tasks = sharing, n_tasks
+        self.sharing, self.n_tasks, self.pass_state = sharing, n_tasks, pass_state
         if sharing == "none":
             self.shared = None
             self.task_layers = nn.ModuleList(FieldGRU(field_dim, hidden, num_layers=2) for _ in range(n_tasks))
@@ -124,7 +128,7 @@ class FieldCross(nn.Module):
         states = []
         h: torch.Tensor | None = None
         for layer in self.task_layers:  # task order: each starts from the previous task's final state
-            h = layer(outputs, h0=h)[1]
+            h = layer(outputs, h0=h if self.pass_state else None)[1]
             states.append(h)
         return torch.stack(states)  # [T, B, H]
 
@@ -150,6 +154,8 @@ class DCRNN(MultiTaskModel):
         deep_task_sizes: Sizes = (64,),
         tower_sizes: Sizes = (64,),
         dropout: Dropout = 0.0,
+        sequence_pooling: Literal["mean", "attention"] = "mean",
+        pass_state: bool = True,
     ) -> None:
         super().__init__(schema)
         for name, value, allowed in (
@@ -165,18 +171,18 @@ class DCRNN(MultiTaskModel):
         if sharing == "partial" and cross_axis == "depth" and task_steps < 1:
             raise ModelConfigError("dcrnn: sharing 'partial' needs task_steps >= 1 (the task-specific steps)")
         n_tasks = len(self.task_names)
-        self.embedding = FeatureEmbedding(schema, embedding_dim)
+        self.embedding = FeatureEmbedding(schema, embedding_dim, sequence_pooling)
         x0_dim = self.embedding.num_all_fields * embedding_dim
         self.cross: DepthCross | FieldCross
         if cross_axis == "depth":
             try:
                 self.cross = DepthCross(
-                    x0_dim, n_tasks, sharing, shared_steps, task_steps, rank, adapter_rank, task_norm
+                    x0_dim, n_tasks, sharing, shared_steps, task_steps, rank, adapter_rank, task_norm, pass_state
                 )
             except ValueError as exc:
                 raise ModelConfigError(f"dcrnn: {exc}") from None
         else:
-            self.cross = FieldCross(embedding_dim, field_rnn_dim, n_tasks, sharing)
+            self.cross = FieldCross(embedding_dim, field_rnn_dim, n_tasks, sharing, pass_state)
         self.deep_shared = MLP(x0_dim, deep_sizes, dropout)
         self.deep_tasks = ParallelMLP(n_tasks, self.deep_shared.out_dim, deep_task_sizes, dropout)
         self.towers = TaskTowers(n_tasks, self.cross.out_dim + self.deep_tasks.out_dim, tower_sizes, dropout)

@@ -62,7 +62,7 @@ from mtrec.nn.experts import GroupGates, ProgressiveLayers, mix
 from mtrec.nn.hyper import NormHypernetwork
 from mtrec.nn.mlp import ParallelMLP, TaskTowers
 from mtrec.nn.senet import SENET_MODES, SENet
-from mtrec.nn.sequence import ConditionalTransformer, TargetAttentionPooling
+from mtrec.nn.sequence import ConditionalTransformer, HistoryTargets, TargetAttentionPooling
 from mtrec.typed import Count, Dropout, Sizes
 
 BACKBONES = ("towers", "mmoe", "ple")
@@ -78,13 +78,11 @@ class TaskInterestModule(nn.Module):
     """
 
     behaviour_index: torch.Tensor  # [M]: each sequence's behaviour type
-    target_index: torch.Tensor  # [M]: each sequence's target among the sparse fields
 
     def __init__(
         self,
         schema: DatasetSchema,
         dim: int,
-        sparse_index: dict[str, int],
         conditioned: bool,
         num_layers: int,
         heads: int,
@@ -113,16 +111,7 @@ class TaskInterestModule(nn.Module):
         else:
             self.gamma = nn.Parameter(torch.ones(1, 1, norms, dim))
             self.beta = nn.Parameter(torch.zeros(1, 1, norms, dim))
-        # Each history's candidate: its target's sparse field, or a learned query (index F_sparse).
-        num_sparse = len(schema.sparse)
-        self.register_buffer(
-            "target_index",
-            torch.tensor([sparse_index.get(s.target, num_sparse) for s in schema.sequences]),
-            persistent=False,
-        )
-        self.default_target = (
-            nn.Parameter(torch.zeros(1, 1, dim)) if any(not s.target for s in schema.sequences) else None
-        )
+        self.targets = HistoryTargets(schema, dim)  # each history's candidate, or a learned query
         self.pooling = TargetAttentionPooling(dim)
 
     def norm_parameters(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -131,12 +120,6 @@ class TaskInterestModule(nn.Module):
             return self.gamma, self.beta
         gamma, beta = self.hyper()  # [K, behaviour types, N, d]
         return gamma[:, self.behaviour_index], beta[:, self.behaviour_index]  # [K, M, N, d]
-
-    def targets(self, sparse: torch.Tensor) -> torch.Tensor:
-        """Each history's candidate ``[B, M, d]`` from the sparse field embeddings ``[B, Fs, d]``."""
-        if self.default_target is not None:
-            sparse = torch.cat([sparse, self.default_target.expand(sparse.shape[0], -1, -1)], dim=1)
-        return sparse[:, self.target_index]  # [B, M, d]
 
     def forward(
         self, history: torch.Tensor, mask: torch.Tensor, sparse_fields: torch.Tensor
@@ -229,7 +212,7 @@ class DTRN(MultiTaskModel):
         self.tim: TaskInterestModule | None = None
         if schema.sequences:
             self.tim = TaskInterestModule(
-                schema, embedding_dim, self.embedding.sparse_index, use_tim, num_layers, heads, ffn_dim,
+                schema, embedding_dim, use_tim, num_layers, heads, ffn_dim,
                 task_dim, behaviour_dim, hyper_sizes, dropout,
             )
         num_fields = self.embedding.num_fields + len(schema.sequences)

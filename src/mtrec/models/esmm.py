@@ -14,6 +14,8 @@ and ESMM's towers can be trained with any other objective.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 
 from mtrec.features.inputs import Features
@@ -35,9 +37,10 @@ class ESMM(MultiTaskModel):
         embedding_dim: Count = 16,
         tower_sizes: Sizes = (256, 128, 64),
         dropout: Dropout = 0.0,
+        sequence_pooling: Literal["mean", "attention"] = "mean",
     ) -> None:
         super().__init__(schema)
-        self.embedding = FeatureEmbedding(schema, embedding_dim)
+        self.embedding = FeatureEmbedding(schema, embedding_dim, sequence_pooling)
         in_dim = self.embedding.num_all_fields * embedding_dim
         self.towers = TaskTowers(len(self.task_names), in_dim, tower_sizes, dropout)
 

@@ -2,7 +2,8 @@
 Mixture-of-Experts").
 
 Shared: the embeddings and a group of expert MLPs. Task-specific: one softmax gate over the experts per
-task, and one tower per task. Sequences, if the schema has them, are mean-pooled into extra fields.
+task, and one tower per task. Sequences, if the schema has them, are pooled into extra fields
+(``sequence_pooling``: ``mean`` or DIN-style ``attention``, see :mod:`mtrec.nn.embedding`).
 
 Variant ``omoe``: the one-gate mixture of experts (the paper's OMoE baseline), ``gate_per_task=False``:
 ONE softmax gate whose mixture is the input of every task (same parameter layout, the gate group holding
@@ -10,6 +11,8 @@ one gate).
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 from torch import nn
@@ -34,11 +37,12 @@ class MMoE(MultiTaskModel):
         expert_sizes: Sizes = (256, 128),
         tower_sizes: Sizes = (64,),
         dropout: Dropout = 0.0,
+        sequence_pooling: Literal["mean", "attention"] = "mean",
         gate_per_task: bool = True,
     ) -> None:
         super().__init__(schema)
         self.gate_per_task = gate_per_task
-        self.embedding = FeatureEmbedding(schema, embedding_dim)
+        self.embedding = FeatureEmbedding(schema, embedding_dim, sequence_pooling)
         in_dim = self.embedding.num_all_fields * embedding_dim
         self.experts = ParallelMLP(num_experts, in_dim, expert_sizes, dropout)
         self.gates = Gates(in_dim, len(self.task_names) if self.gate_per_task else 1, num_experts)

@@ -5,7 +5,8 @@ A stack of ``num_levels`` CGC extraction levels (:class:`~mtrec.nn.experts.Progr
 the embeddings, each level's shared experts, and in every level but the last a shared gate over all of
 that level's experts whose mixture feeds the next level's shared experts. Task-specific: each task's
 experts and gate at every level (reading that task's output of the level below) and its tower.
-Sequences, if the schema has them, are mean-pooled into extra fields.
+Sequences, if the schema has them, are pooled into extra fields
+(``sequence_pooling``: ``mean`` or DIN-style ``attention``, see :mod:`mtrec.nn.embedding`).
 
 Variant ``cgc``: Customized Gate Control, the paper's single extraction level (``num_levels=1``; the last
 level has no shared gate): shared experts, and each task's own experts, gate (over its own experts plus
@@ -13,6 +14,8 @@ the shared ones) and tower.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 from torch import nn
@@ -39,9 +42,10 @@ class PLE(MultiTaskModel):
         expert_sizes: Sizes = (256, 128),
         tower_sizes: Sizes = (64,),
         dropout: Dropout = 0.0,
+        sequence_pooling: Literal["mean", "attention"] = "mean",
     ) -> None:
         super().__init__(schema)
-        self.embedding = FeatureEmbedding(schema, embedding_dim)
+        self.embedding = FeatureEmbedding(schema, embedding_dim, sequence_pooling)
         self.extraction = ProgressiveLayers(
             self.embedding.num_all_fields * embedding_dim, len(self.task_names), num_levels,
             num_task_experts, num_shared_experts, expert_sizes, dropout,

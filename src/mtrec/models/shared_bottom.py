@@ -1,10 +1,13 @@
 """Shared-Bottom (Caruana, 1997, "Multitask Learning"): hard parameter sharing.
 
 Shared: the embeddings and one bottom MLP. Task-specific: one tower per task.
-Sequences, if the schema has them, are mean-pooled into extra fields.
+Sequences, if the schema has them, are pooled into extra fields
+(``sequence_pooling``: ``mean`` or DIN-style ``attention``, see :mod:`mtrec.nn.embedding`).
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 from torch import nn
@@ -27,9 +30,10 @@ class SharedBottom(MultiTaskModel):
         bottom_sizes: Sizes = (256, 128),
         tower_sizes: Sizes = (64,),
         dropout: Dropout = 0.0,
+        sequence_pooling: Literal["mean", "attention"] = "mean",
     ) -> None:
         super().__init__(schema)
-        self.embedding = FeatureEmbedding(schema, embedding_dim)
+        self.embedding = FeatureEmbedding(schema, embedding_dim, sequence_pooling)
         self.bottom = MLP(self.embedding.num_all_fields * embedding_dim, bottom_sizes, dropout)
         self.towers = TaskTowers(len(self.task_names), self.bottom.out_dim, tower_sizes, dropout)
 

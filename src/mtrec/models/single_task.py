@@ -4,10 +4,13 @@ Shared: nothing. Task-specific: everything, the embeddings included: task ``k``'
 columns ``k*d .. (k+1)*d`` of one table of width ``T*d``, and its network is the ``k``-th MLP of a
 :class:`~mtrec.nn.mlp.TaskTowers`. The parameter sets are disjoint and the loss is a sum over tasks, so
 training is exactly that of T separate models, while one gather and one batched matmul per layer serve
-all of them. Sequences, if the schema has them, are mean-pooled into extra fields.
+all of them. Sequences, if the schema has them, are pooled into extra fields
+(``sequence_pooling``: ``mean`` or DIN-style ``attention``, see :mod:`mtrec.nn.embedding`).
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 from torch import nn
@@ -29,11 +32,14 @@ class SingleTask(MultiTaskModel):
         embedding_dim: Count = 16,
         hidden_sizes: Sizes = (256, 128, 64),
         dropout: Dropout = 0.0,
+        sequence_pooling: Literal["mean", "attention"] = "mean",
     ) -> None:
         super().__init__(schema)
         n_tasks = len(self.task_names)
         self.embedding_dim = embedding_dim
-        self.embedding = FeatureEmbedding(schema, n_tasks * embedding_dim)
+        self.embedding = FeatureEmbedding(
+            schema, n_tasks * embedding_dim, sequence_pooling, attention_groups=n_tasks
+        )  # one attention unit per task's slice
         in_dim = self.embedding.num_all_fields * embedding_dim
         self.networks = TaskTowers(n_tasks, in_dim, hidden_sizes, dropout)
 

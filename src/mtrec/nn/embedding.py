@@ -12,6 +12,14 @@ Sharded tables apply their update inside the backward pass of each lookup, so th
 forward pass needs must come from one call: with ``lookup_once`` set, the first method called on a
 batch's features looks up its sparse fields and all its histories together and the others reuse those
 rows until :meth:`forget_rows` (which the sharded run calls around each forward pass of the model).
+
+Models without a sequence module of their own read :meth:`FeatureEmbedding.all_fields`: the fields plus
+one pooled vector per history, pooled as ``sequence_pooling`` says: ``mean`` (the mean over the valid
+positions) or ``attention`` (DIN-style target attention against the history's candidate, the sparse
+feature it names as ``target``; :class:`~mtrec.nn.sequence.DINAttentionPooling`), so a baseline can see a
+history the way a target-attention model does. Every model that reads ``all_fields`` takes
+``sequence_pooling`` as a constructor option (the registry reads options from constructor signatures)
+and passes it here.
 """
 
 from __future__ import annotations
@@ -22,15 +30,27 @@ from torch import nn
 
 from mtrec.features.inputs import Features
 from mtrec.features.schema import DatasetSchema
+from mtrec.nn.sequence import DINAttentionPooling, HistoryTargets
+
+SEQUENCE_POOLINGS = ("mean", "attention")
 
 
 class FeatureEmbedding(nn.Module):
-    """Embeds a batch's fields to ``[B, F, d]`` (F = sparse + dense fields) and its sequences."""
+    """Embeds a batch's fields to ``[B, F, d]`` (F = sparse + dense fields) and its sequences.
+
+    ``sequence_pooling`` (``mean`` | ``attention``) pools the histories for :meth:`all_fields`;
+    ``attention_groups`` G gives the attention one unit per d/G-wide slice of the width (a model whose
+    width holds one slice per task).
+    """
 
     sparse_offsets: torch.Tensor
 
-    def __init__(self, schema: DatasetSchema, dim: int) -> None:
+    def __init__(
+        self, schema: DatasetSchema, dim: int, sequence_pooling: str = "mean", attention_groups: int = 1
+    ) -> None:
         super().__init__()
+        if sequence_pooling not in SEQUENCE_POOLINGS:
+            raise ValueError(f"sequence_pooling must be one of {list(SEQUENCE_POOLINGS)}, got {sequence_pooling!r}")
         self.dim = dim
         self.tables: dict[str, tuple[int, int]] = {}  # table name -> (offset, rows) in the stacked table
         total = 0
@@ -48,12 +68,17 @@ class FeatureEmbedding(nn.Module):
         )
         self.sequence_offsets = {s.name: offsets[s.table_name] for s in schema.sequences}
         self.sequence_names = [s.name for s in schema.sequences]
-        self.sparse_index = {f.name: i for i, f in enumerate(schema.sparse)}
         n_dense = len(schema.dense)
         self.dense_weight = nn.Parameter(torch.randn(n_dense, dim) * 0.05)
         self.dense_bias = nn.Parameter(torch.zeros(n_dense, dim))
         self.num_sparse = len(schema.sparse)
         self.num_fields = self.num_sparse + n_dense
+        self.sequence_pooling = sequence_pooling
+        self.history_targets: HistoryTargets | None = None
+        self.attention: DINAttentionPooling | None = None
+        if sequence_pooling == "attention" and schema.sequences:
+            self.history_targets = HistoryTargets(schema, dim)
+            self.attention = DINAttentionPooling(dim, groups=attention_groups)
         self.lookup_once = False
         self._rows: tuple[Features, torch.Tensor, torch.Tensor | None] | None = None
 
@@ -126,10 +151,22 @@ class FeatureEmbedding(nn.Module):
         # the batch size as a tensor dimension, not an int: an exporter keeps it symbolic
         return torch.stack(pooled, dim=1) if pooled else features.dense.new_zeros(features.dense.shape[0], 0, self.dim)
 
+    def attention_pooled_sequences(self, features: Features, sparse_fields: torch.Tensor) -> torch.Tensor:
+        """Each history pooled by target attention against its candidate: ``[B, S, d]``.
+        sparse_fields: the sparse field embeddings ``[B, F_sparse, d]``."""
+        assert self.attention is not None and self.history_targets is not None
+        history, mask = self.sequences(features)  # [B, S, L, d], [B, S, L]
+        pooled, _ = self.attention(history, mask, self.history_targets(sparse_fields))  # [B, S, d]
+        return pooled
+
     def all_fields(self, features: Features) -> torch.Tensor:
-        """Fields plus mean-pooled histories: ``[B, F + S, d]``; the input of models without a
-        sequence module of their own."""
-        return torch.cat([self.fields(features), self.mean_pooled_sequences(features)], dim=1)
+        """Fields plus pooled histories (``sequence_pooling``): ``[B, F + S, d]``; the input of models
+        without a sequence module of their own."""
+        fields = self.fields(features)  # [B, F, d]
+        if self.attention is None:
+            return torch.cat([fields, self.mean_pooled_sequences(features)], dim=1)
+        pooled = self.attention_pooled_sequences(features, fields[:, : self.num_sparse])  # [B, S, d]
+        return torch.cat([fields, pooled], dim=1)
 
     @property
     def num_all_fields(self) -> int:

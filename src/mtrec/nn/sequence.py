@@ -1,5 +1,6 @@
 """Sequence blocks: masked softmax, a transformer layer with externally supplied LayerNorm parameters,
-and target-attention pooling of a behaviour history against the candidate item.
+target-attention pooling of a behaviour history against the candidate item (bilinear, and DIN's MLP
+activation unit), and the lookup of each history's candidate.
 
 Every block takes arbitrary leading dimensions (``[..., L, d]``) so that a model can fold several
 encodings of the same sequence (one per task and behaviour, say) into the batch, or broadcast them: a
@@ -18,6 +19,9 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from mtrec.features.schema import DatasetSchema
+from mtrec.nn.mlp import ParallelMLP
 
 
 def masked_softmax(scores: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> torch.Tensor:
@@ -149,3 +153,62 @@ class TargetAttentionPooling(nn.Module):
         weights = masked_softmax(scores, mask)
         pooled = (weights.unsqueeze(-1) * keys).sum(-2)  # [..., d]
         return pooled, weights
+
+
+class DINAttentionPooling(nn.Module):
+    """DIN-style target attention (Zhou et al., KDD 2018): an MLP "activation unit" scores each history item
+    against the candidate from ``[h; t; h * t; h - t]``, and the history is pooled with those weights.
+
+    Unlike DIN, the weights are a masked softmax over the valid positions (padding: exactly 0), so the
+    pooled vector keeps an item embedding's scale and the mean (equal scores) is the special case; an
+    empty history pools to zero. ``groups`` G splits the width d into G slices, each with its own unit
+    (all G run as one batched MLP): a model whose embedding holds one slice per task keeps its tasks apart.
+    """
+
+    def __init__(self, dim: int, hidden: int = 32, groups: int = 1) -> None:
+        super().__init__()
+        if groups < 1 or dim % groups:
+            raise ValueError(f"attention width {dim} must be a positive multiple of groups={groups}")
+        self.groups = groups
+        self.unit = ParallelMLP(groups, 4 * (dim // groups), [hidden, 1], last_activation=False)
+
+    def forward(
+        self, keys: torch.Tensor, mask: torch.Tensor, target: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """keys ``[..., L, d]``; mask ``[..., L]``; target ``[..., d]`` (same leading dimensions).
+
+        Returns the pooled vectors ``[..., d]`` and the attention weights ``[..., L, G]``.
+        """
+        *lead, length, dim = keys.shape
+        g = self.groups
+        k = keys.view(*lead, length, g, dim // g)  # [..., L, G, d/G]
+        t = target.view(*lead, 1, g, dim // g).expand_as(k)  # [..., L, G, d/G]
+        unit_in = torch.cat([k, t, k * t, k - t], dim=-1)  # [..., L, G, 4d/G]
+        flat = unit_in.reshape(-1, g, unit_in.shape[-1]).transpose(0, 1)  # [G, N, 4d/G]
+        scores = self.unit(flat).squeeze(-1).transpose(0, 1).reshape(*lead, length, g)  # [..., L, G]
+        weights = masked_softmax(scores, mask.unsqueeze(-1), dim=-2)  # [..., L, G]
+        pooled = (weights.unsqueeze(-1) * k).sum(-3)  # [..., G, d/G]
+        return pooled.reshape(*lead, dim), weights
+
+
+class HistoryTargets(nn.Module):
+    """Each history's candidate: the embedding of the sparse feature it names as its ``target``, or, for a
+    history without one, a learned query. ``forward(sparse_fields [B, F_sparse, d]) -> [B, M, d]``."""
+
+    target_index: torch.Tensor  # [M]: each history's target among the sparse fields (F_sparse: the query)
+
+    def __init__(self, schema: DatasetSchema, dim: int) -> None:
+        super().__init__()
+        position = {f.name: i for i, f in enumerate(schema.sparse)}
+        num_sparse = len(schema.sparse)
+        self.register_buffer(
+            "target_index",
+            torch.tensor([position.get(s.target, num_sparse) for s in schema.sequences], dtype=torch.long),
+            persistent=False,
+        )
+        self.query = nn.Parameter(torch.zeros(1, 1, dim)) if any(not s.target for s in schema.sequences) else None
+
+    def forward(self, sparse_fields: torch.Tensor) -> torch.Tensor:
+        if self.query is not None:
+            sparse_fields = torch.cat([sparse_fields, self.query.expand(sparse_fields.shape[0], -1, -1)], dim=1)
+        return sparse_fields[:, self.target_index]  # [B, M, d]
