@@ -62,7 +62,7 @@ def test_every_model_reading_pooled_histories_takes_attention_pooling(
 
 
 def test_a_bad_pooling_is_one_config_error(data) -> None:  # type: ignore[no-untyped-def]
-    with pytest.raises(ModelConfigError, match="sequence_pooling must be one of"):
+    with pytest.raises(ModelConfigError, match="sequence_pooling: must be one of"):
         create_model("mmoe", data.schema, sequence_pooling="max")
 
 

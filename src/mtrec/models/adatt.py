@@ -111,11 +111,12 @@ class AdaTT(MultiTaskModel):
         expert_sizes: Sequence[int] = (256, 128),
         tower_sizes: Sequence[int] = (64,),
         dropout: float = 0.0,
+        sequence_pooling: str = "mean",
     ) -> None:
         super().__init__(schema)
         if num_levels < 1:
             raise ValueError(f"adatt: num_levels must be >= 1, got {num_levels}")
-        self.embedding = FeatureEmbedding(schema, embedding_dim)
+        self.embedding = FeatureEmbedding(schema, embedding_dim, sequence_pooling)
         dim = self.embedding.num_all_fields * embedding_dim
         self.levels = nn.ModuleList()
         for level in range(num_levels):

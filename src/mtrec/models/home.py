@@ -73,6 +73,7 @@ class HoME(MultiTaskModel):
         expert_sizes: Sequence[int] = (256, 128),
         feature_gate_rank: int = 8,
         tower_sizes: Sequence[int] = (64,),
+        sequence_pooling: str = "mean",
     ) -> None:
         super().__init__(schema)
         if min(num_global_experts, num_group_experts, num_task_experts) < 1:
@@ -80,7 +81,7 @@ class HoME(MultiTaskModel):
         group = group_of_tasks(self.task_names, task_groups)
         T, G, ng, nm, nt = len(group), max(group) + 1, num_global_experts, num_group_experts, num_task_experts
         self.register_buffer("task_group", torch.tensor(group, dtype=torch.long) + 1, persistent=False)
-        self.embedding = FeatureEmbedding(schema, embedding_dim)
+        self.embedding = FeatureEmbedding(schema, embedding_dim, sequence_pooling)
         in_dim = self.embedding.num_all_fields * embedding_dim
 
         # meta level: experts [global (ng), group 0 (nm), group 1 (nm), ...]; gates [global, group 0, ...]

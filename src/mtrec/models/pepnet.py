@@ -72,6 +72,7 @@ class PEPNet(MultiTaskModel):
         domain_features: Sequence[str] = (),
         persona_features: Sequence[str] | None = None,
         dropout: float = 0.0,
+        sequence_pooling: str = "mean",
     ) -> None:
         super().__init__(schema)
         T = len(self.task_names)
@@ -80,7 +81,7 @@ class PEPNet(MultiTaskModel):
                                                          dtype=torch.long), persistent=False)
         self.register_buffer("persona_index", torch.tensor(_field_indices(schema, persona, "persona_features"),
                                                           dtype=torch.long), persistent=False)
-        self.embedding = FeatureEmbedding(schema, embedding_dim)
+        self.embedding = FeatureEmbedding(schema, embedding_dim, sequence_pooling)
         F, d = self.embedding.num_all_fields, embedding_dim
         self.epnet = ScaledSigmoidGates(1, (len(domain_features) + F) * d, gate_hidden, F, gamma)
         dims = [F * d, *tower_sizes, 1]

@@ -91,13 +91,15 @@ class STEM(MultiTaskModel):
         expert_sizes: Sequence[int] = (256, 128),
         tower_sizes: Sequence[int] = (64,),
         dropout: float = 0.0,
+        sequence_pooling: str = "mean",
     ) -> None:
         super().__init__(schema)
         if num_levels < 1:
             raise ValueError(f"stem: num_levels must be >= 1, got {num_levels}")
         T = len(self.task_names)
         self.embedding_dim = embedding_dim
-        self.embedding = FeatureEmbedding(schema, (T + 1) * embedding_dim)  # T task tables, then the shared one
+        # T task tables, then the shared one
+        self.embedding = FeatureEmbedding(schema, (T + 1) * embedding_dim, sequence_pooling)
         dim = self.embedding.num_all_fields * embedding_dim
         self.levels = nn.ModuleList()
         for level in range(num_levels):
