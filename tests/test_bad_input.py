@@ -797,3 +797,12 @@ def test_dynamo_exports_a_model_without_histories_and_no_shape_warnings(capfd: p
         checked = export_checked(model, batches, source, exporter=exporter)  # type: ignore[arg-type]
         assert checked.exporter == exporter and checked.parity.ok
     assert "VerifyOutputSizes" not in capfd.readouterr().err
+
+
+def test_roc_plot_leaves_out_rows_without_a_finite_score(tmp_path: Path) -> None:
+    from mtrec.training.plots import plot_roc
+
+    probs = {"click": np.array([0.1, np.nan, 0.7, 0.4, np.inf])}
+    labels = {"click": np.array([0.0, 1.0, 1.0, 0.0, 1.0])}
+    plot_roc(probs, labels, {"click": np.ones(5)}, tmp_path / "roc.png")
+    assert (tmp_path / "roc.png").stat().st_size > 0

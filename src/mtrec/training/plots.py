@@ -40,11 +40,12 @@ def plot_learning_curves(history: list[dict[str, Any]], tasks: list[str], path: 
 def plot_roc(
     probs: dict[str, np.ndarray], labels: dict[str, np.ndarray], masks: dict[str, np.ndarray], path: Path
 ) -> None:
-    """Test ROC curve per task, over each task's observed rows."""
+    """Test ROC curve per task, over each task's observed rows (rows without a finite score left out:
+    test data with NaN features, trained past with ``train.on_nonfinite: skip``)."""
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     undefined = []
     for task, p in probs.items():
-        keep = masks[task] > 0
+        keep = (masks[task] > 0) & np.isfinite(p)
         if len(np.unique(labels[task][keep])) < 2:
             undefined.append(task)
             continue
