@@ -11,8 +11,8 @@ of the level and ``E_t`` task ``t``'s own ``m``, task ``t``'s fusion unit is
 
 the adaptive fusion (a gate of task ``t`` over **every** expert, other tasks' included: task-to-task
 fusion) plus the linear residual over the task's own experts, with learned ``v_t`` (fixed to 1 when
-``m = 1``, as in the paper). Below the last level, a shared fusion unit ``f_s = sum_i softmax(W_s x_s)_i
-E_i`` (no residual) gives the next level's shared input.
+``m = 1``, as in the paper). Below the last level, when there are shared experts, a shared fusion unit
+``f_s = sum_i softmax(W_s x_s)_i E_i`` (no residual) gives the next level's shared input.
 
 Shared: the embeddings, the shared experts, the shared fusion units, and every expert's output through
 the other tasks' gates. Task-specific: each task's experts (trained by every task through the gates, by
