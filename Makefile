@@ -3,8 +3,9 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TORCHREC_STAMP := $(VENV)/.torchrec
 
-.PHONY: demo test lint setup clean
+.PHONY: demo test lint setup setup-torchrec clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +15,16 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+# Optional: TorchRec for train.embedding_sharding (docs/distributed.md). fbgemm-gpu-cpu and the small
+# packages TorchRec imports come pinned from the 'torchrec' extra; torchrec itself without its declared
+# dependencies, which name the CUDA fbgemm-gpu (gigabytes). torch stays the pinned CPU build.
+$(TORCHREC_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[serve,dev,torchrec]'
+	$(BIN)/pip install --quiet --no-deps torchrec==1.8.0
+	touch $(TORCHREC_STAMP)
+
+setup-torchrec: $(TORCHREC_STAMP)
 
 demo: $(STAMP)
 	$(BIN)/mtrec demo --out reports/demo

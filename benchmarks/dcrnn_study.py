@@ -16,7 +16,6 @@ pieces (``--seeds 0``, then ``--seeds 1``, ...) and the full command then prints
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import fcntl
 import json
 import math
@@ -25,7 +24,6 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +88,7 @@ class RunCache:
 
     @classmethod
     def key(cls, model: str, options: dict[str, Any], data: str, train: TrainConfig) -> str:
-        return cls._make_key(model, options, data, asdict(train))
+        return cls._make_key(model, options, data, train.model_dump())
 
     def get(self, key: str) -> dict[str, Any] | None:
         return self.runs.get(key)
@@ -127,7 +125,7 @@ class Study:
         """One run's metrics (from the cache, or trained now unless ``--cached-only``). A variant's
         ``objective`` entry is the run's ``train.objective``, the rest its model options."""
         options = dict(options)
-        train = dataclasses.replace(self.train_config(seed), objective=options.pop("objective", ""))
+        train = self.train_config(seed).model_copy(update={"objective": options.pop("objective", "")})
         key = self.cache.key(model, options, spec, train)
         found = self.cache.get(key)
         if found is not None or self.args.cached_only:

@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -33,20 +34,33 @@ from throughput import census_shaped
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 
-def run(data: Path, out: Path, processes: int, threads: int, batch_size: int) -> float:
-    """One ``mtrec train`` run; returns its train samples/s."""
-    config = {"model": "mmoe", "data": str(data), "model_options": {"embedding_dim": 16},
-              "train": {"epochs": 1, "batch_size": batch_size, "num_threads": threads, "seed": 0}}
+# runs a command and prints the peak resident memory (KiB) of its largest process, children included
+PEAK_RSS = "import resource, subprocess, sys; rc = subprocess.run(sys.argv[1:]).returncode; " \
+           "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); sys.exit(rc)"
+
+
+def mtrec_train(config: dict[str, Any], out: Path, processes: int, threads: int) -> dict[str, Any]:
+    """One ``mtrec train`` run of ``config`` (under torchrun when ``processes`` > 1); its ``metrics.json``,
+    plus ``peak_rss_mib``: the peak resident memory of its largest process."""
     (out.parent / f"{out.name}.json").write_text(json.dumps(config))
     launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
                 if processes > 1 else [sys.executable])
-    cmd = [*launcher, "-m", "mtrec.cli", "train", "--config", str(out.parent / f"{out.name}.json"),
-           "--out", str(out)]
+    cmd = [sys.executable, "-c", PEAK_RSS, *launcher, "-m", "mtrec.cli", "train",
+           "--config", str(out.parent / f"{out.name}.json"), "--out", str(out)]
     env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": str(threads), "TQDM_DISABLE": "1"}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
-    return float(json.loads((out / "metrics.json").read_text())["train_samples_per_s"])
+    metrics: dict[str, Any] = json.loads((out / "metrics.json").read_text())
+    metrics["peak_rss_mib"] = int(done.stderr.strip().splitlines()[-1]) / 1024
+    return metrics
+
+
+def run(data: Path, out: Path, processes: int, threads: int, batch_size: int) -> float:
+    """One ``mtrec train`` run; returns its train samples/s."""
+    config = {"model": "mmoe", "data": str(data), "model_options": {"embedding_dim": 16},
+              "train": {"epochs": 1, "batch_size": batch_size, "num_threads": threads, "seed": 0}}
+    return float(mtrec_train(config, out, processes, threads)["train_samples_per_s"])
 
 
 def allreduce_ms(numel: int, repeats: int = 30) -> float:

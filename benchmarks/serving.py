@@ -1,23 +1,39 @@
-"""Serving speed: the HTTP service under load on loopback, the two inference runtimes, and batch scoring.
+"""Serving speed: the HTTP service under load on loopback against the model alone, request encoding, worker
+processes, batch scoring, and the inference runtimes.
 
-1. runtimes: ONNX Runtime vs eager PyTorch vs TorchScript (traced) on encoded batches of 100 and 8192
-   rows (median time per batch over interleaved repeats), in this process, one thread each;
-2. http: ``mtrec serve`` in a subprocess on 127.0.0.1; requests of ``--candidates`` candidates (one user,
-   distinct items) sent by ``--concurrency`` concurrent keep-alive clients for ``--duration`` seconds each
-   (and at most ``--max-requests``): requests/s, candidates/s and p50/p95/p99 latency;
-3. batch: ``mtrec predict`` on a raw CSV of ``--predict-rows`` rows in a subprocess: rows/s as reported by
-   the command (reading, encoding, scoring and writing; process start-up and model load excluded) and the
-   command's wall time.
+Sections (``--skip`` any of them):
+
+1. model: ONNX Runtime alone (one thread) on the encoded 100-candidate requests the load generator sends:
+   the rows/s that the service's requests/s x candidates is compared with (measured before and after the
+   HTTP runs, in this process);
+2. encoding: parsing, validating and encoding one request into model inputs (``RequestEncoder``, in this
+   process; median CPU time per request);
+3. http: ``mtrec serve`` in a subprocess on 127.0.0.1, one worker process; requests of ``--candidates``
+   candidates (one user, distinct items) sent by ``--concurrency`` keep-alive connections for ``--duration``
+   seconds each (at most ``--max-requests``): requests/s, p50/p95/p99 latency, errors (any status but 200);
+4. workers: the same load at ``--workers-concurrency`` against ``--workers 1`` and ``--workers 2``;
+5. predict: ``mtrec predict`` on a raw CSV of ``--predict-rows`` rows (rows/s as the command reports it:
+   reading, encoding, scoring, writing; start-up and model load excluded) against ONNX Runtime alone on the
+   same rows, encoded, in batches of the same size (8192), one thread;
+6. runtimes: ONNX Runtime vs eager PyTorch vs TorchScript (traced) on batches of 100 and 8192 rows.
+
+``--before SRC`` also runs sections 3 and 5 with the ``mtrec`` of another source tree (e.g. a worktree of
+an older commit, run by its checkout's ``.venv``: its own dependencies), before this tree's, so both are
+measured in the same run under the same load.
+
+The load generator is a minimal asyncio HTTP/1.1 client (pre-encoded requests, keep-alive, responses read
+by Content-Length) on uvloop when installed: it uses far less CPU per request than a general client, which
+matters with the server on the same cores. Only 127.0.0.1 is ever contacted.
 
 Without ``--run``, a run is made first: a raw CSV shaped like a click/conversion log (user, item,
 category, brand, shop, city, 3 more categorical fields, 4 dense fields and click/cart histories of up to
 20 items; 30k rows) is prepared with ``mtrec.data.prepare`` and MMoE (the registry defaults: embedding 16,
 4 experts of 256-128, towers of 64) is trained on it for one epoch.
 
-    python benchmarks/serving.py [--run RUN_DIR] [--duration 30] [--concurrency 1,8,32] [--candidates 100]
-                                 [--backend onnx] [--predict-rows 200000] [--skip runtimes,http,batch]
+    python benchmarks/serving.py [--run RUN_DIR] [--before SRC] [--duration 15] [--concurrency 1,8,32]
+                                 [--candidates 100] [--predict-rows 200000] [--skip runtimes,workers,...]
 
-Only 127.0.0.1 is ever contacted. Figures on a shared machine move with its load: quote medians of runs.
+Figures on a shared machine move with its load (printed beside each section): quote medians of runs.
 """
 
 from __future__ import annotations
@@ -35,22 +51,46 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
+import orjson
 import torch
 
+from mtrec.data.prepare import feature_columns
+from mtrec.data.readers import iter_chunks, read_layout
 from mtrec.export.onnx import random_features
 from mtrec.export.scoring import ScoringModule, feature_inputs, input_names
 from mtrec.objectives.scorer import Scorer
+from mtrec.serving.batch import DEFAULT_CHUNK_ROWS, input_features
 from mtrec.serving.predictor import Predictor, Runner, TorchRunner
+from mtrec.serving.request import RequestEncoder
 from mtrec.training.checkpoint import load_model
 
 HOST = "127.0.0.1"
 SEQ_LEN = 20
 ITEMS = 5000
+HERE = Path(__file__).resolve().parents[1] / "src"
+
+
+def load_average() -> str:
+    return "load {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
+
+
+def median_seconds(fn: Callable[[], object], calls: int, repeats: int,
+                   clock: Callable[[], float] = time.perf_counter) -> float:
+    """Median over ``repeats`` of the mean time of ``calls`` calls of ``fn`` (wall time, or ``clock``)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = clock()
+        for _ in range(calls):
+            fn()
+        times.append((clock() - start) / calls)
+    return statistics.median(times)
 
 
 # ---- a run to serve --------------------------------------------------------------------------------------
@@ -121,7 +161,7 @@ def make_run(root: Path, rows: int = 30_000) -> Path:
     return root / "run"
 
 
-# ---- 1. runtimes -------------------------------------------------------------------------------------------
+# ---- 6. runtimes -------------------------------------------------------------------------------------------
 class TracedRunner:
     """The scoring module traced with ``torch.jit.trace`` (TorchScript), for comparison only."""
 
@@ -166,33 +206,7 @@ def bench_runtimes(run: Path, sizes: tuple[int, ...] = (100, 8192), repeats: int
     return results
 
 
-# ---- 2. http ------------------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-def start_server(run: Path, port: int, backend: str, max_candidates: int, extra: list[str]
-                 ) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1] / "src"),
-                                                       os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen([sys.executable, "-m", "mtrec.cli", "serve", str(run), "--host", HOST, "--port", str(port),
-                             "--backend", backend, "--max-candidates", str(max_candidates), *extra], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the server exited: {proc.stderr.read().decode() if proc.stderr else ''}")
-        try:
-            if httpx.get(f"http://{HOST}:{port}/healthz", timeout=1).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("the server did not answer /healthz within 120 s")
-
-
+# ---- 2. the model alone, and request encoding -----------------------------------------------------------
 def request_bodies(candidates: int, count: int = 16) -> list[bytes]:
     """``count`` requests of one user and ``candidates`` items each, as JSON bytes."""
     columns = raw_log(candidates * count, seed=2)
@@ -206,92 +220,238 @@ def request_bodies(candidates: int, count: int = 16) -> list[bytes]:
     return bodies
 
 
-async def load(url: str, bodies: list[bytes], concurrency: int, duration: float, max_requests: int
-               ) -> dict[str, Any]:
+def request_columns(body: bytes) -> dict[str, list[Any]]:
+    """A request's raw columns, merged as the service merges them (a candidate's value, else the user's)."""
+    request = json.loads(body)
+    user, candidates = request.get("user", {}), request["candidates"]
+    names = set(user).union(*candidates)
+    return {name: [c.get(name, user.get(name)) for c in candidates] for name in names}
+
+
+def bench_model(predictor: Predictor, bodies: list[bytes], repeats: int = 15) -> dict[str, Any]:
+    """ONNX Runtime alone on the requests' encoded inputs (one call per request)."""
+    feeds = [predictor.encode(request_columns(b)) for b in bodies]
+    rows = len(next(iter(feeds[0].values())))
+    per_call = median_seconds(lambda: [predictor.runner(f) for f in feeds], 1, repeats) / len(feeds)
+    return {"rows": rows, "ms_per_call": per_call * 1e3, "rows_per_s": rows / per_call, "load": load_average()}
+
+
+def bench_encoding(predictor: Predictor, bodies: list[bytes], repeats: int = 15) -> dict[str, Any]:
+    """Median CPU time of this thread (``time.thread_time``: what the work costs, not how long other processes
+    on a shared machine kept it waiting) to parse + validate, and to encode, one request."""
+    encoder = RequestEncoder(predictor.schema, predictor.encoders, max_candidates=10_000)
+    parsed = [encoder.parse(b) for b in bodies]
+    parse = median_seconds(lambda: [encoder.parse(b) for b in bodies], 1, repeats, time.thread_time) / len(bodies)
+    encode = median_seconds(lambda: [encoder.encode(r) for r in parsed], 1, repeats, time.thread_time) / len(bodies)
+    return {"parse_ms": parse * 1e3, "encode_ms": encode * 1e3, "total_ms": (parse + encode) * 1e3,
+            "load": load_average()}
+
+
+# ---- 3. http -----------------------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def commit_of(src: Path) -> str:
+    """The source tree's commit (short), ``+changes`` when it has uncommitted changes."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(src), *args], capture_output=True, text=True).stdout.strip()
+
+    return (git("rev-parse", "--short", "HEAD") or "?") + ("+changes" if git("status", "--porcelain", ".") else "")
+
+
+@dataclass(frozen=True)
+class Tree:
+    """A source tree to measure: its ``src`` directory and the Python (with its dependencies) to run it."""
+
+    src: Path
+    python: str
+
+    def mtrec(self, *args: str) -> list[str]:
+        return [self.python, "-m", "mtrec.cli", *args]
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "PYTHONPATH": str(self.src)}
+
+
+def start_server(tree: Tree, run: Path, port: int, extra: list[str]) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(tree.mtrec("serve", str(run), "--host", HOST, "--port", str(port), *extra), env=tree.env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited: {proc.stderr.read().decode() if proc.stderr else ''}")
+        try:
+            with socket.create_connection((HOST, port), timeout=1) as s:
+                s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                if s.recv(12).endswith(b"200"):
+                    return proc
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("the server did not answer /healthz within 120 s")
+
+
+def http_request(body: bytes) -> bytes:
+    return (b"POST /v1/score HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+
+
+_LENGTH = re.compile(rb"\r\ncontent-length: *(\d+)", re.IGNORECASE)
+
+
+async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> tuple[int, bytes]:
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = _LENGTH.search(head)
+    body = await reader.readexactly(int(length.group(1))) if length else b""
+    return int(head[9:12]), body
+
+
+async def load(port: int, bodies: list[bytes], concurrency: int, duration: float, max_requests: int,
+               candidates: int) -> dict[str, Any]:
+    """``concurrency`` keep-alive connections, each sending the next request as soon as its answer is in."""
+    requests = [http_request(b) for b in bodies]
     latencies: list[float] = []
-    errors = 0
-    sent = 0
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
-        stop = time.perf_counter() + duration
+    errors = sent = 0
 
-        async def worker(k: int) -> None:
-            nonlocal errors, sent
-            i = k
-            while time.perf_counter() < stop and sent < max_requests:
-                sent += 1
-                start = time.perf_counter()
-                response = await client.post("/v1/score", content=bodies[i % len(bodies)],
-                                             headers={"content-type": "application/json"})
-                latencies.append(time.perf_counter() - start)
-                errors += response.status_code != 200
-                i += concurrency
+    async def connect(k: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        reader, writer = await asyncio.open_connection(HOST, port)
+        status, body = await _exchange(reader, writer, requests[k % len(requests)])  # warm-up, checked
+        if status != 200 or len(orjson.loads(body)["scores"]) != candidates:
+            raise RuntimeError(f"unexpected answer {status}: {body[:300]!r}")
+        return reader, writer
 
-        headers = {"content-type": "application/json"}
-        for k in range(concurrency):  # warm-up: one request per connection
-            await client.post("/v1/score", content=bodies[k % len(bodies)], headers=headers)
-        began = time.perf_counter()
-        stop = began + duration
-        await asyncio.gather(*(worker(k) for k in range(concurrency)))
-        elapsed = time.perf_counter() - began
+    async def send(k: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, stop: float) -> None:
+        nonlocal errors, sent
+        i = k
+        while time.perf_counter() < stop and sent < max_requests:
+            sent += 1
+            start = time.perf_counter()
+            status, _ = await _exchange(reader, writer, requests[i % len(requests)])
+            latencies.append(time.perf_counter() - start)
+            errors += status != 200
+            i += concurrency
+        writer.close()
+
+    connections = await asyncio.gather(*(connect(k) for k in range(concurrency)))
+    began = time.perf_counter()
+    await asyncio.gather(*(send(k, r, w, began + duration) for k, (r, w) in enumerate(connections)))
+    elapsed = time.perf_counter() - began
     ms = np.array(latencies) * 1e3
     return {"concurrency": concurrency, "requests": len(latencies), "errors": errors, "seconds": elapsed,
             "requests_per_s": len(latencies) / elapsed, "p50_ms": float(np.percentile(ms, 50)),
             "p95_ms": float(np.percentile(ms, 95)), "p99_ms": float(np.percentile(ms, 99))}
 
 
-def bench_http(run: Path, backend: str, concurrencies: list[int], candidates: int, duration: float,
+def run_load(port: int, bodies: list[bytes], concurrency: int, duration: float, max_requests: int,
+             candidates: int) -> dict[str, Any]:
+    try:
+        import uvloop
+
+        factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
+    except ImportError:
+        factory = None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(load(port, bodies, concurrency, duration, max_requests, candidates))
+
+
+def bench_http(tree: Tree, run: Path, bodies: list[bytes], levels: list[int], candidates: int, duration: float,
                max_requests: int, server_args: list[str]) -> list[dict[str, Any]]:
     port = free_port()
-    server = start_server(run, port, backend, max(candidates, 1000), server_args)
+    server = start_server(tree, run, port, ["--max-candidates", str(max(candidates, 1000)), *server_args])
+    commit = commit_of(tree.src)
     try:
-        bodies = request_bodies(candidates)
         results = []
-        for c in concurrencies:
-            result = asyncio.run(load(f"http://{HOST}:{port}", bodies, c, duration, max_requests))
-            result.update(backend=backend, candidates=candidates,
-                          candidates_per_s=result["requests_per_s"] * candidates)
+        for c in levels:
+            result = run_load(port, bodies, c, duration, max_requests, candidates)
+            result.update(commit=commit, server_args=" ".join(server_args), load=load_average())
             results.append(result)
-            print(f"  http {backend} c={c}: {result['requests_per_s']:.1f} req/s  p50 {result['p50_ms']:.1f} ms  "
-                  f"p95 {result['p95_ms']:.1f}  p99 {result['p99_ms']:.1f}  ({result['requests']} requests, "
-                  f"{result['errors']} errors)", flush=True)
+            print(f"  http {commit} {' '.join(server_args)} c={c}: {result['requests_per_s']:.1f} req/s  "
+                  f"p50 {result['p50_ms']:.1f} ms  p95 {result['p95_ms']:.1f}  p99 {result['p99_ms']:.1f}  "
+                  f"({result['requests']} requests, {result['errors']} errors; {result['load']})", flush=True)
         return results
     finally:
         server.terminate()
         server.wait(timeout=30)
 
 
-# ---- 3. batch scoring --------------------------------------------------------------------------------------
-def bench_batch(run: Path, rows: int, backend: str) -> dict[str, Any]:
+# ---- 5. batch scoring --------------------------------------------------------------------------------------
+def bench_predict(trees: list[Tree], run: Path, predictor: Predictor, rows: int) -> list[dict[str, Any]]:
+    """``mtrec predict`` of each source tree, and ONNX Runtime alone on the same rows (before and after)."""
+    results = []
     with tempfile.TemporaryDirectory() as tmp:
         columns = raw_log(rows, seed=3)
         del columns["click"], columns["conversion"]
         source = write_csv(columns, Path(tmp) / "requests.csv")
-        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
-        start = time.perf_counter()
-        done = subprocess.run([sys.executable, "-m", "mtrec.cli", "predict", str(run), "--input", str(source),
-                               "--out", str(Path(tmp) / "scores.csv"), "--backend", backend], env=env,
-                              capture_output=True, text=True, check=True)
-        wall = time.perf_counter() - start
-    reported = re.search(r"scored ([\d,]+) rows in ([\d.]+) s \(([\d,]+) rows/s", done.stdout)
-    assert reported, done.stdout
-    return {"rows": rows, "backend": backend, "rows_per_s": float(reported.group(3).replace(",", "")),
-            "scoring_s": float(reported.group(2)), "wall_s": wall}
+        features = input_features(predictor.schema)
+        layout = read_layout(source, features.source)
+        feeds = [predictor.encode(feature_columns(chunk, features, layout))
+                 for chunk in iter_chunks(source, features.source, layout, layout.names, DEFAULT_CHUNK_ROWS)]
+
+        def model_only() -> float:
+            start = time.perf_counter()
+            for f in feeds:
+                predictor.score(f)
+            return rows / (time.perf_counter() - start)
+
+        for tree in trees:
+            alone = [model_only()]
+            start = time.perf_counter()
+            done = subprocess.run(tree.mtrec("predict", str(run), "--input", str(source), "--out",
+                                             str(Path(tmp) / "scores.csv")), env=tree.env,
+                                  capture_output=True, text=True, check=True)
+            wall = time.perf_counter() - start
+            alone.append(model_only())
+            reported = re.search(r"scored ([\d,]+) rows in ([\d.]+) s \(([\d,]+) rows/s", done.stdout)
+            assert reported, done.stdout
+            result = {"commit": commit_of(tree.src), "rows": rows,
+                      "rows_per_s": float(reported.group(3).replace(",", "")),
+                      "scoring_s": float(reported.group(2)), "wall_s": wall,
+                      "model_rows_per_s": statistics.mean(alone), "load": load_average()}
+            result["ratio"] = result["rows_per_s"] / result["model_rows_per_s"]
+            results.append(result)
+            print(f"  predict {result['commit']}: {result['rows_per_s']:,.0f} rows/s; ONNX Runtime alone on the same "
+                  f"rows {result['model_rows_per_s']:,.0f} rows/s: {result['ratio']:.0%} ({result['load']})",
+                  flush=True)
+    return results
 
 
+# ---- report -----------------------------------------------------------------------------------------------
 def markdown(results: dict[str, Any]) -> str:
     """The results as the Markdown tables of docs/serving.md."""
     lines: list[str] = []
+    model = results.get("model_rows_per_s")
     if "http" in results:
-        lines += ["| concurrency | requests/s | candidates/s | p50 ms | p95 ms | p99 ms | requests (errors) |",
-                  "|---:|---:|---:|---:|---:|---:|---:|"]
-        lines += [f"| {r['concurrency']} | {r['requests_per_s']:.1f} | {r['candidates_per_s']:,.0f} "
-                  f"| {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['p99_ms']:.1f} | {r['requests']} ({r['errors']}) |"
-                  for r in results["http"]]
-    if "batch" in results:
-        b = results["batch"]
-        lines += ["", f"mtrec predict ({b['backend']}): {b['rows']:,} rows, {b['rows_per_s']:,.0f} rows/s "
-                      f"({b['scoring_s']:.1f} s; {b['wall_s']:.1f} s with process start-up and model load)"]
+        lines += ["| commit | concurrency | requests/s | x candidates / model alone | p50 ms | p95 ms | p99 ms "
+                  "| requests (errors) | load |", "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+        for r in results["http"]:
+            ratio = f"{r['requests_per_s'] * results['candidates'] / model:.0%}" if model else "-"
+            lines.append(f"| {r['commit']} | {r['concurrency']} | {r['requests_per_s']:.1f} | {ratio} "
+                         f"| {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['p99_ms']:.1f} "
+                         f"| {r['requests']} ({r['errors']}) | {r['load']} |")
+    if model:
+        calls = " / ".join(f"{m['ms_per_call']:.2f} ms" for m in results["model"])
+        lines += ["", f"ONNX Runtime alone on the same requests' rows: {model:,.0f} rows/s ({calls} per "
+                      f"{results['candidates']} rows, before / after the HTTP runs)"]
+    if "encoding" in results:
+        e = results["encoding"]
+        lines += ["", f"encoding one {results['candidates']}-candidate request (CPU time): {e['total_ms']:.3f} ms "
+                      f"(parse + validate {e['parse_ms']:.3f} ms, encode {e['encode_ms']:.3f} ms; {e['load']})"]
+    if "workers" in results:
+        lines += ["", "| worker processes | concurrency | requests/s | p50 ms | p99 ms | errors | load |",
+                  "|---:|---:|---:|---:|---:|---:|---|"]
+        lines += [f"| {r['server_args'].split()[-1]} | {r['concurrency']} | {r['requests_per_s']:.1f} "
+                  f"| {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors']} | {r['load']} |"
+                  for r in results["workers"]]
+    if "predict" in results:
+        lines += ["", "| commit | mtrec predict rows/s | ONNX Runtime alone, same rows | ratio | scoring s | wall s "
+                      "| load |", "|---|---:|---:|---:|---:|---:|---|"]
+        lines += [f"| {b['commit']} | {b['rows_per_s']:,.0f} | {b['model_rows_per_s']:,.0f} | {b['ratio']:.0%} "
+                  f"| {b['scoring_s']:.1f} | {b['wall_s']:.1f} | {b['load']} |" for b in results["predict"]]
     if "runtimes" in results:
         lines += ["", "| rows per batch | ONNX Runtime | eager PyTorch | TorchScript (traced) |",
                   "|---:|---:|---:|---:|"]
@@ -306,37 +466,53 @@ def markdown(results: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, help="run directory to serve (default: make one)")
-    parser.add_argument("--duration", type=float, default=30.0, help="seconds of load per concurrency level")
+    parser.add_argument("--before", type=Path, help="another source tree (its src/) to measure beside this one")
+    parser.add_argument("--before-python", help="the Python to run it with (default: its checkout's .venv, if any)")
+    parser.add_argument("--duration", type=float, default=15.0, help="seconds of load per concurrency level")
     parser.add_argument("--concurrency", default="1,8,32")
+    parser.add_argument("--workers-concurrency", type=int, default=16)
     parser.add_argument("--candidates", type=int, default=100)
-    parser.add_argument("--max-requests", type=int, default=200_000, help="cap on requests per level")
-    parser.add_argument("--backend", default="onnx", choices=["onnx", "torch"],
-                        help="runtime of the HTTP and batch runs")
+    parser.add_argument("--max-requests", type=int, default=100_000, help="cap on requests per level")
     parser.add_argument("--predict-rows", type=int, default=200_000)
-    parser.add_argument("--server-args", default="", help="extra `mtrec serve` options, e.g. '--inference-workers 2'")
-    parser.add_argument("--skip", default="", help="comma-separated sections to skip: runtimes,http,batch")
+    parser.add_argument("--skip", default="", help="comma-separated sections to skip: "
+                                                   "model,encoding,http,workers,predict,runtimes")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     print(f"machine: {platform.platform()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"python {platform.python_version()}", flush=True)
+          f"python {platform.python_version()}; {load_average()}", flush=True)
+    torch.set_num_threads(1)
+    here = Tree(HERE, sys.executable)
+    trees = [here]
+    if args.before:
+        venv = args.before.resolve().parent / ".venv" / "bin" / "python"
+        trees.insert(0, Tree(args.before.resolve(), args.before_python or str(venv if venv.exists() else here.python)))
     with tempfile.TemporaryDirectory() as tmp:
         run = args.run or make_run(Path(tmp))
-        results: dict[str, Any] = {"run": str(args.run or "generated")}
-        if "runtimes" not in skip:
-            results["runtimes"] = bench_runtimes(run)
-            for r in results["runtimes"]:
-                print(f"  runtime {r['backend']:11s} batch {r['rows']:5d}: {r['ms_per_batch']:.2f} ms "
-                      f"({r['rows_per_s']:,.0f} rows/s)", flush=True)
+        predictor = Predictor.from_run(run, backend="onnx", threads=1)
+        bodies = request_bodies(args.candidates)
+        results: dict[str, Any] = {"run": str(args.run or "generated"), "candidates": args.candidates, "model": []}
+        if "model" not in skip:
+            results["model"].append(bench_model(predictor, bodies))
+        if "encoding" not in skip:
+            results["encoding"] = e = bench_encoding(predictor, bodies)
+            print(f"  encoding: {e['total_ms']:.3f} ms per request ({e['load']})", flush=True)
         if "http" not in skip:
             levels = [int(c) for c in args.concurrency.split(",")]
-            results["http"] = bench_http(run, args.backend, levels, args.candidates, args.duration, args.max_requests,
-                                         args.server_args.split())
-        if "batch" not in skip:
-            results["batch"] = bench_batch(run, args.predict_rows, args.backend)
-            b = results["batch"]
-            print(f"  mtrec predict ({b['backend']}): {b['rows']:,} rows, {b['rows_per_s']:,.0f} rows/s "
-                  f"(wall {b['wall_s']:.1f} s with start-up)", flush=True)
+            results["http"] = [r for tree in trees for r in bench_http(
+                tree, run, bodies, levels, args.candidates, args.duration, args.max_requests, [])]
+        if "model" not in skip:
+            results["model"].append(bench_model(predictor, bodies))
+            results["model_rows_per_s"] = statistics.mean(m["rows_per_s"] for m in results["model"])
+            print(f"  ONNX Runtime alone: {results['model_rows_per_s']:,.0f} rows/s", flush=True)
+        if "workers" not in skip:
+            results["workers"] = [r for n in (1, 2) for r in bench_http(
+                here, run, bodies, [args.workers_concurrency], args.candidates, args.duration, args.max_requests,
+                ["--workers", str(n)])]
+        if "predict" not in skip:
+            results["predict"] = bench_predict(trees, run, predictor, args.predict_rows)
+        if "runtimes" not in skip:
+            results["runtimes"] = bench_runtimes(run)
     print(markdown(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from mtrec.data.dataset import PreparedDataset
@@ -59,3 +61,13 @@ def tiny_dataset(rows: int = 240, seed: int = 0) -> PreparedDataset:
         labels=np.stack([click, conv], axis=1),
         splits={"train": perm[:a], "valid": perm[a:b], "test": perm[b:]},
     )
+
+
+def with_regression_task(data: PreparedDataset) -> PreparedDataset:
+    """``data`` with a third task, ``spend``: a regression task observed after click, its value growing
+    with the first dense feature on clicked rows (0 elsewhere)."""
+    schema = dataclasses.replace(
+        data.schema, tasks=(*data.schema.tasks, TaskSpec("spend", observed_after="click", type="regression")))
+    labels = np.asarray(data.labels)
+    spend = labels[:, 0] * np.exp(0.5 * np.asarray(data.dense)[:, 0])
+    return dataclasses.replace(data, schema=schema, labels=np.concatenate([labels, spend[:, None]], axis=1))

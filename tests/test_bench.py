@@ -107,11 +107,19 @@ def test_dataset_configs_are_prepared_once_and_all_means_the_registry(tmp_path: 
     ({"train": {"seed": 3}}, "seeds go under 'seeds:'"),
     ({"datasets": [{"data": "x", "config": "y.yaml"}]}, "datasets\\[0\\]"),
     ({"models": ["mmoe", "mmoe"]}, "labels must be unique"),
+    ({"models": ["nothing*"]}, "matches no registered model"),
     ({"extra": 1}, "unknown key"),
 ])
 def test_bench_config_errors(change: dict[str, Any], message: str, tmp_path: Path, tiny_dir: Path) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_bench_config(_bench(tmp_path, tiny_dir, **change))
+
+
+def test_models_may_be_name_patterns(tmp_path: Path, tiny_dir: Path) -> None:
+    config = parse_bench_config(_bench(tmp_path, tiny_dir, models="dcrnn*"))
+    assert [m.name for m in config.model_entries()] == list_models("dcrnn*") == ["dcrnn", "dcrnn_hard"]
+    config = parse_bench_config(_bench(tmp_path, tiny_dir, models=["mmoe", "ple*"]))
+    assert [m.name for m in config.model_entries()] == ["mmoe", "ple"]
 
 
 def test_shared_option_taken_by_no_model_is_an_error(tmp_path: Path, tiny_dir: Path) -> None:

@@ -15,7 +15,7 @@ from mtrec.data.batches import Batch, BatchIterator, gather_batch
 from mtrec.models import create_model
 from mtrec.objectives import create_objective
 from mtrec.training.checkpoint import WEIGHTS, load_model
-from mtrec.training.config import RunConfig
+from mtrec.training.config import ConfigError, RunConfig
 from mtrec.training.distributed import DistContext, block_of
 from mtrec.training.evaluate import predict_split
 from mtrec.training.run import train_run
@@ -134,3 +134,31 @@ def test_two_gloo_processes_train_the_same_weights_as_one(tmp_path: Path) -> Non
         assert two["test"][task]["rows"] == metrics["rows"]
         assert two["test"][task]["auc"] == pytest.approx(metrics["auc"], abs=1e-9)
         assert two["test"][task]["auc"] == pytest.approx(one["test"][task]["auc"], abs=1e-6)
+
+
+@pytest.mark.parametrize(("train", "message"), [
+    ({"embedding_sharding": "row_wise"}, r"train.embedding_sharding: must be one of 'none', 'table_wise'"),
+    ({"embedding_sharding": "table_wise"}, "needs train.embedding_optimizer adagrad or sgd"),
+    ({"embedding_sharding": "auto", "embedding_optimizer": "sgd", "weighting": "gradnorm"},
+     "gradnorm cannot be used with train.embedding_sharding: auto"),
+    ({"embedding_memory_mb": -1}, "train.embedding_memory_mb: must be >= 0"),
+    ({"embedding_sharding": "column_wise", "embedding_optimizer": "sgd", "select": "per_task"},
+     "per_task cannot be used with train.embedding_sharding: column_wise"),
+])
+def test_sharding_settings_are_checked_with_one_line_errors(train: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        RunConfig.from_dict({"model": "mmoe", "train": train})
+
+
+def test_sharding_on_one_process_keeps_the_tables_whole(tmp_path: Path) -> None:
+    """Without torchrun there is nothing to shard over: the run is the plain one (TorchRec not needed)."""
+    config = {"model": "shared_bottom", "model_options": {"embedding_dim": 4, "bottom_sizes": [8], "tower_sizes": [4]},
+              "train": {"epochs": 1, "batch_size": 32, "num_threads": 1, "prefetch": 0,
+                        "embedding_sharding": "table_wise", "embedding_optimizer": "adagrad"}}
+    logs: list[str] = []
+    data = tiny_dataset(rows=120)
+    metrics = train_run(RunConfig.from_dict(config), tmp_path / "run", dataset=data, log=logs.append)
+    assert any("on one process: the tables stay whole" in line for line in logs)
+    rows = 4 * sum(data.schema.table_sizes().values())
+    assert metrics["embedding"] == {"sharding": "none", "rank_table_bytes": [rows * 4],
+                                    "rank_table_optimizer_bytes": [rows * 4]}

@@ -23,6 +23,7 @@ import pytest
 from numpy.lib.format import open_memmap
 
 from fakes import tiny_dataset, tiny_schema
+from mtrec.data.dataset import seal
 from procs import child_env
 
 LIMIT = 640 * 2**20  # bytes of private memory the child may map
@@ -51,6 +52,7 @@ def write_large(path: Path, rows: int, seq_len: int, chunk: int = 20_000) -> Non
     np.save(path / "splits" / "train.npy", idx[idx % TRAIN_EVERY == 0])
     np.save(path / "splits" / "valid.npy", idx[idx % TRAIN_EVERY == 1][::8])
     np.save(path / "splits" / "test.npy", idx[idx % TRAIN_EVERY == 2][::8])
+    seal(path)  # complete: loadable
 
 
 def limited(cmd: list[str]) -> subprocess.CompletedProcess[str]:

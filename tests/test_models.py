@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from fakes import default_objective, tiny_dataset
+from fakes import default_objective, tiny_dataset, with_regression_task
 from mtrec.data.batches import gather_batch
 from mtrec.models import ModelConfigError, create_model, list_models, model_options
 from mtrec.objectives import create_objective, list_objectives
@@ -100,6 +100,27 @@ def test_every_model_trains_a_step_with_every_objective(name: str, objective: st
     assert all(((p >= 0) & (p <= 1)).all() for p in predictions.values())
 
 
+@pytest.mark.parametrize("name", MODELS)
+def test_every_model_learns_and_serves_a_regression_task(name: str, data) -> None:  # type: ignore[no-untyped-def]
+    mixed = with_regression_task(data)
+    model = build(name, mixed.schema)
+    objective = default_objective(model)
+    batch = gather_batch(mixed, np.arange(64))
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    spend = []
+    for _ in range(10):
+        losses = objective.losses(model(batch.features), batch)
+        spend.append(float(losses["spend"].detach()))
+        optimizer.zero_grad()
+        sum(losses.values()).backward()  # type: ignore[union-attr]
+        optimizer.step()
+    assert spend[-1] < spend[0]
+    with torch.no_grad():
+        outputs = model(batch.features)
+        predictions = objective.predictions(outputs)
+    assert torch.equal(predictions["spend"], outputs["spend"])  # the value itself, no sigmoid
+
+
 def test_variants_are_entrypoints_over_their_base_class() -> None:
     from mtrec.models import model_class
     from mtrec.models.dcrnn import DCRNN
@@ -123,3 +144,37 @@ def test_unknown_model_and_option_are_named() -> None:
         model_options("nope")
     with pytest.raises(ModelConfigError, match=r"no option.*'bogus'"):
         model_options("mmoe", {"bogus": 1})
+
+
+class CountingTable(torch.nn.Module):
+    """A feature embedding's table that counts its calls."""
+
+    def __init__(self, table: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = table
+        self.calls = 0
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.inner(ids)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_lookup_once_gives_the_same_outputs_from_one_table_call(name: str, data) -> None:  # type: ignore[no-untyped-def]
+    """Sharded tables need every row of a forward pass from one lookup (their update runs in its backward):
+    with ``lookup_once`` each model calls its table once per forward and computes the same outputs."""
+    model = build(name, data.schema).eval()
+    features = gather_batch(data, np.arange(32)).features
+    with torch.no_grad():
+        want = model(features)
+        block = model.embedding
+        counting = CountingTable(block.table)
+        block.table, block.lookup_once = counting, True
+        got = model(features)
+    assert counting.calls == 1
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=0, atol=1e-6)
+    block.forget_rows()
+    with torch.no_grad():
+        model(features)
+    assert counting.calls == 2  # forgotten rows are looked up again

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from pydantic import ValidationError
 from safetensors.torch import load_file
 
 from fakes import tiny_dataset
@@ -95,5 +96,7 @@ def test_parameters_gone_non_finite_are_never_written(tmp_path: Path) -> None:
 
 
 def test_policy_is_validated() -> None:
-    with pytest.raises(ConfigError, match="on_nonfinite must be one of"):
+    with pytest.raises(ConfigError, match=r"train\.on_nonfinite: must be one of 'stop' or 'skip', got 'ignore'"):
+        TrainConfig.parse({"on_nonfinite": "ignore"})
+    with pytest.raises(ValidationError, match="on_nonfinite"):  # keywords: pydantic's own error
         TrainConfig(on_nonfinite="ignore")

@@ -55,7 +55,7 @@ def test_registry_lists_the_objectives_and_names_bad_options(data: PreparedDatas
         create_objective("nope", data.schema)
     with pytest.raises(ObjectiveConfigError, match=r"no option.*'weight'"):
         create_objective("masked", data.schema, weight=1.0)
-    with pytest.raises(ObjectiveConfigError, match="calibrator_weight must be >= 0"):
+    with pytest.raises(ObjectiveConfigError, match="calibrator_weight: must be >= 0"):
         create_objective("all_rows", data.schema, calibrator_weight=-1.0)
 
 

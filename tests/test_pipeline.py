@@ -96,12 +96,15 @@ def test_masks_follow_observed_after() -> None:
 def test_bad_labels_and_mismatched_schema_are_named(tmp_path: Path) -> None:
     data = tiny_dataset(rows=100)
     data.labels[7, 1] = 2.0
-    with pytest.raises(DatasetError, match=r"task .conversion. row 7 has 2\.0"):
+    with pytest.raises(DatasetError, match=r"task .conversion. must be 0 or 1: row 7 has 2\.0"):
         data.save(tmp_path / "bad")
     good = tiny_dataset(rows=100)
+    with pytest.raises(DatasetError, match=r"'dense'.*shape \(100, 5\).*implies \(100, 2\)"):
+        PreparedDataset(good.schema, good.sparse, np.zeros((100, 5), np.float32), good.sequences, good.labels,
+                        good.splits)
     good.save(tmp_path / "d")
     np.save(tmp_path / "d" / "dense.npy", np.zeros((100, 5), dtype=np.float32))
-    with pytest.raises(DatasetError, match=r"'dense'.*shape \(100, 5\).*implies \(100, 2\)"):
+    with pytest.raises(DatasetError, match=r"dense\.npy has 2,128 bytes, but 928 bytes were written"):
         PreparedDataset.load(tmp_path / "d")
     with pytest.raises(DatasetError, match="directory not found"):
         PreparedDataset.load(tmp_path / "missing")
@@ -112,6 +115,6 @@ def test_failed_save_leaves_previous_dataset_intact(tmp_path: Path) -> None:
     broken = tiny_dataset(rows=100)
     broken.labels[0, 0] = 5.0
     with pytest.raises(DatasetError):
-        broken.save(tmp_path / "d")
+        broken.save(tmp_path / "d", overwrite=True)
     assert PreparedDataset.load(tmp_path / "d").num_rows == 100
     assert [p.name for p in tmp_path.iterdir()] == ["d"]

@@ -75,7 +75,7 @@ def _prepare(raw: dict[str, Any], out: Path, **kwargs: Any) -> PreparedDataset:
                            **kwargs)
 
 
-def _digest(directory: Path, skip: tuple[str, ...] = ("prepare.json",)) -> dict[str, str]:
+def _digest(directory: Path, skip: tuple[str, ...] = ("prepare.json", "complete.json")) -> dict[str, str]:
     return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(directory.rglob("*")) if p.is_file() and p.name not in skip}
 

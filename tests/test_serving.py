@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 import shutil
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ import uvicorn
 from mtrec.cli import main
 from mtrec.serving.app import create_app
 from mtrec.serving.predictor import Predictor
+from mtrec.serving.request import RequestEncoder
 from mtrec.training.config import RunConfig, TrainConfig
 from mtrec.training.run import train_run
 from rawdata import (
@@ -34,6 +33,7 @@ from rawdata import (
     write_csv,
     write_raw,
 )
+from servers import serving
 
 MAX_CANDIDATES = 40
 MAX_BODY = 64_000
@@ -60,23 +60,8 @@ def predictor(run_dir: Path) -> Predictor:
 @pytest.fixture(scope="module")
 def base_url(predictor: Predictor) -> Iterator[str]:
     """The real app under uvicorn on a free loopback port, in a background thread."""
-    app = create_app(predictor, max_candidates=MAX_CANDIDATES, max_body_bytes=MAX_BODY)
-    # IPPROTO_TCP, so that asyncio sets TCP_NODELAY on the connections (else each response waits ~40 ms for
-    # a delayed ACK between its header and body writes)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
-    sock.close()
+    with serving(create_app(predictor, max_candidates=MAX_CANDIDATES, max_body_bytes=MAX_BODY)) as url:
+        yield url
 
 
 @pytest.fixture
@@ -159,6 +144,32 @@ def test_unseen_values_score_as_out_of_vocabulary(client: httpx.Client) -> None:
     assert scores[0] == scores[1]  # both map to the OOV id
 
 
+def test_the_request_encoder_gives_what_the_column_encoders_give(predictor: Predictor) -> None:
+    """Vectorized request encoding == FeatureEncoders.encode of the merged columns, for every kind of value."""
+    encoder = RequestEncoder(predictor.schema, predictor.encoders, MAX_CANDIDATES)
+    rows = one_user_rows(12, seed=4)
+    user = {f: as_json_value(f, rows[0][f]) for f in USER_FEATURES}
+    odd_categoricals = [7, 3.0, 2.5, True, None, " u1 ", "", "never-seen"]
+    odd_histories = [["i1", 3, 4.0, "", "i2"], "i3|i4||i5", None, [], ["i1"] * 20, "i7"]
+    candidates: list[dict[str, Any]] = []
+    for i, row in enumerate(rows):
+        item = {f: as_json_value(f, row[f]) for f in ITEM_FEATURES}
+        item["category"] = odd_categoricals[i % len(odd_categoricals)]
+        if i % 3 == 0:  # a candidate's own value wins over the user's
+            item.update(activity=None if i % 2 else i, hist_buy=odd_histories[i % len(odd_histories)])
+        if i == 4:
+            item["price"] = 12
+        candidates.append(item)
+    body = {"user": {**user, "user_id": 17}, "candidates": candidates}
+    merged = {f: [c.get(f, body["user"].get(f)) for c in candidates] for f in FEATURES}
+    expected = predictor.encode(merged)
+    got = encoder(json.dumps(body).encode())
+    assert got.keys() == expected.keys()
+    for name in expected:
+        np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
+        assert got[name].dtype == expected[name].dtype
+
+
 GOOD_USER = {"user_id": "u1", "activity": 3, "hist_click": ["i1", "i2"], "hist_buy": None}
 GOOD_ITEM = {"item_id": "i4", "category": "c4", "price": 9.5}
 BAD_REQUESTS: dict[str, tuple[Any, int, str]] = {
@@ -207,6 +218,14 @@ def test_bad_input_gets_a_4xx_naming_the_field(client: httpx.Client, case: str) 
     if case == "too many candidates":
         assert str(MAX_CANDIDATES) in body["error"]
     assert client.get("/healthz").status_code == 200  # still serving
+
+
+def test_a_body_streamed_past_the_limit_or_another_method_is_refused(client: httpx.Client) -> None:
+    chunks = (b'{"candidates": [{"item_id": "' + b"x" * 1000 for _ in range(MAX_BODY // 1000 + 2))
+    response = client.post("/v1/score", content=chunks, headers={"content-type": "application/json"})  # chunked
+    assert response.status_code == 413 and response.json()["error"].startswith("body: request body over")
+    assert client.get("/v1/score").status_code == 405
+    assert client.get("/healthz").status_code == 200
 
 
 def test_torch_backend_gives_the_onnx_probabilities(run_dir: Path, predictor: Predictor) -> None:
@@ -293,6 +312,7 @@ def test_an_invalid_model_file_is_refused_at_startup_without_running_it(
 ) -> None:
     bad_run = tmp_path / "run"
     shutil.copytree(run_dir, bad_run)
+    (tmp_path / "x.csv").write_text("user_id\nu1\n")  # an input that exists: the model is what is refused
     marker = tmp_path / "payload-ran"
     weights = bad_run / "model.safetensors"
     if content == "garbage":

@@ -8,20 +8,24 @@ from pathlib import Path
 from typing import Any
 
 import click
+from pydantic import ValidationError
 
 from mtrec.data.dataset import DatasetError
 from mtrec.export.onnx import ExportError, ParityError
 from mtrec.features.schema import SchemaError
+from mtrec.io import PathError
 from mtrec.models import ModelConfigError, list_models
 from mtrec.objectives.weighting import WeightingConfigError
 from mtrec.training.checkpoint import ArtifactError
-from mtrec.training.config import ConfigError, RunConfig, read_config_file
+from mtrec.training.config import ConfigError, RunConfig, TrainConfig, read_config_file
 from mtrec.training.nonfinite import NonFiniteLossError, NonFiniteParametersError
 from mtrec.training.resume import ResumeError
+from mtrec.typed import error_line, first_problem
 
 USER_ERRORS: tuple[type[Exception], ...] = (DatasetError, SchemaError, ModelConfigError, ConfigError,
-                                            WeightingConfigError, ArtifactError, ResumeError,
+                                            WeightingConfigError, ArtifactError, ResumeError, PathError,
                                             NonFiniteLossError, NonFiniteParametersError)
+POSITIVE = click.IntRange(min=1)
 
 
 @click.group()
@@ -47,7 +51,14 @@ def _run_config(
         raw["data"] = data
     if "model" not in raw:
         raise ConfigError("no model given: pass --model NAME or a config file with 'model:'")
-    raw["train"] = {**(raw.get("train") or {}), **{k: v for k, v in overrides.items() if v is not None}}
+    given = {k: v for k, v in overrides.items() if v is not None}
+    for key, value in given.items():  # a bad option value is named by its option
+        try:
+            TrainConfig.model_validate({key: value})
+        except ValidationError as exc:
+            raise ConfigError(f"--{key.replace('_', '-')}: {first_problem(exc)}") from None
+    if isinstance(raw.get("train") or {}, dict):  # anything else is reported by the validation
+        raw["train"] = {**(raw.get("train") or {}), **given}
     return RunConfig.from_dict(raw, where=str(config_file) if config_file else "command line")
 
 
@@ -90,12 +101,16 @@ def train(
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="prepared dataset directory")
 @click.option("--raw", type=click.Path(path_type=Path),
               help="raw file (or, for a 'files' split, directory) instead of the config's source.path")
-@click.option("--chunk-rows", type=int, help="rows per streamed chunk (default: the config's, 262144)")
-def prepare(config_file: Path, out: Path, raw: Path | None, chunk_rows: int | None) -> None:
-    """Turn raw CSV/Parquet files into a prepared dataset, as a dataset config says (docs/datasets.md)."""
+@click.option("--chunk-rows", type=POSITIVE, help="rows per streamed chunk (default: the config's, 262144)")
+@click.option("--overwrite", is_flag=True, help="replace the prepared dataset already in --out")
+def prepare(config_file: Path, out: Path, raw: Path | None, chunk_rows: int | None, overwrite: bool) -> None:
+    """Turn raw CSV/Parquet files into a prepared dataset, as a dataset config says (docs/datasets.md).
+
+    --out must be a new or empty directory, or (with --overwrite) a dataset prepared before; a directory
+    holding anything else is refused, never deleted."""
     from mtrec.data.prepare import prepare_dataset
 
-    dataset = prepare_dataset(config_file, out, raw=raw, chunk_rows=chunk_rows)
+    dataset = prepare_dataset(config_file, out, raw=raw, chunk_rows=chunk_rows, overwrite=overwrite)
     s = dataset.schema
     click.echo(f"{dataset.num_rows:,} rows, {len(s.sparse)} sparse / {len(s.dense)} dense / "
                f"{len(s.sequences)} sequence features, tasks {s.task_names}; written to {out}")
@@ -104,7 +119,8 @@ def prepare(config_file: Path, out: Path, raw: Path | None, chunk_rows: int | No
 @cli.command()
 @click.argument("config_file", metavar="CONFIG", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), help="report directory [default: reports/bench/NAME]")
-@click.option("--max-runs", type=int, help="train at most N unfinished runs now, then report (resume later)")
+@click.option("--max-runs", type=click.IntRange(min=0),
+              help="train at most N unfinished runs now, then report (resume later)")
 def bench(config_file: Path, out: Path | None, max_runs: int | None) -> None:
     """Train models x datasets x seeds from a bench config and write the report (resumable)."""
     from mtrec.bench.report import comparison_table, table_metrics
@@ -133,9 +149,12 @@ def demo(out: Path, data: str, epochs: int, seed: int, model_names: str | None) 
     from mtrec.training.config import TrainConfig
 
     chosen = [m.strip() for m in model_names.split(",")] if model_names else None
-    table = run_demo(out, data=data, models=chosen, train=TrainConfig(epochs=epochs, seed=seed))
+    train = TrainConfig.parse({"epochs": epochs, "seed": seed}, where="command line")
+    table = run_demo(out, data=data, models=chosen, train=train)
     click.echo(table)
     click.echo(f"report written to {out}/results.md (plot: {out}/auc.png)")
+    if (out / "request.json").is_file():
+        click.echo(f"raw inputs for `mtrec predict` and `mtrec serve`: {out}/sample.csv, {out}/request.json")
 
 
 @cli.command("export")
@@ -143,14 +162,17 @@ def demo(out: Path, data: str, epochs: int, seed: int, model_names: str | None) 
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="ONNX file to write")
 @click.option("--exporter", type=click.Choice(["auto", "torchscript", "dynamo"]), default="auto", show_default=True,
               help="auto: tracing (fast), falling back to torch.export when tracing fails or mismatches")
-@click.option("--tolerance", type=float, default=1e-4, show_default=True,
+@click.option("--tolerance", type=click.FloatRange(min=0, max=1), default=1e-4, show_default=True,
               help="largest allowed |ONNX Runtime - PyTorch| probability difference")
-@click.option("--rows", type=int, default=2048, show_default=True, help="rows of the run's data to check parity on")
+@click.option("--rows", type=POSITIVE, default=2048, show_default=True,
+              help="rows of the run's data to check parity on")
 def export_cmd(run_dir: Path, out: Path, exporter: str, tolerance: float, rows: int) -> None:
     """Export a run's model to ONNX (task probabilities as named outputs, dynamic batch), after a parity check
     against eager PyTorch; exits non-zero and writes nothing if they differ by more than --tolerance."""
     from mtrec.export.onnx import export_run
+    from mtrec.io import check_output_file
 
+    check_output_file(out, "ONNX file")
     result = export_run(run_dir, out, exporter=exporter, tolerance=tolerance, rows=rows,  # type: ignore[arg-type]
                         log=click.echo)
     click.echo(f"parity ok; wrote {result.path} ({result.exporter} exporter, {result.size_bytes / 1e6:.2f} MB)")
@@ -158,7 +180,7 @@ def export_cmd(run_dir: Path, out: Path, exporter: str, tolerance: float, rows: 
 
 _BACKEND = click.option("--backend", type=click.Choice(["onnx", "torch"]), default="onnx", show_default=True,
                         help="ONNX Runtime (exported in memory, parity-checked) or eager PyTorch")
-_THREADS = click.option("--threads", type=int, default=1, show_default=True, help="CPU threads for inference")
+_THREADS = click.option("--threads", type=POSITIVE, default=1, show_default=True, help="CPU threads for inference")
 
 
 @cli.command()
@@ -168,7 +190,7 @@ _THREADS = click.option("--threads", type=int, default=1, show_default=True, hel
 @click.option("--out", type=click.Path(path_type=Path), required=True,
               help="output CSV, or Parquet if it ends in .parquet: one probability column per task")
 @click.option("--keep", multiple=True, help="input column to copy to the output (repeatable), e.g. an id")
-@click.option("--chunk-rows", type=int, default=65_536, show_default=True, help="rows read and scored at a time")
+@click.option("--chunk-rows", type=POSITIVE, default=65_536, show_default=True, help="rows read and scored at a time")
 @click.option("--separator", default=",", show_default=True, help="CSV field separator (without --dataset-config)")
 @click.option("--dataset-config", type=click.Path(path_type=Path),
               help="read the input in this dataset config's raw layout (columns, separator, header) instead of "
@@ -178,9 +200,10 @@ _THREADS = click.option("--threads", type=int, default=1, show_default=True, hel
 def predict(run_dir: Path, input_file: Path, out: Path, keep: tuple[str, ...], chunk_rows: int, separator: str,
             dataset_config: Path | None, backend: str, threads: int) -> None:
     """Score a raw CSV/Parquet file with a run's model (streamed, with a progress bar; written atomically)."""
-    from mtrec.serving.batch import score_file
+    from mtrec.serving.batch import check_paths, score_file
     from mtrec.serving.predictor import Predictor
 
+    check_paths(input_file, out)
     predictor = Predictor.from_run(run_dir, backend=backend, threads=threads)  # type: ignore[arg-type]
     result = score_file(predictor, input_file, out, keep=keep, chunk_rows=chunk_rows, separator=separator,
                         dataset_config=dataset_config)
@@ -191,21 +214,25 @@ def predict(run_dir: Path, input_file: Path, out: Path, keep: tuple[str, ...], c
 @cli.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on")
-@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @click.option("--max-candidates", type=click.IntRange(min=1), default=1000, show_default=True,
               help="largest candidate list one request may hold")
 @_BACKEND
 @_THREADS
 @click.option("--inference-workers", type=click.IntRange(min=1), default=1, show_default=True,
-              help="requests encoded and scored at the same time (the others wait in line)")
+              help="scoring threads per process (each scores the requests waiting at that moment in one call)")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="serving processes, each loading the run (for machines with more cores)")
 @click.option("--access-log/--no-access-log", default=False, show_default=True)
 def serve(run_dir: Path, host: str, port: int, max_candidates: int, backend: str, threads: int,
-          inference_workers: int, access_log: bool) -> None:
+          inference_workers: int, workers: int, access_log: bool) -> None:
     """Serve a run's model over HTTP: POST /v1/score, GET /healthz, OpenAPI at /docs and /openapi.json."""
+    from mtrec.serving.app import ServeSettings
     from mtrec.serving.app import serve as run_server
 
-    run_server(str(run_dir), host=host, port=port, max_candidates=max_candidates, backend=backend,
-               threads=threads, access_log=access_log, inference_workers=inference_workers, echo=click.echo)
+    settings = ServeSettings(str(run_dir), backend=backend, threads=threads, max_candidates=max_candidates,
+                             inference_workers=inference_workers)
+    run_server(settings, host=host, port=port, workers=workers, access_log=access_log, echo=click.echo)
 
 
 def _is_main_process() -> bool:
@@ -220,15 +247,31 @@ def main(argv: list[str] | None = None) -> None:
         cli.main(args=argv, prog_name="mtrec", standalone_mode=False)
     except click.exceptions.Abort:
         sys.exit(130)
+    except click.UsageError as exc:  # one line, like every other error; --help shows the usage
+        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+        click.echo(f"error: {_one_line(Exception(exc.format_message()))}{hint}", err=True)
+        sys.exit(exc.exit_code)
     except click.ClickException as exc:
-        exc.show()
+        click.echo(f"error: {_one_line(Exception(exc.format_message()))}", err=True)
         sys.exit(exc.exit_code)
     except USER_ERRORS as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {_one_line(exc)}", err=True)
+        sys.exit(2)
+    except ValidationError as exc:  # a value a library call validated (the CLI's own checks name the option)
+        click.echo(f"error: {error_line(exc)}", err=True)
+        sys.exit(2)
+    except OSError as exc:  # a path the system refused (no space, no permission), whatever wrote it
+        where = f"{exc.filename}: " if exc.filename else ""
+        click.echo(f"error: {where}{exc.strerror or exc}", err=True)
         sys.exit(2)
     except (ExportError, ParityError) as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {_one_line(exc)}", err=True)
         sys.exit(1)
+
+
+def _one_line(exc: Exception) -> str:
+    """An error message on one line (a quoted raw value may hold line breaks)."""
+    return " ".join(str(exc).splitlines())
 
 
 if __name__ == "__main__":

@@ -1,14 +1,25 @@
-"""File access shared by every module: atomic writes, and reading a JSON/YAML mapping with clear errors.
+"""File access shared by every module: atomic writes, output-path checks, strict JSON, and reading a
+JSON/YAML mapping with clear errors.
 
 Atomic writes go to a temporary file beside the target, fsync, then rename over it: a reader (or a
-process killed mid-write) sees either the old file or the new one, never half of one.
+process killed mid-write) sees either the old file or the new one, never half of one. Temporaries are
+named ``.<target>.<pid>-<host>.<random>.tmp``, so the ones a killed process left behind can be told from
+anything else: :func:`remove_stale_temporaries` deletes only those whose process is gone.
+
+Every JSON file mtrec writes is strict JSON (:func:`json_text`): a NaN or infinite float is written as
+``null``, never as the ``NaN``/``Infinity`` that other parsers refuse.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import json
+import math
 import os
+import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -17,30 +28,198 @@ from typing import Any
 import yaml
 
 
+class PathError(ValueError):
+    """A path that cannot be read or written as asked; the message names it."""
+
+
+# ---- reading ---------------------------------------------------------------------------------------------
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading ``1e-3`` as a number as YAML 1.2 does (YAML 1.1 needs ``1.0e-3``)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)
+
+
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"{name} is not valid JSON (use null for a missing number)")
+
+
 def read_mapping(path: str | Path, what: str, error: type[Exception] = ValueError) -> dict[str, Any]:
-    """The mapping at the top of a ``.json`` file (read as JSON) or any other file (read as YAML).
+    """The mapping at the top of a ``.json`` file (read as strict JSON) or any other file (read as YAML).
 
     Raises ``error`` with a message naming the file and the problem: not found (``what`` names the kind
-    of file, e.g. "dataset config"), not valid JSON/YAML (with the parser's line and column), or not a
-    mapping at the top level.
+    of file, e.g. "dataset config"), not readable, not valid JSON/YAML (with the parser's line and
+    column), or not a mapping at the top level.
     """
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise error(f"{what} not found: {path}") from None
     except IsADirectoryError:
         raise error(f"{what} expected, found a directory: {path}") from None
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: not UTF-8 text (byte {exc.start}): is it a {what}?") from None
+    except OSError as exc:
+        raise error(f"{what} {path}: cannot read ({exc.strerror or exc})") from None
+    kind = "JSON" if path.suffix == ".json" else "YAML"
     try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        kind = "JSON" if path.suffix == ".json" else "YAML"
-        raise error(f"{path}: not valid {kind}: {exc}") from exc
+        data = json.loads(text, parse_constant=_refuse_constant) if kind == "JSON" else load_yaml(text)
+    except (ValueError, yaml.YAMLError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else " ".join(str(exc).split())
+        raise error(f"{path}: not valid {kind}: {reason}") from None
     if not isinstance(data, dict):
         raise error(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return data
 
 
+# ---- strict JSON -----------------------------------------------------------------------------------------
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN, inf; NumPy floats too) replaced by None, tuples as lists."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    if hasattr(obj, "dtype") and hasattr(obj, "item") and getattr(obj, "ndim", 1) == 0:  # a NumPy scalar
+        return json_safe(obj.item())
+    return obj
+
+
+def json_text(obj: Any, indent: int | None = None, default: Callable[[Any], Any] | None = None,
+              ensure_ascii: bool = True) -> str:
+    """Strict JSON for ``obj`` (see :func:`json_safe`); ``default`` converts objects JSON does not know."""
+    if default is not None:
+        obj = json.loads(json.dumps(obj, default=default))
+    return json.dumps(json_safe(obj), indent=indent, allow_nan=False, ensure_ascii=ensure_ascii)
+
+
+# ---- output paths ----------------------------------------------------------------------------------------
+def _first_existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _check_parent(path: Path, what: str) -> None:
+    existing = _first_existing(path.parent)
+    if not existing.is_dir():
+        raise PathError(f"{what} {path}: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PathError(f"{what} {path}: cannot write in {existing} (permission denied)")
+
+
+def check_output_file(path: str | Path, what: str = "output file") -> Path:
+    """``path`` as an absolute path, if a file can be written there; PathError naming it if not (a
+    directory, a parent that is a file, a directory without write permission)."""
+    path = Path(os.path.abspath(path))
+    if path.is_dir():
+        raise PathError(f"{what} {path} is a directory; give a file name")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise PathError(f"{what} {path}: not writable (permission denied)")
+    _check_parent(path, what)
+    return path
+
+
+def check_output_dir(path: str | Path, what: str = "output directory") -> Path:
+    """``path`` as an absolute path, if a directory can be created or written there; PathError if not."""
+    path = Path(os.path.abspath(path))
+    if path.exists() and not path.is_dir():
+        raise PathError(f"{what} {path} is a file, not a directory")
+    if path.is_dir():
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise PathError(f"{what} {path}: not writable (permission denied)")
+        return path
+    _check_parent(path, what)
+    return path
+
+
+def foreign_files(directory: Path, ours: re.Pattern[str]) -> list[str]:
+    """Paths (relative, with ``/``) of the files under ``directory`` that ``ours`` does not match, besides
+    temporaries of mtrec's atomic writes: what writing over the directory must never delete."""
+    found = []
+    for path in sorted(Path(directory).rglob("*")):
+        relative = path.relative_to(directory).as_posix()
+        if path.is_dir() and not path.is_symlink():
+            continue
+        if not ours.match(relative) and not any(_TEMPORARY.match(part) for part in Path(relative).parts):
+            found.append(relative)
+    return found
+
+
+def check_own_dir(directory: Path, ours: re.Pattern[str], what: str) -> None:
+    """PathError if ``directory`` holds a file that is not one of ours (``what`` names what it should be)."""
+    foreign = foreign_files(directory, ours) if directory.is_dir() else []
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise PathError(f"output directory {directory} is not empty and not {what} (it holds {shown}): "
+                        f"refusing to write over it; choose a new or empty directory")
+
+
+def is_inside(path: str | Path, directory: str | Path) -> bool:
+    """Whether ``path`` is ``directory`` or lies under it (symbolic links resolved)."""
+    p, d = Path(path).resolve(), Path(directory).resolve()
+    return p == d or d in p.parents
+
+
+def _write_error(target: Path, exc: OSError) -> PathError:
+    """An OS error while writing ``target`` (or its temporary) as one line naming ``target``."""
+    other = exc.filename and Path(os.fsdecode(exc.filename)).name not in (target.name, "") \
+        and not Path(os.fsdecode(exc.filename)).name.startswith(f".{target.name}.")
+    return PathError(f"cannot write {target}: {exc.strerror or exc}" + (f" ({exc.filename})" if other else ""))
+
+
+# ---- temporaries -----------------------------------------------------------------------------------------
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40] or "host"
+
+
+def temporary_prefix(name: str, pid: int | None = None) -> str:
+    """How the temporaries of target ``name`` written by process ``pid`` (default: this one) begin."""
+    return f".{name}.{os.getpid() if pid is None else pid}-{_HOST}."
+
+
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)-(?P<host>[A-Za-z0-9-]+)\.[A-Za-z0-9_]+\.tmp$")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(directory: Path, name: str | None = None) -> list[Path]:
+    """Delete the temporaries (of target ``name``, or of any target) that an mtrec process on this machine
+    left in ``directory`` when it was killed; anything else is left alone. Returns what was deleted."""
+    removed: list[Path] = []
+    pattern = f".{name}.*.tmp" if name is not None else ".*.tmp"
+    for path in Path(directory).glob(pattern):
+        match = _TEMPORARY.match(path.name)
+        if not match or match["host"] != _HOST or _alive(int(match["pid"])):
+            continue
+        if name is not None and match["name"] != name:
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+# ---- atomic writes ---------------------------------------------------------------------------------------
 def _fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
@@ -56,11 +235,16 @@ def _umask() -> int:
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp_path)`` then move the finished file to ``path`` atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    """Call ``write(tmp_path)`` then move the finished file to ``path`` atomically. An OS error (no space,
+    no permission, a parent that is a file) is a PathError naming ``path``; the old file is kept."""
+    path = Path(os.path.abspath(path))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(path.parent, path.name)
+        fd, tmp_name = tempfile.mkstemp(prefix=temporary_prefix(path.name), suffix=".tmp", dir=path.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise _write_error(path, exc) from exc
     tmp = Path(tmp_name)
     try:
         write(tmp)
@@ -69,6 +253,9 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise _write_error(path, exc) from exc
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -86,23 +273,60 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: _discard(tmp.write_text(text)))
 
 
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two directory entries atomically (Linux ``renameat2(RENAME_EXCHANGE)``); False where the
+    system or file system cannot."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    result = renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    if result == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
 def atomic_replace_dir(target: Path, build: Callable[[Path], None]) -> None:
-    """Build a directory in a temporary sibling, then rename it to ``target`` (replacing any old one)."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    """Build a directory in a temporary sibling, then put it at ``target`` (replacing any old one).
+
+    Where the system allows, old and new are swapped in one atomic step, so ``target`` is never missing;
+    elsewhere the old directory is first moved aside. The caller decides whether ``target`` may be
+    replaced at all (see :func:`mtrec.data.dataset.check_replaceable`)."""
+    target = Path(os.path.abspath(target))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(target.parent, target.name)
+        tmp = Path(tempfile.mkdtemp(prefix=temporary_prefix(target.name), suffix=".tmp", dir=target.parent))
+    except OSError as exc:
+        raise _write_error(target, exc) from exc
     try:
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700
         build(tmp)
         if target.exists():
-            old = target.with_name(f".{target.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
+            if not _exchange(tmp, target):
+                old = Path(tempfile.mkdtemp(prefix=temporary_prefix(target.name), suffix=".tmp",
+                                            dir=target.parent))
+                os.replace(target, old)
+                try:
+                    os.replace(tmp, target)
+                except OSError:
+                    os.replace(old, target)  # put the old directory back
+                    raise
+                tmp = old
+            shutil.rmtree(tmp, ignore_errors=True)  # the old directory
         else:
             os.replace(tmp, target)
         _fsync_dir(target.parent)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _write_error(target, exc) from exc
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

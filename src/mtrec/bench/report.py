@@ -16,9 +16,14 @@ import numpy as np
 from mtrec.io import atomic_write
 
 
-def mean_std(values: list[float]) -> str:
+def _defined(values: list[float | None]) -> np.ndarray:
+    """The values that are defined: neither NaN nor None (a NaN is written as null in JSON)."""
+    return np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=float)
+
+
+def mean_std(values: list[float | None]) -> str:
     """``0.8123 ± 0.0012`` (or just the value for a single run)."""
-    arr = np.asarray([v for v in values if not math.isnan(v)], dtype=float)
+    arr = _defined(values)
     if arr.size == 0:
         return "n/a"
     if arr.size == 1:
@@ -34,9 +39,9 @@ def group_runs(runs: list[dict[str, Any]]) -> dict[tuple[str, str], list[dict[st
     return groups
 
 
-def _spread(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (ddof 1; 0 for one value), NaN values left out."""
-    arr = np.asarray([v for v in values if not math.isnan(v)], dtype=float)
+def _spread(values: list[float | None]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof 1; 0 for one value), undefined values left out."""
+    arr = _defined(values)
     if arr.size == 0:
         return math.nan, 0.0
     return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0

@@ -3,8 +3,8 @@
 A bench config (YAML)::
 
     name: census
-    models: all                      # every registered model at run time, or a list:
-    # models: [mmoe, {name: mmoe, label: mmoe-8, options: {num_experts: 8}},
+    models: all                      # every registered model at run time, a pattern ("dcrnn*"), or a list:
+    # models: [mmoe, "ple*", {name: mmoe, label: mmoe-8, options: {num_experts: 8}},
     #          {name: mmoe, label: mmoe+gradnorm, train: {weighting: gradnorm}}]   # train: per-model overrides
     model_options: {embedding_dim: 16}   # given to every model that takes the option
     datasets:                        # dataset configs (prepared into OUT/data/NAME once), data specs
@@ -29,22 +29,24 @@ import os
 import platform
 import re
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
+from pydantic import Field, field_validator, model_validator
 from tqdm.auto import tqdm
 
 from mtrec.bench.report import comparison_table, plot_auc_bars, plot_learning_curves_by_model, table_metrics
 from mtrec.data.dataset import SPLITS, PreparedDataset
-from mtrec.data.source import is_synthetic, load_data
-from mtrec.io import atomic_write_text
-from mtrec.models import list_models, model_options
-from mtrec.training.config import ConfigError, RunConfig, TrainConfig, read_config_file
+from mtrec.data.source import check_spec, is_synthetic, load_data
+from mtrec.io import atomic_write_text, json_text
+from mtrec.models import ModelConfigError, list_models, model_options
+from mtrec.training.config import ConfigError, RunConfig, TrainConfig, TrainOverrides, read_config_file
 from mtrec.training.run import train_run
 from mtrec.training.rundir import METRICS, finished_metrics, started_with
+from mtrec.typed import ConfigModel, NonNegative, validate
 
 TIMING = "timing.json"
 ALL = "all"
@@ -102,84 +104,116 @@ def _safe(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_") or "x"
 
 
-def _parse_models(value: Any, where: str) -> list[ModelEntry] | str:
-    if value == ALL:
+class ModelItem(ConfigModel):
+    """A ``models:`` entry written as a mapping."""
+
+    name: str
+    label: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+    train: TrainOverrides = Field(default_factory=dict)  # this model's train settings over the bench's
+
+
+class DatasetItem(ConfigModel):
+    """A ``datasets:`` entry written as a mapping: a dataset config to prepare, or a data spec."""
+
+    config: str | None = None
+    raw: str | None = None
+    data: str | None = None
+    label: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DatasetItem:
+        if (self.config is None) == (self.data is None):
+            raise ValueError("give either 'config' (a dataset config, with an optional 'raw') or 'data' (a spec)")
+        if self.raw is not None and self.config is None:
+            raise ValueError("'raw' goes with 'config'")
+        if self.data is not None:
+            check_spec(self.data)
+        return self
+
+
+def _entries(key: str, mapping: Callable[[str], dict[str, Any]]) -> Any:
+    """A before-validator: a list entry (or, for ``models``, the whole value) written as a string becomes
+    the mapping it stands for."""
+
+    def convert(value: Any) -> Any:
+        items = [value] if isinstance(value, str) and key == "models" else value
+        return [mapping(item) if isinstance(item, str) else item for item in items] if isinstance(items, list) \
+            else items
+
+    return field_validator(key, mode="before")(convert)
+
+
+class BenchFile(ConfigModel):
+    """A bench config file as written (see the module docstring); :func:`parse_bench_config` resolves it.
+    A model written as a string is ``{name: ...}`` (``all`` or an fnmatch pattern expands over the
+    registry); a dataset written as a string is ``{config: ...}`` (``.yaml``/``.yml``) or ``{data: ...}``."""
+
+    name: str | None = None
+    models: Annotated[list[ModelItem], Field(min_length=1)] = Field(default_factory=lambda: [ModelItem(name=ALL)])
+    model_options: dict[str, Any] = Field(default_factory=dict)  # given to every model that takes the option
+    datasets: Annotated[list[DatasetItem], Field(min_length=1)]
+    seeds: Annotated[list[NonNegative], Field(min_length=1)] = Field(default_factory=lambda: [0])
+    train: TrainOverrides = Field(default_factory=dict)
+
+    _models = _entries("models", lambda name: {"name": name})
+    _datasets = _entries("datasets", lambda item: {"config": item} if item.endswith((".yaml", ".yml"))
+                         else {"data": item})
+
+
+def _models(items: list[ModelItem], where: str) -> list[ModelEntry] | str:
+    if [item.name for item in items] == [ALL]:
         return ALL
-    if not isinstance(value, list) or not value:
-        raise ConfigError(f"{where}: 'models' must be 'all' or a non-empty list")
     entries = []
-    for i, item in enumerate(value):
-        if isinstance(item, str):
-            entries.append(ModelEntry(item, item))
-            continue
-        if not isinstance(item, Mapping) or "name" not in item or \
-                set(item) - {"name", "label", "options", "train"}:
-            raise ConfigError(f"{where}: models[{i}] must be a name or {{name, label, options, train}}, "
-                              f"got {item!r}")
-        train = dict(item.get("train") or {})
-        _check_train(train, f"{where}: models[{i}].train")
-        entries.append(ModelEntry(str(item["name"]), str(item.get("label", item["name"])),
-                                  dict(item.get("options") or {}), train))
+    for i, item in enumerate(items):
+        if any(c in item.name for c in "*?[") or item.name == ALL:  # an fnmatch pattern over the registry
+            matches = list_models("*" if item.name == ALL else item.name)
+            if not matches:
+                raise ConfigError(f"{where}: models[{i}] {item.name!r} matches no registered model")
+            entries += [ModelEntry(name, name, item.options, item.train) for name in matches]
+        else:
+            entries.append(ModelEntry(item.name, item.label or item.name, item.options, item.train))
     labels = [e.label for e in entries]
     if len(set(labels)) != len(labels):
         raise ConfigError(f"{where}: model labels must be unique (give 'label:'), got {labels}")
     return entries
 
 
-def _parse_datasets(value: Any, where: str) -> list[DatasetEntry]:
-    if not isinstance(value, list) or not value:
-        raise ConfigError(f"{where}: 'datasets' must be a non-empty list")
+def _datasets(items: list[DatasetItem], where: str) -> list[DatasetEntry]:
     entries = []
-    for i, item in enumerate(value):
-        if isinstance(item, str):
-            item = {"config": item} if item.endswith((".yaml", ".yml")) else {"data": item}
-        if not isinstance(item, Mapping) or set(item) - {"config", "raw", "data", "label"} or \
-                ("config" in item) == ("data" in item):
-            raise ConfigError(f"{where}: datasets[{i}] must be a data spec, a dataset config path, or "
-                              f"{{config, raw, label}} / {{data, label}}; got {item!r}")
-        if "config" in item:
+    for item in items:
+        if item.config is not None:
             from mtrec.data.config import load_dataset_config
 
-            label = item.get("label") or load_dataset_config(item["config"]).name
-            entries.append(DatasetEntry(str(label), config=str(item["config"]),
-                                        raw=None if item.get("raw") is None else str(item["raw"])))
+            label = item.label or load_dataset_config(item.config).name
+            entries.append(DatasetEntry(label, config=item.config, raw=item.raw))
         else:
-            spec = str(item["data"])
-            label = item.get("label") or (spec if is_synthetic(spec) else Path(spec).name)
-            entries.append(DatasetEntry(str(label), spec=spec))
+            assert item.data is not None
+            label = item.label or (item.data if is_synthetic(item.data) else Path(item.data).name)
+            entries.append(DatasetEntry(label, spec=item.data))
     labels = [e.label for e in entries]
     if len(set(labels)) != len(labels):
         raise ConfigError(f"{where}: dataset labels must be unique (give 'label:'), got {labels}")
     return entries
 
 
-def _check_train(train: dict[str, Any], where: str) -> None:
-    known = {f.name for f in fields(TrainConfig)} - {"seed"}
-    bad = sorted(set(train) - known)
-    if bad:
-        raise ConfigError(f"{where}: unknown option(s) {bad} (seeds go under 'seeds:'); expected {sorted(known)}")
-    TrainConfig(**train)  # value checks
-
-
-def parse_bench_config(data: Mapping[str, Any], origin: str = "bench config") -> BenchConfig:
-    allowed = {"name", "models", "model_options", "datasets", "seeds", "train"}
-    unknown = sorted(set(data) - allowed)
-    if unknown:
-        raise ConfigError(f"{origin}: unknown key(s) {unknown}; expected {sorted(allowed)}")
-    seeds = data.get("seeds", [0])
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
-        raise ConfigError(f"{origin}: 'seeds' must be a non-empty list of integers, got {seeds!r}")
-    train = dict(data.get("train") or {})
-    _check_train(train, f"{origin}: train")
+def parse_bench_config(data: Any, origin: str = "bench config") -> BenchConfig:
+    """A bench config from a mapping; ConfigError naming ``origin`` and the key if it is not valid."""
+    parsed = validate(BenchFile, data, origin, ConfigError)
     config = BenchConfig(
-        name=str(data.get("name") or Path(origin).stem),
-        models=_parse_models(data.get("models", ALL), origin),
-        datasets=_parse_datasets(data.get("datasets"), origin),
-        seeds=list(seeds),
-        train=train,
-        model_options=dict(data.get("model_options") or {}),
+        name=parsed.name or Path(origin).stem,
+        models=_models(parsed.models, origin),
+        datasets=_datasets(parsed.datasets, origin),
+        seeds=list(parsed.seeds),
+        train=parsed.train,
+        model_options=parsed.model_options,
         origin=origin,
     )
+    for entry in config.model_entries():  # every model's options, checked now rather than at its turn
+        try:
+            config.options_for(entry)
+        except ModelConfigError as exc:
+            raise ConfigError(f"{origin}: {entry.label}: {exc}") from None
     return config
 
 
@@ -214,7 +248,7 @@ def _open_dataset(entry: DatasetEntry, cache: Path, log: Callable[[str], None]) 
             log(f"dataset {entry.label}: using the prepared copy in {target}")
             return str(target), PreparedDataset.load(target)
     log(f"dataset {entry.label}: preparing {entry.config} into {target}")
-    return str(target), prepare_dataset(config, target, raw=entry.raw, log=log)
+    return str(target), prepare_dataset(config, target, raw=entry.raw, log=log, overwrite=True)
 
 
 def _normalised(value: Any) -> Any:
@@ -267,7 +301,7 @@ def run_bench(
                     start = time.perf_counter()
                     metrics = train_run(run_config, run_dir, dataset=dataset, log=log, resume=resume)
                     timing = {"wall_s": time.perf_counter() - start, "resumed": resume}
-                    atomic_write_text(run_dir / TIMING, json.dumps(timing) + "\n")
+                    atomic_write_text(run_dir / TIMING, json_text(timing) + "\n")
                 else:
                     log(f"{where}: already done ({run_dir / METRICS})")
                 timing = json.loads((run_dir / TIMING).read_text()) if (run_dir / TIMING).is_file() else {}
@@ -345,7 +379,7 @@ def write_report(results: dict[str, Any], out: Path) -> str:
     if not runs:
         markdown = "\n".join(lines) + "\n\nNo run has finished yet.\n"
         atomic_write_text(out / "results.md", markdown)
-        atomic_write_text(out / "results.json", json.dumps(results, indent=2, default=str) + "\n")
+        atomic_write_text(out / "results.json", json_text(results, indent=2, default=str) + "\n")
         return markdown
     lines += ["", comparison_table(runs, table_metrics(runs)), "![test AUC per model and task](auc.png)", ""]
     plot_auc_bars(runs, out / "auc.png")
@@ -365,5 +399,5 @@ def write_report(results: dict[str, Any], out: Path) -> str:
             lines += [f"![learning curves: {label}]({name})", ""]
     markdown = "\n".join(lines)
     atomic_write_text(out / "results.md", markdown)
-    atomic_write_text(out / "results.json", json.dumps(results, indent=2, default=str) + "\n")
+    atomic_write_text(out / "results.json", json_text(results, indent=2, default=str) + "\n")
     return markdown

@@ -9,17 +9,25 @@ Layout of a prepared dataset directory::
     labels.npy               float32 [N, T]         0/1 per task, tasks in schema order
     oracle.npy               float32 [N, T]         (synthetic only) true probability per task
     splits/{train,valid,test}.npy  int64 [n_split]  row indices of each split
-    encoders.json            (prepared from raw files only) the fitted FeatureEncoders: vocabularies per
+    encoders.json            (prepared from raw files, or saved synthetic data) the FeatureEncoders: vocabularies per
                              embedding table, dense transforms, sequence formats (mtrec.features.encoders)
     prepare.json             (prepared from raw files only) the dataset config used and row counts
+    complete.json            written last: every file above with its size in bytes
 
 Columns of one kind are stored as one 2-D block so that a batch is one fancy-index per block, and a
 row's fields are contiguous on disk (one read per row when the data does not fit in memory).
-The whole directory is written atomically: a temporary sibling is filled, then renamed.
+The whole directory is written atomically: a temporary sibling is filled, then renamed. ``complete.json``
+is what makes a directory a prepared dataset: loading refuses a directory without it (an interrupted
+write, or a directory that is not ours), a missing file, and a column block whose size differs from the
+one it lists (truncated or replaced). Writing over an existing directory is allowed only over a prepared
+dataset, and only when asked (:func:`check_replaceable`): a directory holding anything else is never
+deleted.
 """
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,15 +35,58 @@ from typing import Literal
 
 import numpy as np
 
+from mtrec.features.encoders import ENCODERS_FILE, FeatureEncoders
 from mtrec.features.schema import DatasetSchema, SchemaError
-from mtrec.io import atomic_replace_dir
+from mtrec.io import (
+    PathError,
+    atomic_replace_dir,
+    atomic_write_bytes,
+    check_output_dir,
+    check_own_dir,
+    is_inside,
+    json_text,
+)
 
 SPLITS = ("train", "valid", "test")
-_LABEL_CHECK_ROWS = 1 << 20
+MARKER = "complete.json"
+MARKER_FORMAT = "mtrec-prepared-dataset"
+_CHECK_ROWS = 1 << 18  # rows per chunk of the label and id checks (bounded memory)
+# the files a prepared dataset may hold (relative paths): anything else in a directory makes it not ours
+_OURS = re.compile(r"^(schema\.json|encoders\.json|prepare\.json|vocabularies\.json|complete\.json|"
+                   r"(sparse|dense|labels|oracle|seq__.+)\.npy|splits/(train|valid|test)\.npy)$")
 
 
 class DatasetError(ValueError):
     """A prepared dataset that is missing, incomplete or inconsistent with its schema."""
+
+
+def seal(directory: Path) -> None:
+    """Write ``complete.json`` (every file of the dataset directory with its size): the last write of a
+    prepared dataset, which makes it loadable."""
+    files = {str(p.relative_to(directory)): p.stat().st_size for p in sorted(directory.rglob("*"))
+             if p.is_file() and p.name != MARKER}
+    text = json_text({"format": MARKER_FORMAT, "version": 1, "files": files}, indent=1) + "\n"
+    (directory / MARKER).write_text(text)
+
+
+def check_replaceable(directory: str | Path, overwrite: bool, inputs: tuple[Path, ...] = ()) -> Path:
+    """May a prepared dataset be written to ``directory``? Its absolute path if so, else DatasetError.
+
+    Yes for a new or empty directory; for a prepared dataset only with ``overwrite``; never for a file, a
+    directory holding anything a prepared dataset does not (naming it), or one that holds an input."""
+    try:
+        out = check_output_dir(directory, "prepared dataset directory")
+        for path in inputs:
+            if is_inside(path, out):
+                raise PathError(f"input {path} is inside the output directory {out}: writing the dataset "
+                                f"would replace it; choose another --out")
+        check_own_dir(out, _OURS, "a prepared dataset")
+    except PathError as exc:
+        raise DatasetError(str(exc)) from None
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise DatasetError(f"output directory {out} already holds a prepared dataset: pass --overwrite "
+                           f"to replace it")
+    return out
 
 
 @dataclass
@@ -50,6 +101,7 @@ class PreparedDataset:
     splits: dict[str, np.ndarray]  # split -> int64 [n]
     oracle: np.ndarray | None = None  # float32 [N, T]
     path: Path | None = None
+    encoders: FeatureEncoders | None = None  # raw values -> ids, held in memory (synthetic data)
 
     def __post_init__(self) -> None:
         self.check()
@@ -96,17 +148,44 @@ class PreparedDataset:
         if missing:
             raise DatasetError(f"missing split(s) {missing}{where}")
         for split, idx in self.splits.items():
+            if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer):
+                raise DatasetError(f"split {split!r}{where} is not a list of row indices "
+                                   f"(an array of {idx.dtype} with shape {idx.shape})")
             if idx.size == 0:
                 raise DatasetError(f"split {split!r} is empty{where}")
             if idx.min() < 0 or idx.max() >= n:
                 raise DatasetError(f"split {split!r}{where} has row indices outside [0, {n})")
 
+    def check_ids(self) -> None:
+        """Raise DatasetError naming the column, row and value of an id outside ``[0, vocab_size)``
+        (``schema.json`` and the id blocks disagree; checked in chunks: bounded memory)."""
+        where = f" in {self.path}" if self.path else ""
+        blocks: list[tuple[str, np.ndarray, list[tuple[str, int]]]] = [
+            ("sparse.npy", self.sparse, [(f.name, f.vocab_size) for f in self.schema.sparse])]
+        blocks += [(f"seq__{s.name}.npy", self.sequences[s.name], [(s.name, s.vocab_size)] * s.max_len)
+                   for s in self.schema.sequences]
+        for file, block, fields in blocks:
+            if not fields or not np.issubdtype(block.dtype, np.integer):
+                if fields:
+                    raise DatasetError(f"{file}{where} holds {block.dtype} values; ids must be integers")
+                continue
+            sizes = np.array([size for _, size in fields])  # [F]
+            for start in range(0, self.num_rows, _CHECK_ROWS):
+                chunk = np.asarray(block[start : start + _CHECK_ROWS])  # [n, F]
+                if chunk.min(initial=0) >= 0 and (chunk.max(axis=0, initial=0) < sizes).all():
+                    continue
+                row, col = np.argwhere((chunk < 0) | (chunk >= sizes))[0]
+                name, size = fields[col]
+                raise DatasetError(f"{file}{where}: feature {name!r} has id {int(chunk[row, col])} at row "
+                                   f"{start + row}, outside [0, {size}) (its vocab_size in schema.json); the "
+                                   f"data and schema.json do not match")
+
     def check_labels(self) -> None:
         """Raise DatasetError if a binary task's label is not 0 or 1, or a regression task's is not finite
         (checked in chunks: bounded memory)."""
         binary = np.array([t.is_binary for t in self.schema.tasks])
-        for start in range(0, self.num_rows, _LABEL_CHECK_ROWS):
-            chunk = np.asarray(self.labels[start : start + _LABEL_CHECK_ROWS])
+        for start in range(0, self.num_rows, _CHECK_ROWS):
+            chunk = np.asarray(self.labels[start : start + _CHECK_ROWS])
             bad = np.where(binary, (chunk != 0) & (chunk != 1), ~np.isfinite(chunk))
             if bad.any():
                 row, col = np.argwhere(bad)[0]
@@ -117,9 +196,30 @@ class PreparedDataset:
                                    f"{float(chunk[row, col])}{where}")
 
     # ---- files ---------------------------------------------------------------------------------
-    def save(self, directory: str | Path, vocabularies_json: str | None = None) -> None:
-        """Write the dataset directory atomically (see the module docstring for the layout)."""
+    def load_encoders(self) -> FeatureEncoders | None:
+        """The dataset's encoders (in memory, else its directory's ``encoders.json``); None if it has none."""
+        if self.encoders is None and self.path is not None and (self.path / ENCODERS_FILE).is_file():
+            return FeatureEncoders.load(self.path / ENCODERS_FILE)
+        return self.encoders
+
+    def write_encoders(self, path: Path) -> bool:
+        """Write the dataset's encoders (the in-memory ones, else its directory's ``encoders.json``) to
+        ``path``; False if it has none."""
+        if self.encoders is not None:
+            self.encoders.save(path)
+            return True
+        saved = self.path / ENCODERS_FILE if self.path is not None else None
+        if saved is None or not saved.is_file():
+            return False
+        atomic_write_bytes(path, saved.read_bytes())
+        return True
+
+    def save(self, directory: str | Path, vocabularies_json: str | None = None, overwrite: bool = False) -> None:
+        """Write the dataset directory atomically (see the module docstring for the layout); an existing
+        prepared dataset there is replaced only with ``overwrite`` (see :func:`check_replaceable`)."""
+        out = check_replaceable(directory, overwrite)
         self.check_labels()
+        self.check_ids()
 
         def build(tmp: Path) -> None:
             self.schema.save(tmp / "schema.json")
@@ -135,55 +235,85 @@ class PreparedDataset:
                 np.save(tmp / "splits" / f"{split}.npy", np.asarray(idx, dtype=np.int64))
             if vocabularies_json is not None:
                 (tmp / "vocabularies.json").write_text(vocabularies_json)
+            if self.encoders is not None:
+                self.encoders.save(tmp / ENCODERS_FILE)
+            seal(tmp)
 
-        atomic_replace_dir(Path(directory), build)
+        atomic_replace_dir(out, build)
 
     @classmethod
     def load(cls, directory: str | Path, mmap: bool = True) -> PreparedDataset:
-        """Open a prepared dataset; column blocks are memory-mapped unless ``mmap=False``."""
+        """Open a prepared dataset; column blocks are memory-mapped unless ``mmap=False``.
+
+        Raises DatasetError naming what is wrong: no such directory, an incomplete one (no
+        ``complete.json``), a damaged file, blocks that disagree with ``schema.json``, a label that is
+        not 0/1 or an id outside its vocabulary."""
         directory = Path(directory)
         if not directory.is_dir():
             raise DatasetError(f"prepared dataset directory not found: {directory}")
+        sizes = _check_complete(directory)
         try:
             schema = DatasetSchema.load(directory / "schema.json")
         except SchemaError as exc:
             raise DatasetError(f"{directory}: {exc}") from exc
         mode: Literal["r"] | None = "r" if mmap else None
 
-        def block(name: str, required: bool = True) -> np.ndarray | None:
+        def block(name: str, required: bool = True, eager: bool = False) -> np.ndarray | None:
             path = directory / name
             if not path.exists():
                 if required:
                     raise DatasetError(f"{directory}: missing column file {name}")
                 return None
+            if name not in sizes:
+                raise DatasetError(f"{path} is not one of the files {MARKER} lists: prepare the dataset again")
             try:
-                return np.load(path, mmap_mode=mode, allow_pickle=False)
-            except ValueError as exc:
-                raise DatasetError(f"{path}: not a readable .npy array ({exc})") from exc
+                return np.load(path, mmap_mode=None if eager else mode, allow_pickle=False)
+            except (ValueError, EOFError, OSError) as exc:
+                raise DatasetError(f"{path}: not a readable .npy array ({exc})") from None
 
-        def required(name: str) -> np.ndarray:
-            arr = block(name)
+        def required(name: str, eager: bool = False) -> np.ndarray:
+            arr = block(name, eager=eager)
             assert arr is not None
             return arr
 
-        splits = {}
-        for split in SPLITS:
-            path = directory / "splits" / f"{split}.npy"
-            if not path.exists():
-                raise DatasetError(f"{directory}: missing split file splits/{split}.npy")
-            splits[split] = np.load(path, allow_pickle=False)
         dataset = cls(
             schema=schema,
             sparse=required("sparse.npy"),
             dense=required("dense.npy"),
             sequences={s.name: required(f"seq__{s.name}.npy") for s in schema.sequences},
             labels=required("labels.npy"),
-            splits=splits,
+            splits={split: required(f"splits/{split}.npy", eager=True) for split in SPLITS},
             oracle=block("oracle.npy", required=False),
             path=directory,
         )
         dataset.check_labels()
+        dataset.check_ids()
         return dataset
+
+
+def _check_complete(directory: Path) -> dict[str, int]:
+    """The files ``complete.json`` lists with their sizes, after checking each is there with that size."""
+    marker = directory / MARKER
+    if not marker.is_file():
+        hint = ("a temporary directory left by an interrupted write" if directory.name.endswith(".tmp")
+                else "an interrupted `prepare`, or not a prepared dataset")
+        raise DatasetError(f"{directory} is not a complete prepared dataset: it has no {MARKER}, which is "
+                           f"written last ({hint}); prepare it again")
+    try:
+        document = json.loads(marker.read_text())
+        files = {str(k): int(v) for k, v in document["files"].items()}
+        if document.get("format") != MARKER_FORMAT:
+            raise ValueError(f"format {document.get('format')!r}")
+    except (ValueError, KeyError, TypeError, AttributeError, OSError) as exc:
+        raise DatasetError(f"{marker}: not a valid completeness marker ({exc}); prepare the dataset again") from None
+    for name, size in files.items():  # the column blocks' sizes; the text files are checked by their parsers
+        path = directory / name
+        actual = path.stat().st_size if path.is_file() else None
+        if actual is None or (name.endswith(".npy") and actual != size):
+            state = "is missing" if actual is None else f"has {actual:,} bytes"
+            raise DatasetError(f"{path} {state}, but {size:,} bytes were written: the file is damaged "
+                               f"(truncated or replaced); prepare the dataset again")
+    return files
 
 
 class DatasetWriter:

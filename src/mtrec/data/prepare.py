@@ -14,7 +14,7 @@ The output is a function of the input alone: re-running gives identical bytes, w
 
 from __future__ import annotations
 
-import json
+import math
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
 from mtrec.data.config import DatasetConfig, DatasetConfigError, SplitConfig, TaskConfig, load_dataset_config
-from mtrec.data.dataset import SPLITS, DatasetWriter, PreparedDataset
+from mtrec.data.dataset import SPLITS, DatasetWriter, PreparedDataset, check_replaceable, seal
 from mtrec.data.readers import Chunk, ColumnLayout, DataFormatError, iter_chunks, read_layout, resolve_paths
 from mtrec.features.encoders import (
     ENCODERS_FILE,
@@ -43,7 +43,7 @@ from mtrec.features.encoders import (
 )
 from mtrec.features.schema import DatasetSchema, DenseFeature, SequenceFeature, SparseFeature, TaskSpec
 from mtrec.features.vocab import Vocabulary
-from mtrec.io import atomic_replace_dir
+from mtrec.io import atomic_replace_dir, json_text
 
 PREPARE_FILE = "prepare.json"
 DROPPED = -1
@@ -177,6 +177,12 @@ def feature_columns(chunk: Chunk, config: DatasetConfig, layout: ColumnLayout) -
     column per sparse/dense feature; per sequence its text column, or a list array built from its
     position columns ``[n] of list<string>[W]``."""
     table = chunk.table
+    for f in config.single_column:
+        _check_scalar(chunk, f.column, f"feature {f.name!r}", allow_list=False)
+    for s in config.sequences:
+        for column in s.columns:
+            for p in layout.physical(column):
+                _check_scalar(chunk, p, f"sequence {s.name!r}", allow_list=len(s.columns) == 1)
     out: dict[str, Any] = {f.name: table[f.column] for f in config.single_column}
     for s in config.sequences:
         physical = [p for c in s.columns for p in layout.physical(c)]
@@ -188,6 +194,35 @@ def feature_columns(chunk: Chunk, config: DatasetConfig, layout: ColumnLayout) -
         order = (np.arange(width)[None, :] * n + np.arange(n)[:, None]).reshape(-1)  # row-major
         out[s.name] = pa.FixedSizeListArray.from_arrays(flat.take(pa.array(order)), width)
     return out
+
+
+def _check_scalar(chunk: Chunk, column: str, what: str, allow_list: bool) -> None:
+    """Refuse a (Parquet) column of nested values where one value per row is read, naming its type."""
+    kind = chunk.table.schema.field(column).type
+    nested = pa.types.is_nested(kind) and not (allow_list and (
+        pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)))
+    if nested:
+        need = "a list of tokens or a text" if allow_list else "one value"
+        raise DataFormatError(f"{chunk.path}, column {column!r} ({what}): holds {kind} values; {what} needs "
+                              f"{need} per row")
+
+
+def _label_values(text: pa.Array) -> np.ndarray:
+    """Canonical label text ``[n]`` -> float64 ``[n]``: 1 and 0 for ``1``/``0``/``1.0``/``true``/``false``
+    (any case, whitespace trimmed), NaN for anything else. Each distinct value is read once."""
+    encoded = pc.dictionary_encode(pc.fill_null(text, ""))
+
+    def value(token: str) -> float:
+        token = token.strip().lower()
+        if token in ("true", "false"):
+            return float(token == "true")
+        try:
+            return float(token)
+        except ValueError:
+            return math.nan
+
+    distinct = np.array([value(v) for v in encoded.dictionary.to_pylist()], dtype=np.float64)
+    return distinct[encoded.indices.to_numpy(zero_copy_only=False)] if len(distinct) else np.zeros(0)
 
 
 def read_labels(chunk: Chunk, config: DatasetConfig, keep: np.ndarray) -> np.ndarray:
@@ -216,17 +251,14 @@ def read_labels(chunk: Chunk, config: DatasetConfig, keep: np.ndarray) -> np.nda
                         f"{list(spec.negative)}")
             labels[:, j] = positive
             continue
-        try:
-            values = parse_numbers(text, feature=spec.column)
-        except EncodingError as exc:
-            values = np.full(chunk.num_rows, np.nan)
-            values[exc.row or 0] = 0.5  # reported below with the raw text
+        _check_scalar(chunk, spec.column, f"label of task {task.name!r}", allow_list=False)
+        values = _label_values(text)
         bad = np.flatnonzero(~((values == 0) | (values == 1)) & keep)
         if bad.size:
             row = int(bad[0])
             raise DataFormatError(f"{chunk.where(row)}, column {spec.column!r} (label of task "
-                                  f"{task.name!r}): labels must be 0 or 1, found {text[row].as_py()!r}; "
-                                  f"for other values give the label as {{column: ..., positive: [...]}}")
+                                  f"{task.name!r}): labels must be 0 or 1, found {text[row].as_py()!r}; for "
+                                  f"other values give the label as {{column: ..., positive: [...]}}")
         labels[:, j] = values == 1
     names = [t.name for t in config.tasks]
     for j, task in enumerate(config.tasks):
@@ -247,8 +279,9 @@ def regression_labels(chunk: Chunk, task: TaskConfig, text: pa.ChunkedArray, kee
     try:
         values = parse_numbers(text, feature=column)
     except EncodingError as exc:
-        raise DataFormatError(f"{chunk.where(exc.row or 0)}, column {column!r} (label of regression task "
-                              f"{task.name!r}): not a number: {exc}") from None
+        where = chunk.where(exc.row) if exc.row is not None else str(chunk.path)
+        raise DataFormatError(f"{where}, column {column!r} (label of regression task {task.name!r}): "
+                              f"not a number: {exc}") from None
     bad = np.flatnonzero(~np.isfinite(values) & keep) if not task.log1p else \
         np.flatnonzero(~(np.isfinite(values) & (values >= 0)) & keep)
     if bad.size:
@@ -351,9 +384,10 @@ def _parse_dense(chunk: Chunk, values: Any, feature: str, column: str, config: D
     try:
         return parse_numbers(values, config.source.missing_values, feature, config.source.strip)
     except EncodingError as exc:
-        raise DataFormatError(f"{chunk.where(exc.row or 0)}, column {column!r} (dense feature {feature!r}): "
-                              f"{exc.value!r} is not a number; list missing-value tokens under "
-                              f"source.missing_values") from None
+        if exc.row is None:  # the column's type, not one value
+            raise DataFormatError(f"{chunk.path}, column {column!r}: {exc}") from None
+        raise DataFormatError(f"{chunk.where(exc.row)}, column {column!r}: {exc}; to read such a token as "
+                              f"missing, list it under source.missing_values") from None
 
 
 def build_encoders(config: DatasetConfig, state: FitState) -> FeatureEncoders:
@@ -361,6 +395,10 @@ def build_encoders(config: DatasetConfig, state: FitState) -> FeatureEncoders:
     vocabularies = {table: Vocabulary.fit(counts, config.table_min_count(table))
                     for table, counts in sorted(state.counters.items())}
     _, mean, std = state.moments.finish()
+    for j, d in enumerate(config.dense):
+        if d.standardize and not (math.isfinite(mean[j]) and math.isfinite(std[j])):
+            raise DataFormatError(f"{config.origin}: dense feature {d.name!r}: its values are too large to "
+                                  f"standardise (train mean {mean[j]:g}, std {std[j]:g}); give it 'log1p: true'")
     dense = {
         d.name: DenseTransform(log1p=d.log1p, mean=float(mean[j]) if d.standardize else 0.0,
                                std=float(std[j]) if d.standardize else 1.0, fill=d.fill)
@@ -402,15 +440,20 @@ def prepare_dataset(
     chunk_rows: int | None = None,
     progress: bool = True,
     log: Callable[[str], None] = tqdm.write,
+    overwrite: bool = False,
 ) -> PreparedDataset:
     """Prepare ``config``'s raw files (or ``raw``) into ``out_dir`` and open the result.
 
-    Raises DatasetConfigError for a config that does not fit the files, DataFormatError naming the file,
-    line and column of bad raw data, and DatasetError for an empty split."""
+    ``out_dir`` must be new or empty, or (with ``overwrite``) an earlier prepared dataset, and hold no
+    input (:func:`mtrec.data.dataset.check_replaceable`). Raises DatasetConfigError for a config that
+    does not fit the files, DataFormatError naming the file, line and column of bad raw data, and
+    DatasetError for an empty split or an output directory that may not be written."""
+    config_file = None if isinstance(config, DatasetConfig) else Path(config)
     if not isinstance(config, DatasetConfig):
         config = load_dataset_config(config)
     chunk_rows = chunk_rows or config.source.chunk_rows
     files = input_files(config, raw)
+    out = check_replaceable(out_dir, overwrite, (*(f.path for f in files), *([config_file] if config_file else [])))
     layout = read_layout(files[0].path, config.source)
     for f in files[1:]:
         other = read_layout(f.path, config.source)
@@ -452,7 +495,8 @@ def prepare_dataset(
                 try:
                     sparse, dense, sequences = encoders.encode(columns, schema)
                 except EncodingError as exc:  # pass 1 parsed only chunks with train rows
-                    raise DataFormatError(f"{chunk.where(exc.row or 0)}: {exc}") from None
+                    where = chunk.where(exc.row) if exc.row is not None else str(chunk.path)
+                    raise DataFormatError(f"{where}: {exc}") from None
                 labels = read_labels(chunk, resolved, keep)
                 if not keep.all():  # rows outside every range of a column split
                     sparse, dense, labels, splits = sparse[keep], dense[keep], labels[keep], splits[keep]
@@ -464,10 +508,9 @@ def prepare_dataset(
                 bar.update(labels.shape[0])
         writer.close()
         encoders.save(tmp / ENCODERS_FILE)
-        (tmp / PREPARE_FILE).write_text(json.dumps(_provenance(resolved, files, state), indent=2,
-                                                   default=str) + "\n")
+        (tmp / PREPARE_FILE).write_text(json_text(_provenance(resolved, files, state), indent=2, default=str) + "\n")
+        seal(tmp)
 
-    out = Path(out_dir)
     atomic_replace_dir(out, write)
     counts = ", ".join(f"{s} {int(n):,}" for s, n in zip(SPLITS, state.split_rows, strict=True))
     log(f"prepared {resolved.name}: {num_rows:,} rows ({counts}) -> {out}")

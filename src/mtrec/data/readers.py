@@ -7,13 +7,21 @@ preparation and at serving time. Chunks have exactly ``chunk_rows`` rows (the la
 the underlying block sizes. A header name repeated W times (a sequence written one column per position)
 becomes the W physical columns ``name[0] .. name[W-1]``, grouped under ``name``.
 
-Errors name the file and the line: a row with the wrong number of fields, an unreadable file.
+Files as common tools write them read as expected: a UTF-8 byte-order mark (Excel) is skipped; in a
+directory, hidden files and Hadoop/Spark markers (``.part-0.crc``, ``_SUCCESS``) are not data.
+
+Errors name the file and the physical line (a record spanning lines, blank lines and the header are
+counted as a text editor counts them): a row with the wrong number of fields, a quoted field that is
+never closed (which would swallow the rest of the file), an unreadable file.
 """
 
 from __future__ import annotations
 
 import csv
 import glob
+import io
+import re
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,7 +62,7 @@ class Chunk:
     table: pa.Table
     path: Path
     first_row: int  # 0-based data row (header excluded) of the chunk's first row within its file
-    header: bool
+    source: SourceConfig
     csv: bool
 
     @property
@@ -62,11 +70,56 @@ class Chunk:
         return int(self.table.num_rows)
 
     def where(self, row: int) -> str:
-        """``file, line L`` (CSV; 1-based, header counted) or ``file, row R`` (Parquet; 0-based)."""
+        """``file, line L`` (CSV; 1-based physical line) or ``file, row R`` (Parquet; 0-based)."""
         data_row = self.first_row + row
         if self.csv:
-            return f"{self.path}, line {data_row + 1 + int(self.header)}"
+            return f"{self.path}, line {physical_line(self.path, self.source, data_row)}"
         return f"{self.path}, row {data_row}"
+
+
+def _text_stream(path: Path) -> io.TextIOWrapper:
+    """A (possibly compressed) file as text, newlines untranslated, for Python's csv module."""
+    stream = pa.input_stream(str(path), compression="detect")
+    return io.TextIOWrapper(stream, encoding="utf-8-sig", errors="replace", newline="")
+
+
+def _reader(text: io.TextIOWrapper, source: SourceConfig, strict: bool = False) -> Iterator[list[str]]:
+    csv.field_size_limit(sys.maxsize)
+    options = ({"quotechar": source.quote} if source.quote else {"quoting": csv.QUOTE_NONE})
+    return csv.reader(text, delimiter=source.separator, strict=strict, **options)
+
+
+def physical_line(path: Path, source: SourceConfig, data_row: int) -> int:
+    """The 1-based line of ``path`` on which data record ``data_row`` (0-based, header excluded) starts,
+    found by reading the file with Python's csv module (slow: for error messages only)."""
+    index = data_row + int(source.header)
+    try:
+        with _text_stream(path) as text:
+            reader, start, i = _reader(text, source), 1, 0
+            for fields in reader:
+                if fields:  # blank lines are no records
+                    if i == index:
+                        return start
+                    i += 1
+                start = reader.line_num + 1  # type: ignore[attr-defined]
+    except (csv.Error, OSError, pa.ArrowException):
+        pass
+    return index + 1  # the record number: right for files without multi-line records or blank lines
+
+
+def unclosed_quote_line(path: Path, source: SourceConfig) -> int | None:
+    """The line of a record whose quoted field is never closed (it runs to the end of the file), or None."""
+    try:
+        with _text_stream(path) as text:
+            reader, start = _reader(text, source, strict=True), 1
+            try:
+                for _ in reader:
+                    start = reader.line_num + 1  # type: ignore[attr-defined]
+            except csv.Error as exc:
+                return start if "unexpected end of data" in str(exc) else None
+    except (OSError, pa.ArrowException):
+        pass
+    return None
 
 
 def file_format(path: Path, configured: str) -> str:
@@ -86,10 +139,10 @@ def resolve_paths(specs: tuple[str, ...] | list[str], base: Path | None = None) 
             if not matches:
                 raise DataFormatError(f"no file matches {str(p)!r}")
             paths.extend(matches)
-        elif p.is_dir():
-            files = sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith("."))
+        elif p.is_dir():  # hidden files and Hadoop/Spark markers (_SUCCESS, .crc files) are not data
+            files = sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith((".", "_")))
             if not files:
-                raise DataFormatError(f"directory {p} holds no file")
+                raise DataFormatError(f"directory {p} holds no data file")
             paths.extend(files)
         elif p.is_file():
             paths.append(p)
@@ -112,7 +165,7 @@ def _first_line(path: Path) -> str:
         raise DataFormatError(f"{path}: cannot read ({exc})") from exc
     line = data.split(b"\n", 1)[0].rstrip(b"\r")
     try:
-        return line.decode("utf-8")
+        return line.decode("utf-8-sig")  # a byte-order mark (Excel's UTF-8 CSV) is not part of the header
     except UnicodeDecodeError as exc:
         raise DataFormatError(f"{path}, line 1: not UTF-8 text ({exc}); is it a CSV file?") from None
 
@@ -159,7 +212,9 @@ def read_layout(path: Path, source: SourceConfig) -> ColumnLayout:
             raise DataFormatError(f"{path}: source.columns names the columns of a file without a header, "
                                   f"but header is true")
         if any(not n for n in names):
-            raise DataFormatError(f"{path}, line 1: the header has an empty column name: {names}")
+            hint = (" (a row index written by pandas' to_csv or R's write.csv? write without it, or name it)"
+                    if not names[0] else "")
+            raise DataFormatError(f"{path}, line 1: the header has an empty column name{hint}: {names}")
         return _unique(names)
     if source.columns:
         if len(source.columns) != len(fields):
@@ -169,9 +224,21 @@ def read_layout(path: Path, source: SourceConfig) -> ColumnLayout:
     return _unique([f"c{i}" for i in range(len(fields))])
 
 
+def _ends_inside_quotes(batch: pa.RecordBatch | None, path: Path, source: SourceConfig) -> int | None:
+    """The line of an unclosed quote when the file's last record holds a line break (cheap test first)."""
+    if batch is None or not batch.num_rows or not source.quote:
+        return None
+    last = batch.slice(batch.num_rows - 1)
+    if not any(pc.any(pc.match_substring_regex(col, "[\r\n]")).as_py() for col in last.columns):
+        return None
+    return unclosed_quote_line(path, source)
+
+
 def _csv_batches(path: Path, source: SourceConfig, layout: ColumnLayout, include: list[str]
                  ) -> Iterator[pa.RecordBatch]:
+    """The file's record batches; ``include`` plus the last column, where an unclosed quote would hide."""
     invalid: list[pa_csv.InvalidRow] = []
+    include = include if not layout.names or layout.names[-1] in include else [*include, layout.names[-1]]
 
     def on_invalid(row: pa_csv.InvalidRow) -> str:
         invalid.append(row)
@@ -183,21 +250,34 @@ def _csv_batches(path: Path, source: SourceConfig, layout: ColumnLayout, include
                                 invalid_row_handler=on_invalid)
     convert = pa_csv.ConvertOptions(include_columns=include, column_types={n: pa.string() for n in include},
                                     strings_can_be_null=False, quoted_strings_can_be_null=False)
+    last: pa.RecordBatch | None = None
     try:
         reader = pa_csv.open_csv(str(path), read_options=read, parse_options=parse, convert_options=convert)
-        yield from reader
+        for last in reader:
+            yield last
     except pa.ArrowInvalid as exc:
         if invalid:
             row = invalid[0]
-            line = f"line {row.number}" if row.number is not None else "a line"
+            line = (f"line {physical_line(path, source, row.number - 1 - int(source.header))}"
+                    if row.number is not None else "a line")
+            hint = ("; a quoted field opened here seems never closed" if "\n" in row.text and source.quote
+                    else "")
             raise DataFormatError(
                 f"{path}, {line}: expected {row.expected_columns} columns (separator {source.separator!r}), "
-                f"found {row.actual_columns}: {row.text[:200]!r}") from None
+                f"found {row.actual_columns}{hint}: {row.text[:200]!r}") from None
         if "Empty CSV file" in str(exc):
             return
+        record = re.search(r"Row #(\d+)", str(exc))
+        if "invalid UTF8" in str(exc):
+            at = f", line {physical_line(path, source, int(record[1]) - 1 - int(source.header))}" if record else ""
+            raise DataFormatError(f"{path}{at}: not UTF-8 text; save the file as UTF-8") from None
         raise DataFormatError(f"{path}: cannot read as CSV ({exc})") from None
     except OSError as exc:
         raise DataFormatError(f"{path}: cannot read ({exc})") from exc
+    unclosed = _ends_inside_quotes(last, path, source)
+    if unclosed is not None:
+        raise DataFormatError(f"{path}, line {unclosed}: a field opened with the quote character {source.quote!r} is "
+                              f"never closed, so the rest of the file would be read as one value")
 
 
 def _parquet_batches(path: Path, include: list[str], chunk_rows: int) -> Iterator[pa.RecordBatch]:
@@ -236,5 +316,5 @@ def iter_chunks(path: Path, source: SourceConfig, layout: ColumnLayout, include:
     for table in _rechunk(batches, chunk_rows):
         if is_csv and source.strip:
             table = pa.table({n: pc.utf8_trim_whitespace(table[n]) for n in table.column_names})
-        yield Chunk(table, path, first, source.header, is_csv)
+        yield Chunk(table, path, first, source, is_csv)
         first += table.num_rows

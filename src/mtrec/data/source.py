@@ -17,19 +17,40 @@ def is_synthetic(spec: str) -> bool:
     return spec == SYNTHETIC or spec.startswith(SYNTHETIC + ":")
 
 
+def _synthetic(spec: str) -> tuple[str, int | None]:
+    """``(preset, rows)`` of a synthetic spec, checked (known preset, enough rows); DatasetError if not."""
+    parts = spec.split(":")
+    if len(parts) > 3:
+        raise DatasetError(f"data spec {spec!r}: expected synthetic[:PRESET[:ROWS]]")
+    preset = parts[1] if len(parts) > 1 and parts[1] else "easy"
+    rows: int | None = None
+    if len(parts) > 2:
+        try:
+            rows = int(parts[2])
+        except ValueError:
+            raise DatasetError(f"data spec {spec!r}: ROWS must be an integer, got {parts[2]!r}") from None
+    from mtrec.data.synthetic import resolve_config
+
+    try:
+        resolve_config(preset, rows)
+    except ValueError as exc:
+        raise DatasetError(f"data spec {spec!r}: {exc}") from None
+    return preset, rows
+
+
+def check_spec(spec: str) -> None:
+    """DatasetError if ``spec`` is a synthetic spec that names no preset or too few rows (a directory is
+    checked when it is loaded: a saved run may name data that is not on this machine)."""
+    if is_synthetic(spec):
+        _synthetic(spec)
+    elif not spec:
+        raise DatasetError("the data spec is empty: give synthetic[:PRESET[:ROWS]] or a prepared dataset directory")
+
+
 def load_data(spec: str) -> PreparedDataset:
     """Build (synthetic) or open (directory) the dataset named by ``spec``."""
     if is_synthetic(spec):
-        parts = spec.split(":")
-        preset = parts[1] if len(parts) > 1 and parts[1] else "easy"
-        rows: int | None = None
-        if len(parts) > 2:
-            try:
-                rows = int(parts[2])
-            except ValueError:
-                raise DatasetError(f"data spec {spec!r}: ROWS must be an integer, got {parts[2]!r}") from None
-        if len(parts) > 3:
-            raise DatasetError(f"data spec {spec!r}: expected synthetic[:PRESET[:ROWS]]")
+        preset, rows = _synthetic(spec)
         from mtrec.data.synthetic import make_synthetic
 
         return make_synthetic(preset, rows=rows)

@@ -71,6 +71,7 @@ from typing import Any
 import numpy as np
 
 from mtrec.data.dataset import PreparedDataset
+from mtrec.features.encoders import DenseTransform, FeatureEncoders, SequenceFormat
 from mtrec.features.schema import (
     DatasetSchema,
     DenseFeature,
@@ -78,6 +79,7 @@ from mtrec.features.schema import (
     SparseFeature,
     TaskSpec,
 )
+from mtrec.features.vocab import Vocabulary
 from mtrec.metrics.ranking import auc
 
 FIRST_ID = 2  # ids 0 (padding) and 1 (out-of-vocabulary) are reserved; see mtrec.features.schema
@@ -224,6 +226,31 @@ def synthetic_schema(config: SyntheticConfig, metadata: dict[str, Any] | None = 
         tasks=tasks,
         user_id="user_id",
         metadata=dict(metadata or {}),
+    )
+
+
+# ---- raw values ----------------------------------------------------------------------------------
+# the raw text of value k (id k + FIRST_ID) of each categorical feature is PREFIX + str(k): u17, i3, ...
+RAW_PREFIXES = {"user_id": "u", "age_bucket": "age", "gender": "g", "city": "city", "item_id": "i",
+                "item_category": "c", "brand": "b", "price_bucket": "p", "hour": "", "device": "d"}
+HISTORY_SEPARATOR = "|"
+
+
+def synthetic_encoders(schema: DatasetSchema) -> FeatureEncoders:
+    """The raw values of the synthetic features, as ``mtrec prepare`` would have fitted them.
+
+    Value k of a categorical feature (id k + 2) is written ``PREFIX + k`` (:data:`RAW_PREFIXES`: ``u17``,
+    ``i3``, ``c5``; an hour is its number, ``0`` to ``23``); histories are item values joined by ``|``. The
+    dense features are generated already standardised, so their raw value is the model input (identity
+    transforms). With these, ``predict`` and ``serve`` score a synthetic run from raw values."""
+    vocabularies = {
+        f.name: Vocabulary.from_list([f"{RAW_PREFIXES[f.name]}{k}" for k in range(f.vocab_size - FIRST_ID)])
+        for f in schema.sparse
+    }
+    return FeatureEncoders(
+        vocabularies=vocabularies,
+        dense={d.name: DenseTransform() for d in schema.dense},
+        sequences={s.name: SequenceFormat(separator=HISTORY_SEPARATOR) for s in schema.sequences},
     )
 
 
@@ -454,14 +481,16 @@ def generate(config: SyntheticConfig, seed: int = 0, preset: str = "custom") -> 
     """Generate a dataset from an explicit config (see :func:`make_synthetic`)."""
     sim = _simulate(config, seed)
     metadata = {"generator": "mtrec.data.synthetic", "preset": preset, "seed": seed, "config": asdict(config)}
+    schema = synthetic_schema(config, metadata)
     return PreparedDataset(
-        schema=synthetic_schema(config, metadata),
+        schema=schema,
         sparse=sim.sparse,
         dense=sim.dense,
         sequences=sim.sequences,
         labels=sim.labels,
         splits=sim.splits,
         oracle=_sigmoid(sim.logits).astype(np.float32),
+        encoders=synthetic_encoders(schema),
     )
 
 

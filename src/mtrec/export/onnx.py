@@ -135,11 +135,12 @@ def export_onnx(model: Scorer, exporter: Literal["torchscript", "dynamo"] = "tor
                 return buffer.getvalue()
             # the exporter logs one warning per torchvision op it cannot find; mtrec uses none of them
             logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
-            batch_dim = torch.export.Dim("batch")
-            dims = {0: batch_dim}
+            dims = {0: torch.export.Dim("batch")}
+            # one entry per positional input; the *sequences tuple only when there are sequences
+            shapes = (dims, dims, *((tuple(dims for _ in schema.sequences),) if schema.sequences else ()))
             program = torch.onnx.export(
                 module, example, dynamo=True, input_names=names, output_names=outputs, opset_version=opset,
-                dynamic_shapes=(dims, dims, tuple(dims for _ in schema.sequences)), verbose=False, report=False,
+                dynamic_shapes=shapes, verbose=False, report=False,
             )
             assert program is not None
             return bytes(program.model_proto.SerializeToString())

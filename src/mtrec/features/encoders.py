@@ -19,11 +19,11 @@ mean after standardisation).
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from itertools import repeat
 from pathlib import Path
 from typing import Any, TypeAlias
 
@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 
 from mtrec.features.schema import OOV_ID, DatasetSchema, SequenceFeature, SparseFeature
 from mtrec.features.vocab import Vocabulary
-from mtrec.io import atomic_write_text, read_mapping
+from mtrec.io import atomic_write_text, json_text, read_mapping
 
 ENCODERS_FILE = "encoders.json"
 FORMAT = "mtrec-feature-encoders"
@@ -50,6 +50,12 @@ class EncodingError(ValueError):
         self.feature = feature
         self.row = row
         self.value = value
+
+
+def out_of_range(feature: str, value: Any, row: int | None = None) -> EncodingError:
+    """The error for a dense value that is not finite as float32 once transformed."""
+    return EncodingError(f"dense feature {feature!r}: {value!r} is out of range for the model (not finite as "
+                         f"float32 after the feature's transform)", feature, row, value)
 
 
 # ---- canonical raw text ----------------------------------------------------------------------------
@@ -125,6 +131,24 @@ def lookup(vocab: Vocabulary, tokens: pa.Array) -> np.ndarray:
     return ids[encoded.indices.to_numpy(zero_copy_only=False)]
 
 
+def lookup_values(vocab: Vocabulary, values: Sequence[Any], strip: bool = False) -> np.ndarray:
+    """Raw values as Python objects ``[N]`` (a request's JSON values) -> ids ``[N]`` (int64), as :func:`lookup`
+    gives for the same values.
+
+    One C-level dictionary pass over the values as given; only the misses (non-string values, untrimmed
+    strings, unseen values) are made canonical one by one and looked up again."""
+    index = vocab.index
+    ids = np.fromiter(map(index.get, values, repeat(-1)), dtype=np.int64, count=len(values))
+    if not len(ids) or ids.min() >= 0:
+        return ids
+    for i in np.flatnonzero(ids < 0).tolist():
+        text = _canonical_item(values[i])
+        if text is not None and strip:
+            text = text.strip()
+        ids[i] = index.get(text or "", OOV_ID)
+    return ids
+
+
 # ---- dense -------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class DenseTransform:
@@ -141,6 +165,11 @@ class DenseTransform:
         x = (x - self.mean) / self.std
         return np.where(np.isnan(x), self.fill, x).astype(np.float32)
 
+    def inverse(self, x: np.ndarray) -> np.ndarray:
+        """Model inputs ``[N]`` -> raw values ``[N]`` (float64) that :meth:`transform` maps back to them."""
+        raw = x * self.std + self.mean
+        return np.sign(raw) * np.expm1(np.abs(raw)) if self.log1p else raw
+
 
 def signed_log1p(x: np.ndarray) -> np.ndarray:
     """``sign(x) * log(1 + |x|)``: log1p that keeps the sign of negative values."""
@@ -151,10 +180,12 @@ def parse_numbers(values: RawColumn, missing_values: Iterable[str] = (), feature
                   strip: bool = True) -> np.ndarray:
     """A raw column -> float64 ``[N]`` with NaN where missing (None, NaN, empty, or a missing token).
 
-    Raises EncodingError naming the first value that is not a number."""
+    Raises EncodingError naming the first value that is not a number, or not a finite one (``inf``,
+    ``1e400``: list such a token in ``missing_values`` to read it as missing)."""
     arr = to_arrow(values)
     if pa.types.is_dictionary(arr.type):
         arr = arr.dictionary_decode()
+    values_before = arr
     if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
         text = pc.utf8_trim_whitespace(arr.cast(pa.string())) if strip else arr.cast(pa.string())
         missing = pc.or_(pc.equal(text, ""), pc.is_in(text, value_set=pa.array(list(missing_values),
@@ -178,7 +209,13 @@ def parse_numbers(values: RawColumn, missing_values: Iterable[str] = (), feature
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             raise EncodingError(f"dense feature {feature!r}: values of type {arr.type} are not numbers",
                                 feature) from None
-    return np.asarray(arr.to_numpy(zero_copy_only=False), dtype=np.float64)
+    values = np.asarray(arr.to_numpy(zero_copy_only=False), dtype=np.float64)
+    infinite = np.flatnonzero(np.isinf(values))
+    if infinite.size:
+        row = int(infinite[0])
+        raw = values_before[row].as_py() if isinstance(values_before, pa.Array) else values[row]
+        raise EncodingError(f"dense feature {feature!r}: {raw!r} is not a finite number", feature, row, raw)
+    return values
 
 
 # ---- sequences ---------------------------------------------------------------------------------------
@@ -215,7 +252,7 @@ def _as_list_array(values: RawColumn | np.ndarray, fmt: SequenceFormat, strip: b
                                          pa.types.is_fixed_size_list(values.type) or
                                          pa.types.is_large_list(values.type)):
         arr: pa.Array = values
-    elif any(isinstance(v, list | tuple | np.ndarray) for v in values):
+    elif not isinstance(values, pa.Array) and any(isinstance(v, list | tuple | np.ndarray) for v in values):
         try:
             arr = pa.array(values, from_pandas=True)
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
@@ -258,6 +295,27 @@ def sequence_tokens(values: RawColumn | np.ndarray, fmt: SequenceFormat, max_len
     else:
         kept = position < max_len
     return flat.filter(pa.array(kept)), rows[kept], position[kept], n
+
+
+def sequence_row(value: Any, fmt: SequenceFormat, max_len: int, vocab: Vocabulary, strip: bool = False) -> np.ndarray:
+    """One history given as a Python value (a list of tokens, a separator-joined string, or None) -> its ids
+    ``[max_len]`` (int64, left-aligned, 0 = padding), as :meth:`FeatureEncoders.encode` gives for it."""
+    if value is None:
+        tokens: list[Any] = []
+    elif isinstance(value, str):
+        text = value.strip() if strip else value
+        tokens = text.split(fmt.separator) if fmt.separator is not None else [text]
+    else:
+        tokens = list(value)
+    texts = [_canonical_item(t) for t in tokens]
+    if strip:
+        texts = [t.strip() if t is not None else None for t in texts]
+    pad = fmt.pad_values
+    kept = [t for t in texts if t and t not in pad]
+    kept = kept[-max_len:] if fmt.keep == "last" else kept[:max_len]
+    row = np.zeros(max_len, dtype=np.int64)
+    row[: len(kept)] = lookup_values(vocab, kept)
+    return row
 
 
 # ---- the encoders --------------------------------------------------------------------------------------
@@ -332,6 +390,30 @@ class FeatureEncoders:
             sequences[s.name] = block
         return sparse, dense, sequences
 
+    def decode(
+        self, sparse: np.ndarray, dense: np.ndarray, sequences: Mapping[str, np.ndarray], schema: DatasetSchema
+    ) -> dict[str, list[Any]]:
+        """Encoded rows -> raw values keyed by feature name (what :meth:`encode` turns back into these rows).
+
+        sparse ``[N, F_sparse]``, dense ``[N, F_dense]``, ``{sequence name: [N, L]}`` as :meth:`encode` returns
+        them. Categorical values come back as their raw text (the OOV id, which has none, as None), dense
+        values through the inverse transform (float64, so encoding them again gives the same float32),
+        histories as strings joined by their separator (``|`` without one)."""
+        self.check(schema)
+
+        def texts(table: str) -> np.ndarray:  # id -> raw text [vocab size], object
+            return np.array([None, None, *self.vocabularies[table].to_list()], dtype=object)
+
+        columns: dict[str, list[Any]] = {}
+        for j, f in enumerate(schema.sparse):
+            columns[f.name] = texts(f.table_name)[np.asarray(sparse[:, j])].tolist()
+        for j, d in enumerate(schema.dense):
+            columns[d.name] = self.dense[d.name].inverse(np.asarray(dense[:, j], dtype=np.float64)).tolist()
+        for s in schema.sequences:
+            names, separator = texts(s.table_name), self.sequences[s.name].separator or "|"
+            columns[s.name] = [separator.join(names[row[row > 1]]) for row in np.asarray(sequences[s.name])]
+        return columns
+
     # ---- JSON -------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -346,7 +428,7 @@ class FeatureEncoders:
         }
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=1, ensure_ascii=False) + "\n"
+        return json_text(self.to_dict(), indent=1, ensure_ascii=False) + "\n"
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> FeatureEncoders:

@@ -10,12 +10,11 @@ start at 2; ``vocab_size`` counts all ids including those two.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mtrec.io import atomic_write_text, read_mapping
+from mtrec.io import atomic_write_text, json_text, read_mapping
 
 PADDING_ID = 0
 OOV_ID = 1
@@ -204,7 +203,7 @@ class DatasetSchema:
             raise SchemaError(f"not a valid schema description: {exc}") from exc
 
     def save(self, path: str | Path) -> None:
-        atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
+        atomic_write_text(Path(path), json_text(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> DatasetSchema:

@@ -1,6 +1,6 @@
 """Model registry; importing this package registers every built-in model (variants included)."""
 
-from mtrec.models import aitm, dcrnn, dtrn, esmm, mmoe, ple, shared_bottom, single_task
+from mtrec.models import adatt, aitm, dcrnn, dtrn, esmm, home, mmoe, pepnet, ple, shared_bottom, single_task, stem
 from mtrec.models._registry import (
     ModelConfigError,
     create_model,
@@ -15,18 +15,22 @@ from mtrec.models.base import MultiTaskModel
 __all__ = [
     "ModelConfigError",
     "MultiTaskModel",
+    "adatt",
     "aitm",
     "create_model",
     "dcrnn",
     "dtrn",
     "esmm",
+    "home",
     "list_models",
     "mmoe",
     "model_class",
     "model_options",
+    "pepnet",
     "ple",
     "register_model",
     "register_variant",
     "shared_bottom",
     "single_task",
+    "stem",
 ]

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 from mtrec.features.schema import DatasetSchema
 from mtrec.models.base import MultiTaskModel
+from mtrec.typed import checked_options
 
 M = TypeVar("M", bound=type[MultiTaskModel])
 
@@ -91,13 +92,15 @@ def _class_defaults(cls: type[MultiTaskModel]) -> dict[str, Any]:
 
 def model_options(name: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """The model's full option set: its class's defaults, then the variant's, updated by ``overrides``
-    (checked)."""
+    (checked against the type hints of the class's constructor: names, types and ranges)."""
     entry = _entry(name)
     defaults = {**_class_defaults(entry.cls), **entry.defaults}
     unknown = sorted(set(overrides or {}) - set(defaults))
     if unknown:
         raise ModelConfigError(f"model {name!r} has no option(s) {unknown}; its options: {sorted(defaults)}")
-    return {**defaults, **(overrides or {})}
+    checked = checked_options(entry.cls.__init__, overrides or {}, f"model_options of model {name!r}",
+                              ModelConfigError, skip=("schema",))
+    return {**defaults, **checked}
 
 
 def create_model(name: str, schema: DatasetSchema, **options: Any) -> MultiTaskModel:

@@ -16,8 +16,6 @@ probability ``p(conversion and click)``, read back as ``p_later / p_earlier`` fo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 from torch import nn
 
@@ -28,6 +26,7 @@ from mtrec.models.base import MultiTaskModel
 from mtrec.nn.embedding import FeatureEmbedding
 from mtrec.nn.mlp import MLP, ParallelMLP, TaskTowers
 from mtrec.nn.transfer import AttentionTransfer
+from mtrec.typed import Count, Dropout, Sizes
 
 
 @register_model("aitm")
@@ -37,10 +36,10 @@ class AITM(MultiTaskModel):
     def __init__(
         self,
         schema: DatasetSchema,
-        embedding_dim: int = 16,
-        tower_sizes: Sequence[int] = (256, 128),
-        head_sizes: Sequence[int] = (64,),
-        dropout: float = 0.0,
+        embedding_dim: Count = 16,
+        tower_sizes: Sizes = (256, 128),
+        head_sizes: Sizes = (64,),
+        dropout: Dropout = 0.0,
     ) -> None:
         super().__init__(schema)
         n_tasks = len(self.task_names)

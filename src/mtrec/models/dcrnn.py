@@ -49,8 +49,6 @@ the specification's shape (two shared steps, one step per task, a full W while D
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 from torch import nn
 
@@ -61,6 +59,7 @@ from mtrec.models.base import MultiTaskModel
 from mtrec.nn.cross import CrossRNNCell, CrossTaskPart, FieldGRU
 from mtrec.nn.embedding import FeatureEmbedding
 from mtrec.nn.mlp import MLP, ParallelMLP, TaskTowers
+from mtrec.typed import Count, Dropout, NonNegative, Sizes
 
 SHARING = ("partial", "hard", "none")
 CROSS_AXES = ("depth", "fields")
@@ -138,19 +137,19 @@ class DCRNN(MultiTaskModel):
     def __init__(
         self,
         schema: DatasetSchema,
-        embedding_dim: int = 16,
+        embedding_dim: Count = 16,
         sharing: str = "partial",
         cross_axis: str = "depth",
-        shared_steps: int = 2,
-        task_steps: int = 1,
-        rank: int | None = None,
-        adapter_rank: int = 4,
+        shared_steps: NonNegative = 2,
+        task_steps: NonNegative = 1,
+        rank: Count | None = None,
+        adapter_rank: NonNegative = 4,
         task_norm: bool = False,
-        field_rnn_dim: int = 64,
-        deep_sizes: Sequence[int] = (256, 128),
-        deep_task_sizes: Sequence[int] = (64,),
-        tower_sizes: Sequence[int] = (64,),
-        dropout: float = 0.0,
+        field_rnn_dim: Count = 64,
+        deep_sizes: Sizes = (256, 128),
+        deep_task_sizes: Sizes = (64,),
+        tower_sizes: Sizes = (64,),
+        dropout: Dropout = 0.0,
     ) -> None:
         super().__init__(schema)
         for name, value, allowed in (
@@ -158,9 +157,9 @@ class DCRNN(MultiTaskModel):
         ):
             if value not in allowed:
                 raise ModelConfigError(f"dcrnn: option {name} must be one of {list(allowed)}, got {value!r}")
-        if shared_steps < 0 or task_steps < 0 or shared_steps + task_steps < 1:
+        if shared_steps + task_steps < 1:  # (each >= 0: checked by the registry, from the signature)
             raise ModelConfigError(
-                f"dcrnn: shared_steps and task_steps must be >= 0 with at least one step in all, "
+                f"dcrnn: shared_steps and task_steps need at least one step in all, "
                 f"got shared_steps={shared_steps}, task_steps={task_steps}"
             )
         if sharing == "partial" and cross_axis == "depth" and task_steps < 1:

@@ -63,6 +63,7 @@ from mtrec.nn.hyper import NormHypernetwork
 from mtrec.nn.mlp import ParallelMLP, TaskTowers
 from mtrec.nn.senet import SENET_MODES, SENet
 from mtrec.nn.sequence import ConditionalTransformer, TargetAttentionPooling
+from mtrec.typed import Count, Dropout, Sizes
 
 BACKBONES = ("towers", "mmoe", "ple")
 
@@ -196,42 +197,35 @@ class DTRN(MultiTaskModel):
     def __init__(
         self,
         schema: DatasetSchema,
-        embedding_dim: int = 16,
+        embedding_dim: Count = 16,
         backbone: str = "towers",
         trm: str = "field",
         use_tim: bool = True,
         use_trm: bool = True,
-        num_layers: int = 1,
-        heads: int = 2,
-        ffn_dim: int = 64,
-        task_dim: int = 8,
-        behaviour_dim: int = 8,
-        hyper_sizes: Sequence[int] = (32,),
-        trm_reduction: int = 2,
-        num_experts: int = 4,
-        num_levels: int = 2,
-        num_task_experts: int = 1,
-        num_shared_experts: int = 2,
-        expert_sizes: Sequence[int] = (256, 128),
-        tower_sizes: Sequence[int] = (64,),
-        dropout: float = 0.0,
+        num_layers: Count = 1,
+        heads: Count = 2,
+        ffn_dim: Count = 64,
+        task_dim: Count = 8,
+        behaviour_dim: Count = 8,
+        hyper_sizes: Sizes = (32,),
+        trm_reduction: Count = 2,
+        num_experts: Count = 4,
+        num_levels: Count = 2,
+        num_task_experts: Count = 1,
+        num_shared_experts: Count = 2,
+        expert_sizes: Sizes = (256, 128),
+        tower_sizes: Sizes = (64,),
+        dropout: Dropout = 0.0,
     ) -> None:
         super().__init__(schema)
         if backbone not in BACKBONES:
             raise ModelConfigError(f"dtrn: backbone must be one of {BACKBONES}, got {backbone!r}")
         if trm not in SENET_MODES:
             raise ModelConfigError(f"dtrn: trm must be one of {SENET_MODES}, got {trm!r}")
-        if heads < 1 or embedding_dim % heads:
+        if embedding_dim % heads:  # (the counts are checked >= 1 by the registry, from the signature)
             raise ModelConfigError(
-                f"dtrn: embedding_dim={embedding_dim} must be a positive multiple of heads={heads} "
+                f"dtrn: embedding_dim={embedding_dim} must be a multiple of heads={heads} "
                 "(the transformer runs at the embedding width)"
-            )
-        if num_layers < 1:
-            raise ModelConfigError(f"dtrn: num_layers must be >= 1, got {num_layers}")
-        if backbone == "ple" and min(num_levels, num_task_experts, num_shared_experts) < 1:
-            raise ModelConfigError(
-                "dtrn: backbone 'ple' needs num_levels, num_task_experts and num_shared_experts >= 1; got "
-                f"{num_levels}, {num_task_experts}, {num_shared_experts}"
             )
         num_tasks = len(self.task_names)
         self.embedding = FeatureEmbedding(schema, embedding_dim)

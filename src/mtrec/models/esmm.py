@@ -14,8 +14,6 @@ and ESMM's towers can be trained with any other objective.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 
 from mtrec.features.inputs import Features
@@ -24,6 +22,7 @@ from mtrec.models._registry import register_model
 from mtrec.models.base import MultiTaskModel
 from mtrec.nn.embedding import FeatureEmbedding
 from mtrec.nn.mlp import TaskTowers
+from mtrec.typed import Count, Dropout, Sizes
 
 
 @register_model("esmm")
@@ -33,9 +32,9 @@ class ESMM(MultiTaskModel):
     def __init__(
         self,
         schema: DatasetSchema,
-        embedding_dim: int = 16,
-        tower_sizes: Sequence[int] = (256, 128, 64),
-        dropout: float = 0.0,
+        embedding_dim: Count = 16,
+        tower_sizes: Sizes = (256, 128, 64),
+        dropout: Dropout = 0.0,
     ) -> None:
         super().__init__(schema)
         self.embedding = FeatureEmbedding(schema, embedding_dim)

@@ -11,8 +11,6 @@ one gate).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 from torch import nn
 
@@ -23,6 +21,7 @@ from mtrec.models.base import MultiTaskModel
 from mtrec.nn.embedding import FeatureEmbedding
 from mtrec.nn.experts import Gates, mix
 from mtrec.nn.mlp import ParallelMLP, TaskTowers
+from mtrec.typed import Count, Dropout, Sizes
 
 
 @register_model("mmoe")
@@ -30,11 +29,11 @@ class MMoE(MultiTaskModel):
     def __init__(
         self,
         schema: DatasetSchema,
-        embedding_dim: int = 16,
-        num_experts: int = 4,
-        expert_sizes: Sequence[int] = (256, 128),
-        tower_sizes: Sequence[int] = (64,),
-        dropout: float = 0.0,
+        embedding_dim: Count = 16,
+        num_experts: Count = 4,
+        expert_sizes: Sizes = (256, 128),
+        tower_sizes: Sizes = (64,),
+        dropout: Dropout = 0.0,
         gate_per_task: bool = True,
     ) -> None:
         super().__init__(schema)

@@ -14,8 +14,6 @@ the shared ones) and tower.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 from torch import nn
 
@@ -26,6 +24,7 @@ from mtrec.models.base import MultiTaskModel
 from mtrec.nn.embedding import FeatureEmbedding
 from mtrec.nn.experts import ProgressiveLayers
 from mtrec.nn.mlp import TaskTowers
+from mtrec.typed import Count, Dropout, Sizes
 
 
 @register_model("ple")
@@ -33,13 +32,13 @@ class PLE(MultiTaskModel):
     def __init__(
         self,
         schema: DatasetSchema,
-        embedding_dim: int = 16,
-        num_levels: int = 2,
-        num_task_experts: int = 1,
-        num_shared_experts: int = 2,
-        expert_sizes: Sequence[int] = (256, 128),
-        tower_sizes: Sequence[int] = (64,),
-        dropout: float = 0.0,
+        embedding_dim: Count = 16,
+        num_levels: Count = 2,
+        num_task_experts: Count = 1,
+        num_shared_experts: Count = 2,
+        expert_sizes: Sizes = (256, 128),
+        tower_sizes: Sizes = (64,),
+        dropout: Dropout = 0.0,
     ) -> None:
         super().__init__(schema)
         self.embedding = FeatureEmbedding(schema, embedding_dim)

@@ -6,8 +6,6 @@ Sequences, if the schema has them, are mean-pooled into extra fields.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 from torch import nn
 
@@ -17,6 +15,7 @@ from mtrec.models._registry import register_model
 from mtrec.models.base import MultiTaskModel
 from mtrec.nn.embedding import FeatureEmbedding
 from mtrec.nn.mlp import MLP, TaskTowers
+from mtrec.typed import Count, Dropout, Sizes
 
 
 @register_model("shared_bottom")
@@ -24,10 +23,10 @@ class SharedBottom(MultiTaskModel):
     def __init__(
         self,
         schema: DatasetSchema,
-        embedding_dim: int = 16,
-        bottom_sizes: Sequence[int] = (256, 128),
-        tower_sizes: Sequence[int] = (64,),
-        dropout: float = 0.0,
+        embedding_dim: Count = 16,
+        bottom_sizes: Sizes = (256, 128),
+        tower_sizes: Sizes = (64,),
+        dropout: Dropout = 0.0,
     ) -> None:
         super().__init__(schema)
         self.embedding = FeatureEmbedding(schema, embedding_dim)

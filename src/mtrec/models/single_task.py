@@ -9,8 +9,6 @@ all of them. Sequences, if the schema has them, are mean-pooled into extra field
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 from torch import nn
 
@@ -20,6 +18,7 @@ from mtrec.models._registry import register_model
 from mtrec.models.base import MultiTaskModel
 from mtrec.nn.embedding import FeatureEmbedding
 from mtrec.nn.mlp import TaskTowers
+from mtrec.typed import Count, Dropout, Sizes
 
 
 @register_model("single_task")
@@ -27,9 +26,9 @@ class SingleTask(MultiTaskModel):
     def __init__(
         self,
         schema: DatasetSchema,
-        embedding_dim: int = 16,
-        hidden_sizes: Sequence[int] = (256, 128, 64),
-        dropout: float = 0.0,
+        embedding_dim: Count = 16,
+        hidden_sizes: Sizes = (256, 128, 64),
+        dropout: Dropout = 0.0,
     ) -> None:
         super().__init__(schema)
         n_tasks = len(self.task_names)

@@ -1,5 +1,7 @@
-"""Objectives (loss terms and the predictions they evaluate and serve) and task-weighting strategies."""
+"""Objectives (loss terms and the predictions they evaluate and serve) and task-weighting strategies;
+importing the package registers every built-in objective and strategy."""
 
+from mtrec.objectives import escm2, gradient_balancing
 from mtrec.objectives.objective import (
     Objective,
     ObjectiveConfigError,
@@ -13,6 +15,8 @@ __all__ = [
     "Objective",
     "ObjectiveConfigError",
     "create_objective",
+    "escm2",
+    "gradient_balancing",
     "list_objectives",
     "objective_options",
     "register_objective",

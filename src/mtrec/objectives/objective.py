@@ -17,9 +17,10 @@ the checkpoint like a weighting strategy.
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import Annotated, Any
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from mtrec.data.batches import Batch
@@ -32,6 +33,7 @@ from mtrec.objectives.losses import (
     step_mean,
 )
 from mtrec.objectives.registry import Registry
+from mtrec.typed import checked_options
 
 CALIBRATOR = "calibrator"
 
@@ -72,13 +74,19 @@ def objective_options(name: str) -> dict[str, Any]:
     return {p.name: p.default for p in parameters if p.name not in ("self", "schema")}
 
 
-def create_objective(name: str, schema: DatasetSchema, **options: Any) -> Objective:
-    """Build the objective ``name`` for ``schema``; unknown options are a clear error."""
+def check_objective_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` checked against the constructor of the objective ``name`` (names, types, ranges)."""
     unknown = sorted(set(options) - set(objective_options(name)))
     if unknown:
         raise ObjectiveConfigError(f"objective {name!r} has no option(s) {unknown}; "
                                    f"its options: {sorted(objective_options(name))}")
-    return _OBJECTIVES.get(name)(schema, **options)
+    return checked_options(_OBJECTIVES.get(name).__init__, options, f"train.objective_options of objective {name!r}",
+                           ObjectiveConfigError, skip=("schema",))
+
+
+def create_objective(name: str, schema: DatasetSchema, **options: Any) -> Objective:
+    """Build the objective ``name`` for ``schema``; unknown or ill-typed options are a clear error."""
+    return _OBJECTIVES.get(name)(schema, **check_objective_options(name, options))
 
 
 @register_objective("masked")
@@ -102,10 +110,8 @@ class AllRows(Objective):
     0))``, for each binary task observed after another.
     """
 
-    def __init__(self, schema: DatasetSchema, calibrator_weight: float = 0.0) -> None:
+    def __init__(self, schema: DatasetSchema, calibrator_weight: Annotated[float, Field(ge=0.0)] = 0.0) -> None:
         super().__init__(schema)
-        if calibrator_weight < 0:
-            raise ObjectiveConfigError(f"objective all_rows: calibrator_weight must be >= 0, got {calibrator_weight}")
         if CALIBRATOR in schema.task_names:
             raise ObjectiveConfigError(f"objective all_rows: a task named {CALIBRATOR!r} clashes with the "
                                        "calibrator's loss term; rename the task")

@@ -12,8 +12,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from mtrec import collectives
+from mtrec.objectives.gradients import mean_over_ranks, task_gradients
 from mtrec.objectives.registry import Registry
+from mtrec.typed import NonNegativeFloat, Rate, checked_options
 
 
 class WeightingConfigError(ValueError):
@@ -35,17 +36,28 @@ class WeightingStrategy(nn.Module):
         raise NotImplementedError
 
 
+def trainable_shared(strategy: str, shared: list[nn.Parameter]) -> list[nn.Parameter]:
+    """The shared parameters that train; a strategy that needs them refuses a model that shares none."""
+    trainable = [p for p in shared if p.requires_grad]
+    if not trainable:
+        raise WeightingConfigError(f"{strategy} needs a model with shared parameters; this model shares none "
+                                   "(its shared_parameters() is empty): use the fixed or uncertainty weighting")
+    return trainable
+
+
 _STRATEGIES: Registry[WeightingStrategy] = Registry("weighting", WeightingConfigError)
 register_weighting = _STRATEGIES.register
 list_weightings = _STRATEGIES.names
 
 
+def weighting_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` checked against the constructor of the weighting ``name`` (names, types, ranges)."""
+    return checked_options(_STRATEGIES.get(name).__init__, options, f"train.weighting_options of weighting {name!r}",
+                           WeightingConfigError, skip=("task_names",))
+
+
 def create_weighting(name: str, task_names: list[str], **options: Any) -> WeightingStrategy:
-    cls = _STRATEGIES.get(name)
-    try:
-        return cls(task_names, **options)
-    except TypeError as exc:
-        raise WeightingConfigError(f"weighting {name!r}: bad options {options}: {exc}") from exc
+    return _STRATEGIES.get(name)(task_names, **weighting_options(name, options))
 
 
 @register_weighting("fixed")
@@ -54,13 +66,17 @@ class FixedWeighting(WeightingStrategy):
 
     weights: torch.Tensor
 
-    def __init__(self, task_names: list[str], weights: dict[str, float] | None = None) -> None:
+    def __init__(self, task_names: list[str], weights: dict[str, NonNegativeFloat] | None = None) -> None:
         super().__init__(task_names)
         weights = weights or {}
         unknown = sorted(set(weights) - set(task_names))
         if unknown:
             raise WeightingConfigError(f"fixed weighting names unknown task(s) {unknown}; tasks: {task_names}")
-        self.register_buffer("weights", torch.tensor([float(weights.get(t, 1.0)) for t in task_names]))
+        values = {t: weights.get(t, 1.0) for t in task_names}
+        if not any(values.values()):
+            raise WeightingConfigError(f"weighting_options.weights: every task weight is 0, so nothing would "
+                                       f"be learned: {values}")
+        self.register_buffer("weights", torch.tensor([float(w) for w in values.values()]))
 
     def combine(self, task_losses: dict[str, torch.Tensor], shared: list[nn.Parameter]) -> torch.Tensor:
         return torch.stack([task_losses[t] for t in self.task_names]) @ self.weights
@@ -122,12 +138,9 @@ class GradNormWeighting(WeightingStrategy):
     initial_losses: torch.Tensor
 
     def __init__(
-        self, task_names: list[str], alpha: float = 1.5, lr: float = 0.01, min_weight: float = 1e-3
+        self, task_names: list[str], alpha: NonNegativeFloat = 1.5, lr: Rate = 0.01, min_weight: Rate = 1e-3
     ) -> None:
         super().__init__(task_names)
-        if alpha < 0 or lr <= 0 or min_weight <= 0:
-            raise WeightingConfigError(f"gradnorm: need alpha >= 0, lr > 0 and min_weight > 0; got "
-                                       f"alpha={alpha}, lr={lr}, min_weight={min_weight}")
         self.alpha = alpha
         self.lr = lr
         self.min_weight = min_weight
@@ -154,16 +167,10 @@ class GradNormWeighting(WeightingStrategy):
         self, task_losses: dict[str, torch.Tensor], losses: torch.Tensor, shared_parameters: list[nn.Parameter]
     ) -> None:
         """One GradNorm step on the weights (see the class docstring)."""
-        shared = [p for p in shared_parameters if p.requires_grad]
-        if not shared:
-            raise WeightingConfigError("gradnorm needs a model with shared parameters; this model shares none "
-                                       "(its shared_parameters() is empty): use the fixed or uncertainty weighting")
-        grads = torch.stack([self._flat_grad(task_losses[t], shared) for t in self.task_names])  # [T, P]
-        world_size = collectives.world_size()
-        if world_size > 1:  # the whole step's gradients and losses
-            stats = collectives.all_reduce_(torch.cat([grads.flatten(), losses]))
-            stats /= world_size  # each rank's terms are scaled so that their mean is the step's
-            grads, losses = stats[: grads.numel()].view_as(grads), stats[grads.numel() :]
+        shared = trainable_shared("gradnorm", shared_parameters)
+        grads = task_gradients([task_losses[t] for t in self.task_names], shared)  # [T, P]
+        stats = mean_over_ranks(torch.cat([grads.flatten(), losses]))  # the whole step's gradients and losses
+        grads, losses = stats[: grads.numel()].view_as(grads), stats[grads.numel() :]
         if not self.has_initial_losses:
             self.initial_losses.copy_(losses.clamp_min(1e-12))
             self.has_initial_losses = True
@@ -174,14 +181,6 @@ class GradNormWeighting(WeightingStrategy):
         step = norms * torch.sign(weighted - target) / norms.mean().clamp_min(1e-12)
         self.weights.sub_(self.lr * step).clamp_(min=self.min_weight)
         self.weights.mul_(len(self.task_names) / self.weights.sum())
-
-    @staticmethod
-    def _flat_grad(loss: torch.Tensor, params: list[nn.Parameter]) -> torch.Tensor:
-        """``d loss / d params`` flattened into one vector ``[P]`` (zeros where the loss does not reach)."""
-        with torch.enable_grad():
-            grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-        flat = [(torch.zeros_like(p) if g is None else g).flatten() for g, p in zip(grads, params, strict=True)]
-        return torch.cat(flat)
 
     def current_weights(self) -> dict[str, float]:
         return dict(zip(self.task_names, self.weights.tolist(), strict=True))

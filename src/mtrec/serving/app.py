@@ -1,111 +1,61 @@
-"""The HTTP scoring service (FastAPI): ``POST /v1/score``, ``GET /healthz`` and the OpenAPI schema.
+"""The HTTP scoring service (FastAPI under uvicorn): ``POST /v1/score``, ``GET /healthz`` and the OpenAPI schema.
 
-A request gives one user's features and a list of candidate items' features, all as raw values (as in the
-raw data the model was prepared from)::
-
-    {"user": {"user_id": "u42", "hist_click": ["i1", "i9"], "activity": 3.5},
-     "candidates": [{"item_id": "i7", "price": 9.9}, {"item_id": "i3", "price": 12.0}]}
-
-Each candidate is scored with the user's features merged in (a feature given in both places takes the
-candidate's value); every feature of the model's schema must be given in one of the two places. Values:
-a categorical feature takes a string, number or boolean; a dense feature a finite number; a sequence a
-list of raw tokens or one string joined by the separator used at preparation; ``null`` means a missing
-value (encoded as at preparation). The response holds each task's probability per candidate, in order::
+``POST /v1/score`` takes one user's features and a list of candidates' features as raw values (the format
+is in :mod:`mtrec.serving.request`) and answers each task's probability per candidate, in order::
 
     {"model": "mmoe", "tasks": ["click", "conversion"],
      "scores": [{"click": 0.12, "conversion": 0.01}, {"click": 0.08, "conversion": 0.004}]}
 
 Bad input never reaches the model: wrong types, unknown or missing features, an empty or oversized
-candidate list (``max_candidates``) and a body over ``max_body_bytes`` get a 4xx whose ``error`` names the
-field (``candidates[3].price: expected a finite number, got str``) and whose ``detail`` lists every problem.
+candidate list (``max_candidates``), a body that is not JSON (or not UTF-8) and a body over
+``max_body_bytes`` (declared or streamed) get a 4xx whose ``error`` names the field
+(``candidates[3].price: expected a finite number, got string``) and whose ``detail`` lists every problem;
+other HTTP errors (an unknown path, a wrong method) have the same shape.
+
+``POST /v1/score`` is a bare ASGI handler in front of the FastAPI app (which serves the rest and the
+OpenAPI schema). Each request is parsed, validated and encoded on the event loop
+(:class:`~mtrec.serving.request.RequestEncoder`, vectorized), then scored by a
+:class:`~mtrec.serving.batching.BatchingScorer` thread, which scores the requests waiting at the same
+moment in one runtime call while the loop reads the next ones (a serving process sets a GIL switch
+interval of 0.5 ms, so that thread gets the GIL back soon after each call). ``serve`` runs one such
+process, or ``workers`` of them (uvicorn's process manager, one listening socket), each loading the
+run itself: they share nothing mutable.
 """
 
-# no `from __future__ import annotations`: FastAPI reads the endpoint's request model (built at runtime
-# from the schema) from its annotation object
+from __future__ import annotations
+
+import json
 import logging
-import math
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
-from typing import Annotated, Any
+import os
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass
+from typing import Any
 
-import anyio
-import anyio.to_thread
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from pydantic import AllowInfNan, BaseModel, ConfigDict, Field, Strict, create_model
+import orjson
+from fastapi import FastAPI, Request, Response
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from mtrec.features.encoders import EncodingError
-from mtrec.features.schema import DatasetSchema
+from mtrec.serving.batching import DEFAULT_MAX_ROWS, BatchingScorer
 from mtrec.serving.predictor import Predictor
+from mtrec.serving.request import RequestEncoder, RequestError, problem
 
 log = logging.getLogger("mtrec.serving")
 DEFAULT_MAX_CANDIDATES = 1000
 DEFAULT_MAX_BODY_BYTES = 8 << 20
-_MAX_LISTED_ERRORS = 20
+SCORE_PATH = "/v1/score"
+SETTINGS_ENV = "MTREC_SERVE_SETTINGS"  # how `serve` hands its settings to worker processes
+# A scoring thread back from the runtime waits for the GIL while the event loop parses requests, up to the
+# switch interval (5 ms by default): the model would idle that long per batch under load.
+SWITCH_INTERVAL_S = 0.0005
+WORKER_START_S = 120  # how long a worker process may take to answer uvicorn's first health ping
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-
-# ---- value types (checked by pydantic-core, without Python callbacks) ------------------------------------
-INT64 = (-(2**63), 2**63 - 1)  # numeric ids beyond 64 bits must come as strings: they have no exact float
-FiniteFloat = Annotated[float, Strict(), AllowInfNan(False)]
-Id = Annotated[int, Strict(), Field(ge=INT64[0], le=INT64[1])]
-IdFloat = Annotated[float, Strict(), AllowInfNan(False), Field(gt=-(2.0**63), lt=2.0**63)]
-Token = Annotated[str, Strict()] | Id | IdFloat
-CategoricalValue = Token | Annotated[bool, Strict()] | None
-NumberValue = FiniteFloat | None  # strict: an int is a number; a string or a boolean is not
-SequenceValue = list[Token] | Annotated[str, Strict()] | None
-EXPECTED = {
-    "categorical": "a categorical value (string, number, boolean or null)",
-    "dense": "a finite number (or null)",
-    "sequence": "a list of tokens or a separator-joined string (or null)",
-}
-
-
-def _type_name(value: object) -> str:
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
-        type(value), type(value).__name__)
-
-
-def feature_kinds(schema: DatasetSchema) -> dict[str, str]:
-    """Feature name -> ``categorical``, ``dense`` or ``sequence``."""
-    return {**{f.name: "categorical" for f in schema.sparse}, **{f.name: "dense" for f in schema.dense},
-            **{f.name: "sequence" for f in schema.sequences}}
-
-
-# ---- request and response models, built from the schema -------------------------------------------------
-def features_model(schema: DatasetSchema) -> type[BaseModel]:
-    """A model with every feature of ``schema`` as an optional field (unknown names are refused).
-
-    Fields are stored under internal names and read by alias, so any feature name works (even one that
-    would shadow a pydantic attribute)."""
-    types: dict[str, Any] = {"categorical": CategoricalValue, "dense": NumberValue, "sequence": SequenceValue}
-    lengths = {f.name: f.max_len for f in schema.sequences}
-    fields: dict[str, Any] = {}
-    for i, (name, kind) in enumerate(feature_kinds(schema).items()):
-        note = f"; at most {lengths[name]} tokens are kept" if name in lengths else ""
-        fields[f"f{i}"] = (types[kind], Field(None, alias=name, title=name,
-                                              description=f"{kind} feature: {EXPECTED[kind]}{note}"))
-    return create_model(
-        "Features", __config__=ConfigDict(extra="forbid", populate_by_name=False), **fields
-    )
-
-
-def request_model(features: type[BaseModel], max_candidates: int) -> type[BaseModel]:
-    return create_model(
-        "ScoreRequest",
-        __config__=ConfigDict(extra="forbid"),
-        user=(features, Field(default_factory=features, description="features shared by every candidate")),
-        candidates=(list[features], Field(  # type: ignore[valid-type]
-            min_length=1, max_length=max_candidates,
-            description=f"the items to score (1 to {max_candidates}), each with its own features")),
-    )
 
 
 class ScoreResponse(BaseModel):
@@ -121,105 +71,90 @@ class Health(BaseModel):
     backend: str
     features: list[str]
     max_candidates: int
+    pid: int = Field(description="the serving process (one of --workers)")
 
 
-# ---- errors -------------------------------------------------------------------------------------------
-def field_path(loc: Sequence[int | str]) -> str:
-    """``("body", "candidates", 3, "price")`` -> ``candidates[3].price``."""
-    path = ""
-    for part in loc:
-        if part == "body" and not path:
-            continue
-        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
-    return path or "body"
-
-
-def error_response(status: int, problems: list[dict[str, Any]]) -> JSONResponse:
+def error_body(error: RequestError) -> bytes:
     """``{"error": "<first field>: <message>", "detail": [{"field", "loc", "msg", "type"}, ...]}``."""
-    listed = problems[:_MAX_LISTED_ERRORS]
-    first = listed[0]
-    more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
-    return JSONResponse(status_code=status,
-                        content={"error": f"{first['field']}: {first['msg']}{more}", "detail": listed})
+    return orjson.dumps({"error": str(error), "detail": error.problems})
 
 
-def problem(loc: Sequence[int | str], msg: str, kind: str) -> dict[str, Any]:
-    return {"field": field_path(loc), "loc": list(loc), "msg": msg, "type": kind}
+class _TooLarge(Exception):
+    pass
 
 
-def _feature_problem(loc: tuple[int | str, ...], value: Any, kinds: dict[str, str]) -> dict[str, Any] | None:
-    """One clear problem for a type error inside a feature, whose ``loc`` pydantic extends with union
-    member tags (``("body", "user", "hist", "list[...]", 0, "str")``); None if ``loc`` is not in a feature."""
-    depth = {"user": 1, "candidates": 2}.get(str(loc[1])) if len(loc) > 1 and loc[0] == "body" else None
-    if depth is None or len(loc) <= 1 + depth or str(loc[1 + depth]) not in kinds:
-        return None
-    at = loc[: 2 + depth]  # ("body", "user", feature) or ("body", "candidates", i, feature)
-    kind = kinds[str(at[-1])]
-    item = next((part for part in loc[len(at) + 1 :] if isinstance(part, int)), None)
-    number = isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))
-    if number and not isinstance(value, bool) and not INT64[0] <= value <= INT64[1]:
-        size = f"an integer of {len(str(abs(value)))} digits" if isinstance(value, int) else f"{value:g}"
-        if kind == "dense":
-            return problem(at, f"{size} is out of range", "out_of_range")
-        where = f"item {item}: " if kind == "sequence" and item is not None else ""
-        return problem(at, f"{where}{size} is out of range for a numeric id: numeric ids must fit in 64 bits "
-                           f"(send a longer id as a string)", "out_of_range")
-    if kind == "sequence" and item is not None:
-        return problem(at, f"item {item}: expected a token (string or finite number), got {_type_name(value)}",
-                       "type_error")
-    return problem(at, f"expected {EXPECTED[kind]}, got {_type_name(value)}", "type_error")
+class ScoringService:
+    """The ASGI app: ``POST /v1/score`` is answered here with no framework work per request (read the body,
+    encode, score, answer); everything else (``/healthz``, ``/openapi.json``, ``/docs``, lifespan, 404s) goes
+    to the FastAPI app ``api``, whose OpenAPI schema also describes ``/v1/score``."""
 
-
-def _validation_handler(
-    max_candidates: int, kinds: dict[str, str]
-) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:
-    """FastAPI's validation errors as :func:`error_response`: one problem per field, in plain words."""
-
-    async def handle(_: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, RequestValidationError)
-        problems: dict[str, dict[str, Any]] = {}
-        for err in exc.errors():
-            loc, kind = tuple(err.get("loc", ("body",))), str(err.get("type", "value_error"))
-            msg = str(err.get("msg", "invalid value"))
-            found: dict[str, Any] | None = None
-            if kind == "json_invalid":
-                position = loc[1] if len(loc) > 1 else "?"
-                reason = err.get("ctx", {}).get("error", msg)
-                found = problem(("body",), f"not valid JSON (at character {position}): {reason}", kind)
-            elif loc == ("body", "candidates") and kind in ("too_short", "too_long"):
-                count = len(err.get("input") or [])
-                found = problem(loc, f"expected 1 to {max_candidates} candidates per request (the server's "
-                                     f"--max-candidates), got {count}", kind)
-            elif kind == "extra_forbidden":
-                found = problem(loc, f"unknown feature {loc[-1]!r}; the model's features are {list(kinds)}"
-                                if len(loc) > 2 else f"unknown key {loc[-1]!r}; a request has 'user' and 'candidates'",
-                                kind)
-            else:
-                found = _feature_problem(loc, err.get("input"), kinds) or problem(loc, msg, kind)
-            problems.setdefault(found["field"], found)  # union members repeat a field: keep its first
-        listed = list(problems.values()) or [problem(("body",), "invalid request", "value_error")]
-        return error_response(422, listed)
-
-    return handle
-
-
-class BodyLimit:
-    """ASGI middleware: refuse a request whose declared Content-Length exceeds ``limit`` bytes (413)."""
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app = app
-        self.limit = limit
+    def __init__(self, api: FastAPI, encoder: RequestEncoder, scorer: BatchingScorer, model_name: str,
+                 max_body_bytes: int) -> None:
+        self.api = api
+        self.encoder = encoder
+        self.scorer = scorer
+        self.tasks = scorer.predictor.task_names
+        self.max_body_bytes = max_body_bytes
+        self.head = orjson.dumps({"model": model_name, "tasks": self.tasks})[:-1] + b',"scores":'
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            length = dict(scope.get("headers") or []).get(b"content-length")
-            if length is not None and (not length.isdigit() or int(length) > self.limit):
-                response = error_response(413, [problem(("body",), f"request body over {self.limit} bytes "
-                                                        f"(Content-Length {length.decode(errors='replace')})",
-                                                        "body_too_large")])
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+        if scope["type"] != "http" or scope["path"] != SCORE_PATH:
+            await self.api(scope, receive, send)
+        elif scope["method"] != "POST":
+            await _answer(send, 405, orjson.dumps({"error": "method not allowed: POST /v1/score", "detail": []}),
+                          [(b"allow", b"POST")])
+        else:
+            status, body = await self.score(scope, receive)
+            await _answer(send, status, body)
+
+    async def score(self, scope: Scope, receive: Receive) -> tuple[int, bytes]:
+        """(status, JSON body) for one scoring request."""
+        try:
+            feeds = self.encoder(await self._body(scope, receive))
+        except _TooLarge as exc:
+            return 413, error_body(RequestError([problem(("body",), f"request body over {self.max_body_bytes} "
+                                                                    f"bytes ({exc})", "body_too_large")], 413))
+        except RequestError as exc:
+            return exc.status, error_body(exc)
+        except Exception as exc:  # encoding depends on the request's values alone: a failure is bad input
+            log.warning("request values could not be encoded", exc_info=True)
+            return 422, error_body(RequestError([problem(("body",), f"the request's values could not be encoded "
+                                                                    f"({type(exc).__name__}: {exc})", "value_error")]))
+        probs = await self.scorer.score(feeds)
+        rows = zip(*(probs[t].tolist() for t in self.tasks), strict=True)  # N rows of T probabilities
+        return 200, self.head + orjson.dumps([dict(zip(self.tasks, row, strict=True)) for row in rows]) + b"}"
+
+    async def _body(self, scope: Scope, receive: Receive) -> bytes:
+        """The request body; _TooLarge when its declared length, or what arrives, exceeds the limit."""
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_body_bytes):
+            raise _TooLarge(f"Content-Length {declared.decode(errors='replace')}")
+        parts, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                break
+            parts.append(message.get("body", b""))
+            size += len(parts[-1])
+            if size > self.max_body_bytes:
+                raise _TooLarge(f"{size} bytes received")
+            more = message.get("more_body", False)
+        return b"".join(parts)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Every HTTP error of the FastAPI part (an unknown path, a wrong method) in the error shape."""
+    assert isinstance(exc, StarletteHTTPException)
+    error = RequestError([problem(("url",), f"{exc.detail}: {request.method} {request.url.path}", "http_error")],
+                         exc.status_code)
+    return Response(error_body(error), status_code=exc.status_code, media_type="application/json")
+
+
+async def _answer(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *(headers or [])]})
+    await send({"type": "http.response.body", "body": body})
 
 
 # ---- the app ----------------------------------------------------------------------------------------------
@@ -228,116 +163,121 @@ def create_app(
     max_candidates: int = DEFAULT_MAX_CANDIDATES,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     workers: int = 1,
-) -> FastAPI:
-    """The scoring service for ``predictor``; see the module docstring for the API."""
+    max_batch_rows: int = DEFAULT_MAX_ROWS,
+) -> ScoringService:
+    """The scoring service for ``predictor`` (``workers`` scoring threads); see the module docstring."""
     if max_candidates < 1 or workers < 1:
         raise ValueError(f"max_candidates and workers must be >= 1, got {max_candidates} and {workers}")
-    schema = predictor.schema
-    features = features_model(schema)
-    score_request = request_model(features, max_candidates)
-    internal = {field.alias: name for name, field in features.model_fields.items()}  # feature -> field name
-    names = schema.feature_names
-    app = FastAPI(
+    encoder = RequestEncoder(predictor.schema, predictor.encoders, max_candidates)
+    scorer = BatchingScorer(predictor, threads=workers, max_rows=max_batch_rows)
+    tasks = predictor.task_names
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        scorer.start()
+        try:
+            yield
+        finally:
+            scorer.stop()
+
+    api = FastAPI(
         title="mtrec scoring service",
         version="1",
         description=f"Multi-task scores of model {predictor.model_name!r} "
-                    f"(tasks: {', '.join(predictor.task_names)}). See mtrec.serving.app for the request format.",
+                    f"(tasks: {', '.join(tasks)}). See mtrec.serving.request for the request format.",
+        lifespan=lifespan,
     )
-    app.add_exception_handler(RequestValidationError, _validation_handler(max_candidates, feature_kinds(schema)))
-    app.add_middleware(BodyLimit, limit=max_body_bytes)
 
-    def merged_columns(user: BaseModel, candidates: list[BaseModel]) -> dict[str, list[Any]]:
-        """``{feature: N raw values}``, each candidate's own value first, else the user's; raises _Missing
-        listing the features absent from both places."""
-        columns: dict[str, list[Any]] = {}
-        missing: list[dict[str, Any]] = []
-        user_given = user.model_fields_set
-        for name in names:
-            key = internal[name]
-            given = [key in c.model_fields_set for c in candidates]
-            if all(given):
-                columns[name] = [getattr(c, key) for c in candidates]
-            elif key in user_given:
-                value = getattr(user, key)
-                columns[name] = [getattr(c, key) if g else value for c, g in zip(candidates, given, strict=True)]
-            else:
-                i = given.index(False)
-                missing.append(problem(("body", "candidates", i, name),
-                                       f"missing required feature {name!r}: give it in user or in every candidate",
-                                       "missing"))
-        if missing:
-            raise _Missing(missing)
-        return columns
-
-    def value_location(error: EncodingError, candidates: list[BaseModel]) -> tuple[int | str, ...]:
-        """Where the value an encoding error is about came from: the candidate's own field, or the user's."""
-        row = error.row
-        if row is not None and 0 <= row < len(candidates) and internal.get(error.feature) in (
-                candidates[row].model_fields_set):
-            return ("body", "candidates", row, error.feature)
-        return ("body", "user", error.feature)
-
-    @app.get("/healthz", response_model=Health)
+    @api.get("/healthz", response_model=Health)
     def healthz() -> Health:
         """Liveness and what is being served."""
-        return Health(status="ok", model=predictor.model_name, tasks=predictor.task_names,
-                      backend=predictor.backend, features=names, max_candidates=max_candidates)
+        return Health(status="ok", model=predictor.model_name, tasks=tasks, backend=predictor.backend,
+                      features=predictor.feature_names, max_candidates=max_candidates, pid=os.getpid())
 
-    def score_now(request: BaseModel) -> JSONResponse:
-        candidates: list[BaseModel] = request.candidates  # type: ignore[attr-defined]
-        try:
-            feeds = predictor.encode(merged_columns(request.user, candidates))  # type: ignore[attr-defined]
-        except _Missing as exc:
-            return error_response(422, exc.problems)
-        except EncodingError as exc:
-            return error_response(422, [problem(value_location(exc, candidates), str(exc), "encoding_error")])
-        except Exception as exc:  # encoding depends on the request's values alone: a failure is bad input
-            log.warning("request values could not be encoded", exc_info=True)
-            return error_response(422, [problem(("body",), f"the request's values could not be encoded "
-                                                           f"({type(exc).__name__}: {exc})", "value_error")])
-        probs = predictor.score(feeds)
-        columns_out = [probs[t].tolist() for t in predictor.task_names]
-        scores = [dict(zip(predictor.task_names, row, strict=True)) for row in zip(*columns_out, strict=True)]
-        return JSONResponse({"model": predictor.model_name, "tasks": predictor.task_names, "scores": scores})
+    api.add_api_route("/healthz", healthz, methods=["HEAD"], include_in_schema=False)  # load balancers' probe
+    api.add_exception_handler(StarletteHTTPException, _http_error)
 
-    limiter: list[anyio.CapacityLimiter] = []  # made on the first request, inside the event loop
+    request_schema = encoder.json_schema()
+    ref = "#/components/schemas/{model}"
+    schemas = {**request_schema.pop("$defs", {}), "ScoreRequest": request_schema,
+               "ScoreResponse": ScoreResponse.model_json_schema(ref_template=ref)}
+    error = {"content": {"application/json": {"schema": {"type": "object", "properties": {
+        "error": {"type": "string"}, "detail": {"type": "array", "items": {"type": "object"}}}}}}}
+    operation = {
+        "summary": "Score", "operationId": "score",
+        "description": "Each task's probability for every candidate, in request order.",
+        "requestBody": {"required": True, "content": {"application/json": {
+            "schema": {"$ref": ref.format(model="ScoreRequest")}}}},
+        "responses": {
+            "200": {"description": "the scores", "content": {"application/json": {
+                "schema": {"$ref": ref.format(model="ScoreResponse")}}}},
+            "413": {"description": "request body too large", **error},
+            "422": {"description": "invalid input; `error` names the field", **error},
+        },
+    }
+    default_openapi = api.openapi
 
-    @app.post("/v1/score", response_model=ScoreResponse,
-              responses={413: {"description": "request body too large"},
-                         422: {"description": "invalid input; `error` names the field"}})
-    async def score(request: score_request) -> JSONResponse:  # type: ignore[valid-type]
-        """Each task's probability for every candidate, in request order."""
-        if not limiter:
-            limiter.append(anyio.CapacityLimiter(workers))
-        # encoding and inference run in worker threads, at most `workers` requests at a time (the others
-        # wait in line), so the event loop keeps reading requests and answering /healthz meanwhile
-        return await anyio.to_thread.run_sync(score_now, request, limiter=limiter[0])
+    def openapi() -> dict[str, Any]:
+        """FastAPI's schema, plus ``POST /v1/score`` and its types (built from the model's schema)."""
+        spec = default_openapi()
+        spec["paths"][SCORE_PATH] = {"post": operation}
+        spec.setdefault("components", {}).setdefault("schemas", {}).update(schemas)
+        return spec
 
-    return app
+    api.openapi = openapi  # type: ignore[method-assign]
+    return ScoringService(api, encoder, scorer, predictor.model_name, max_body_bytes)
 
 
-class _Missing(Exception):
-    def __init__(self, problems: list[dict[str, Any]]) -> None:
-        super().__init__(problems[0]["msg"])
-        self.problems = problems
+# ---- the server --------------------------------------------------------------------------------------------
+@dataclass
+class ServeSettings:
+    """What each serving process loads and how it serves (handed to worker processes as JSON)."""
+
+    run_dir: str
+    backend: str = "onnx"
+    threads: int = 1
+    max_candidates: int = DEFAULT_MAX_CANDIDATES
+    inference_workers: int = 1
+    max_batch_rows: int = DEFAULT_MAX_ROWS
+
+    def app(self, predictor: Predictor | None = None) -> ScoringService:
+        """The process's app (loading the run unless ``predictor`` is given); sets the GIL switch interval."""
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
+        predictor = predictor or Predictor.from_run(self.run_dir, backend=self.backend,  # type: ignore[arg-type]
+                                                    threads=self.threads)
+        return create_app(predictor, max_candidates=self.max_candidates, workers=self.inference_workers,
+                          max_batch_rows=self.max_batch_rows)
+
+
+def worker_app() -> ScoringService:
+    """The app of one worker process of ``serve --workers N`` (uvicorn's factory), from ``$MTREC_SERVE_SETTINGS``."""
+    return ServeSettings(**json.loads(os.environ[SETTINGS_ENV])).app()
 
 
 def serve(
-    run_dir: str,
+    settings: ServeSettings,
     host: str = "127.0.0.1",
     port: int = 8000,
-    max_candidates: int = DEFAULT_MAX_CANDIDATES,
-    backend: str = "onnx",
-    threads: int = 1,
+    workers: int = 1,
     access_log: bool = False,
-    inference_workers: int = 1,
     echo: Callable[[str], None] = print,
 ) -> None:
-    """Load the run (refusing an invalid artefact before listening), then serve it with uvicorn."""
+    """Load the run (refusing an invalid artefact before listening), then serve it with uvicorn in one
+    process, or in ``workers`` processes that each load the run again."""
     import uvicorn
 
-    predictor = Predictor.from_run(run_dir, backend=backend, threads=threads)  # type: ignore[arg-type]
-    app = create_app(predictor, max_candidates=max_candidates, workers=inference_workers)
-    echo(f"serving {predictor.model_name} from {run_dir} ({predictor.describe()}) on http://{host}:{port} "
-         f"(POST /v1/score, GET /healthz, docs at /docs)")
-    uvicorn.run(app, host=host, port=port, access_log=access_log, log_level="info")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    predictor = Predictor.from_run(settings.run_dir, backend=settings.backend,  # type: ignore[arg-type]
+                                   threads=settings.threads)
+    processes = f", {workers} worker processes" if workers > 1 else ""
+    echo(f"serving {predictor.model_name} from {settings.run_dir} ({predictor.describe()}{processes}) on "
+         f"http://{host}:{port} (POST /v1/score, GET /healthz, docs at /docs)")
+    if workers == 1:
+        uvicorn.run(settings.app(predictor), host=host, port=port, access_log=access_log, log_level="info")
+        return
+    del predictor  # each worker loads its own
+    os.environ[SETTINGS_ENV] = json.dumps(asdict(settings))
+    # a worker answers uvicorn's health pings only once it has imported everything: give it time to load
+    uvicorn.run("mtrec.serving.app:worker_app", factory=True, workers=workers, host=host, port=port,
+                access_log=access_log, log_level="info", timeout_worker_healthcheck=WORKER_START_S)

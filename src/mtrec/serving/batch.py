@@ -14,15 +14,19 @@ Other columns are ignored unless named by ``keep``, which copies them to the out
 scores back on, say). The output (CSV, or Parquet if the name ends in ``.parquet``/``.pq``) has the kept
 columns, then one probability column per task, row for row in input order. It is written to a temporary
 file and renamed when complete (:func:`mtrec.io.atomic_write`): a failed run leaves no partial output.
+The model scores one chunk in a second thread while the next is read and encoded (ONNX Runtime and the
+Arrow readers release the GIL), so reading and encoding cost little beside the model.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
@@ -39,10 +43,10 @@ from mtrec.data.config import (
 )
 from mtrec.data.dataset import DatasetError
 from mtrec.data.prepare import feature_columns
-from mtrec.data.readers import ColumnLayout, file_format, iter_chunks, read_layout
+from mtrec.data.readers import Chunk, ColumnLayout, file_format, iter_chunks, read_layout
 from mtrec.features.encoders import EncodingError
 from mtrec.features.schema import DatasetSchema
-from mtrec.io import atomic_write
+from mtrec.io import PathError, atomic_write, check_output_file
 from mtrec.serving.predictor import Predictor
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -109,6 +113,20 @@ def _check_columns(path: Path, layout: ColumnLayout, features: DatasetConfig, ke
         raise ScoringInputError(f"{path}: --keep column(s) {absent} not found; its columns: {list(layout.columns)}")
 
 
+def check_paths(source: Path, out: Path) -> Path:
+    """The output path (absolute) if ``source`` can be read and ``out`` written without touching it."""
+    if not source.is_file():
+        raise ScoringInputError(f"input file not found: {source}" if not source.exists()
+                                else f"input {source} is not a file")
+    try:
+        target = check_output_file(out, "output file")
+    except PathError as exc:
+        raise ScoringInputError(str(exc)) from None
+    if (target.exists() and target.samefile(source)) or target == source.resolve():
+        raise ScoringInputError(f"--out {out} is the input file: scoring would overwrite it; choose another name")
+    return target
+
+
 @dataclass
 class ScoringResult:
     rows: int
@@ -135,13 +153,12 @@ def score_file(
     progress: bool = True,
 ) -> ScoringResult:
     """Score every row of ``source`` and write ``out`` (see the module docstring)."""
-    source, out = Path(source), Path(out)
+    source = Path(source)
     if chunk_rows < 1:
-        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+        raise ScoringInputError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    out = check_paths(source, Path(out))
     if isinstance(dataset_config, str | Path):
         dataset_config = load_dataset_config(dataset_config)
-    if not source.is_file():
-        raise ScoringInputError(f"input file not found: {source}")
     features = input_features(predictor.schema, dataset_config, separator)
     layout = read_layout(source, features.source)
     _check_columns(source, layout, features, keep, dataset_config is not None)
@@ -158,25 +175,40 @@ def score_file(
     start = time.perf_counter()
     rows = 0
 
+    def encode(chunk: Chunk) -> dict[str, np.ndarray]:
+        try:
+            return predictor.encode(feature_columns(chunk, features, layout))
+        except EncodingError as exc:
+            where = chunk.where(exc.row) if exc.row is not None else str(source)
+            raise ScoringInputError(f"{where}, feature {exc.feature!r}: {exc}") from exc
+        except ValueError as exc:
+            raise ScoringInputError(f"{chunk.where(0)} (chunk of {chunk.num_rows} rows): {exc}") from exc
+
     def write(tmp: Path) -> None:
-        nonlocal rows
         writer = _writer(tmp, out_schema, is_parquet(out))  # tmp's name ends in .tmp
         total = count_rows(source, features.source.header and not parquet_in)
-        bar = tqdm(total=total, unit="rows", unit_scale=True, desc="scoring", disable=not progress)
+        bar = tqdm(total=total, unit="rows", unit_scale=True, desc="scoring", disable=None if progress else True)
+
+        def emit(chunk: Chunk, scored: Future[dict[str, np.ndarray]]) -> None:
+            nonlocal rows
+            probs = scored.result()
+            arrays = [chunk.table.column(k) for k in keep] + [pa.array(probs[t], pa.float32())
+                                                              for t in predictor.task_names]
+            writer.write_table(pa.Table.from_arrays(arrays, schema=out_schema))
+            rows += chunk.num_rows
+            bar.update(chunk.num_rows)
+
+        # the model scores chunk k in the pool's thread while this one reads and encodes chunk k + 1
         try:
-            for chunk in iter_chunks(source, features.source, layout, include, chunk_rows):
-                try:
-                    probs = predictor.predict(feature_columns(chunk, features, layout))
-                except EncodingError as exc:
-                    where = chunk.where(exc.row) if exc.row is not None else str(source)
-                    raise ScoringInputError(f"{where}, feature {exc.feature!r}: {exc}") from exc
-                except ValueError as exc:
-                    raise ScoringInputError(f"{chunk.where(0)} (chunk of {chunk.num_rows} rows): {exc}") from exc
-                arrays = [chunk.table.column(k) for k in keep] + [pa.array(probs[t], pa.float32())
-                                                                  for t in predictor.task_names]
-                writer.write_table(pa.Table.from_arrays(arrays, schema=out_schema))
-                rows += chunk.num_rows
-                bar.update(chunk.num_rows)
+            with ThreadPoolExecutor(1, thread_name_prefix="mtrec-scoring") as pool:
+                pending: tuple[Chunk, Future[dict[str, np.ndarray]]] | None = None
+                for chunk in iter_chunks(source, features.source, layout, include, chunk_rows):
+                    scoring = (chunk, pool.submit(predictor.score, encode(chunk)))
+                    if pending is not None:
+                        emit(*pending)
+                    pending = scoring
+                if pending is not None:
+                    emit(*pending)
         finally:
             bar.close()
             writer.close()

@@ -24,11 +24,12 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 from mtrec.export.onnx import export_checked, onnx_session, parity_batches
 from mtrec.export.scoring import ScoringModule, array_feeds, input_names
-from mtrec.features.encoders import ENCODERS_FILE, EncodingError, FeatureEncoders, RawColumn
+from mtrec.features.encoders import ENCODERS_FILE, FeatureEncoders, RawColumn, out_of_range
 from mtrec.features.schema import DatasetSchema
 from mtrec.objectives.scorer import Scorer
 from mtrec.training.checkpoint import ArtifactError, load_model
@@ -154,8 +155,8 @@ class Predictor:
         if not np.isfinite(dense).all():  # a finite raw value can overflow float32 after its transform
             row, col = (int(i) for i in np.argwhere(~np.isfinite(dense))[0])
             name = self.schema.dense[col].name
-            raise EncodingError(f"dense feature {name!r}: {columns[name][row]!r} is out of range for the model "
-                                f"(not finite as float32 after the feature's transform)", name, row)
+            value = columns[name][row]
+            raise out_of_range(name, value.as_py() if isinstance(value, pa.Scalar) else value, row)
         return array_feeds(sparse, dense, sequences, self.schema)
 
     def score(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

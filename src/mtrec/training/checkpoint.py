@@ -20,6 +20,7 @@ from mtrec.models import create_model
 from mtrec.objectives import ObjectiveConfigError, create_objective
 from mtrec.objectives.scorer import Scorer
 from mtrec.training.config import ConfigError, RunConfig, resolved_objective
+from mtrec.training.nonfinite import nonfinite_parameters
 
 WEIGHTS = "model.safetensors"
 SCHEMA = "schema.json"
@@ -77,4 +78,8 @@ def load_model(run_dir: str | Path) -> tuple[Scorer, RunConfig]:
         scorer.load_model_state(state)
     except RuntimeError as exc:
         raise ArtifactError(f"{run_dir / WEIGHTS}: weights do not fit model {config.model!r}: {exc}") from exc
+    bad = nonfinite_parameters(scorer)
+    if bad:
+        raise ArtifactError(f"{run_dir / WEIGHTS}: {len(bad)} weight tensor(s) hold NaN or infinite values "
+                            f"(first: {bad[0]}); the model cannot score")
     return scorer.eval(), config

@@ -1,104 +1,152 @@
-"""Resolved run configuration: what a run used, saved beside its checkpoint (``config.json``)."""
+"""Run configuration (pydantic, strict): what a run uses, saved resolved beside its checkpoint (``config.json``)."""
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field, fields
+import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from mtrec.io import atomic_write_text, read_mapping
+from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
+
+from mtrec.data.source import check_spec
+from mtrec.io import atomic_write_text, json_text, read_mapping
+from mtrec.models import model_options
+from mtrec.objectives.objective import check_objective_options
+from mtrec.objectives.weighting import weighting_options
+from mtrec.typed import ConfigModel, Count, NonNegative, NonNegativeFloat, Rate, error_line, validate
 
 
 class ConfigError(ValueError):
     """A configuration file or value that cannot be used."""
 
 
-NONFINITE_POLICIES = ("stop", "skip")
-SELECTIONS = ("mean", "per_task")
+DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
-@dataclass
-class TrainConfig:
-    """Optimisation and evaluation settings shared by every model."""
+class TrainConfig(ConfigModel):
+    """Optimisation and evaluation settings shared by every model (strict: see :mod:`mtrec.typed`).
 
-    epochs: int = 10
-    batch_size: int = 1024
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    patience: int = 2
-    seed: int = 0
-    eval_batch_size: int = 8192
+    Built with keywords (``TrainConfig(epochs=5)``: an invalid value is pydantic's ValidationError) or
+    from a mapping (:meth:`parse`: a ConfigError naming ``train.<key>``)."""
+
+    epochs: Count = 10
+    batch_size: Count = 1024
+    lr: Rate = 1e-3
+    weight_decay: NonNegativeFloat = 0.0
+    patience: NonNegative = 2  # epochs without improvement before stopping (0: stop at the first)
+    seed: Annotated[int, Field(ge=0, lt=2**63)] = 0
+    eval_batch_size: Count = 8192
     weighting: str = "fixed"
-    weighting_options: dict[str, Any] = field(default_factory=dict)
+    weighting_options: dict[str, Any] = Field(default_factory=dict)
     # the objective (mtrec.objectives): "" for the model's default; a run's saved config names the one used
     objective: str = ""
-    objective_options: dict[str, Any] = field(default_factory=dict)
+    objective_options: dict[str, Any] = Field(default_factory=dict)
     # model selection on validation: "mean" (one epoch, best mean task score) or "per_task" (each task
     # read from the weights of its own best epoch)
-    select: str = "mean"
-    prefetch: int = 2
-    device: str = "auto"
-    num_threads: int = 0  # 0: the machine's cores shared among the processes on it
+    select: Literal["mean", "per_task"] = "mean"
+    prefetch: NonNegative = 2
+    device: str = "auto"  # auto (CUDA when available), cpu, mps, cuda or cuda:N
+    num_threads: NonNegative = 0  # 0: the machine's cores shared among the processes on it
     # resume checkpoint (resume.safetensors) every this many optimizer steps, and at each epoch end;
     # 0: at epoch ends only
-    checkpoint_every: int = 1000
+    checkpoint_every: NonNegative = 1000
     # a non-finite loss: "stop" the run with an error naming the step and task, or "skip" the batch
-    on_nonfinite: str = "stop"
+    on_nonfinite: Literal["stop", "skip"] = "stop"
     # with "stop", the loss flags are read every this many steps (and before every checkpoint), so
     # the step needs no device-to-host sync; "skip" reads them every step
-    nonfinite_check_every: int = 50
+    nonfinite_check_every: Count = 50
+    # the embedding tables under torchrun: "none" (replicated on every rank, DDP), or sharded over the
+    # ranks with TorchRec: "table_wise", "column_wise", or "auto" (TorchRec's planner); see docs/distributed.md
+    embedding_sharding: Literal["none", "table_wise", "column_wise", "auto"] = "none"
+    # "auto": each rank's memory budget in MiB for its tables and their optimizer state (0: TorchRec's default)
+    embedding_memory_mb: NonNegative = 0
+    # the tables' optimizer: "adam" (the model's Adam), or "adagrad" / "sgd" (their own, as sharded tables need)
+    embedding_optimizer: Literal["adam", "adagrad", "sgd"] = "adam"
 
-    def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "eval_batch_size", "nonfinite_check_every"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ConfigError(f"train.lr must be > 0, got {self.lr}")
-        if self.checkpoint_every < 0:
-            raise ConfigError(f"train.checkpoint_every must be >= 0 (0: epoch ends only), got {self.checkpoint_every}")
-        if self.select not in SELECTIONS:
-            raise ConfigError(f"train.select must be one of {list(SELECTIONS)}, got {self.select!r}")
-        if self.on_nonfinite not in NONFINITE_POLICIES:
-            raise ConfigError(
-                f"train.on_nonfinite must be one of {list(NONFINITE_POLICIES)}, got {self.on_nonfinite!r}"
-            )
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not DEVICE.match(value):
+            raise ValueError(f"must be auto, cpu, mps, cuda or cuda:N, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _sharding(self) -> TrainConfig:
+        """Settings that sharded tables cannot serve."""
+        if self.embedding_sharding == "none":
+            return self
+        if self.embedding_optimizer == "adam":
+            raise ValueError(f"embedding_sharding: {self.embedding_sharding} needs train.embedding_optimizer "
+                             f"adagrad or sgd: sharded tables are updated by fbgemm's fused kernels, which have "
+                             f"no Adam on CPU")
+        if self.weighting == "gradnorm":
+            raise ValueError(f"weighting: gradnorm cannot be used with train.embedding_sharding: "
+                             f"{self.embedding_sharding}: it measures gradients on the embedding tables, which "
+                             f"sharded tables apply inside the backward pass")
+        if self.select == "per_task":
+            raise ValueError(f"select: per_task cannot be used with train.embedding_sharding: "
+                             f"{self.embedding_sharding}: it keeps a copy of the whole model per task")
+        return self
+
+    @classmethod
+    def parse(cls, data: Any, where: str = "config") -> TrainConfig:
+        return validate(cls, data, where, ConfigError, prefix="train")
 
 
-@dataclass
-class RunConfig:
+def train_overrides(value: dict[str, Any]) -> dict[str, Any]:
+    """Train settings given as overrides (a bench's ``train:``), checked as TrainConfig keys and values;
+    the seed is not one of them (a bench's seeds go under ``seeds:``)."""
+    if "seed" in value:
+        raise ValueError("the seed is not a train setting here: seeds go under 'seeds:'")
+    try:
+        TrainConfig.model_validate(value)
+    except ValidationError as exc:
+        raise ValueError(error_line(exc, cls=TrainConfig)) from None
+    return value
+
+
+TrainOverrides = Annotated[dict[str, Any], AfterValidator(train_overrides)]
+
+
+class RunConfig(ConfigModel):
     """A model, its options, the data spec and the training settings."""
 
     model: str
     data: str = "synthetic"
-    model_options: dict[str, Any] = field(default_factory=dict)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    model_options: dict[str, Any] = Field(default_factory=dict)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @field_validator("model_options", "train", mode="before")
+    @classmethod
+    def _empty(cls, value: Any) -> Any:
+        """An empty section (``train:`` with nothing under it) is the defaults."""
+        return {} if value is None else value
+
+    @field_validator("data")
+    @classmethod
+    def _data_spec(cls, value: str) -> str:
+        check_spec(value)
+        return value
+
+    @model_validator(mode="after")
+    def _options(self) -> RunConfig:
+        """The model, weighting and objective options, checked against their constructors' signatures."""
+        model_options(self.model, self.model_options)
+        weighting_options(self.train.weighting, self.train.weighting_options)
+        if self.train.objective:
+            check_objective_options(self.train.objective, self.train.objective_options)
+        return self
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return self.model_dump()
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str = "config") -> RunConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"{where}: unknown key(s) {unknown}; expected {sorted(known)}")
-        if "model" not in data:
-            raise ConfigError(f"{where}: missing key 'model'")
-        train = dict(data.get("train") or {})
-        train_known = {f.name for f in fields(TrainConfig)}
-        bad = sorted(set(train) - train_known)
-        if bad:
-            raise ConfigError(f"{where}: unknown train option(s) {bad}; expected {sorted(train_known)}")
-        return cls(
-            model=data["model"],
-            data=data.get("data", "synthetic"),
-            model_options=dict(data.get("model_options") or {}),
-            train=TrainConfig(**train),
-        )
+    def from_dict(cls, data: Any, where: str = "config") -> RunConfig:
+        """A run config from a mapping; ConfigError naming ``where`` and the key if it is not valid."""
+        return validate(cls, data, where, ConfigError)
 
     def save(self, path: Path) -> None:
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+        atomic_write_text(path, json_text(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def load(cls, path: Path) -> RunConfig:

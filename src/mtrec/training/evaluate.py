@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mtrec.data.batches import BatchIterator
+from mtrec.data.batches import BatchIterator, gather_batch
 from mtrec.data.dataset import PreparedDataset
 from mtrec.metrics import evaluate_tasks
 from mtrec.objectives.scorer import Scorer
@@ -37,9 +37,11 @@ def predict_split(
     batch_size: int = 8192,
     device: torch.device | str = "cpu",
     part: slice | None = None,
+    min_batches: int = 0,
 ) -> Predictions:
     """Score every row of ``split`` once, in order (rows sorted within each batch); with ``part``, only
-    those positions of the split (one rank's block)."""
+    those positions of the split (one rank's block). ``min_batches``: run forward passes (their outputs
+    dropped) until that many were made, as ranks must whose every forward is a collective (sharded tables)."""
     was_training = scorer.training
     scorer.eval()
     schema = dataset.schema
@@ -50,7 +52,9 @@ def predict_split(
     masks: dict[str, list[torch.Tensor]] = {t: [] for t in schema.task_names}
     users: list[torch.Tensor] = []
     rows = None if part is None else dataset.splits[split][part]
+    made = 0
     for batch in BatchIterator(dataset, split, batch_size, shuffle=False, rows=rows):
+        made += 1
         out = scorer(batch.features.to(device))
         for t in schema.task_names:
             probs[t].append(out[t].float().cpu())
@@ -58,6 +62,10 @@ def predict_split(
             masks[t].append(batch.masks[t])
         if user_col is not None:
             users.append(batch.features.sparse[:, user_col])
+    if made < min_batches:
+        filler = gather_batch(dataset, dataset.splits[split][:1]).features.to(device)
+        for _ in range(min_batches - made):
+            scorer(filler)
     scorer.train(was_training)
 
     def cat(parts: dict[str, list[torch.Tensor]]) -> dict[str, np.ndarray]:

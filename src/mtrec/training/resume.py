@@ -15,6 +15,7 @@ half-replaced checkpoint could be seen.
 from __future__ import annotations
 
 import json
+import math
 import random
 from pathlib import Path
 from typing import Any
@@ -54,7 +55,9 @@ def encode_state(obj: Any, tensors: dict[str, torch.Tensor], path: str = "") -> 
     if isinstance(obj, list):
         return [encode_state(v, tensors, f"{path}/{i}") for i, v in enumerate(obj)]
     if isinstance(obj, np.generic):
-        return obj.item()
+        return encode_state(obj.item(), tensors, path)
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return {"__float__": str(obj)}  # strict JSON has no NaN or infinity
     if obj is None or isinstance(obj, bool | int | float | str):
         return obj
     raise ResumeError(f"cannot store {type(obj).__name__} at {path or '/'} in a resume checkpoint")
@@ -70,6 +73,8 @@ def decode_state(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
         return tensors[skeleton["__tensor__"]]
     if "__ndarray__" in skeleton:
         return tensors[skeleton["__ndarray__"]].numpy()
+    if "__float__" in skeleton:
+        return float(skeleton["__float__"])
     if "__tuple__" in skeleton:
         return tuple(decode_state(v, tensors) for v in skeleton["__tuple__"])
     if "__items__" in skeleton:
@@ -81,7 +86,7 @@ def save_resume(path: Path, state: dict[str, Any]) -> None:
     """Write ``state`` (see :func:`encode_state`) to ``path`` atomically."""
     tensors: dict[str, torch.Tensor] = {}
     document = {"format": FORMAT, "state": encode_state(state, tensors)}
-    metadata = {_META_KEY: json.dumps(document)}
+    metadata = {_META_KEY: json.dumps(document, allow_nan=False)}
     atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
@@ -106,13 +111,6 @@ def load_resume(path: Path) -> dict[str, Any]:
         raise ResumeError(f"{path}: checkpoint refers to a missing tensor {exc}") from exc
     assert isinstance(state, dict)
     return state
-
-
-def remove_stale_temporaries(run_dir: Path) -> None:
-    """Delete temporary files left by writes that a killed process did not finish."""
-    for tmp in Path(run_dir).glob(".*.tmp"):
-        if tmp.is_file():
-            tmp.unlink(missing_ok=True)
 
 
 def rng_state(device: torch.device) -> dict[str, Any]:

@@ -17,7 +17,6 @@ from tqdm.auto import tqdm
 
 from mtrec.data.dataset import PreparedDataset
 from mtrec.data.source import is_synthetic, load_data
-from mtrec.features.encoders import ENCODERS_FILE
 from mtrec.models import create_model, model_options
 from mtrec.training import distributed
 from mtrec.training.checkpoint import CONFIG
@@ -78,6 +77,8 @@ def _train(
     ctx: distributed.DistContext,
 ) -> dict[str, Any]:
     cfg = config.train
+    run_dir = RunDirectory(out)
+    run_dir.check()
     torch.set_num_threads(cfg.num_threads or distributed.threads_per_process(ctx))
     config.model_options = model_options(config.model, config.model_options)
     if resume:
@@ -87,13 +88,14 @@ def _train(
     torch.manual_seed(cfg.seed)
     model = create_model(config.model, dataset.schema, **config.model_options)
     cfg.objective, cfg.objective_options = resolved_objective(cfg, model.default_objective)
-    run_dir = RunDirectory(out)
+    params = count_parameters(model)  # before the trainer: sharded tables leave each rank only its part
+    trainer = Trainer(model, cfg, run_dir, log)  # checks the weighting options before anything is written
     if ctx.is_main:
-        run_dir.start(dataset.schema, config, dataset.path / ENCODERS_FILE if dataset.path is not None else None)
+        run_dir.start(dataset, config)
     ranks = f" on {ctx.world_size} processes" if ctx.enabled else ""
-    log(f"training {config.model} ({count_parameters(model):,} parameters, objective {cfg.objective}) on "
+    log(f"training {config.model} ({params:,} parameters, objective {cfg.objective}) on "
         f"{config.data}: {dataset.split_size('train'):,} train rows{ranks}")
-    result = Trainer(model, cfg, run_dir, log).fit(dataset, resume=resume)
+    result = trainer.fit(dataset, resume=resume)
     metrics: dict[str, Any] = {
         "model": config.model,
         "data": config.data,
@@ -108,7 +110,9 @@ def _train(
         "train_samples_per_s": result.train_samples_per_s,
         "samples_seen": result.samples_seen,
         "skipped_batches": result.skipped_batches,
-        "params": count_parameters(model),
+        "warnings": result.warnings,
+        "params": params,
+        "embedding": result.embedding,
         "seed": cfg.seed,
         "machine": {"torch": torch.__version__, "threads": torch.get_num_threads(), "processes": ctx.world_size,
                     "device": str(next(model.parameters()).device), "platform": platform.platform()},

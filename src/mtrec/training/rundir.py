@@ -2,30 +2,44 @@
 
 A run directory holds ``config.json`` (resolved), ``schema.json``, ``model.safetensors`` (the selected
 weights), ``history.jsonl`` (one line per epoch), ``resume.safetensors`` (what ``--resume`` continues
-from), ``metrics.json``, ``learning_curves.png`` and ``roc.png``; for data prepared from raw files (or
+from; a run with sharded embedding tables adds each rank's ``resume-shard{r}of{W}-step{S}.safetensors``),
+``metrics.json``, ``learning_curves.png`` and ``roc.png``; for data prepared from raw files (or
 synthetic data, which carries its raw-value encoders) also ``encoders.json``. Only rank 0 holds a
-:class:`RunDirectory`; other ranks write nothing.
+:class:`RunDirectory` as its writer; other ranks write nothing, except each rank's own checkpoint file
+of a sharded run.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from mtrec.data.dataset import PreparedDataset
 from mtrec.features.encoders import ENCODERS_FILE
 from mtrec.features.schema import DatasetSchema
-from mtrec.io import atomic_write_bytes, atomic_write_text
+from mtrec.io import (
+    atomic_write_text,
+    check_output_dir,
+    check_own_dir,
+    json_text,
+    remove_stale_temporaries,
+)
 from mtrec.models import ModelConfigError, model_class, model_options
 from mtrec.training.checkpoint import CONFIG, SCHEMA, WEIGHTS, save_weights
 from mtrec.training.config import ConfigError, RunConfig, resolved_objective
-from mtrec.training.resume import RESUME, load_resume, remove_stale_temporaries, save_resume
+from mtrec.training.resume import RESUME, load_resume, save_resume
 
 HISTORY = "history.jsonl"
 METRICS = "metrics.json"
+# what a run directory holds (timing.json: the benchmark's); a run never writes over anything else
+RUN_FILES = re.compile(r"^(config\.json|schema\.json|model\.safetensors|resume\.safetensors|history\.jsonl|"
+                       r"metrics\.json|encoders\.json|timing\.json|learning_curves\.png|roc\.png|"
+                       r"resume-shard\d+of\d+-step\d+\.safetensors)$")
 
 
 class RunDirectory:
@@ -38,22 +52,28 @@ class RunDirectory:
     def resume_path(self) -> Path:
         return self.path / RESUME
 
-    def start(self, schema: DatasetSchema, config: RunConfig, encoders: Path | None) -> None:
-        """Create the directory and write the run's description: schema, resolved config, encoders."""
+    def check(self) -> None:
+        """PathError unless the directory can be written and holds nothing but a run's files (a directory
+        of other files is never written over)."""
+        check_output_dir(self.path, "run directory")
+        check_own_dir(self.path, RUN_FILES, "an mtrec run directory")
+
+    def start(self, dataset: PreparedDataset, config: RunConfig) -> None:
+        """Create the directory and write the run's description: schema, resolved config, the data's
+        encoders (if it has them)."""
         self.path.mkdir(parents=True, exist_ok=True)
-        schema.save(self.path / SCHEMA)
+        dataset.schema.save(self.path / SCHEMA)
         config.save(self.path / CONFIG)
-        if encoders is not None and encoders.is_file():
-            atomic_write_bytes(self.path / ENCODERS_FILE, encoders.read_bytes())
+        dataset.write_encoders(self.path / ENCODERS_FILE)
 
     # ---- training progress ---------------------------------------------------------------------
     def write_history(self, rows: list[dict[str, Any]]) -> None:
         """Replace ``history.jsonl`` with ``rows`` (a fresh run: none; a resumed one: the checkpoint's)."""
-        atomic_write_text(self.path / HISTORY, "".join(json.dumps(row) + "\n" for row in rows))
+        atomic_write_text(self.path / HISTORY, "".join(json_text(row) + "\n" for row in rows))
 
     def append_history(self, row: dict[str, Any]) -> None:
         with open(self.path / HISTORY, "a") as fh:
-            fh.write(json.dumps(row) + "\n")
+            fh.write(json_text(row) + "\n")
 
     def write_weights(self, state: dict[str, Any]) -> None:
         save_weights(self.path / WEIGHTS, state)
@@ -69,16 +89,34 @@ class RunDirectory:
         return load_resume(self.resume_path) if self.resume_path.exists() else None
 
     def remove_stale_temporaries(self) -> None:
-        """Delete the temporaries of writes that a killed process did not finish."""
+        """Delete the temporaries of writes that a killed process did not finish (and nothing else)."""
         remove_stale_temporaries(self.path)
 
     def remove_resume(self) -> None:
-        """A fresh run must not resume an older one."""
+        """A fresh run must not resume an older one (nor any rank's file of it)."""
         self.resume_path.unlink(missing_ok=True)
+        self.remove_resume_shards()
+
+    # ---- a sharded run's per-rank checkpoint files (mtrec.training.sharding) -------------------------
+    def shard_path(self, rank: int, world_size: int, step: int) -> Path:
+        """Rank ``rank``'s checkpoint file of optimizer step ``step`` (each rank writes its own)."""
+        return self.path / f"resume-shard{rank}of{world_size}-step{step}.safetensors"
+
+    def write_resume_shard(self, rank: int, world_size: int, step: int, state: dict[str, Any]) -> None:
+        save_resume(self.shard_path(rank, world_size, step), state)
+
+    def read_resume_shard(self, rank: int, world_size: int, step: int) -> dict[str, Any]:
+        return load_resume(self.shard_path(rank, world_size, step))
+
+    def remove_resume_shards(self, rank: int | None = None, keep: Path | None = None) -> None:
+        """Delete per-rank checkpoint files: every rank's, or only ``rank``'s; all but ``keep``."""
+        for path in self.path.glob(f"resume-shard{'*' if rank is None else rank}of*-step*.safetensors"):
+            if path != keep and RUN_FILES.match(path.name):
+                path.unlink(missing_ok=True)
 
     # ---- results -------------------------------------------------------------------------------
     def write_metrics(self, metrics: dict[str, Any]) -> None:
-        atomic_write_text(self.path / METRICS, json.dumps(metrics, indent=2) + "\n")
+        atomic_write_text(self.path / METRICS, json_text(metrics, indent=2) + "\n")
 
     def write_plots(self, history: list[dict[str, Any]], schema: DatasetSchema, probs: dict[str, np.ndarray],
                     labels: dict[str, np.ndarray], masks: dict[str, np.ndarray]) -> None:

@@ -50,13 +50,18 @@ from mtrec.training.nonfinite import (
     all_finite_everywhere,
     nonfinite_parameters,
 )
+from mtrec.training.optimizers import build_optimizers
+from mtrec.training.placement import create_placement
 from mtrec.training.resume import ResumeError, rng_state, set_rng_state
 from mtrec.training.rundir import RunDirectory
 
 WARMUP_STEPS = 3  # steps excluded from the throughput figure
+# an epoch whose mean train loss of a task exceeds this many times the task's loss at the first step has
+# diverged (a learning rate far too high: the model ends up no better than chance, without a NaN)
+DIVERGED = 10.0
 # settings a resumed run must share with the checkpoint (others, e.g. epochs or patience, may change)
 RESUME_FIXED = ("batch_size", "seed", "lr", "weight_decay", "weighting", "weighting_options", "objective",
-                "objective_options", "select")
+                "objective_options", "select", "embedding_sharding", "embedding_optimizer")
 MEAN = "mean"  # the selection key of train.select: mean
 
 
@@ -78,6 +83,8 @@ class FitResult:
     test_predictions: Predictions
     train_samples_per_s: float
     history: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # e.g. that training diverged
+    embedding: dict[str, Any] = field(default_factory=dict)  # the tables' sharding and bytes per rank
     samples_seen: int = 0  # rows trained on over all epochs and ranks (a resumed run counts all of them)
     skipped_batches: int = 0  # steps skipped for a non-finite loss (train.on_nonfinite: skip)
 
@@ -93,6 +100,9 @@ class TrainState:
     samples: int = 0
     skipped_batches: int = 0
     epoch_loss: dict[str, float] = field(default_factory=dict)  # sum over the epoch's trained steps
+    first_loss: dict[str, float] = field(default_factory=dict)  # each task's loss at the first step
+    diverged: list[str] = field(default_factory=list)  # tasks whose training diverged (warned once each)
+    warnings: list[str] = field(default_factory=list)
     epoch_trained_steps: int = 0
     best_valid: dict[str, dict[str, float]] = field(default_factory=dict)  # per task, at its selected epoch
     history: list[dict[str, Any]] = field(default_factory=list)  # one row per finished epoch
@@ -157,15 +167,13 @@ class Trainer:
         self.weighting: WeightingStrategy = create_weighting(
             config.weighting, model.task_names, **config.weighting_options
         ).to(self.device)
-        self.loss_step = distributed.data_parallel(LossStep(self.model, self.objective, self.weighting), self.device)
-        params = [*self.model.parameters(), *self.objective.parameters(), *self.weighting.parameters()]
-        self.optimizer = torch.optim.Adam(
-            params, lr=config.lr, weight_decay=config.weight_decay, foreach=self.device.type != "cuda",
-            fused=self.device.type == "cuda" or None,
-        )
         self.run_dir = run_dir
         self.writer = run_dir if self.dist.is_main else None
         self.log = log if self.dist.is_main else _quiet
+        self.placement = create_placement(config, self.model, self.device, self.log)
+        self.loss_step = self.placement.wrap(LossStep(self.model, self.objective, self.weighting))
+        dense = [*self.placement.dense_parameters(), *self.objective.parameters(), *self.weighting.parameters()]
+        self.optimizer = build_optimizers(config, dense, self.placement.table_parameters(), self.device)
         self.watch = LossWatch(self.device)
         self.scorer = Scorer(self.objective, self.model, model.registry_name)
         self.best_states: dict[str, dict[str, torch.Tensor]] = {}  # selection key -> weights of its best epoch
@@ -199,6 +207,9 @@ class Trainer:
             if first_epoch and session_steps == WARMUP_STEPS:
                 timed_rows, start = 0, time.perf_counter()
             task_losses = self._step(batch.to(self.device, non_blocking=True), state)
+            if task_losses is not None and not state.first_loss:  # one sync, once per run
+                first = collectives.all_reduce_(task_losses.clone()) / self.dist.world_size
+                state.first_loss = dict(zip(self.model.task_names, first.tolist(), strict=True))
             if task_losses is not None:
                 local_loss += task_losses
                 state.samples += batch.step_rows
@@ -255,26 +266,44 @@ class Trainer:
         parts += [f"loss term{'s' * (len(others) > 1)} {', '.join(others)}"] if others else []
         return " and ".join(parts)
 
+    def _check_divergence(self, state: TrainState, train_loss: dict[str, float]) -> None:
+        """Warn (in the log and the run's metrics) when an epoch's train loss has grown far beyond the
+        loss at the first step: training diverged, so its model is no better than chance."""
+        for task, loss in train_loss.items():
+            first = state.first_loss.get(task)
+            if first is None or task in state.diverged or not loss > DIVERGED * max(first, 1e-3):
+                continue
+            state.diverged.append(task)
+            warning = (f"training diverged: epoch {state.epoch} train loss of task {task!r} is {loss:.3g}, "
+                       f"{loss / max(first, 1e-3):.3g} times its loss at the first step ({first:.3g}); "
+                       f"lower train.lr (now {self.config.lr:g})")
+            state.warnings.append(warning)
+            self.log(f"warning: {warning}")
+
     def _check_parameters(self) -> None:
         """Refuse to go on (and so to write) with non-finite weights, whatever the losses said."""
         bad = nonfinite_parameters(self.model) + [f"weighting.{n}" for n in nonfinite_parameters(self.weighting)]
-        if bad:
+        # a collective: with sharded tables a rank may hold the only bad shard
+        if collectives.all_reduce_(torch.tensor([len(bad)], device=self.device), "max").item():
             raise NonFiniteParametersError(
-                f"parameters became non-finite (first: {bad[:3]}) although every loss was finite; "
-                f"nothing was written from them. Lower train.lr"
+                f"parameters became non-finite (first: {bad[:3] or 'on another rank'}) although every loss was "
+                f"finite; nothing was written from them. Lower train.lr"
             )
 
     # ---- evaluation ---------------------------------------------------------------------------
     def _predict(self, scorer: Scorer, dataset: PreparedDataset, split: str) -> Predictions:
         """The whole split's predictions: each rank scores its block, then all are gathered."""
         part = distributed.block_of(dataset.split_size(split), self.dist)
-        local = predict_split(scorer, dataset, split, self.config.eval_batch_size, self.device, part)
+        batch_size = self.config.eval_batch_size
+        local = predict_split(scorer, dataset, split, batch_size, self.device, part,
+                              min_batches=self.placement.eval_batches(dataset.split_size(split), batch_size))
         return distributed.gather_predictions(local, self.device)
 
     def _selected_weights(self) -> dict[str, torch.Tensor]:
-        """The selected weights as the run directory stores them (see :meth:`Scorer.model_state`)."""
+        """The selected weights as the run directory stores them (see :meth:`Scorer.model_state`), whole
+        on rank 0 (a collective: sharded tables are gathered)."""
         if self.config.select == MEAN:
-            return self.best_states[MEAN]
+            return self.placement.full_state(self.best_states[MEAN])
         return {f"{task}.{k}": v for task, state in self.best_states.items() for k, v in state.items()}
 
     def _selected_scorer(self) -> Scorer:
@@ -283,7 +312,7 @@ class Trainer:
             self.log("no epoch finished; keeping the last weights")
             return self.scorer
         if self.config.select == MEAN:
-            self.model.load_state_dict(self.best_states[MEAN])
+            self.placement.restore(self.best_states[MEAN])
             return self.scorer
         copies = {}
         for task, state in self.best_states.items():
@@ -294,6 +323,7 @@ class Trainer:
     def _finish_epoch(self, dataset: PreparedDataset, state: TrainState, rows: int, seconds: float) -> None:
         self._check_losses()
         train_loss = {t: v / max(state.epoch_trained_steps, 1) for t, v in state.epoch_loss.items()}
+        self._check_divergence(state, train_loss)
         valid = self._predict(self.scorer, dataset, "valid").metrics()
         scores = selection_scores(valid, self.config.select)
         improved = state.stopper.update(scores, state.epoch)
@@ -307,7 +337,7 @@ class Trainer:
         marks = ("  *best*" if improved == [MEAN] else f"  *best: {', '.join(improved)}*") if improved else ""
         self.log(f"epoch {state.epoch}: train loss {sum(train_loss.values()):.4f}  valid {summary}{marks}")
         if improved:
-            weights = copy.deepcopy(self.model.state_dict())
+            weights = self.placement.snapshot()
             for key in improved:
                 self.best_states[key] = weights
             for task in self.model.task_names:
@@ -315,9 +345,10 @@ class Trainer:
                     state.best_valid[task] = valid[task]
         state.epoch, state.step, state.epoch_loss, state.epoch_trained_steps = state.epoch + 1, 0, {}, 0
         self._save_resume(state)  # checks losses and parameters first, so nothing non-finite is written
+        selected = self._selected_weights() if improved else None
         if self.writer is not None:
-            if improved:  # (a kill before this write is mended by resuming: fit rewrites it)
-                self.writer.write_weights(self._selected_weights())
+            if selected is not None:  # (a kill before this write is mended by resuming: fit rewrites it)
+                self.writer.write_weights(selected)
             self.writer.append_history(row)
         if state.stopper.should_stop:
             self.log(f"early stop: no better validation score for {state.stopper.bad_epochs} epochs")
@@ -327,45 +358,46 @@ class Trainer:
         return {name: getattr(self.config, name) for name in RESUME_FIXED}
 
     def _save_resume(self, state: TrainState) -> None:
-        """Write ``resume.safetensors`` (rank 0) after checking that nothing non-finite goes in it."""
+        """Write the resume checkpoint after checking that nothing non-finite goes in it."""
         self._check_losses()
         self._check_parameters()
         if self.run_dir is None:  # the same on every rank
             return
-        rng = rng_state(self.device)  # a collective
-        if self.writer is None:
-            return
-        self.writer.write_resume({
+        common = {
             "settings": self._settings(),
             "steps_per_epoch": self.steps_per_epoch,
             "progress": state.to_dict(),
-            "model": self.model.state_dict(),
-            "best": self.best_states,
-            "optimizer": self.optimizer.state_dict(),
             "weighting": self.weighting.state_dict(),
             "objective": self.objective.state_dict(),
-            "rng": rng,
-        })
+            "rng": rng_state(self.device),  # a collective
+        }
+        held = {"model": self.placement.held(), "best": self.best_states, "optimizer": self.optimizer.state_dict(),
+                **self.placement.extra_state()}
+        self.placement.save_checkpoint(self.run_dir, common, held, state.global_step)
 
     def _restore(self, saved: dict[str, Any], where: str) -> TrainState:
         """Continue from a resume checkpoint ``saved`` (read from ``where``)."""
-        changed = [f"train.{k}: {saved['settings'].get(k)!r} -> {v!r}" for k, v in self._settings().items()
-                   if saved["settings"].get(k) != v]
+        assert self.run_dir is not None
+        defaults = TrainConfig()  # a checkpoint written before a setting existed had its default
+        settings = {k: saved["settings"].get(k, getattr(defaults, k)) for k in RESUME_FIXED}
+        changed = [f"train.{k}: {settings[k]!r} -> {v!r}" for k, v in self._settings().items() if settings[k] != v]
         if changed:
             raise ResumeError(f"{where}: cannot resume with changed settings ({'; '.join(changed)}); "
                               f"use the checkpoint's settings or start a new run directory")
         if saved["steps_per_epoch"] != self.steps_per_epoch:
             raise ResumeError(f"{where}: the checkpoint has {saved['steps_per_epoch']} steps per epoch, this "
                               f"run {self.steps_per_epoch}: not the same training data")
+        held = self.placement.load_checkpoint(saved, self.run_dir)
         try:
-            self.model.load_state_dict(saved["model"])
+            self.placement.restore(held["model"])
             self.weighting.load_state_dict(saved["weighting"])
             self.objective.load_state_dict(saved["objective"])
-            self.optimizer.load_state_dict(saved["optimizer"])
+            self.optimizer.load_state_dict(held["optimizer"])
+            self.placement.load_extra_state(held)
         except (RuntimeError, ValueError, KeyError) as exc:
             raise ResumeError(f"{where}: does not fit this model and optimizer ({exc})") from exc
         self.best_states = {key: {k: v.to(self.device) for k, v in weights.items()}
-                            for key, weights in saved["best"].items()}
+                            for key, weights in held["best"].items()}
         set_rng_state(saved["rng"], self.device, self.dist.rank, self.dist.world_size)
         state = TrainState.from_dict(saved["progress"])
         self.log(f"resumed from {where}: epoch {state.epoch} step {state.step}, "
@@ -383,14 +415,17 @@ class Trainer:
         )
         self.steps_per_epoch = len(batches)
         state = TrainState(stopper=EarlyStopping(cfg.patience))
+        if self.writer is not None:
+            self.writer.remove_stale_temporaries()  # left by a killed run
         if resume:
             state = self._resume(state)
         elif self.writer is not None:
             self.writer.remove_resume()
+        selected = self._selected_weights() if self.best_states else None
         if self.writer is not None:  # make the run directory agree with the state continued from
             self.writer.write_history(state.history)
-            if self.best_states:
-                self.writer.write_weights(self._selected_weights())
+            if selected is not None:
+                self.writer.write_weights(selected)
             else:
                 self.writer.remove_weights()
         rows, seconds = 0, 0.0
@@ -412,6 +447,8 @@ class Trainer:
             history=list(state.history),
             samples_seen=state.samples,
             skipped_batches=state.skipped_batches,
+            warnings=list(state.warnings),
+            embedding=self.placement.summary(self.optimizer),
         )
 
     def _resume(self, state: TrainState) -> TrainState:
@@ -419,8 +456,6 @@ class Trainer:
         ``state`` when there is none."""
         if self.run_dir is None:
             raise ResumeError("resuming needs the run directory that holds the checkpoint")
-        if self.writer is not None:
-            self.writer.remove_stale_temporaries()
         saved = self.run_dir.read_resume()
         if saved is None:
             self.log(f"--resume: no checkpoint at {self.run_dir.resume_path}, starting from the beginning")

@@ -1,0 +1,259 @@
+"""A scoring request's JSON body -> the scoring graph's named inputs, vectorized, or a 422 naming the field.
+
+A request gives one user's features and a list of candidate items' features, all as raw values (as in the
+raw data the model was prepared from)::
+
+    {"user": {"user_id": "u42", "hist_click": ["i1", "i9"], "activity": 3.5},
+     "candidates": [{"item_id": "i7", "price": 9.9}, {"item_id": "i3", "price": 12.0}]}
+
+Each candidate is scored with the user's features merged in (a feature given in both places takes the
+candidate's value); every feature of the model's schema must be given in one of the two places. Values:
+a categorical feature takes a string, number or boolean; a dense feature a finite number; a sequence a
+list of raw tokens or one string joined by the separator used at preparation; ``null`` means a missing
+value (encoded as at preparation).
+
+Parsing: the body is parsed by orjson and validated by pydantic-core against a typed description of the
+request built from the schema (strict types, unknown keys refused; no Python code per value). A body
+orjson refuses (not JSON, ``Infinity``, a lone surrogate, nested too deeply) is validated from its bytes by
+pydantic, whose error then names the problem; a body that is not UTF-8 is refused as such. Every problem
+becomes ``{"field", "loc", "msg", "type"}`` with the field written ``candidates[3].price``.
+
+Encoding: a feature given under ``user`` is encoded once and repeated for every candidate; a feature given
+per candidate is one column of N raw values, looked up in one dictionary pass
+(:func:`mtrec.features.encoders.lookup_values`) and transformed as one array. The result equals what
+:meth:`mtrec.features.encoders.FeatureEncoders.encode` gives for the merged columns.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from itertools import repeat
+from typing import Annotated, Any, Required
+
+import numpy as np
+import orjson
+from pydantic import AllowInfNan, ConfigDict, Field, Strict, TypeAdapter, ValidationError
+from typing_extensions import TypedDict
+
+from mtrec.export.scoring import array_feeds
+from mtrec.features.encoders import FeatureEncoders, lookup_values, out_of_range, sequence_row
+from mtrec.features.schema import DatasetSchema
+
+# ---- value types (checked by pydantic-core, without Python callbacks) ------------------------------------
+INT64 = (-(2**63), 2**63 - 1)  # numeric ids beyond 64 bits must come as strings: they have no exact float
+FiniteFloat = Annotated[float, Strict(), AllowInfNan(False)]
+Id = Annotated[int, Strict(), Field(ge=INT64[0], le=INT64[1])]
+IdFloat = Annotated[float, Strict(), AllowInfNan(False), Field(gt=-(2.0**63), lt=2.0**63)]
+Token = Annotated[str, Strict()] | Id | IdFloat
+CategoricalValue = Token | Annotated[bool, Strict()] | None
+NumberValue = FiniteFloat | None  # strict: an int is a number; a string or a boolean is not
+SequenceValue = list[Token] | Annotated[str, Strict()] | None
+EXPECTED = {
+    "categorical": "a categorical value (string, number, boolean or null)",
+    "dense": "a finite number (or null)",
+    "sequence": "a list of tokens or a separator-joined string (or null)",
+}
+_MAX_LISTED_ERRORS = 20
+_typed_dict: Any = TypedDict  # a TypedDict built at run time from the schema (pydantic reads its fields)
+_ABSENT = object()
+
+
+def feature_kinds(schema: DatasetSchema) -> dict[str, str]:
+    """Feature name -> ``categorical``, ``dense`` or ``sequence``."""
+    return {**{f.name: "categorical" for f in schema.sparse}, **{f.name: "dense" for f in schema.dense},
+            **{f.name: "sequence" for f in schema.sequences}}
+
+
+def request_type(schema: DatasetSchema, max_candidates: int) -> Any:
+    """The request as a TypedDict: ``Features`` (every feature optional, unknown names refused) under
+    ``user`` and ``candidates`` (1 to ``max_candidates``)."""
+    types: dict[str, Any] = {"categorical": CategoricalValue, "dense": NumberValue, "sequence": SequenceValue}
+    lengths = {f.name: f.max_len for f in schema.sequences}
+    fields: dict[str, Any] = {}
+    for name, kind in feature_kinds(schema).items():
+        note = f"; at most {lengths[name]} tokens are kept" if name in lengths else ""
+        fields[name] = Annotated[types[kind], Field(title=name, description=f"{kind} feature: {EXPECTED[kind]}{note}")]
+    features = _typed_dict("Features", fields, total=False)
+    features.__pydantic_config__ = ConfigDict(extra="forbid")
+    request = _typed_dict("ScoreRequest", {
+        "user": Annotated[features, Field(description="features shared by every candidate")],
+        "candidates": Required[Annotated[list[features], Field(  # type: ignore[valid-type]
+            min_length=1, max_length=max_candidates,
+            description=f"the items to score (1 to {max_candidates}), each with its own features")]],
+    }, total=False)
+    request.__pydantic_config__ = ConfigDict(extra="forbid")
+    return request
+
+
+# ---- problems ---------------------------------------------------------------------------------------------
+def field_path(loc: Sequence[int | str]) -> str:
+    """``("body", "candidates", 3, "price")`` -> ``candidates[3].price``."""
+    path = ""
+    for part in loc:
+        if part == "body" and not path:
+            continue
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path or "body"
+
+
+def problem(loc: Sequence[int | str], msg: str, kind: str) -> dict[str, Any]:
+    return {"field": field_path(loc), "loc": list(loc), "msg": msg, "type": kind}
+
+
+class RequestError(ValueError):
+    """A request that cannot be scored: ``status`` (4xx) and every problem found, first one first."""
+
+    def __init__(self, problems: list[dict[str, Any]], status: int = 422) -> None:
+        listed = problems[:_MAX_LISTED_ERRORS]
+        more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+        super().__init__(f"{listed[0]['field']}: {listed[0]['msg']}{more}")
+        self.problems = listed
+        self.status = status
+
+
+def _type_name(value: object) -> str:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
+        type(value), type(value).__name__)
+
+
+def _feature_problem(loc: tuple[int | str, ...], value: Any, kinds: dict[str, str]) -> dict[str, Any] | None:
+    """One clear problem for a type error inside a feature, whose ``loc`` pydantic extends with union
+    member tags (``("body", "user", "hist", "list[...]", 0, "str")``); None if ``loc`` is not in a feature."""
+    depth = {"user": 1, "candidates": 2}.get(str(loc[1])) if len(loc) > 1 and loc[0] == "body" else None
+    if depth is None or len(loc) <= 1 + depth or str(loc[1 + depth]) not in kinds:
+        return None
+    at = loc[: 2 + depth]  # ("body", "user", feature) or ("body", "candidates", i, feature)
+    kind = kinds[str(at[-1])]
+    item = next((part for part in loc[len(at) + 1 :] if isinstance(part, int)), None)
+    number = isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))
+    if number and not isinstance(value, bool) and not INT64[0] <= value <= INT64[1]:
+        size = f"an integer of {len(str(abs(value)))} digits" if isinstance(value, int) else f"{value:g}"
+        if kind == "dense":
+            return problem(at, f"{size} is out of range", "out_of_range")
+        where = f"item {item}: " if kind == "sequence" and item is not None else ""
+        return problem(at, f"{where}{size} is out of range for a numeric id: numeric ids must fit in 64 bits "
+                           f"(send a longer id as a string)", "out_of_range")
+    if kind == "sequence" and item is not None:
+        return problem(at, f"item {item}: expected a token (string or finite number), got {_type_name(value)}",
+                       "type_error")
+    return problem(at, f"expected {EXPECTED[kind]}, got {_type_name(value)}", "type_error")
+
+
+def validation_problems(errors: Sequence[Any], max_candidates: int, kinds: dict[str, str]) -> list[dict[str, Any]]:
+    """pydantic's errors for the request body as problems in plain words, one per field."""
+    problems: dict[str, dict[str, Any]] = {}
+    for err in errors:
+        loc, kind = ("body", *err.get("loc", ())), str(err.get("type", "value_error"))
+        msg = str(err.get("msg", "invalid value"))
+        found: dict[str, Any] | None = None
+        if kind == "json_invalid":
+            reason = str(err.get("ctx", {}).get("error", msg))
+            reason = "nested too deeply" if reason.startswith("recursion limit") else reason
+            found = problem(("body",), f"not valid JSON: {reason}", kind)
+        elif loc == ("body", "candidates") and kind in ("too_short", "too_long"):
+            count = len(err.get("input") or [])
+            found = problem(loc, f"expected 1 to {max_candidates} candidates per request (the server's "
+                                 f"--max-candidates), got {count}", kind)
+        elif kind == "extra_forbidden":
+            found = problem(loc, f"unknown feature {loc[-1]!r}; the model's features are {list(kinds)}"
+                            if len(loc) > 2 else f"unknown key {loc[-1]!r}; a request has 'user' and 'candidates'",
+                            kind)
+        elif loc == ("body", "candidates") and kind == "missing":
+            found = problem(loc, "missing 'candidates': the list of items to score", kind)
+        else:
+            found = _feature_problem(loc, err.get("input"), kinds) or problem(loc, msg, kind)
+        problems.setdefault(found["field"], found)  # union members repeat a field: keep its first
+    return list(problems.values()) or [problem(("body",), "invalid request", "value_error")]
+
+
+# ---- the encoder --------------------------------------------------------------------------------------------
+class RequestEncoder:
+    """``encoder(body)`` -> the scoring graph's named inputs ``[N, ...]`` for the N candidates of a JSON
+    request body; raises :class:`RequestError` naming each bad field (see the module docstring)."""
+
+    def __init__(self, schema: DatasetSchema, encoders: FeatureEncoders, max_candidates: int) -> None:
+        encoders.check(schema)
+        self.schema = schema
+        self.encoders = encoders
+        self.max_candidates = max_candidates
+        self.kinds = feature_kinds(schema)
+        self.adapter: TypeAdapter[Any] = TypeAdapter(request_type(schema, max_candidates))
+
+    def __call__(self, body: bytes) -> dict[str, np.ndarray]:
+        return self.encode(self.parse(body))
+
+    def json_schema(self) -> dict[str, Any]:
+        """The request's JSON schema, its definitions referenced as OpenAPI components."""
+        return self.adapter.json_schema(ref_template="#/components/schemas/{model}")
+
+    def parse(self, body: bytes) -> dict[str, Any]:
+        """The validated request (plain dicts and lists), or RequestError."""
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            try:
+                body.decode()
+            except UnicodeDecodeError:
+                raise RequestError([problem(("body",), "not valid JSON: not UTF-8 text", "json_invalid")]) from None
+            data = _ABSENT
+        try:
+            return self.adapter.validate_python(data) if data is not _ABSENT else self.adapter.validate_json(body)
+        except ValidationError as exc:
+            raise RequestError(validation_problems(exc.errors(), self.max_candidates, self.kinds)) from None
+
+    def encode(self, request: dict[str, Any]) -> dict[str, np.ndarray]:
+        """A validated request -> named inputs: sparse ``[N, F_sparse]``, dense ``[N, F_dense]``, ``seq__<name>``
+        ``[N, L]`` (see :mod:`mtrec.export.scoring`)."""
+        user: dict[str, Any] = request.get("user") or {}
+        candidates: list[dict[str, Any]] = request["candidates"]
+        n = len(candidates)
+        given = set().union(*candidates)  # features at least one candidate gives
+        columns: dict[str, Any] = {}  # feature -> N values (a list), or the user's one value (a 1-tuple)
+        missing: list[dict[str, Any]] = []
+        for name in self.kinds:
+            if name not in given:
+                if name in user:
+                    columns[name] = (user[name],)
+                else:
+                    missing.append(problem(("body", "candidates", 0, name), _missing(name), "missing"))
+                continue
+            column = list(map(dict.get, candidates, repeat(name), repeat(_ABSENT)))
+            if column.count(_ABSENT):
+                if name not in user:
+                    missing.append(problem(("body", "candidates", column.index(_ABSENT), name), _missing(name),
+                                           "missing"))
+                    continue
+                shared = user[name]
+                column = [shared if v is _ABSENT else v for v in column]
+            columns[name] = column
+        if missing:
+            raise RequestError(missing)
+
+        enc, strip = self.encoders, self.encoders.strip
+        sparse = np.empty((n, len(self.schema.sparse)), dtype=np.int64)  # [N, F_sparse]
+        for j, f in enumerate(self.schema.sparse):
+            sparse[:, j] = lookup_values(enc.vocabularies[f.table_name], columns[f.name], strip)
+        dense = np.empty((n, len(self.schema.dense)), dtype=np.float32)  # [N, F_dense]
+        for j, d in enumerate(self.schema.dense):
+            raw = columns[d.name]
+            with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported below, naming the value
+                x = enc.dense[d.name].transform(np.array(raw, dtype=np.float64))  # [N] or [1]
+            if not np.isfinite(x).all():
+                row = int(np.flatnonzero(~np.isfinite(x))[0])
+                where = ("user",) if isinstance(raw, tuple) or d.name not in candidates[row] else ("candidates", row)
+                error = out_of_range(d.name, raw[row])
+                raise RequestError([problem(("body", *where, d.name), str(error), "encoding_error")])
+            dense[:, j] = x
+        sequences: dict[str, np.ndarray] = {}
+        for s in self.schema.sequences:
+            vocab, fmt = enc.vocabularies[s.table_name], enc.sequences[s.name]
+            rows = [sequence_row(v, fmt, s.max_len, vocab, strip) for v in columns[s.name]]
+            sequences[s.name] = np.tile(rows[0], (n, 1)) if len(rows) == 1 else np.stack(rows)  # [N, L]
+        return array_feeds(sparse, dense, sequences, self.schema)
+
+
+def _missing(name: str) -> str:
+    return f"missing required feature {name!r}: give it in user or in every candidate"
