@@ -17,7 +17,7 @@ from mtrec.models import ModelConfigError, create_model
 from mtrec.models.dtrn import DTRN
 from mtrec.nn.hyper import NormHypernetwork
 from mtrec.nn.senet import SENet
-from mtrec.nn.sequence import MultiHeadSelfAttention, TargetAttentionPooling, masked_softmax
+from mtrec.nn.sequence import MultiHeadSelfAttention, TargetAttentionPooling, ValidPositions, masked_softmax
 
 
 def n_params(module: torch.nn.Module) -> int:
@@ -56,6 +56,30 @@ def test_hypernetwork_without_hidden_layer_reads_the_embeddings_directly() -> No
     gamma, _ = hyper()
     z = torch.cat([hyper.task[1], hyper.behaviour[0]])  # [8]
     torch.testing.assert_close(gamma[1, 0, 0], 1 + hyper.scale.weight @ z)
+
+
+def test_valid_positions_pack_unpack_and_pool_only_the_valid_rows() -> None:
+    mask = torch.tensor([[True, True, False], [False, False, False], [True, False, False]])  # [S=3, L=3]
+    valid = ValidPositions.of(mask)
+    assert valid.flat.tolist() == [0, 1, 6] and valid.sequence.tolist() == [0, 0, 2]
+    x = torch.randn(2, 3, 3, 4)  # [K, S, L, d]
+    rows = valid.pack(x)  # [K, V, d]
+    torch.testing.assert_close(rows, x[:, mask])
+    torch.testing.assert_close(valid.unpack(rows), x * mask[..., None])  # padding comes back as zeros
+    torch.testing.assert_close(valid.sum_per_sequence(rows), (x * mask[..., None]).sum(2))
+
+
+def test_pooling_of_valid_rows_equals_padded_pooling() -> None:
+    torch.manual_seed(0)
+    pool = TargetAttentionPooling(4)
+    mask = torch.rand(5, 6) > 0.5
+    mask[1] = False  # one empty history
+    keys, target = torch.randn(2, 5, 6, 4), torch.randn(5, 4)
+    valid = ValidPositions.of(mask)
+    pooled, weights = pool.pool_rows(valid.pack(keys), valid, target)
+    padded_pooled, padded_weights = pool(keys, mask, target)
+    torch.testing.assert_close(pooled, padded_pooled)
+    torch.testing.assert_close(weights, padded_weights)
 
 
 def test_masked_softmax_gives_padding_zero_and_empty_rows_zero_without_nan() -> None:
@@ -142,8 +166,9 @@ def test_batched_pairs_equal_encoding_each_task_behaviour_pair_alone(batch: Batc
         gamma, beta = tim.norm_parameters()  # [K, M, N, d]
         target = tim.targets(model.embedding.sparse_fields(batch.features))  # [B, M, d]
         for k, m in itertools.product(range(2), range(2)):
-            encoded = tim.encoder(history[:, m], mask[:, m], gamma[k, m], beta[k, m])  # [B, L, d]
-            alone, _ = tim.pooling(encoded, mask[:, m], target[:, m])
+            pair = gamma[k, m][None, None], beta[k, m][None, None]  # [1, 1, N, d]: one condition
+            rows, valid = tim.encoder(history[:, m], mask[:, m], *pair)  # [1, V, d]
+            alone, _ = tim.pooling(valid.unpack(rows)[0], mask[:, m], target[:, m])  # padded pooling
             torch.testing.assert_close(u[:, k, m], alone, rtol=1e-5, atol=1e-6)
 
 
@@ -155,7 +180,7 @@ def test_all_pairs_are_one_batched_pass_with_the_first_attention_once_per_histor
         layer.attention.register_forward_hook(lambda _m, args, _out: shapes.append(tuple(args[0].shape)))
     model(batch.features)
     # one call per layer (not per task/behaviour pair); layer 0 runs before the per-pair norms
-    assert shapes == [(48, 1, 2, 6, 16), (48, 2, 2, 6, 16)]  # [B, K', M, L, d]
+    assert shapes == [(1, 96, 6, 16), (2, 96, 6, 16)]  # [K', B*M, L, d]
 
 
 def test_padding_positions_get_zero_target_attention_weight(batch: Batch) -> None:

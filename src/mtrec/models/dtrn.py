@@ -10,9 +10,9 @@ with MMoE/PLE tops. Two modules build the task-specific bottoms:
   shared by all pairs; only its LayerNorms differ: a hypernetwork turns a task embedding t_k and a
   behaviour embedding b_m into gamma = 1 + W_g z and beta = W_b z (``nn/hyper.py``). Each encoding is
   pooled by target attention against the candidate item (the sparse feature the history names as its
-  ``target``), giving the interest u_{k,m}. All K x M encodings are one batched pass: histories are
-  ``[B, 1, M, L, d]`` and the norm parameters ``[K, M, 2, d]``, so the first attention runs once per
-  history and everything after the first norm broadcasts to ``[B, K, M, L, d]``.
+  ``target``), giving the interest u_{k,m}. All K x M encodings are one batched pass over the B x M
+  histories: the first attention runs once per history, everything after it only on the valid
+  (non-padding) positions, and the first norm broadcasts them to the K tasks (``nn/sequence.py``).
 - **TRM** (Task-specific Representation Refinement Module). For each task, a SENet reads the F field
   embeddings plus that task's M interests and rescales each of the F + M fields (``trm="field"``: one
   sigmoid weight per field; ``"bit"``: one per element). The K SENets run as one batched matmul.
@@ -124,10 +124,13 @@ class TaskInterestModule(nn.Module):
     def forward(
         self, history: torch.Tensor, mask: torch.Tensor, sparse_fields: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        gamma, beta = self.norm_parameters()
-        encoded = self.encoder(history.unsqueeze(1), mask.unsqueeze(1), gamma, beta)  # [B, K', M, L, d]
-        target = self.targets(sparse_fields).unsqueeze(1)  # [B, 1, M, d]
-        return self.pooling(encoded, mask.unsqueeze(1), target)  # [B, K', M, d], [B, K', M, L]
+        m = history.shape[1]
+        gamma, beta = self.norm_parameters()  # [K', M or 1, N, d]: sequence b*M + j takes column j
+        rows, valid = self.encoder(history.flatten(0, 1), mask.flatten(0, 1), gamma, beta)  # [K', V, d]
+        target = self.targets(sparse_fields).flatten(0, 1)  # [B*M, d]
+        pooled, weights = self.pooling.pool_rows(rows, valid, target)  # [K', B*M, d], [K', B*M, L]
+        return (pooled.unflatten(1, (-1, m)).transpose(0, 1),  # [B, K', M, d]
+                weights.unflatten(1, (-1, m)).transpose(0, 1))  # [B, K', M, L]
 
 
 class TaskInputMMoE(nn.Module):

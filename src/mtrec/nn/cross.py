@@ -98,19 +98,26 @@ class CrossRNNCell(nn.Module):
         """The step-independent part of the gate logits, ``x0 W_gx + b_g``: ``[n, B, D]``."""
         return torch.baddbmm(self.gate_bias, self._per_cell(x0), self.gate_x)
 
-    def linear(self, h: torch.Tensor) -> torch.Tensor:
-        """``W h + b`` for states ``[n, B, D]``."""
-        if self.weight is not None:
-            return torch.baddbmm(self.bias, h, self.weight)
-        assert self.down is not None and self.up is not None
-        return torch.baddbmm(self.bias, torch.bmm(h, self.down), self.up)  # [n, B, r] -> [n, B, D]
+    def state_weight(self) -> torch.Tensor:
+        """Every product a step takes of the state, side by side: ``[n, D, D + D]`` (``W | W_gh``) or
+        ``[n, D, r + D]`` (``V | W_gh``), so that a step multiplies ``h`` once."""
+        first = self.weight if self.weight is not None else self.down
+        assert first is not None
+        return torch.cat([first, self.gate_h], dim=-1)
 
     def step(
-        self, x0: torch.Tensor, gate_x0: torch.Tensor, h: torch.Tensor, part: CrossTaskPart | None = None
+        self, x0: torch.Tensor, gate_x0: torch.Tensor, h: torch.Tensor, part: CrossTaskPart | None = None,
+        state_weight: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """One step: ``x0``, ``gate_x0`` (from :meth:`gate_input`) and ``h`` are ``[n, B, D]``."""
-        lin = self.linear(h)  # [n, B, D]
-        gate_logits = torch.baddbmm(gate_x0, h, self.gate_h)  # [n, B, D]
+        """One step: ``x0``, ``gate_x0`` (from :meth:`gate_input`) and ``h`` are ``[n, B, D]``;
+        ``state_weight``: :meth:`state_weight` when already built."""
+        products = torch.bmm(h, self.state_weight() if state_weight is None else state_weight)  # [n, B, D or r + D]
+        split = products.shape[-1] - self.dim
+        if self.up is None:
+            lin = products[..., :split] + self.bias  # W h + b: [n, B, D]
+        else:
+            lin = torch.baddbmm(self.bias, products[..., :split], self.up)  # U (V^T h) + b: [n, B, D]
+        gate_logits = gate_x0 + products[..., split:]  # [n, B, D]
         if part is not None:
             delta = part.linear_delta(h)
             if delta is not None:
@@ -136,9 +143,10 @@ class CrossRNNCell(nn.Module):
         h = x0 if h is None else self._per_cell(h)
         if steps > 0 and gate_x0 is None:
             gate_x0 = self.gate_input(x0)
+        weight = self.state_weight() if steps > 0 else None
         for _ in range(steps):
             assert gate_x0 is not None
-            h = self.step(x0, gate_x0, h, part)
+            h = self.step(x0, gate_x0, h, part, weight)
         return h
 
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from mtrec.nn.mlp import ParallelLinear, ParallelMLP
+from mtrec.nn.mlp import ParallelLinear, ParallelMLP, run_together
 
 
 class Gates(nn.Module):
@@ -37,7 +37,8 @@ def mix(experts: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
     """
     if experts.dim() == 3:
         return torch.einsum("ebh,gbe->gbh", experts, gates)
-    return torch.einsum("gebh,gbe->gbh", experts, gates)
+    # per-gate groups: a broadcast product summed over E (an einsum becomes G*B tiny matmuls here)
+    return (experts * gates.transpose(1, 2).unsqueeze(-1)).sum(1)  # [G, E, B, H] -> [G, B, H]
 
 
 class GroupGates(nn.Module):
@@ -117,20 +118,26 @@ class ExtractionLayer(nn.Module):
                              "per task ([T, B, in]): the shared gate has no input of its own otherwise")
         # task k's experts read task k's input
         expert_in = task_inputs.repeat_interleave(Et, dim=0) if per_task else task_inputs  # [T*Et, B, in]
-        own = self.task_experts(expert_in)  # [T*Et, B, H]
-        B, H = own.shape[1], own.shape[2]
         shared: torch.Tensor | None = None
-        if shared_input is not None:
-            shared = self.shared_experts(shared_input)  # [Es, B, H]
+        if shared_input is not None:  # every expert in one batched product per layer
+            if shared_input is task_inputs:
+                together = task_inputs  # [B, in]: every expert reads it
+            else:
+                own_in = expert_in if per_task else expert_in.unsqueeze(0).expand(T * Et, -1, -1)
+                together = torch.cat([own_in, shared_input.unsqueeze(0).expand(Es, -1, -1)])  # [T*Et+Es, B, in]
+            everything = run_together([self.task_experts, self.shared_experts], together)  # [T*Et+Es, B, H]
+            own, shared = everything[: T * Et], everything[T * Et :]
+            B, H = own.shape[1], own.shape[2]
             shared_per_task = shared.unsqueeze(0).expand(T, -1, -1, -1)  # [T, Es, B, H]
         else:  # shared weights, evaluated on each task's input
+            own = self.task_experts(expert_in)  # [T*Et, B, H]
+            B, H = own.shape[1], own.shape[2]
             flat = self.shared_experts(task_inputs.reshape(T * B, -1))  # [Es, T*B, H]
             shared_per_task = flat.view(Es, T, B, H).transpose(0, 1)  # [T, Es, B, H]
         experts = torch.cat([own.view(T, Et, B, H), shared_per_task], dim=1)  # [T, Et+Es, B, H]
         task_outputs = mix(experts, self.task_gates(task_inputs))  # [T, B, H]
         if self.shared_gate is None or shared is None or shared_input is None:
             return task_outputs, None
-        everything = torch.cat([own, shared], dim=0)  # [T*Et+Es, B, H]
         shared_output = mix(everything, self.shared_gate(shared_input)).squeeze(0)  # [B, H]
         return task_outputs, shared_output
 

@@ -67,11 +67,20 @@ class ParallelMLP(nn.Module):
         self.out_dim = dims[-1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._run(x, self.parameters_by_layer())
+
+    def parameters_by_layer(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(weight ``[n, in, out]``, bias ``[n, 1, out]``) of each layer."""
+        return [(layer.weight, layer.bias) for layer in self.layers if isinstance(layer, ParallelLinear)]
+
+    def _run(self, x: torch.Tensor, layers: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """The MLPs with the given (weight ``[n, in, out]``, bias ``[n, 1, out]``) per layer."""
+        n = layers[0][0].shape[0]
         if x.dim() == 2:
-            x = x.unsqueeze(0).expand(self.n, -1, -1)  # [n, B, in]
-        for i, layer in enumerate(self.layers):
-            x = layer(x)
-            if self.last_activation or i < len(self.layers) - 1:
+            x = x.unsqueeze(0).expand(n, -1, -1)  # [n, B, in]
+        for i, (weight, bias) in enumerate(layers):
+            x = torch.baddbmm(bias, x, weight)
+            if self.last_activation or i < len(layers) - 1:
                 x = self.dropout(torch.relu(x))
         return x
 
@@ -79,6 +88,24 @@ class ParallelMLP(nn.Module):
         """The final (batched) linear layer."""
         layer: ParallelLinear = self.layers[-1]  # type: ignore[assignment]
         return layer
+
+
+def run_together(groups: Sequence[ParallelMLP], x: torch.Tensor) -> torch.Tensor:
+    """Several groups of MLPs with the same layer sizes evaluated as one group (one batched matmul per
+    layer instead of one per group; each layer's weights are concatenated along n for the product).
+
+    x: ``[B, in]`` (the same input for every MLP) or ``[sum n, B, in]`` (in group order); returns
+    ``[sum n, B, out]``, equal to ``torch.cat([g(x_g) for g in groups])`` (the first group's dropout
+    applies to all).
+    """
+    first = groups[0]
+    per_group = [g.parameters_by_layer() for g in groups]
+    shapes = {tuple(w.shape[1:] for w, _ in layers) for layers in per_group}
+    if len(shapes) != 1 or any(g.last_activation != first.last_activation for g in groups):
+        raise ValueError("run_together: the groups must have the same layer sizes and activations")
+    joined = [(torch.cat([w for w, _ in layer]), torch.cat([b for _, b in layer]))
+              for layer in zip(*per_group, strict=True)]
+    return first._run(x, joined)
 
 
 class TaskTowers(ParallelMLP):

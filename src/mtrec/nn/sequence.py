@@ -2,10 +2,14 @@
 target-attention pooling of a behaviour history against the candidate item (bilinear, and DIN's MLP
 activation unit), and the lookup of each history's candidate.
 
-Every block takes arbitrary leading dimensions (``[..., L, d]``) so that a model can fold several
-encodings of the same sequence (one per task and behaviour, say) into the batch, or broadcast them: a
-``[B, 1, M, L, d]`` input normed with ``[K, M, 2, d]`` parameters becomes ``[B, K, M, L, d]`` after the
-first norm, and the work before that norm is done once per sequence, not once per task.
+A batch of S padded histories ``[S, L, d]`` with a validity mask ``[S, L]`` is encoded as follows: the
+self-attention runs on the padded layout (a batched product needs equal lengths), and everything that
+works position by position (the norms, the feed-forward network, the pooling's scores and weighted sum)
+runs on the valid positions only, packed into ``[V, d]`` rows (:class:`ValidPositions`). Padding never
+receives attention weight and is never pooled, so skipping it changes no output; real histories are
+mostly padding (synthetic ``sequences``: 70 %), so the position-wise work shrinks by that much. Several
+encodings of the same histories (one per task, say) share the leading dimension K: ``[K, V, d]``; the
+first attention runs once per history (K = 1) and the first norm broadcasts it to every condition.
 
 Padding (mask False) never receives attention weight: its weight is exactly 0. In target-attention
 pooling a sequence made only of padding gets all-zero weights (so a zero pooled vector); in
@@ -15,6 +19,7 @@ self-attention it attends evenly over its padding (finite outputs that the pooli
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -71,6 +76,41 @@ class MultiHeadSelfAttention(nn.Module):
         return self.out(heads_out).view(*lead, length, dim)  # [..., L, d]
 
 
+@dataclass(frozen=True)
+class ValidPositions:
+    """Where the valid (non-padding) positions of S padded sequences of length L are.
+
+    mask: bool ``[S, L]``; flat: ``[V]`` their indices into the S * L positions, in order; sequence:
+    ``[V]`` the sequence each one belongs to. :meth:`pack` and :meth:`unpack` move between the padded
+    layout ``[..., S, L, d]`` and rows ``[..., V, d]`` (any leading dimensions).
+    """
+
+    mask: torch.Tensor
+    flat: torch.Tensor
+    sequence: torch.Tensor
+
+    @classmethod
+    def of(cls, mask: torch.Tensor) -> ValidPositions:
+        flat = mask.reshape(-1).nonzero().squeeze(-1)  # [V]
+        return cls(mask, flat, torch.div(flat, mask.shape[-1], rounding_mode="floor"))
+
+    def pack(self, x: torch.Tensor) -> torch.Tensor:
+        """``[..., S, L, d] -> [..., V, d]``."""
+        return x.flatten(-3, -2).index_select(-2, self.flat)
+
+    def unpack(self, rows: torch.Tensor) -> torch.Tensor:
+        """``[..., V, d] -> [..., S, L, d]``, zeros at padding."""
+        s, length = self.mask.shape
+        padded = rows.new_zeros(*rows.shape[:-2], s * length, rows.shape[-1])
+        index = self.flat.unsqueeze(-1).expand_as(rows)  # [..., V, d] (scatter: exports to ONNX as it is)
+        return padded.scatter(-2, index, rows).unflatten(-2, (s, length))
+
+    def sum_per_sequence(self, rows: torch.Tensor) -> torch.Tensor:
+        """Sum of each sequence's rows: ``[..., V, d] -> [..., S, d]`` (zeros for an empty sequence)."""
+        sums = rows.new_zeros(*rows.shape[:-2], self.mask.shape[0], rows.shape[-1])
+        return sums.scatter_add(-2, self.sequence.unsqueeze(-1).expand_as(rows), rows)
+
+
 class ConditionalTransformerLayer(nn.Module):
     """A post-norm transformer encoder layer whose two LayerNorms take their scale and shift as inputs.
 
@@ -91,18 +131,23 @@ class ConditionalTransformerLayer(nn.Module):
         )
 
     def forward(
-        self, x: torch.Tensor, mask: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor
+        self, x: torch.Tensor, valid: ValidPositions, gamma: torch.Tensor, beta: torch.Tensor
     ) -> torch.Tensor:
-        """x: ``[..., L, d]``; mask: ``[..., L]`` (same leading shape as x); gamma, beta: ``[..., 2, d]``
-        with leading dimensions that broadcast against x's. Returns ``[broadcast leading..., L, d]``."""
-        y = conditional_layer_norm(x + self.attention(x, mask), self.dim, gamma[..., 0:1, :], beta[..., 0:1, :])
-        return conditional_layer_norm(y + self.ffn(y), self.dim, gamma[..., 1:2, :], beta[..., 1:2, :])
+        """x: padded ``[K', S, L, d]``; gamma, beta: per valid position ``[K, V, 2, d]`` (K' = 1 or K).
+        Returns the valid positions' outputs ``[K, V, d]``."""
+        mask = valid.mask.expand(x.shape[0], -1, -1)  # [K', S, L]
+        attended = valid.pack(x + self.attention(x, mask))  # [K', V, d]
+        y = conditional_layer_norm(attended, self.dim, gamma[..., 0, :], beta[..., 0, :])  # [K, V, d]
+        return conditional_layer_norm(y + self.ffn(y), self.dim, gamma[..., 1, :], beta[..., 1, :])
 
 
 class ConditionalTransformer(nn.Module):
-    """Learned positions, then ``num_layers`` :class:`ConditionalTransformerLayer` blocks.
+    """Learned positions, then ``num_layers`` :class:`ConditionalTransformerLayer` blocks, over K
+    conditions at once.
 
-    Needs ``num_layers * 2`` LayerNorm parameter pairs: gamma, beta ``[..., num_layers * 2, d]``.
+    Needs ``num_layers * 2`` LayerNorm parameter pairs per condition and group of sequences: gamma, beta
+    ``[K, G, num_layers * 2, d]``, where the S sequences are G interleaved groups (laid out as ``[B, G]``
+    flattened, e.g. G behaviour types) and sequence s takes column ``s mod G`` (G = 1: one for all).
     """
 
     def __init__(
@@ -120,19 +165,25 @@ class ConditionalTransformer(nn.Module):
 
     def forward(
         self, x: torch.Tensor, mask: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor
-    ) -> torch.Tensor:
-        """x: ``[..., L, d]``, mask ``[..., L]``, gamma/beta ``[..., num_layers * 2, d]`` (broadcasting
-        leading dimensions). Returns ``[..., L, d]`` over the broadcast leading shape."""
-        x = x + self.positions[: x.shape[-2]]
+    ) -> tuple[torch.Tensor, ValidPositions]:
+        """x: ``[S, L, d]``, mask ``[S, L]``, gamma/beta ``[K, G, num_layers * 2, d]``. Returns the
+        encodings of the valid positions ``[K, V, d]`` (:meth:`ValidPositions.unpack` gives the padded
+        ``[K, S, L, d]``) and where those positions are."""
+        valid = ValidPositions.of(mask)
+        group = torch.remainder(valid.sequence, gamma.shape[1])  # [V]: each valid position's column
+        gamma, beta = gamma.index_select(1, group), beta.index_select(1, group)  # [K, V, N, d]
         n = ConditionalTransformerLayer.NORMS
+        padded = (x + self.positions[: x.shape[-2]]).unsqueeze(0)  # [1, S, L, d]
+        rows = x.new_zeros(0)
         for i, layer in enumerate(self.layers):
-            mask = mask.expand(x.shape[:-1])  # [..., L]: x may have been broadcast by the last norm
-            x = layer(x, mask, gamma[..., i * n : (i + 1) * n, :], beta[..., i * n : (i + 1) * n, :])
-        return x
+            if i > 0:
+                padded = valid.unpack(rows)  # [K, S, L, d]
+            rows = layer(padded, valid, gamma[..., i * n : (i + 1) * n, :], beta[..., i * n : (i + 1) * n, :])
+        return rows, valid
 
 
 class TargetAttentionPooling(nn.Module):
-    """Pool a history ``[..., L, d]`` into ``[..., d]`` with weights from its similarity to a target.
+    """Pool a history into one vector with weights from its similarity to a target.
 
     score_l = <h_l, W t> / sqrt(d) over the valid positions; weights are their masked softmax (padding: 0).
     """
@@ -144,14 +195,24 @@ class TargetAttentionPooling(nn.Module):
     def forward(
         self, keys: torch.Tensor, mask: torch.Tensor, target: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """keys ``[..., L, d]``; mask ``[..., L]``; target ``[..., d]`` (leading dimensions broadcast).
-
-        Returns the pooled vectors ``[..., d]`` and the attention weights ``[..., L]``.
-        """
+        """keys ``[..., L, d]`` (padded); mask ``[..., L]``; target ``[..., d]`` (leading dimensions
+        broadcast). Returns the pooled vectors ``[..., d]`` and the attention weights ``[..., L]``."""
         query = self.query(target).unsqueeze(-2)  # [..., 1, d]
         scores = (keys * query).sum(-1) / math.sqrt(keys.shape[-1])  # [..., L]
         weights = masked_softmax(scores, mask)
         pooled = (weights.unsqueeze(-1) * keys).sum(-2)  # [..., d]
+        return pooled, weights
+
+    def pool_rows(
+        self, rows: torch.Tensor, valid: ValidPositions, target: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same pooling of histories given as their valid positions: rows ``[K, V, d]`` (as
+        :class:`ConditionalTransformer` returns them), target ``[S, d]``. Returns the pooled vectors
+        ``[K, S, d]`` and the weights ``[K, S, L]`` (padding: 0)."""
+        query = self.query(target).index_select(0, valid.sequence)  # [V, d]
+        scores = (rows * query).sum(-1, keepdim=True) / math.sqrt(rows.shape[-1])  # [K, V, 1]
+        weights = masked_softmax(valid.unpack(scores).squeeze(-1), valid.mask)  # [K, S, L]
+        pooled = valid.sum_per_sequence(valid.pack(weights.unsqueeze(-1)) * rows)  # [K, S, d]
         return pooled, weights
 
 
