@@ -57,7 +57,11 @@ def test_every_model_reading_pooled_histories_takes_attention_pooling(
     loss.backward()  # type: ignore[union-attr]
     attention = [n for n, p in model.named_parameters() if "attention" in n or "history_targets" in n]
     assert attention
-    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    # the activation unit's output bias shifts every score of a history alike, and a softmax is invariant to
+    # that: its gradient is zero in exact arithmetic (rounding may leave it a little above), so it is exempt
+    invariant = "embedding.attention.unit.layers.1.bias"
+    missing = [n for n, p in model.named_parameters()
+               if n != invariant and (p.grad is None or not p.grad.abs().sum() > 0)]
     assert not missing, f"parameters without gradient: {missing}"
 
 
