@@ -147,9 +147,8 @@ class TaskInputMMoE(nn.Module):
         self.out_dim = self.experts.out_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        k, b, _ = x.shape
-        experts = self.experts(x.reshape(k * b, -1))  # [E, K*B, H]
-        per_task = experts.view(experts.shape[0], k, b, -1).transpose(0, 1)  # [K, E, B, H]
+        experts = self.experts(x.flatten(0, 1))  # [E, K*B, H]
+        per_task = experts.unflatten(1, (x.shape[0], -1)).transpose(0, 1)  # [K, E, B, H]
         return mix(per_task, self.gates(x))  # [K, B, H]
 
 

@@ -61,6 +61,7 @@ class ParallelMLP(nn.Module):
         super().__init__()
         self.n = n
         dims = [in_dim, *sizes]
+        self.dims = tuple(dims)  # plain ints: comparable while tracing, unlike weight shapes
         self.layers = nn.ModuleList(ParallelLinear(n, a, b) for a, b in itertools.pairwise(dims))
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.last_activation = last_activation
@@ -100,8 +101,7 @@ def run_together(groups: Sequence[ParallelMLP], x: torch.Tensor) -> torch.Tensor
     """
     first = groups[0]
     per_group = [g.parameters_by_layer() for g in groups]
-    shapes = {tuple(w.shape[1:] for w, _ in layers) for layers in per_group}
-    if len(shapes) != 1 or any(g.last_activation != first.last_activation for g in groups):
+    if any(g.dims != first.dims or g.last_activation != first.last_activation for g in groups):
         raise ValueError("run_together: the groups must have the same layer sizes and activations")
     joined = [(torch.cat([w for w, _ in layer]), torch.cat([b for _, b in layer]))
               for layer in zip(*per_group, strict=True)]
