@@ -16,12 +16,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from pydantic import model_validator
+
 from mtrec.data.dataset import SPLITS, DatasetError
+from mtrec.data.userbehavior import UserBehaviorOptions
 from mtrec.features.schema import TASK_LOSSES
 from mtrec.io import read_mapping
+from mtrec.typed import ConfigModel, validate
 
 SPLIT_KINDS = ("random", "permutation", "column", "files")
-FORMATS = ("auto", "csv", "parquet")
+FORMATS = ("auto", "csv", "parquet", "userbehavior")
 
 
 class DatasetConfigError(DatasetError):
@@ -85,7 +89,7 @@ class SourceConfig:
     """
 
     path: tuple[str, ...] = ()
-    format: str = "auto"
+    format: str = "auto"  # auto | csv | parquet | userbehavior (the Taobao UserBehavior event log)
     separator: str = ","
     header: bool = True
     columns: tuple[str, ...] = ()
@@ -93,6 +97,7 @@ class SourceConfig:
     strip: bool = False
     missing_values: tuple[str, ...] = ()
     chunk_rows: int = 262_144
+    options: dict[str, Any] = field(default_factory=dict)  # a known log format's reader options
 
 
 @dataclass(frozen=True)
@@ -167,6 +172,22 @@ class TaskConfig:
     log1p: bool = False
 
 
+class FilePart(ConfigModel):
+    """A part of one file's rows, as a ``files`` split names it instead of a whole file: with the file's
+    ``n`` rows permuted by ``numpy.random.default_rng(seed).permutation(n)``, the rows
+    ``perm[int(part[0] n) : int(part[1] n)]``."""
+
+    file: str
+    seed: int = 0
+    part: list[float]
+
+    @model_validator(mode="after")
+    def _check_part(self) -> FilePart:
+        if len(self.part) != 2 or not 0.0 <= self.part[0] < self.part[1] <= 1.0:
+            raise ValueError(f"part: expected [from, to] with 0 <= from < to <= 1, got {self.part}")
+        return self
+
+
 @dataclass(frozen=True)
 class SplitConfig:
     """How rows are divided into train / valid / test.
@@ -175,7 +196,9 @@ class SplitConfig:
     permutation: ``default_rng(seed).permutation(n)``; its first ``int(f0 n)`` rows train, the next
                  ``int(f1 n)`` valid, the rest test (the BENCHMARKS.md protocol)
     column:      by ranges ``[from, to)`` of one column's values (dates, days); rows in no range dropped
-    files:       given files per split; without a valid file, ``valid_fraction`` of train rows (seeded)
+    files:       given files per split; without a valid file, ``valid_fraction`` of train rows (seeded);
+                 a split may take a part of a file (:class:`FilePart`, in ``parts``) instead, so that
+                 one file is divided between splits (the Census standard protocol halves its test file)
     """
 
     kind: str
@@ -185,6 +208,12 @@ class SplitConfig:
     ranges: dict[str, tuple[Any, Any]] = field(default_factory=dict)
     files: dict[str, tuple[str, ...]] = field(default_factory=dict)
     valid_fraction: float = 0.1
+    parts: dict[str, FilePart] = field(default_factory=dict)
+
+    def file_parts(self, file: str) -> tuple[int, tuple[tuple[str, float, float], ...]]:
+        """``(seed, ((split, from, to), ...))`` of the splits that take a part of ``file``."""
+        named = [(split, p) for split, p in self.parts.items() if p.file == file]
+        return named[0][1].seed, tuple((split, p.part[0], p.part[1]) for split, p in named)
 
 
 @dataclass(frozen=True)
@@ -300,7 +329,7 @@ class DatasetConfig:
 
 
 # ---- parsing -------------------------------------------------------------------------------------------
-def _parse_source(data: Any, where: str) -> SourceConfig:
+def _parse_source(data: Any, where: str, origin: str) -> SourceConfig:
     d = _mapping(data, where)
     _check_keys(d, where, [f for f in SourceConfig.__dataclass_fields__])
     fmt = str(d.get("format", "auto"))
@@ -317,6 +346,12 @@ def _parse_source(data: Any, where: str) -> SourceConfig:
     if chunk_rows < 1:
         raise DatasetConfigError(f"{where}.chunk_rows: must be >= 1, got {chunk_rows}")
     columns = _str_list(d.get("columns"), f"{where}.columns")
+    options = _mapping(d.get("options"), f"{where}.options")
+    if fmt == "userbehavior":
+        validate(UserBehaviorOptions, options, origin, DatasetConfigError, prefix="source.options")
+    elif options:
+        raise DatasetConfigError(f"{where}.options: only a known log format (format: userbehavior) takes "
+                                 f"options; format {fmt!r} is read by the keys of 'source'")
     return SourceConfig(
         path=_str_list(d.get("path"), f"{where}.path"),
         format=fmt,
@@ -327,6 +362,7 @@ def _parse_source(data: Any, where: str) -> SourceConfig:
         strip=bool(_typed(d.get("strip", False), bool, f"{where}.strip")),
         missing_values=_str_list(d.get("missing_values"), f"{where}.missing_values"),
         chunk_rows=chunk_rows,
+        options=options,
     )
 
 
@@ -453,7 +489,7 @@ def _parse_tasks(items: Any, where: str) -> list[TaskConfig]:
     return tasks
 
 
-def _parse_split(data: Any, where: str) -> SplitConfig:
+def _parse_split(data: Any, where: str, origin: str) -> SplitConfig:
     d = _mapping(data, where)
     if "kind" not in d:
         raise DatasetConfigError(f"{where}: missing required key 'kind' (one of {list(SPLIT_KINDS)})")
@@ -488,16 +524,42 @@ def _parse_split(data: Any, where: str) -> SplitConfig:
         _check_ranges(ranges, where)
         return SplitConfig(kind, column=str(d["column"]), ranges=ranges)
     files: dict[str, tuple[str, ...]] = {}
+    parts: dict[str, FilePart] = {}
     for split in SPLITS:
-        if split in d:
+        if isinstance(d.get(split), Mapping):
+            parts[split] = validate(FilePart, d[split], origin, DatasetConfigError, prefix=f"split.{split}")
+            files[split] = (parts[split].file,)
+        elif split in d:
             files[split] = _str_list(d[split], f"{where}.{split}")
     for split in ("train", "test"):
         if split not in files:
-            raise DatasetConfigError(f"{where}: missing required key {split!r} (its file or files)")
+            raise DatasetConfigError(f"{where}: missing required key {split!r} (its file or files, or "
+                                     f"{{file, seed, part}})")
+    _check_parts(parts, files, where)
     valid_fraction = float(_typed(d.get("valid_fraction", 0.1), (int, float), f"{where}.valid_fraction"))
     if "valid" not in files and not 0 < valid_fraction < 1:
         raise DatasetConfigError(f"{where}.valid_fraction: must be in (0, 1), got {valid_fraction}")
-    return SplitConfig(kind, seed=seed, files=files, valid_fraction=valid_fraction)
+    return SplitConfig(kind, seed=seed, files=files, valid_fraction=valid_fraction, parts=parts)
+
+
+def _check_parts(parts: dict[str, FilePart], files: dict[str, tuple[str, ...]], where: str) -> None:
+    """Parts of one file share its seed and do not overlap; a divided file is named by parts only."""
+    items = list(parts.items())
+    for i, (split, p) in enumerate(items):
+        for other, q in items[i + 1:]:
+            if q.file != p.file:
+                continue
+            if q.seed != p.seed:
+                raise DatasetConfigError(f"{where}.{other}.seed: parts of {p.file!r} must share one seed "
+                                         f"(one permutation of its rows); {split!r} has {p.seed}, {other!r} "
+                                         f"{q.seed}")
+            if p.part[0] < q.part[1] and q.part[0] < p.part[1]:
+                raise DatasetConfigError(f"{where}: parts of {p.file!r} for {split!r} {p.part} and {other!r} "
+                                         f"{q.part} overlap (parts are [from, to))")
+        whole = [s for s, names in files.items() if s not in parts and p.file in names]
+        if whole:
+            raise DatasetConfigError(f"{where}.{whole[0]}: {p.file!r} is named whole here but divided into "
+                                     f"parts for {split!r}: a row would fall in two splits")
 
 
 def _check_ranges(ranges: dict[str, tuple[Any, Any]], where: str) -> None:
@@ -568,9 +630,9 @@ def parse_dataset_config(data: Mapping[str, Any], origin: str = "dataset config"
     user_id = data.get("user_id")
     config = DatasetConfig(
         name=str(data.get("name") or Path(origin).stem),
-        source=_parse_source(data.get("source"), f"{origin}: source"),
+        source=_parse_source(data.get("source"), f"{origin}: source", origin),
         tasks=tuple(_parse_tasks(data.get("tasks"), f"{origin}: tasks")),
-        split=_parse_split(data.get("split"), f"{origin}: split"),
+        split=_parse_split(data.get("split"), f"{origin}: split", origin),
         sparse=tuple(sparse),
         dense=tuple(dense),
         sequences=tuple(sequences),
