@@ -293,9 +293,17 @@ def test_empty_split_is_reported(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("change", "message"), [
-    ({"splitt": {}}, "unknown key 'splitt'.*did you mean 'split'"),
+    ({"splitt": {}}, "toy.yaml: splitt: unknown key .did you mean 'split'"),
     ({"split": {"kind": "random", "fractions": [0.5, 0.5]}}, "three positive numbers"),
-    ({"split": {"kind": "shuffle"}}, "'shuffle' is not one of"),
+    ({"split": {"kind": "shuffle"}}, "split.kind: must be one of 'random', 'permutation', 'column' or "
+                                     "'files', got 'shuffle'"),
+    ({"split": {"kind": "random", "seed": "7"}}, "split.seed: input should be a valid integer, got '7'"),
+    ({"source": {"path": "x.csv", "header": "yes"}}, "source.header: input should be a valid boolean, got 'yes'"),
+    ({"source": {"path": "x.csv", "chunk_rows": 0}}, "source.chunk_rows: must be >= 1, got 0"),
+    ({"source": {"path": "x.csv", "separator": ", "}}, "source.separator: must be one character, got ', '"),
+    ({"source": {"path": "x.csv", "format": "xlsx"}}, "source.format: must be one of"),
+    ({"tasks": [{"name": "click", "loss": "mse"}]}, "tasks.0.*a binary task's loss is one of"),
+    ({"tasks": []}, "tasks: .*at least 1 item"),
     ({"split": {"kind": "column", "column": "day", "train": {"to": 20}, "valid": {"from": 10, "to": 25},
                 "test": {"from": 25}}}, "overlap"),
     ({"tasks": [{"name": "buy", "observed_after": "click"}, {"name": "click"}]}, "earlier task"),
