@@ -244,15 +244,15 @@ def test_a_file_divided_between_splits(tmp_path: Path, valid: list[float], test:
 
 @pytest.mark.parametrize(("split", "message"), [
     ({"valid": {"file": "t.csv", "seed": 1, "part": [0, 0.5]}, "test": {"file": "t.csv", "seed": 2, "part": [0.5, 1]}},
-     "toy.yaml: split.test.seed: parts of 't.csv' must share one seed"),
+     "toy.yaml: split: test.seed: parts of 't.csv' must share one seed"),
     ({"valid": {"file": "t.csv", "part": [0, 0.6]}, "test": {"file": "t.csv", "part": [0.5, 1]}},
      "toy.yaml: split: parts of 't.csv' for 'valid' [0.0, 0.6] and 'test' [0.5, 1.0] overlap"),
     ({"valid": {"file": "t.csv", "part": [0.5, 0.2]}, "test": "t.csv"},
-     "toy.yaml: split.valid: part: expected [from, to] with 0 <= from < to <= 1, got [0.5, 0.2]"),
+     "toy.yaml: split: valid: part: expected [from, to] with 0 <= from < to <= 1, got [0.5, 0.2]"),
     ({"valid": {"file": "t.csv", "part": [0, 0.5]}, "test": "t.csv"},
-     "toy.yaml: split.test: 't.csv' is named whole here but divided into parts for 'valid'"),
+     "toy.yaml: split: test: 't.csv' is named whole here but divided into parts for 'valid'"),
     ({"valid": {"file": "t.csv", "parts": [0, 0.5]}, "test": "t.csv"},
-     "toy.yaml: split.valid.part: missing required key (and 1 more problem(s))"),
+     "toy.yaml: split: valid.part: missing required key (and 1 more problem(s))"),
 ])
 def test_bad_file_parts_are_named(split: dict[str, Any], message: str) -> None:
     config = _config("raw", split={"kind": "files", "train": "a.csv", **split})
@@ -338,9 +338,17 @@ def test_empty_split_is_reported(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("change", "message"), [
-    ({"splitt": {}}, "unknown key 'splitt'.*did you mean 'split'"),
+    ({"splitt": {}}, "toy.yaml: splitt: unknown key .did you mean 'split'"),
     ({"split": {"kind": "random", "fractions": [0.5, 0.5]}}, "three positive numbers"),
-    ({"split": {"kind": "shuffle"}}, "'shuffle' is not one of"),
+    ({"split": {"kind": "shuffle"}}, "split.kind: must be one of 'random', 'permutation', 'column' or "
+                                     "'files', got 'shuffle'"),
+    ({"split": {"kind": "random", "seed": "7"}}, "split.seed: input should be a valid integer, got '7'"),
+    ({"source": {"path": "x.csv", "header": "yes"}}, "source.header: input should be a valid boolean, got 'yes'"),
+    ({"source": {"path": "x.csv", "chunk_rows": 0}}, "source.chunk_rows: must be >= 1, got 0"),
+    ({"source": {"path": "x.csv", "separator": ", "}}, "source.separator: must be one character, got ', '"),
+    ({"source": {"path": "x.csv", "format": "xlsx"}}, "source.format: must be one of"),
+    ({"tasks": [{"name": "click", "loss": "mse"}]}, "tasks.0.*a binary task's loss is one of"),
+    ({"tasks": []}, "tasks: .*at least 1 item"),
     ({"split": {"kind": "column", "column": "day", "train": {"to": 20}, "valid": {"from": 10, "to": 25},
                 "test": {"from": 25}}}, "overlap"),
     ({"tasks": [{"name": "buy", "observed_after": "click"}, {"name": "click"}]}, "earlier task"),
