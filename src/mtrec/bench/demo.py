@@ -39,7 +39,7 @@ def run_demo(
     model under ``out_dir``, and (when the data has encoders, as synthetic data does) raw inputs for
     ``predict`` and ``serve``: ``sample.csv`` and ``request.json`` (:mod:`mtrec.serving.samples`).
     Returns the Markdown table."""
-    train = train or TrainConfig(**DEMO_TRAIN)
+    train = train or TrainConfig.model_validate(DEMO_TRAIN)
     settings = {k: v for k, v in train.model_dump().items() if k != "seed"}
     config = BenchConfig(
         name=f"demo ({data})",
