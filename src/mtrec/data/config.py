@@ -17,12 +17,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from mtrec.data.dataset import SPLITS, DatasetError
+from mtrec.data.userbehavior import UserBehaviorOptions
 from mtrec.features.schema import TASK_LOSSES
 from mtrec.io import read_mapping
-from mtrec.typed import STRICT, ConfigModel, Count, NonNegative, validate
+from mtrec.typed import STRICT, ConfigModel, Count, NonNegative, error_line, validate
 
 
 class DatasetConfigError(DatasetError):
@@ -93,11 +94,13 @@ class SourceConfig(Section):
 
     ``path`` lists files, directories (every file inside, sorted) or glob patterns; relative paths are
     taken from the current directory. For ``split: {kind: files}`` it is the directory the split files
-    are in. ``separator`` is one character (for ``", "`` use ``","`` with ``strip: true``).
+    are in. ``separator`` is one character (for ``", "`` use ``","`` with ``strip: true``). ``format:
+    userbehavior`` reads the Taobao UserBehavior event log (:mod:`mtrec.data.userbehavior`), with its
+    reader's ``options``.
     """
 
     path: Strings = ()
-    format: Literal["auto", "csv", "parquet"] = "auto"
+    format: Literal["auto", "csv", "parquet", "userbehavior"] = "auto"
     separator: OneCharacter = ","
     header: bool = True
     columns: Strings = ()
@@ -105,6 +108,7 @@ class SourceConfig(Section):
     strip: bool = False
     missing_values: Strings = ()
     chunk_rows: Count = 262_144
+    options: dict[str, Any] = Field(default_factory=dict)  # a known log format's reader options
 
 
 def _feature_entry(value: Any) -> Any:
@@ -267,6 +271,31 @@ class Range(Section):
     upper: Bound = Field(default=None, alias="to")
 
 
+class FilePart(Section):
+    """A part of one file's rows, as a ``files`` split names it instead of a whole file: with the file's
+    ``n`` rows permuted by ``numpy.random.default_rng(seed).permutation(n)``, the rows
+    ``perm[int(part[0] n) : int(part[1] n)]``."""
+
+    file: str
+    seed: NonNegative = 0
+    part: tuple[float, float]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _as_tuple(cls, value: Any) -> Any:
+        if isinstance(value, Mapping) and isinstance(value.get("part"), list):
+            part = value["part"]
+            value = {**value, "part": tuple(float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+                                            for v in part)}
+        return value
+
+    @model_validator(mode="after")
+    def _check_part(self) -> Self:
+        if not 0.0 <= self.part[0] < self.part[1] <= 1.0:
+            raise ValueError(f"part: expected [from, to] with 0 <= from < to <= 1, got {list(self.part)}")
+        return self
+
+
 _SPLIT_KEYS = {"random": ("kind", "seed", "fractions"), "permutation": ("kind", "seed", "fractions"),
                "column": ("kind", "column", "train", "valid", "test"),
                "files": ("kind", "train", "valid", "test", "valid_fraction", "seed")}
@@ -279,7 +308,9 @@ class SplitConfig(Section):
     permutation: ``default_rng(seed).permutation(n)``; its first ``int(f0 n)`` rows train, the next
                  ``int(f1 n)`` valid, the rest test (the BENCHMARKS.md protocol)
     column:      by ranges ``[from, to)`` of one column's values (dates, days); rows in no range dropped
-    files:       given files per split; without a valid file, ``valid_fraction`` of train rows (seeded)
+    files:       given files per split; without a valid file, ``valid_fraction`` of train rows (seeded);
+                 a split may take a part of a file (:class:`FilePart`, in ``parts``) instead, so that
+                 one file is divided between splits (the Census standard protocol halves its test file)
 
     In the YAML the ranges (``column``) or files (``files``) are given under ``train``/``valid``/``test``.
     """
@@ -291,6 +322,12 @@ class SplitConfig(Section):
     ranges: dict[str, tuple[Any, Any]] = Field(default_factory=dict)
     files: dict[str, tuple[str, ...]] = Field(default_factory=dict)
     valid_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1
+    parts: dict[str, FilePart] = Field(default_factory=dict)
+
+    def file_parts(self, file: str) -> tuple[int, tuple[tuple[str, float, float], ...]]:
+        """``(seed, ((split, from, to), ...))`` of the splits that take a part of ``file``."""
+        named = [(split, p) for split, p in self.parts.items() if p.file == file]
+        return named[0][1].seed, tuple((split, p.part[0], p.part[1]) for split, p in named)
 
     @model_validator(mode="before")
     @classmethod
@@ -323,11 +360,42 @@ class SplitConfig(Section):
         if kind == "files":
             for split in ("train", "test"):
                 if split not in entry:
-                    raise ValueError(f"missing required key {split!r} (its file or files)")
-            entry["files"] = {split: _strings(entry.pop(split)) for split in SPLITS if split in entry}
+                    raise ValueError(f"missing required key {split!r} (its file or files, or {{file, seed, part}})")
+            given = {split: entry.pop(split) for split in SPLITS if split in entry}
+            entry["parts"] = {split: _file_part(v, split) for split, v in given.items() if isinstance(v, Mapping)}
+            entry["files"] = {split: (str(v.get("file", "")),) if isinstance(v, Mapping) else _strings(v)
+                              for split, v in given.items()}
         if isinstance(entry.get("valid_fraction"), int) and not isinstance(entry["valid_fraction"], bool):
             entry["valid_fraction"] = float(entry["valid_fraction"])
         return entry
+
+    @model_validator(mode="after")
+    def _parts_consistent(self) -> Self:
+        """Parts of one file share its seed and do not overlap; a divided file is named by parts only."""
+        items = list(self.parts.items())
+        for i, (split, p) in enumerate(items):
+            for other, q in items[i + 1:]:
+                if q.file != p.file:
+                    continue
+                if q.seed != p.seed:
+                    raise ValueError(f"{other}.seed: parts of {p.file!r} must share one seed (one permutation "
+                                     f"of its rows); {split!r} has {p.seed}, {other!r} {q.seed}")
+                if p.part[0] < q.part[1] and q.part[0] < p.part[1]:
+                    raise ValueError(f"parts of {p.file!r} for {split!r} {list(p.part)} and {other!r} "
+                                     f"{list(q.part)} overlap (parts are [from, to))")
+            whole = [s for s, names in self.files.items() if s not in self.parts and p.file in names]
+            if whole:
+                raise ValueError(f"{whole[0]}: {p.file!r} is named whole here but divided into parts for "
+                                 f"{split!r}: a row would fall in two splits")
+        return self
+
+
+def _file_part(value: Mapping[str, Any], split: str) -> FilePart:
+    """A split's ``{file, seed, part}``, its problems named under the split's key."""
+    try:
+        return FilePart.model_validate(value)
+    except ValidationError as exc:
+        raise ValueError(f"{split}: {error_line(exc)}") from None
 
 
 def _check_ranges(ranges: dict[str, tuple[Any, Any]]) -> None:
@@ -512,6 +580,11 @@ def _check_features(config: DatasetConfig) -> None:
 def parse_dataset_config(data: Any, origin: str = "dataset config") -> DatasetConfig:
     """Validate a config mapping (as read from YAML) into a DatasetConfig."""
     parsed = validate(DatasetFile, data, origin, DatasetConfigError)
+    if parsed.source.format == "userbehavior":
+        validate(UserBehaviorOptions, parsed.source.options, origin, DatasetConfigError, prefix="source.options")
+    elif parsed.source.options:
+        raise DatasetConfigError(f"{origin}: source.options: only a known log format (format: userbehavior) "
+                                 f"takes options; format {parsed.source.format!r} is read by the keys of 'source'")
     features = parsed.features
     if not (features.sparse or features.dense or features.sequences):
         raise DatasetConfigError(f"{origin}: 'features' lists no sparse, dense or sequence feature")
