@@ -252,7 +252,7 @@ def test_a_file_divided_between_splits(tmp_path: Path, valid: list[float], test:
     ({"valid": {"file": "t.csv", "part": [0, 0.5]}, "test": "t.csv"},
      "toy.yaml: split: test: 't.csv' is named whole here but divided into parts for 'valid'"),
     ({"valid": {"file": "t.csv", "parts": [0, 0.5]}, "test": "t.csv"},
-     "toy.yaml: split: valid: part: missing required key (and 1 more problem(s))"),
+     "toy.yaml: split: valid.part: missing required key (and 1 more problem(s))"),
 ])
 def test_bad_file_parts_are_named(split: dict[str, Any], message: str) -> None:
     config = _config("raw", split={"kind": "files", "train": "a.csv", **split})

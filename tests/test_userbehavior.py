@@ -53,7 +53,7 @@ def _write(path: Path, events: list[tuple[int, int, int, str, int]]) -> Path:
 
 
 def _rows(path: Path, chunk_rows: int = 1000, **options: Any) -> list[dict[str, str]]:
-    source = SourceConfig(path=(str(path),), format="userbehavior", options=options)
+    source = SourceConfig(path=(str(path),), format="userbehavior", options=UserBehaviorOptions(**options))
     layout = read_layout(path, source)
     return [r for chunk in iter_chunks(path, source, layout, list(COLUMNS), chunk_rows)
             for r in chunk.table.to_pylist()]

@@ -95,8 +95,8 @@ class SourceConfig(Section):
     ``path`` lists files, directories (every file inside, sorted) or glob patterns; relative paths are
     taken from the current directory. For ``split: {kind: files}`` it is the directory the split files
     are in. ``separator`` is one character (for ``", "`` use ``","`` with ``strip: true``). ``format:
-    userbehavior`` reads the Taobao UserBehavior event log (:mod:`mtrec.data.userbehavior`), with its
-    reader's ``options``.
+    userbehavior`` is the Taobao UserBehavior event log, turned into rows by its reader with ``options``
+    (:mod:`mtrec.data.userbehavior`); no other format takes options.
     """
 
     path: Strings = ()
@@ -108,7 +108,14 @@ class SourceConfig(Section):
     strip: bool = False
     missing_values: Strings = ()
     chunk_rows: Count = 262_144
-    options: dict[str, Any] = Field(default_factory=dict)  # a known log format's reader options
+    options: UserBehaviorOptions = Field(default_factory=UserBehaviorOptions)
+
+    @model_validator(mode="after")
+    def _options_for_a_log(self) -> Self:
+        if "options" in self.model_fields_set and self.format != "userbehavior":
+            raise ValueError(f"options: only a known log format (format: userbehavior) takes options; format "
+                             f"{self.format!r} is read by the keys of 'source'")
+        return self
 
 
 def _feature_entry(value: Any) -> Any:
@@ -282,11 +289,10 @@ class FilePart(Section):
 
     @model_validator(mode="before")
     @classmethod
-    def _as_tuple(cls, value: Any) -> Any:
-        if isinstance(value, Mapping) and isinstance(value.get("part"), list):
-            part = value["part"]
-            value = {**value, "part": tuple(float(v) if isinstance(v, int) and not isinstance(v, bool) else v
-                                            for v in part)}
+    def _pair(cls, value: Any) -> Any:
+        if isinstance(value, Mapping) and isinstance(value.get("part"), list) and len(value["part"]) == 2 and all(
+                isinstance(b, int | float) and not isinstance(b, bool) for b in value["part"]):
+            return {**value, "part": (float(value["part"][0]), float(value["part"][1]))}
         return value
 
     @model_validator(mode="after")
@@ -361,41 +367,46 @@ class SplitConfig(Section):
             for split in ("train", "test"):
                 if split not in entry:
                     raise ValueError(f"missing required key {split!r} (its file or files, or {{file, seed, part}})")
-            given = {split: entry.pop(split) for split in SPLITS if split in entry}
-            entry["parts"] = {split: _file_part(v, split) for split, v in given.items() if isinstance(v, Mapping)}
-            entry["files"] = {split: (str(v.get("file", "")),) if isinstance(v, Mapping) else _strings(v)
-                              for split, v in given.items()}
+            parts: dict[str, FilePart] = {}
+            files: dict[str, tuple[str, ...]] = {}
+            for split in [s for s in SPLITS if s in entry]:
+                given = entry.pop(split)
+                if isinstance(given, Mapping):
+                    parts[split] = _file_part(given, split)
+                    files[split] = (parts[split].file,)
+                else:
+                    files[split] = _strings(given)
+            _check_parts(parts, files)
+            entry["parts"], entry["files"] = parts, files
         if isinstance(entry.get("valid_fraction"), int) and not isinstance(entry["valid_fraction"], bool):
             entry["valid_fraction"] = float(entry["valid_fraction"])
         return entry
 
-    @model_validator(mode="after")
-    def _parts_consistent(self) -> Self:
-        """Parts of one file share its seed and do not overlap; a divided file is named by parts only."""
-        items = list(self.parts.items())
-        for i, (split, p) in enumerate(items):
-            for other, q in items[i + 1:]:
-                if q.file != p.file:
-                    continue
-                if q.seed != p.seed:
-                    raise ValueError(f"{other}.seed: parts of {p.file!r} must share one seed (one permutation "
-                                     f"of its rows); {split!r} has {p.seed}, {other!r} {q.seed}")
-                if p.part[0] < q.part[1] and q.part[0] < p.part[1]:
-                    raise ValueError(f"parts of {p.file!r} for {split!r} {list(p.part)} and {other!r} "
-                                     f"{list(q.part)} overlap (parts are [from, to))")
-            whole = [s for s, names in self.files.items() if s not in self.parts and p.file in names]
-            if whole:
-                raise ValueError(f"{whole[0]}: {p.file!r} is named whole here but divided into parts for "
-                                 f"{split!r}: a row would fall in two splits")
-        return self
-
 
 def _file_part(value: Mapping[str, Any], split: str) -> FilePart:
-    """A split's ``{file, seed, part}``, its problems named under the split's key."""
     try:
         return FilePart.model_validate(value)
     except ValidationError as exc:
-        raise ValueError(f"{split}: {error_line(exc)}") from None
+        raise ValueError(error_line(exc, prefix=split, cls=FilePart)) from None
+
+
+def _check_parts(parts: dict[str, FilePart], files: dict[str, tuple[str, ...]]) -> None:
+    """Parts of one file share its seed and do not overlap; a divided file is named by parts only."""
+    items = list(parts.items())
+    for i, (split, p) in enumerate(items):
+        for other, q in items[i + 1:]:
+            if q.file != p.file:
+                continue
+            if q.seed != p.seed:
+                raise ValueError(f"{other}.seed: parts of {p.file!r} must share one seed (one permutation of "
+                                 f"its rows); {split!r} has {p.seed}, {other!r} {q.seed}")
+            if p.part[0] < q.part[1] and q.part[0] < p.part[1]:
+                raise ValueError(f"parts of {p.file!r} for {split!r} {list(p.part)} and {other!r} "
+                                 f"{list(q.part)} overlap (parts are [from, to))")
+        whole = [s for s, names in files.items() if s not in parts and p.file in names]
+        if whole:
+            raise ValueError(f"{whole[0]}: {p.file!r} is named whole here but divided into parts for "
+                             f"{split!r}: a row would fall in two splits")
 
 
 def _check_ranges(ranges: dict[str, tuple[Any, Any]]) -> None:
@@ -580,11 +591,6 @@ def _check_features(config: DatasetConfig) -> None:
 def parse_dataset_config(data: Any, origin: str = "dataset config") -> DatasetConfig:
     """Validate a config mapping (as read from YAML) into a DatasetConfig."""
     parsed = validate(DatasetFile, data, origin, DatasetConfigError)
-    if parsed.source.format == "userbehavior":
-        validate(UserBehaviorOptions, parsed.source.options, origin, DatasetConfigError, prefix="source.options")
-    elif parsed.source.options:
-        raise DatasetConfigError(f"{origin}: source.options: only a known log format (format: userbehavior) "
-                                 f"takes options; format {parsed.source.format!r} is read by the keys of 'source'")
     features = parsed.features
     if not (features.sparse or features.dense or features.sequences):
         raise DatasetConfigError(f"{origin}: 'features' lists no sparse, dense or sequence feature")

@@ -341,17 +341,16 @@ def iter_chunks(path: Path, source: SourceConfig, layout: ColumnLayout, include:
 def _userbehavior_chunks(path: Path, source: SourceConfig, include: list[str], chunk_rows: int
                          ) -> Iterator[Chunk]:
     """The rows built from a UserBehavior event log (streamed: blocks of events in, chunks of rows out)."""
-    log = source.model_copy(update={"format": "csv", "header": False, "columns": tuple(userbehavior.EVENT_COLUMNS),
+    log = source.model_copy(update={"format": "csv", "header": False, "columns": userbehavior.EVENT_COLUMNS,
                                     "quote": None, "strip": False, "separator": ","})
     layout = ColumnLayout(userbehavior.EVENT_COLUMNS, userbehavior.EVENT_COLUMNS)
-    options = userbehavior.UserBehaviorOptions(**source.options)
 
     def blocks() -> Iterator[userbehavior.Events]:
         for chunk in iter_chunks(path, log, layout, list(userbehavior.EVENT_COLUMNS), userbehavior.EVENT_BLOCK):
             lines = chunk.first_row + 1 + np.arange(chunk.num_rows)
             yield userbehavior.parse_events(chunk.table, lines, chunk.where)
 
-    tables = userbehavior.training_rows(blocks(), options, str(path))
+    tables = userbehavior.training_rows(blocks(), source.options, str(path))
     first = 0
     for table in _rechunk((b for t in tables for b in t.to_batches()), chunk_rows):
         lines = np.asarray(table[userbehavior.LINE].to_numpy(), dtype=np.int64)
