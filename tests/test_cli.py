@@ -94,7 +94,7 @@ def test_demo_trains_the_headline_models_and_key_baselines_unless_told(
     args: list[str], models: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The default demo is the short one (headline models and key baselines, early stopping after one
-    epoch without improvement); ``--models all`` keeps every registered model."""
+    epoch without improvement, one thread); ``--models all`` keeps every registered model."""
     import mtrec.bench.demo
     from mtrec.bench.runner import BenchConfig
 
@@ -105,4 +105,4 @@ def test_demo_trains_the_headline_models_and_key_baselines_unless_told(
     (config,) = seen
     assert [m.name for m in config.model_entries()] == models
     assert [d.spec for d in config.datasets] == ["synthetic:conflict:100000"]
-    assert config.train["epochs"] == 6 and config.train["patience"] == 1
+    assert config.train["epochs"] == 6 and config.train["patience"] == 1 and config.train["num_threads"] == 1
