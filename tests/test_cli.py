@@ -105,4 +105,4 @@ def test_demo_trains_the_headline_models_and_key_baselines_unless_told(
     (config,) = seen
     assert [m.name for m in config.model_entries()] == models
     assert [d.spec for d in config.datasets] == ["synthetic:conflict:100000"]
-    assert config.train["epochs"] == 6 and config.train["patience"] == 1 and config.train["num_threads"] == 1
+    assert config.train["epochs"] == 4 and config.train["patience"] == 1 and config.train["num_threads"] == 1

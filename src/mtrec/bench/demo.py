@@ -23,10 +23,10 @@ from mtrec.training.config import TrainConfig
 
 DEMO_DATA = "synthetic:conflict:100000"
 DEMO_MODELS = ("shared_bottom", "mmoe", "ple", "esmm", "dcrnn", "dtrn")
-# the demo's train settings over TrainConfig's defaults: those of docs/baselines.md's tables, one torch
-# thread included (on a 2-core machine shared with other jobs, two threads trained Shared-Bottom 5x slower
-# than one: docs/performance.md)
-DEMO_TRAIN = {"epochs": 6, "patience": 1, "num_threads": 1}
+# the demo's train settings over TrainConfig's defaults: docs/baselines.md's (patience 1), but at most 4
+# epochs (6 there) so that the demo takes minutes, and one torch thread (on a 2-core machine shared with
+# other jobs two threads trained Shared-Bottom 5x slower than one: docs/performance.md)
+DEMO_TRAIN = {"epochs": 4, "patience": 1, "num_threads": 1}
 
 
 def run_demo(

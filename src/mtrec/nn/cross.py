@@ -114,10 +114,8 @@ class CrossRNNCell(nn.Module):
         products = torch.bmm(h, self.state_weight() if state_weight is None else state_weight)  # [n, B, D or r + D]
         # split, not two slices: the backward is one cat, not two zero-filled copies of the product
         first, gate_h = products.split([products.shape[-1] - self.dim, self.dim], dim=-1)
-        if self.up is None:
-            lin = first + self.bias  # W h + b: [n, B, D]
-        else:
-            lin = torch.baddbmm(self.bias, first, self.up)  # U (V^T h) + b: [n, B, D]
+        # W h + b, or U (V^T h) + b: [n, B, D]
+        lin = first + self.bias if self.up is None else torch.baddbmm(self.bias, first, self.up)
         gate_logits = gate_x0 + gate_h  # [n, B, D]
         if part is not None:
             delta = part.linear_delta(h)
