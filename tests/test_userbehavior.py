@@ -105,9 +105,12 @@ def test_labels_follow_the_view_on_the_same_item_within_the_window(tmp_path: Pat
 
 
 def test_negatives_are_unviewed_items_at_the_clicked_rows_time(tmp_path: Path) -> None:
+    """A negative is an item the user never viewed, on view by others in the row's period (a day), at
+    the clicked row's time, with its histories."""
     events = _log()
-    rows = _rows(_write(tmp_path / "log.csv", events), negatives=3)
+    rows = _rows(_write(tmp_path / "log.csv", events), negatives=3, period=86_400)
     viewed = {(e[0], e[1]) for e in events if e[3] == "pv"}
+    on_view = {(e[1], e[4] // 86_400) for e in events if e[3] == "pv"}
     clicked = [r for r in rows if r["click"] == "1"]
     assert len(clicked) == sum(e[3] == "pv" for e in events)
     last: dict[str, str] = {}
@@ -118,6 +121,7 @@ def test_negatives_are_unviewed_items_at_the_clicked_rows_time(tmp_path: Path) -
             continue
         negatives += 1
         assert (int(row["user_id"]), int(row["item_id"])) not in viewed
+        assert (int(row["item_id"]), int(row["timestamp"]) // 86_400) in on_view
         assert row["cart"] == row["fav"] == row["buy"] == "0"
         same = ("user_id", "timestamp", *(f"hist_{b}_{a}" for b in BEHAVIOURS for a in ("item", "cat")))
         assert all(row[k] == last[k] for k in same)

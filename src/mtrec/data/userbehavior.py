@@ -10,9 +10,13 @@ Framing (one row per impression; the time of a row is its ``pv`` event's timesta
 
 - every ``pv`` event is a **clicked impression**: ``click = 1``;
 - each is accompanied by ``negatives`` **non-clicked impressions** at the same time t, for the same user
-  and with the same histories: items drawn in proportion to their ``pv`` counts (uniformly from a
-  reservoir sample of ``pool`` ``pv`` events of the log read so far, this block's included), redrawn
-  when the user ever viewed the drawn item; ``click = cart = fav = buy = 0``;
+  and with the same histories: items drawn in proportion to their ``pv`` counts **in the same period**
+  (``(t - period_origin) // period``, a day by default: uniformly from a reservoir sample of ``pool``
+  ``pv`` events of that period in the log read so far, this block's included), redrawn when the user
+  ever viewed the drawn item; ``click = cart = fav = buy = 0``. Drawing from the row's own period keeps
+  the negatives' items those on view at the time: drawn from the whole log, items that trend only late
+  would be negatives in the early (train) rows and positives in the late (test) rows, and a model learns
+  the opposite of what it is tested on (measured: test click AUC 0.49 for MMoE);
 - ``cart`` / ``fav`` / ``buy`` of a clicked row: 1 if the same user has that event on the same item
   **later in the log** (after the ``pv`` in the user's time order) and at most ``window`` seconds after t
   (``null``: any time later). These tasks are observed after the click;
@@ -25,7 +29,7 @@ Output columns (text, as every reader gives them): :data:`COLUMNS`; histories ar
 
 Streaming: the log is read in blocks of :data:`EVENT_BLOCK` events; the rows of a block's users are
 produced once a later user's first event is read, so memory holds one block, the last user's events, the
-``pool`` sample and the ids of the users already read (8 bytes per user, to refuse a log that is not
+``pool`` sample of each period and the ids of the users already read (8 bytes per user, to refuse a log that is not
 grouped by user; rows built from such a log would have truncated histories). The rows are a function of
 the file and the options alone (random draws come from one generator seeded by ``seed``, in log order).
 """
@@ -63,6 +67,8 @@ class UserBehaviorOptions(ConfigModel):
     negatives: NonNegative = 1
     seed: int = 0
     pool: Count = 100_000
+    period: Count = 86_400
+    period_origin: int = 0
     window: Count | None = 86_400
     max_history: Count = 50
 
@@ -189,7 +195,33 @@ class _Labels:
         return found
 
 
-def _user_rows(ev: Events, pool: _Pool, options: UserBehaviorOptions) -> pa.Table:
+class _Pools:
+    """One :class:`_Pool` per period (``(timestamp - period_origin) // period``), all drawing from one
+    generator."""
+
+    def __init__(self, options: UserBehaviorOptions, rng: np.random.Generator) -> None:
+        self.options, self.rng = options, rng
+        self.pools: dict[int, _Pool] = {}
+
+    def add(self, items: np.ndarray, categories: np.ndarray, timestamps: np.ndarray) -> None:
+        period = (timestamps - self.options.period_origin) // self.options.period
+        for p in np.unique(period):  # sorted: the draws do not depend on dict order
+            pool = self.pools.setdefault(int(p), _Pool(self.options.pool, self.rng))
+            at = period == p
+            pool.add(items[at], categories[at])
+
+    def draw(self, timestamps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One pooled event of each timestamp's period: ``(items [n], categories [n])`` (each period of
+        ``timestamps`` has had events added)."""
+        items, categories = np.empty_like(timestamps), np.empty_like(timestamps)
+        period = (timestamps - self.options.period_origin) // self.options.period
+        for p in np.unique(period):
+            at = np.flatnonzero(period == p)
+            items[at], categories[at] = self.pools[int(p)].draw(at.shape[0])
+        return items, categories
+
+
+def _user_rows(ev: Events, pools: _Pools, options: UserBehaviorOptions) -> pa.Table:
     """The rows of complete users' events ``ev`` (each user's events consecutive), :data:`COLUMNS` + LINE."""
     n = len(ev)
     runs = _runs(ev.user)
@@ -198,7 +230,7 @@ def _user_rows(ev: Events, pool: _Pool, options: UserBehaviorOptions) -> pa.Tabl
     time_rank = np.unique(ev.timestamp, return_inverse=True)[1].astype(np.int64)
     time_key = user_code * (n + 1) + time_rank  # [n], non-decreasing: (user, time)
     pv = np.flatnonzero(ev.behaviour == 0)  # [P] the clicked impressions
-    pool.add(ev.item[pv], ev.category[pv])
+    pools.add(ev.item[pv], ev.category[pv], ev.timestamp[pv])
 
     labels = _Labels(ev, user_code)
     columns: dict[str, pa.Array] = {}
@@ -212,9 +244,9 @@ def _user_rows(ev: Events, pool: _Pool, options: UserBehaviorOptions) -> pa.Tabl
         columns[f"hist_{name}_cat"] = _joined(ev.category[events_b], flat, offsets)
 
     # negatives: k draws per clicked row, redrawn while the user has viewed the drawn item
-    k = options.negatives if pool.filled else 0
+    k = options.negatives
     owner = np.repeat(pv, k)  # [P k] the clicked row each negative accompanies
-    items, cats = pool.draw(owner.shape[0])
+    items, cats = pools.draw(ev.timestamp[owner])
     viewed_pairs = np.unique(labels.pair[pv])
     uniq = np.unique(ev.item)
 
@@ -227,7 +259,7 @@ def _user_rows(ev: Events, pool: _Pool, options: UserBehaviorOptions) -> pa.Tabl
     for _ in range(_REDRAWS):
         if not redo.size:
             break
-        items[redo], cats[redo] = pool.draw(redo.shape[0])
+        items[redo], cats[redo] = pools.draw(ev.timestamp[owner[redo]])
         redo = redo[viewed(owner[redo], items[redo])]
     keep = np.ones(owner.shape[0], dtype=bool)
     keep[redo] = False
@@ -269,7 +301,7 @@ def training_rows(blocks: Iterable[Events], options: UserBehaviorOptions, path: 
     Raises UserBehaviorError, naming ``path`` and the line, where a user's events resume after another
     user's (the log is not grouped by user)."""
     rng = np.random.default_rng(options.seed)
-    pool = _Pool(options.pool, rng)
+    pools = _Pools(options, rng)
     seen = np.empty(0, dtype=np.int64)  # sorted ids of the users whose rows were produced
     pending: Events | None = None
     exhausted = False
@@ -296,7 +328,7 @@ def training_rows(blocks: Iterable[Events], options: UserBehaviorOptions, path: 
                 f"other users' events; the userbehavior format needs the log grouped by user, each user's "
                 f"events together (as published): sort it by user (a stable sort keeps the time order)")
         seen = np.sort(np.concatenate([seen, np.sort(users)]), kind="stable")  # two sorted runs: a merge
-        yield _user_rows(ready, pool, options)
+        yield _user_rows(ready, pools, options)
 
 
 def _resumed(users: np.ndarray, seen: np.ndarray) -> int | None:
