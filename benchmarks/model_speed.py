@@ -8,11 +8,15 @@ model-bound figure reaches. The models take turns within every round (pipeline, 
 that changing machine load hits them alike; figures are medians over the rounds. The step is the
 trainer's (``stepping.train_step``: the model's default objective, fixed weights, Adam).
 
+``--clock cpu`` times with the process's CPU time instead of the wall clock: on a machine shared with
+other jobs a one-thread run's CPU time barely depends on their load, while its wall time does (the
+pipeline's prefetch thread counts in the CPU time too, so there the figure is samples per CPU-second).
+
 ``--profile N`` also prints, per model, the N operators with the most self CPU time of the training step
 (``torch.profiler``), grouped by operator and input shapes, as a Markdown table.
 
     PYTHONPATH=src python benchmarks/model_speed.py [--data synthetic:sequences:60000] [--models all]
-        [--threads 1] [--steps 20] [--repeats 5] [--profile 0] [--json FILE]
+        [--threads 1] [--steps 20] [--repeats 5] [--clock wall|cpu] [--profile 0] [--json FILE]
 """
 
 from __future__ import annotations
@@ -37,17 +41,19 @@ from mtrec.models import create_model, list_models
 from stepping import train_step
 
 REFERENCE = "mmoe"
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
-def gemm_rate(size: int = 1024, inner: int = 512, repeats: int = 20) -> float:
+def gemm_rate(size: int = 1024, inner: int = 512, repeats: int = 20,
+              clock: Callable[[], float] = time.perf_counter) -> float:
     """This machine's fp32 matrix-product rate at the current thread count: FLOP/s of ``[size, inner] @
     [inner, inner]`` (the shape class of a batch-1024 MLP layer), best of ``repeats``."""
     a, b = torch.randn(size, inner), torch.randn(inner, inner)
     best = float("inf")
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         a @ b
-        best = min(best, time.perf_counter() - start)
+        best = min(best, clock() - start)
     return 2 * size * inner * inner / best
 
 
@@ -58,15 +64,16 @@ def step_flops(step: Callable[[Batch], None], batch: Batch) -> float:
     return counter.get_total_flops() / len(batch)
 
 
-def timed(step: Callable[[Batch], None], batches: Iterable[Batch], steps: int) -> float:
-    """Samples per second of ``steps`` training steps over ``batches``."""
-    samples, start = 0, time.perf_counter()
+def timed(step: Callable[[Batch], None], batches: Iterable[Batch], steps: int,
+          clock: Callable[[], float] = time.perf_counter) -> float:
+    """Samples per second (of ``clock``) of ``steps`` training steps over ``batches``."""
+    samples, start = 0, clock()
     for i, batch in enumerate(batches):
         if i == steps:
             break
         step(batch)
         samples += len(batch)
-    return samples / (time.perf_counter() - start)
+    return samples / (clock() - start)
 
 
 def profile_table(step: Callable[[Batch], None], batches: list[Batch], rows: int) -> str:
@@ -94,6 +101,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="steps per model per round and measurement")
     parser.add_argument("--repeats", type=int, default=5, help="rounds")
     parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                        help="wall time, or this process's CPU time (steadier on a loaded machine)")
     parser.add_argument("--profile", type=int, default=0, metavar="N", help="print the top N operators per model")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
@@ -113,20 +122,21 @@ def main() -> None:
     iterator = BatchIterator(data, "train", args.batch_size, shuffle=True, seed=0, prefetch=2)
     pipeline: dict[str, list[float]] = {n: [] for n in names}
     bound: dict[str, list[float]] = {n: [] for n in names}
-    rates = [gemm_rate()]
+    rates = [gemm_rate(clock=CLOCKS[args.clock])]
     load_before = os.getloadavg()
     for r in range(args.repeats):
         for name, step in steps.items():
             iterator.set_epoch(r)
-            pipeline[name].append(timed(step, iterator, args.steps))
-            bound[name].append(timed(step, in_memory, args.steps))
-        rates.append(gemm_rate())
+            pipeline[name].append(timed(step, iterator, args.steps, CLOCKS[args.clock]))
+            bound[name].append(timed(step, in_memory, args.steps, CLOCKS[args.clock]))
+        rates.append(gemm_rate(clock=CLOCKS[args.clock]))
     load_after = os.getloadavg()
     gemm = statistics.median(rates)
     med = {n: (statistics.median(pipeline[n]), statistics.median(bound[n])) for n in names}
     print(f"machine: {os.cpu_count()} cores, torch {torch.__version__}, {args.threads} thread(s), "
           f"{platform.machine()}; load average {load_before[0]:.2f} before, {load_after[0]:.2f} after")
-    print(f"data {args.data}, batch {args.batch_size}, {args.steps} steps x {args.repeats} rounds (medians); "
+    print(f"data {args.data}, batch {args.batch_size}, {args.steps} steps x {args.repeats} rounds (medians), "
+          f"{args.clock} clock; "
           f"measured GEMM rate {gemm / 1e9:.1f} GFLOP/s")
     print()
     print("| model | pipeline samples/s | x MMoE | model-bound samples/s | x MMoE | MFLOP/sample (train step) "
@@ -144,7 +154,7 @@ def main() -> None:
             print(profile_table(steps[name], in_memory[:5], args.profile))
     if args.json:
         args.json.write_text(json.dumps({
-            "data": args.data, "threads": args.threads, "load": [load_before[0], load_after[0]],
+            "data": args.data, "threads": args.threads, "clock": args.clock, "load": [load_before[0], load_after[0]],
             "gemm_flops_per_s": gemm, "flops_per_sample": flops, "pipeline": pipeline, "model_bound": bound,
         }, indent=2))
 

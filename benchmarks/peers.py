@@ -15,12 +15,22 @@ trainer's step (``stepping.train_step``). The two alternate for ``--repeats`` ep
 
     PYTHONPATH=src python benchmarks/peers.py [--config configs/datasets/census_income.yaml] [--repeats 3]
         [--threads 1]
+
+``--accuracy`` trains instead the peer's MMoE, PLE and Shared-Bottom (:data:`PEER_MODELS`: MMoE in the shape
+above; PLE one level of 2 task-specific and 1 shared experts of [64]; Shared-Bottom a bottom of [64]; towers
+[32]) with its own ``train_one_epoch`` and ``evaluate`` to their best validation epoch, the budget of the
+mtrec bench (up to ``--epochs`` epochs, stopping when ``--patience`` + 1 epochs in a row did not raise the
+mean validation AUC), and prints each model's test AUC per task at that epoch (tested once)::
+
+    PYTHONPATH=src python benchmarks/peers.py --accuracy --config configs/datasets/census_income_standard.yaml
+        [--epochs 40] [--patience 2] [--seed 0]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import io
 import os
 import statistics
@@ -46,6 +56,7 @@ CACHE = Path.home() / ".cache" / "mtrec-peers" / f"{PEER}-{PEER_VERSION}"
 # the peer and what it imports that mtrec's environment lacks; torch, numpy, scikit-learn, tqdm: mtrec's own
 PEER_PACKAGES = [f"{PEER}=={PEER_VERSION}", "pandas>=2,<3", "pytz"]
 SHAPE = {"embedding_dim": 16, "num_experts": 8, "expert_sizes": [64], "tower_sizes": [32]}
+PEER_MODELS = ("mmoe", "ple", "shared_bottom")
 
 
 def import_peer() -> Any:
@@ -62,30 +73,83 @@ def import_peer() -> Any:
     return features, models, trainers, TorchDataset
 
 
-def peer_epoch(data: PreparedDataset, batch_size: int, seed: int) -> float:
-    """One torch-rechub MMoE epoch on the train split; samples/s (data loading included)."""
-    features, models, trainers, torch_dataset = import_peer()
-    schema, rows = data.schema, np.asarray(data.splits["train"])
+def peer_arrays(data: PreparedDataset, split: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """A split as the peer's ``TorchDataset`` takes it: ``{feature: [n]}`` and labels ``[n, T]``."""
+    schema, rows = data.schema, np.asarray(data.splits[split])
     sparse = np.asarray(data.sparse[rows]).astype(np.int64)
     dense = np.asarray(data.dense[rows], dtype=np.float32)
     x = {f.name: sparse[:, i] for i, f in enumerate(schema.sparse)}
     x.update({f.name: dense[:, i] for i, f in enumerate(schema.dense)})
-    y = np.asarray(data.labels[rows], dtype=np.float32)
+    return x, np.asarray(data.labels[rows], dtype=np.float32)
+
+
+def peer_model(data: PreparedDataset, name: str, seed: int) -> Any:
+    """The peer's ``name`` (one of :data:`PEER_MODELS`) built for ``data``'s features and tasks."""
+    features, models, _, _ = import_peer()
+    schema, tasks = data.schema, len(data.schema.tasks)
     torch.manual_seed(seed)
     inputs = [features.SparseFeature(f.name, vocab_size=f.vocab_size, embed_dim=SHAPE["embedding_dim"])
               for f in schema.sparse] + [features.DenseFeature(f.name) for f in schema.dense]
-    model = models.MMOE(inputs, ["classification"] * len(schema.tasks), n_expert=SHAPE["num_experts"],
-                        expert_params={"dims": SHAPE["expert_sizes"]},
-                        tower_params_list=[{"dims": SHAPE["tower_sizes"]}] * len(schema.tasks))
+    kinds, experts, towers = ["classification"] * tasks, {"dims": SHAPE["expert_sizes"]}, [
+        {"dims": SHAPE["tower_sizes"]}] * tasks
+    if name == "mmoe":
+        return models.MMOE(inputs, kinds, n_expert=SHAPE["num_experts"], expert_params=experts,
+                           tower_params_list=towers)
+    if name == "ple":
+        return models.PLE(inputs, kinds, n_level=1, n_expert_specific=2, n_expert_shared=1, expert_params=experts,
+                          tower_params_list=towers)
+    return models.SharedBottom(inputs, kinds, bottom_params=experts, tower_params_list=towers)
+
+
+def peer_trainer(model: Any, tasks: int, model_path: str) -> Any:
+    """The peer's ``MTLTrainer`` for ``model``: Adam lr 1e-3, no weight decay."""
+    _, _, trainers, _ = import_peer()
+    return trainers.MTLTrainer(model, ["classification"] * tasks, optimizer_params={"lr": 1e-3, "weight_decay": 0.0},
+                               n_epoch=1, model_path=model_path)
+
+
+def peer_loader(data: PreparedDataset, split: str, batch_size: int, shuffle: bool) -> Any:
+    _, _, _, torch_dataset = import_peer()
+    x, y = peer_arrays(data, split)
+    return torch.utils.data.DataLoader(torch_dataset(x, y), batch_size=batch_size, shuffle=shuffle)
+
+
+def peer_epoch(data: PreparedDataset, batch_size: int, seed: int) -> float:
+    """One torch-rechub MMoE epoch on the train split; samples/s (data loading included)."""
+    model = peer_model(data, "mmoe", seed)
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = trainers.MTLTrainer(model, ["classification"] * len(schema.tasks),
-                                      optimizer_params={"lr": 1e-3, "weight_decay": 0.0}, n_epoch=1,
-                                      model_path=tmp)
-        loader = torch.utils.data.DataLoader(torch_dataset(x, y), batch_size=batch_size, shuffle=True)
+        trainer = peer_trainer(model, len(data.schema.tasks), tmp)
+        loader = peer_loader(data, "train", batch_size, shuffle=True)
         start = time.perf_counter()
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             trainer.train_one_epoch(loader)
-        return len(rows) / (time.perf_counter() - start)
+        return len(data.splits["train"]) / (time.perf_counter() - start)
+
+
+def peer_accuracy(data: PreparedDataset, name: str, batch_size: int, seed: int, epochs: int, patience: int
+                  ) -> tuple[list[float], int, int]:
+    """The peer's ``name`` trained to its best validation epoch (mean validation AUC; stop after
+    ``patience`` + 1 epochs without a better one, at most ``epochs``): ``(test AUC per task, best epoch,
+    epochs run)``, the test split evaluated once, with the best epoch's weights."""
+    model = peer_model(data, name, seed)
+    tasks = len(data.schema.tasks)
+    train = peer_loader(data, "train", batch_size, shuffle=True)
+    valid, test = (peer_loader(data, split, batch_size, shuffle=False) for split in ("valid", "test"))
+    best, best_epoch, best_state, bad, epoch = -1.0, -1, copy.deepcopy(model.state_dict()), 0, 0
+    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()), \
+            contextlib.redirect_stderr(io.StringIO()):
+        trainer = peer_trainer(model, tasks, tmp)
+        for epoch in range(epochs):
+            trainer.train_one_epoch(train)
+            score = float(np.mean(trainer.evaluate(model, valid)))
+            if score > best:
+                best, best_epoch, best_state, bad = score, epoch, copy.deepcopy(model.state_dict()), 0
+            else:
+                bad += 1
+                if bad > patience:
+                    break
+        model.load_state_dict(best_state)
+        return [float(a) for a in trainer.evaluate(model, test)], best_epoch, epoch + 1
 
 
 def mtrec_epoch(data: PreparedDataset, batch_size: int, seed: int) -> float:
@@ -106,12 +170,20 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 on a loaded machine)")
     parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument("--accuracy", action="store_true", help="train the peer's MMoE, PLE, Shared-Bottom to "
+                        "their best validation epoch and print test AUC (instead of throughput)")
+    parser.add_argument("--epochs", type=int, default=40, help="--accuracy: epoch limit")
+    parser.add_argument("--patience", type=int, default=2, help="--accuracy: epochs without improvement allowed")
+    parser.add_argument("--seed", type=int, default=0, help="--accuracy: seed")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     import_peer()
     with tempfile.TemporaryDirectory() as tmp:
         prepare_dataset(args.config, Path(tmp) / "census", progress=False, log=lambda _: None)
         data = PreparedDataset.load(Path(tmp) / "census")
+        if args.accuracy:
+            report_accuracy(data, args)
+            return
         load_before = os.getloadavg()[0]
         peer, ours = [], []
         for r in range(args.repeats):
@@ -127,6 +199,23 @@ def main() -> None:
     print(f"{PEER} {PEER_VERSION}: {p:,.0f} train samples/s  (each: {', '.join(f'{v:,.0f}' for v in peer)})")
     print(f"mtrec:              {m:,.0f} train samples/s  (each: {', '.join(f'{v:,.0f}' for v in ours)})")
     print(f"ratio mtrec / {PEER}: {m / p:.2f}x")
+
+
+def report_accuracy(data: PreparedDataset, args: argparse.Namespace) -> None:
+    """Print the peer models' test AUC per task at their best validation epoch (see the module docstring)."""
+    tasks = data.schema.task_names
+    print(f"machine: {os.cpu_count()} cores, torch {torch.__version__}, {args.threads} thread(s); load average "
+          f"{os.getloadavg()[0]:.2f} before")
+    print(f"data: {args.config}, {len(data.splits['train']):,} train / {len(data.splits['valid']):,} valid / "
+          f"{len(data.splits['test']):,} test rows; {PEER} {PEER_VERSION}, embedding 16, batch {args.batch_size}, "
+          f"Adam 1e-3, up to {args.epochs} epochs, patience {args.patience}, seed {args.seed}")
+    for name in PEER_MODELS:
+        start = time.perf_counter()
+        auc, best, run = peer_accuracy(data, name, args.batch_size, args.seed, args.epochs, args.patience)
+        limit = " (best = last: at the epoch limit)" if best == run - 1 and run == args.epochs else ""
+        print(f"{PEER} {name}: test AUC " + ", ".join(f"{t} {a:.4f}" for t, a in zip(tasks, auc, strict=True))
+              + f"; best epoch {best} of {run} run{limit}; {time.perf_counter() - start:.0f} s; load average "
+              f"{os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

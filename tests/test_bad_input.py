@@ -294,6 +294,30 @@ def _(t: Path, w: World, mp: pytest.MonkeyPatch) -> Case:
     return Case(prepare_argv(config, t / "out"), ["shop.yaml", "shuffle"])
 
 
+# D7 for the dataset config: the same typed validation as the run config (one line naming the key)
+DATASET_CONFIG_EDITS = {
+    "max_len: 5.5": (("max_len: 5,", "max_len: 5.5,"), "features.sequences[0].max_len", "5.5"),
+    "header: yes": (("source: {path: PATH}", "source: {path: PATH, header: 'yes'}"), "source.header", "'yes'"),
+    "a task's type misspelt": (("- {name: click}", "- {name: click, type: binary_}"), "tasks[0].type",
+                               "binary_"),
+    "split seed a word": (("seed: 0,", "seed: zero,"), "split.seed", "zero"),
+}
+
+
+def _dataset_config_case(edit: str) -> Builder:
+    def build(t: Path, w: World, mp: pytest.MonkeyPatch) -> Case:
+        (old, new), key, value = DATASET_CONFIG_EDITS[edit]
+        assert old in CONFIG
+        config = write_config(t / "shop.yaml", w.raw, CONFIG.replace(old, new, 1))
+        return Case(prepare_argv(config, t / "out"), ["shop.yaml", key, value])
+
+    return build
+
+
+for _edit in DATASET_CONFIG_EDITS:
+    case(f"prepare: config {_edit}")(_dataset_config_case(_edit))
+
+
 @case("prepare: config not YAML")
 def _(t: Path, w: World, mp: pytest.MonkeyPatch) -> Case:
     config = write_config(t / "shop.yaml", w.raw, CONFIG + "tasks: [\n")

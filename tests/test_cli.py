@@ -80,3 +80,29 @@ def test_mismatched_dataset_is_named(tiny_dir: Path, tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "labels.npy has 12 bytes, but 2,048 bytes were written: the file is damaged" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "models"),
+    [
+        ([], ["shared_bottom", "mmoe", "ple", "esmm", "dcrnn", "dtrn"]),
+        (["--models", "all"], list_models()),
+        (["--models", "mmoe, ple"], ["mmoe", "ple"]),
+    ],
+)
+def test_demo_trains_the_headline_models_and_key_baselines_unless_told(
+    args: list[str], models: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default demo is the short one (headline models and key baselines, early stopping after one
+    epoch without improvement, one thread); ``--models all`` keeps every registered model."""
+    import mtrec.bench.demo
+    from mtrec.bench.runner import BenchConfig
+
+    seen: list[BenchConfig] = []
+    monkeypatch.setattr(mtrec.bench.demo, "run_bench", lambda config, *_, **__: seen.append(config) or {"runs": []})
+    monkeypatch.setattr(mtrec.bench.demo, "write_samples", lambda *_: None)
+    main(["demo", "--out", str(tmp_path / "demo"), *args])
+    (config,) = seen
+    assert [m.name for m in config.model_entries()] == models
+    assert [d.spec for d in config.datasets] == ["synthetic:conflict:100000"]
+    assert config.train["epochs"] == 4 and config.train["patience"] == 1 and config.train["num_threads"] == 1

@@ -17,7 +17,13 @@ from mtrec.models import ModelConfigError, create_model
 from mtrec.models.dtrn import DTRN
 from mtrec.nn.hyper import NormHypernetwork
 from mtrec.nn.senet import SENet
-from mtrec.nn.sequence import MultiHeadSelfAttention, TargetAttentionPooling, ValidPositions, masked_softmax
+from mtrec.nn.sequence import (
+    LENGTH_CHUNKS,
+    MultiHeadSelfAttention,
+    TargetAttentionPooling,
+    ValidPositions,
+    masked_softmax,
+)
 
 
 def n_params(module: torch.nn.Module) -> int:
@@ -115,6 +121,26 @@ def test_self_attention_ignores_what_padding_positions_hold() -> None:
     torch.testing.assert_close(attention(x, mask)[0, :4], attention(changed, mask)[0, :4])
 
 
+@pytest.mark.parametrize("chunks", [2, 4, 7])
+def test_self_attention_by_length_groups_equals_the_padded_pass(chunks: int) -> None:
+    """valid_outputs cuts histories into length groups: the outputs (and gradients) at the valid positions
+    are those of one padded pass, for holes in a history, empty histories and several conditions (K')."""
+    torch.manual_seed(0)
+    attention = MultiHeadSelfAttention(8, heads=2)
+    x = torch.randn(3, 11, 9, 8, requires_grad=True)  # [K', S, L, d]
+    mask = torch.rand(11, 9) < torch.linspace(0.05, 0.9, 11).unsqueeze(1)  # lengths vary, holes included
+    mask[0] = mask[5] = False  # empty histories
+    mask[3] = True  # a full one
+    valid = ValidPositions.of(mask)
+    grouped = attention.valid_outputs(x, valid, chunks=chunks)
+    (grad_grouped,) = torch.autograd.grad(grouped.square().sum(), x)
+    padded = attention.valid_outputs(x, valid, chunks=1)
+    (grad_padded,) = torch.autograd.grad(padded.square().sum(), x)
+    torch.testing.assert_close(padded, valid.pack(attention(x, mask.expand(3, -1, -1))))
+    torch.testing.assert_close(grouped, padded, rtol=0, atol=1e-6)
+    torch.testing.assert_close(grad_grouped, grad_padded, rtol=0, atol=1e-5)
+
+
 def test_senet_field_mode_scales_whole_fields_and_bit_mode_each_element() -> None:
     torch.manual_seed(0)
     x = torch.randn(3, 5, 4, 6)  # [n, B, F, d]
@@ -179,8 +205,13 @@ def test_all_pairs_are_one_batched_pass_with_the_first_attention_once_per_histor
     for layer in model.tim.encoder.layers:
         layer.attention.register_forward_hook(lambda _m, args, _out: shapes.append(tuple(args[0].shape)))
     model(batch.features)
-    # one call per layer (not per task/behaviour pair); layer 0 runs before the per-pair norms
-    assert shapes == [(1, 96, 6, 16), (2, 96, 6, 16)]  # [K', B*M, L, d]
+    # per layer one call per length group of the B*M = 96 histories (not per task/behaviour pair),
+    # at most L = 6 long; layer 0 runs before the per-pair norms (K' = 1), layer 1 after them (K' = 2)
+    conditions = [k for k, *_ in shapes]
+    first = conditions.count(1)
+    assert 1 <= first <= LENGTH_CHUNKS and conditions == [1] * first + [2] * (len(shapes) - first)
+    for layer in (shapes[:first], shapes[first:]):
+        assert sum(s for _, s, _, _ in layer) <= 96 and all(length <= 6 and d == 16 for *_, length, d in layer)
 
 
 def test_padding_positions_get_zero_target_attention_weight(batch: Batch) -> None:

@@ -216,6 +216,51 @@ def test_given_files_with_a_carved_validation_split(tmp_path: Path) -> None:
     assert 5 <= len(data.splits["valid"]) <= 25
 
 
+@pytest.mark.parametrize(("valid", "test", "dropped"), [([0.0, 0.5], [0.5, 1.0], 0), ([0.1, 0.4], [0.6, 1.0], 15)])
+def test_a_file_divided_between_splits(tmp_path: Path, valid: list[float], test: list[float],
+                                       dropped: int) -> None:
+    """valid and test take parts of one permuted file (the Census standard protocol); rows in no part
+    are dropped, the train file is read whole."""
+    rows = _rows(90)
+    (tmp_path / "raw").mkdir()
+    _write_csv(tmp_path / "raw" / "train.csv", rows[:40])
+    _write_csv(tmp_path / "raw" / "other.csv", rows[40:])
+    config = _config(tmp_path / "raw", split={
+        "kind": "files", "train": "train.csv",
+        "valid": {"file": "other.csv", "seed": 7, "part": valid},
+        "test": {"file": "other.csv", "seed": 7, "part": test}})
+    data = _prepare(config, tmp_path / "out")
+    perm = np.random.default_rng(7).permutation(50)
+    kept = np.full(50, -1)
+    kept[np.sort(np.concatenate([perm[int(valid[0] * 50):int(valid[1] * 50)],
+                                 perm[int(test[0] * 50):int(test[1] * 50)]]))] = np.arange(50 - dropped)
+    np.testing.assert_array_equal(data.splits["train"], np.arange(40))
+    np.testing.assert_array_equal(data.splits["valid"], 40 + np.sort(kept[perm[int(valid[0] * 50):int(valid[1] * 50)]]))
+    np.testing.assert_array_equal(data.splits["test"], 40 + np.sort(kept[perm[int(test[0] * 50):int(test[1] * 50)]]))
+    assert data.num_rows == 90 - dropped
+    clicks = np.array([float(r[4]) for r in rows])
+    np.testing.assert_array_equal(data.labels[40:, 0], clicks[40:][kept >= 0])
+
+
+@pytest.mark.parametrize(("split", "message"), [
+    ({"valid": {"file": "t.csv", "seed": 1, "part": [0, 0.5]}, "test": {"file": "t.csv", "seed": 2, "part": [0.5, 1]}},
+     "toy.yaml: split: test.seed: parts of 't.csv' must share one seed"),
+    ({"valid": {"file": "t.csv", "part": [0, 0.6]}, "test": {"file": "t.csv", "part": [0.5, 1]}},
+     "toy.yaml: split: parts of 't.csv' for 'valid' [0.0, 0.6] and 'test' [0.5, 1.0] overlap"),
+    ({"valid": {"file": "t.csv", "part": [0.5, 0.2]}, "test": "t.csv"},
+     "toy.yaml: split: valid: part: expected [from, to] with 0 <= from < to <= 1, got [0.5, 0.2]"),
+    ({"valid": {"file": "t.csv", "part": [0, 0.5]}, "test": "t.csv"},
+     "toy.yaml: split: test: 't.csv' is named whole here but divided into parts for 'valid'"),
+    ({"valid": {"file": "t.csv", "parts": [0, 0.5]}, "test": "t.csv"},
+     "toy.yaml: split: valid.part: missing required key (and 1 more problem(s))"),
+])
+def test_bad_file_parts_are_named(split: dict[str, Any], message: str) -> None:
+    config = _config("raw", split={"kind": "files", "train": "a.csv", **split})
+    with pytest.raises(DatasetConfigError) as err:
+        parse_dataset_config(config, "toy.yaml")
+    assert str(err.value).startswith(message)
+
+
 def test_label_with_positive_values(tmp_path: Path) -> None:
     path = tmp_path / "l.csv"
     path.write_text("x,y\n" + "".join(f"a{i % 3},{'yes' if i % 4 == 0 else 'no'}\n" for i in range(40)))
@@ -293,9 +338,17 @@ def test_empty_split_is_reported(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("change", "message"), [
-    ({"splitt": {}}, "unknown key 'splitt'.*did you mean 'split'"),
+    ({"splitt": {}}, "toy.yaml: splitt: unknown key .did you mean 'split'"),
     ({"split": {"kind": "random", "fractions": [0.5, 0.5]}}, "three positive numbers"),
-    ({"split": {"kind": "shuffle"}}, "'shuffle' is not one of"),
+    ({"split": {"kind": "shuffle"}}, "split.kind: must be one of 'random', 'permutation', 'column' or "
+                                     "'files', got 'shuffle'"),
+    ({"split": {"kind": "random", "seed": "7"}}, "split.seed: input should be a valid integer, got '7'"),
+    ({"source": {"path": "x.csv", "header": "yes"}}, "source.header: input should be a valid boolean, got 'yes'"),
+    ({"source": {"path": "x.csv", "chunk_rows": 0}}, "source.chunk_rows: must be >= 1, got 0"),
+    ({"source": {"path": "x.csv", "separator": ", "}}, "source.separator: must be one character, got ', '"),
+    ({"source": {"path": "x.csv", "format": "xlsx"}}, "source.format: must be one of"),
+    ({"tasks": [{"name": "click", "loss": "mse"}]}, "tasks.0.*a binary task's loss is one of"),
+    ({"tasks": []}, "tasks: .*at least 1 item"),
     ({"split": {"kind": "column", "column": "day", "train": {"to": 20}, "valid": {"from": 10, "to": 25},
                 "test": {"from": 25}}}, "overlap"),
     ({"tasks": [{"name": "buy", "observed_after": "click"}, {"name": "click"}]}, "earlier task"),

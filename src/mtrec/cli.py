@@ -139,18 +139,24 @@ def bench(config_file: Path, out: Path | None, max_runs: int | None) -> None:
 
 @cli.command()
 @click.option("--out", type=click.Path(path_type=Path), default=Path("reports/demo"), show_default=True)
-@click.option("--data", default="synthetic:easy", show_default=True, help="data spec")
-@click.option("--epochs", type=int, default=6, show_default=True)
+@click.option("--data", help="data spec  [default: synthetic:conflict:100000]")
+@click.option("--epochs", type=int, help="at most this many epochs (early stopping, patience 1)  [default: 4]")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--models", "model_names", help="comma-separated subset of models (default: all)")
-def demo(out: Path, data: str, epochs: int, seed: int, model_names: str | None) -> None:
-    """Train every registered model on synthetic data and print the comparison with the oracle."""
-    from mtrec.bench.demo import run_demo
+@click.option("--models", "model_names",
+              help="comma-separated models, or 'all' (every registered model)  "
+                   "[default: shared_bottom,mmoe,ple,esmm,dcrnn,dtrn]")
+def demo(out: Path, data: str | None, epochs: int | None, seed: int, model_names: str | None) -> None:
+    """Train the headline models (DCRNN, DTRN) and the key baselines on synthetic data and print the
+    comparison with the oracle."""
+    from mtrec.bench.demo import DEMO_DATA, DEMO_MODELS, DEMO_TRAIN, run_demo
+    from mtrec.bench.runner import ALL
     from mtrec.training.config import TrainConfig
 
-    chosen = [m.strip() for m in model_names.split(",")] if model_names else None
-    train = TrainConfig.parse({"epochs": epochs, "seed": seed}, where="command line")
-    table = run_demo(out, data=data, models=chosen, train=train)
+    chosen = DEMO_MODELS if model_names is None else \
+        ALL if model_names.strip() == ALL else [m.strip() for m in model_names.split(",")]
+    given = {"epochs": epochs} if epochs is not None else {}
+    train = TrainConfig.parse({**DEMO_TRAIN, **given, "seed": seed}, where="command line")
+    table = run_demo(out, data=data or DEMO_DATA, models=chosen, train=train)
     click.echo(table)
     click.echo(f"report written to {out}/results.md (plot: {out}/auc.png)")
     if (out / "request.json").is_file():

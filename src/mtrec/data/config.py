@@ -1,9 +1,10 @@
 """Dataset configs: a YAML file that says how raw CSV/Parquet columns become a prepared dataset.
 
 The format is documented with a complete example in ``docs/datasets.md``. :func:`load_dataset_config`
-parses and validates a file into frozen dataclasses (errors name the file and the key); what needs the
-raw columns (unknown names, columns without a role, glob patterns) is checked by :meth:`DatasetConfig.resolve`
-once the reader has seen the header.
+parses and validates a file with pydantic (each section a frozen strict model, see :mod:`mtrec.typed`;
+an error is one line naming the file and the key); what needs the raw columns (unknown names, columns
+without a role, glob patterns) is checked by :meth:`DatasetConfig.resolve` once the reader has seen the
+header.
 """
 
 from __future__ import annotations
@@ -14,177 +15,438 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from mtrec.data.dataset import SPLITS, DatasetError
+from mtrec.data.userbehavior import UserBehaviorOptions
 from mtrec.features.schema import TASK_LOSSES
 from mtrec.io import read_mapping
-
-SPLIT_KINDS = ("random", "permutation", "column", "files")
-FORMATS = ("auto", "csv", "parquet")
+from mtrec.typed import STRICT, ConfigModel, Count, NonNegative, error_line, validate
 
 
 class DatasetConfigError(DatasetError):
     """A dataset config that cannot be used; the message names the file and the key."""
 
 
-# ---- small parsing helpers ---------------------------------------------------------------------------
+# ---- value types ----------------------------------------------------------------------------------------
 def _suggest(name: str, options: Iterable[str]) -> str:
     close = difflib.get_close_matches(name, list(options), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _mapping(value: Any, where: str) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise DatasetConfigError(f"{where}: expected a mapping, got {type(value).__name__} {value!r}")
-    return dict(value)
-
-
-def _check_keys(data: Mapping[str, Any], where: str, allowed: Iterable[str], required: Iterable[str] = ()
-                ) -> None:
-    allowed = set(allowed)
-    for key in data:
-        if key not in allowed:
-            raise DatasetConfigError(f"{where}: unknown key {key!r}{_suggest(str(key), allowed)}; "
-                                     f"allowed: {sorted(allowed)}")
-    for key in required:
-        if key not in data:
-            raise DatasetConfigError(f"{where}: missing required key {key!r}")
-
-
-def _str_list(value: Any, where: str) -> tuple[str, ...]:
-    """A string or a list of scalars -> tuple of strings."""
+def _strings(value: Any) -> tuple[str, ...]:
+    """A string, a number or a list of them -> a tuple of strings (YAML reads ``2024`` as a number)."""
     if value is None:
         return ()
-    if isinstance(value, str | int | float) and not isinstance(value, bool):
+    scalar = (str, int, float)
+    if isinstance(value, scalar) and not isinstance(value, bool):
         return (str(value),)
-    if isinstance(value, list | tuple) and all(isinstance(v, str | int | float) for v in value):
+    if isinstance(value, list | tuple) and all(isinstance(v, scalar) and not isinstance(v, bool) for v in value):
         return tuple(str(v) for v in value)
-    raise DatasetConfigError(f"{where}: expected a string or a list of strings, got {value!r}")
+    raise ValueError(f"expected a string or a list of strings, got {value!r}")
 
 
-def _typed(value: Any, kind: type | tuple[type, ...], where: str) -> Any:
-    if isinstance(value, bool) and kind in (int, float, (int, float)):
-        raise DatasetConfigError(f"{where}: expected a number, got {value!r}")
-    if not isinstance(value, kind):
-        name = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-        raise DatasetConfigError(f"{where}: expected {name}, got {value!r}")
+def _one_character(value: str) -> str:
+    if len(value) != 1:
+        raise ValueError(f"must be one character, got {value!r}")
     return value
 
 
-# ---- the config dataclasses ----------------------------------------------------------------------------
-@dataclass(frozen=True)
-class SourceConfig:
+def _non_empty(value: str) -> str:
+    if not value:
+        raise ValueError("must be a non-empty string")
+    return value
+
+
+Strings = Annotated[tuple[str, ...], BeforeValidator(_strings)]
+OneCharacter = Annotated[str, AfterValidator(_one_character)]
+NonEmpty = Annotated[str, AfterValidator(_non_empty)]
+GLOB = "*?["
+
+
+class Section(ConfigModel):
+    """A frozen, strict config section (see :mod:`mtrec.typed`)."""
+
+    model_config = ConfigDict(**STRICT, frozen=True)
+
+
+class NamedSection(Section):
+    """A section with a ``name`` from which other keys default (:meth:`defaults`)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        if not isinstance(value, Mapping) or "name" not in value:
+            return value
+        return cls.defaults(dict(value))
+
+    @classmethod
+    def defaults(cls, entry: dict[str, Any]) -> dict[str, Any]:
+        """The entry as written -> with the keys that default from its name filled in."""
+        return entry
+
+
+# ---- the config sections -------------------------------------------------------------------------------
+class SourceConfig(Section):
     """Where the raw rows are and how to read them.
 
     ``path`` lists files, directories (every file inside, sorted) or glob patterns; relative paths are
     taken from the current directory. For ``split: {kind: files}`` it is the directory the split files
-    are in.
+    are in. ``separator`` is one character (for ``", "`` use ``","`` with ``strip: true``). ``format:
+    userbehavior`` is the Taobao UserBehavior event log, turned into rows by its reader with ``options``
+    (:mod:`mtrec.data.userbehavior`); no other format takes options.
     """
 
-    path: tuple[str, ...] = ()
-    format: str = "auto"
-    separator: str = ","
+    path: Strings = ()
+    format: Literal["auto", "csv", "parquet", "userbehavior"] = "auto"
+    separator: OneCharacter = ","
     header: bool = True
-    columns: tuple[str, ...] = ()
-    quote: str | None = '"'
+    columns: Strings = ()
+    quote: OneCharacter | None = '"'
     strip: bool = False
-    missing_values: tuple[str, ...] = ()
-    chunk_rows: int = 262_144
+    missing_values: Strings = ()
+    chunk_rows: Count = 262_144
+    options: UserBehaviorOptions = Field(default_factory=UserBehaviorOptions)
+
+    @model_validator(mode="after")
+    def _options_for_a_log(self) -> Self:
+        if "options" in self.model_fields_set and self.format != "userbehavior":
+            raise ValueError(f"options: only a known log format (format: userbehavior) takes options; format "
+                             f"{self.format!r} is read by the keys of 'source'")
+        return self
 
 
-@dataclass(frozen=True)
-class SparseConfig:
+def _feature_entry(value: Any) -> Any:
+    """A sparse/dense list entry: a column name (or glob pattern), or a mapping; the column defaults to
+    the name, a name with ``*?[`` is a pattern."""
+    entry = {"name": value} if isinstance(value, str | int) and not isinstance(value, bool) else value
+    if not isinstance(entry, Mapping):
+        return entry
+    entry = dict(entry)
+    if "name" in entry:
+        entry["name"] = str(entry["name"])
+        if any(ch in entry["name"] for ch in GLOB):
+            if "pattern" in entry or "column" in entry:
+                raise ValueError("a pattern entry takes no 'column'")
+            entry["pattern"] = entry.pop("name")
+    if "pattern" in entry:
+        if "column" in entry:
+            raise ValueError("a pattern entry takes no 'name'/'column'")
+        entry.setdefault("name", "")
+        entry.setdefault("column", "")
+    elif "name" not in entry:
+        raise ValueError("missing required key 'name' (or 'pattern')")
+    else:
+        entry.setdefault("column", entry["name"])
+    return entry
+
+
+class FeatureEntry(Section):
+    """What sparse and dense entries share: one raw column, or a glob ``pattern`` over the columns left
+    without a role (expanded by :meth:`DatasetConfig.resolve`; ``name`` and ``column`` are then empty)."""
+
+    name: str
+    column: str
+    pattern: str | None = Field(default=None, exclude=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return _feature_entry(value)
+
+    def on_column(self, column: str) -> Self:
+        """This pattern's options on one matching column."""
+        return self.model_copy(update={"name": column, "column": column, "pattern": None})
+
+
+class SparseConfig(FeatureEntry):
     """A categorical feature read from one raw column; ``table`` shares an embedding table (and its
     vocabulary) with features naming the same table."""
 
-    name: str
-    column: str
     table: str = ""
-    min_count: int | None = None
+    min_count: Count | None = None
 
     @property
     def table_name(self) -> str:
         return self.table or self.name
 
 
-@dataclass(frozen=True)
-class DenseConfig:
+class DenseConfig(FeatureEntry):
     """A numeric feature: optional signed log1p, then standardisation with train mean/std; missing
     values become ``fill`` (after the transform; 0 = the train mean when standardised)."""
 
-    name: str
-    column: str
     log1p: bool = False
     standardize: bool = True
-    fill: float = 0.0
+    fill: Annotated[float, BeforeValidator(lambda v: float(v) if isinstance(v, int) and not isinstance(v, bool)
+                                           else v)] = 0.0
 
 
-@dataclass(frozen=True)
-class SequenceConfig:
+class SequenceConfig(NamedSection):
     """A behaviour history: one column of separated tokens, or several columns (one per position; a
-    header name repeated W times names such a group)."""
+    header name repeated W times names such a group). ``column`` is a shorthand for one column."""
 
     name: str
-    columns: tuple[str, ...]
-    max_len: int
+    columns: Strings
+    max_len: Count
     behaviour: str = ""
     table: str = ""
     target: str = ""
-    separator: str | None = None
-    pad_values: tuple[str, ...] = ()
-    keep: str = "first"
-    min_count: int | None = None
+    separator: NonEmpty | None = None
+    pad_values: Strings = ()
+    keep: Literal["first", "last"] = "first"
+    min_count: Count | None = None
+
+    @classmethod
+    def defaults(cls, entry: dict[str, Any]) -> dict[str, Any]:
+        if "column" in entry:
+            if "columns" in entry:
+                raise ValueError("give 'column' or 'columns', not both")
+            entry["columns"] = entry.pop("column")
+        entry.setdefault("columns", entry["name"])
+        entry.setdefault("behaviour", entry["name"])
+        return entry
 
     @property
     def table_name(self) -> str:
         return self.table or self.name
 
 
-@dataclass(frozen=True)
-class LabelConfig:
+class LabelConfig(Section):
     """A task's label: a 0/1 column, or 1 where the column's value is one of ``positive`` (and 0 where it
     is one of ``negative``, if given; any other value is then an error)."""
 
     column: str
-    positive: tuple[str, ...] = ()
-    negative: tuple[str, ...] = ()
+    positive: Strings = ()
+    negative: Strings = ()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.negative and not self.positive:
+            raise ValueError("'negative' needs 'positive'")
+        overlap = set(self.positive) & set(self.negative)
+        if overlap:
+            raise ValueError(f"values {sorted(overlap)} are both positive and negative")
+        return self
 
 
-@dataclass(frozen=True)
-class TaskConfig:
+class TaskConfig(NamedSection):
     """A task: its label, the task it is observed after, and its type. A ``regression`` task's label is a
     numeric column (``log1p``: learned and predicted as ``log(1 + value)``), its ``loss`` ``mse`` or
-    ``huber``; a ``binary`` task's is 0/1 (see :class:`LabelConfig`)."""
+    ``huber``; a ``binary`` task's is 0/1 (see :class:`LabelConfig`). ``label`` defaults to the column
+    named like the task; a string names the column."""
 
     name: str
     label: LabelConfig
     observed_after: str | None = None
-    type: str = "binary"
+    type: Literal["binary", "regression"] = "binary"
     loss: str = ""
     log1p: bool = False
 
+    @classmethod
+    def defaults(cls, entry: dict[str, Any]) -> dict[str, Any]:
+        label = entry.get("label", entry["name"])
+        entry["label"] = {"column": label} if isinstance(label, str) else label
+        return entry
 
-@dataclass(frozen=True)
-class SplitConfig:
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.loss and self.loss not in TASK_LOSSES[self.type]:
+            raise ValueError(f"a {self.type} task's loss is one of {list(TASK_LOSSES[self.type])}, "
+                             f"got {self.loss!r}")
+        if self.log1p and self.type != "regression":
+            raise ValueError("log1p is only for a regression task")
+        if self.type == "regression" and self.label.positive:
+            raise ValueError("a regression task's label is a numeric column, not positive values")
+        return self
+
+
+Bound = Annotated[int | float | str | None, BeforeValidator(lambda v: _bound(v))]
+
+
+def _bound(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError(f"a range bound is a number or a string (quote dates), got {value!r}")
+    return value
+
+
+class Range(Section):
+    """``[from, to)`` of a column's values; an open end is ``null`` or absent."""
+
+    lower: Bound = Field(default=None, alias="from")
+    upper: Bound = Field(default=None, alias="to")
+
+
+class FilePart(Section):
+    """A part of one file's rows, as a ``files`` split names it instead of a whole file: with the file's
+    ``n`` rows permuted by ``numpy.random.default_rng(seed).permutation(n)``, the rows
+    ``perm[int(part[0] n) : int(part[1] n)]``."""
+
+    file: str
+    seed: NonNegative = 0
+    part: tuple[float, float]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _pair(cls, value: Any) -> Any:
+        if isinstance(value, Mapping) and isinstance(value.get("part"), list) and len(value["part"]) == 2 and all(
+                isinstance(b, int | float) and not isinstance(b, bool) for b in value["part"]):
+            return {**value, "part": (float(value["part"][0]), float(value["part"][1]))}
+        return value
+
+    @model_validator(mode="after")
+    def _check_part(self) -> Self:
+        if not 0.0 <= self.part[0] < self.part[1] <= 1.0:
+            raise ValueError(f"part: expected [from, to] with 0 <= from < to <= 1, got {list(self.part)}")
+        return self
+
+
+_SPLIT_KEYS = {"random": ("kind", "seed", "fractions"), "permutation": ("kind", "seed", "fractions"),
+               "column": ("kind", "column", "train", "valid", "test"),
+               "files": ("kind", "train", "valid", "test", "valid_fraction", "seed")}
+
+
+class SplitConfig(Section):
     """How rows are divided into train / valid / test.
 
     random:      each row independently with probabilities ``fractions`` (seeded; chunk-independent)
     permutation: ``default_rng(seed).permutation(n)``; its first ``int(f0 n)`` rows train, the next
                  ``int(f1 n)`` valid, the rest test (the BENCHMARKS.md protocol)
     column:      by ranges ``[from, to)`` of one column's values (dates, days); rows in no range dropped
-    files:       given files per split; without a valid file, ``valid_fraction`` of train rows (seeded)
+    files:       given files per split; without a valid file, ``valid_fraction`` of train rows (seeded);
+                 a split may take a part of a file (:class:`FilePart`, in ``parts``) instead, so that
+                 one file is divided between splits (the Census standard protocol halves its test file)
+
+    In the YAML the ranges (``column``) or files (``files``) are given under ``train``/``valid``/``test``.
     """
 
-    kind: str
-    seed: int = 0
+    kind: Literal["random", "permutation", "column", "files"]
+    seed: NonNegative = 0
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     column: str = ""
-    ranges: dict[str, tuple[Any, Any]] = field(default_factory=dict)
-    files: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    valid_fraction: float = 0.1
+    ranges: dict[str, tuple[Any, Any]] = Field(default_factory=dict)
+    files: dict[str, tuple[str, ...]] = Field(default_factory=dict)
+    valid_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1
+    parts: dict[str, FilePart] = Field(default_factory=dict)
+
+    def file_parts(self, file: str) -> tuple[int, tuple[tuple[str, float, float], ...]]:
+        """``(seed, ((split, from, to), ...))`` of the splits that take a part of ``file``."""
+        named = [(split, p) for split, p in self.parts.items() if p.file == file]
+        return named[0][1].seed, tuple((split, p.part[0], p.part[1]) for split, p in named)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _by_split(cls, value: Any) -> Any:
+        """Check the keys the kind takes; move ``train``/``valid``/``test`` to ``ranges`` or ``files``."""
+        if not isinstance(value, Mapping) or value.get("kind") not in _SPLIT_KEYS:
+            return value
+        entry, kind = dict(value), value["kind"]
+        allowed = _SPLIT_KEYS[kind]
+        for key in entry:
+            if key not in allowed:
+                raise ValueError(f"a {kind} split takes no key {key!r}{_suggest(str(key), allowed)}; "
+                                 f"allowed: {list(allowed)}")
+        if "fractions" in entry:
+            fractions = entry["fractions"]
+            numbers = isinstance(fractions, list) and all(
+                isinstance(f, int | float) and not isinstance(f, bool) and f > 0 for f in fractions)
+            if not numbers or len(fractions) != 3 or not math.isclose(sum(fractions), 1.0, abs_tol=1e-9):
+                raise ValueError(f"fractions: expected three positive numbers [train, valid, test] summing to "
+                                 f"1, got {fractions!r}")
+            entry["fractions"] = tuple(float(f) for f in fractions)
+        if kind == "column":
+            missing = [key for key in ("column", *SPLITS) if key not in entry]
+            if missing:
+                raise ValueError(f"missing required key {missing[0]!r}"
+                                 + (" (a range {from, to})" if missing[0] in SPLITS else ""))
+            ranges = {split: Range.model_validate(entry.pop(split) or {}) for split in SPLITS}
+            entry["ranges"] = {split: (r.lower, r.upper) for split, r in ranges.items()}
+            _check_ranges(entry["ranges"])
+        if kind == "files":
+            for split in ("train", "test"):
+                if split not in entry:
+                    raise ValueError(f"missing required key {split!r} (its file or files, or {{file, seed, part}})")
+            parts: dict[str, FilePart] = {}
+            files: dict[str, tuple[str, ...]] = {}
+            for split in [s for s in SPLITS if s in entry]:
+                given = entry.pop(split)
+                if isinstance(given, Mapping):
+                    parts[split] = _file_part(given, split)
+                    files[split] = (parts[split].file,)
+                else:
+                    files[split] = _strings(given)
+            _check_parts(parts, files)
+            entry["parts"], entry["files"] = parts, files
+        if isinstance(entry.get("valid_fraction"), int) and not isinstance(entry["valid_fraction"], bool):
+            entry["valid_fraction"] = float(entry["valid_fraction"])
+        return entry
+
+
+def _file_part(value: Mapping[str, Any], split: str) -> FilePart:
+    try:
+        return FilePart.model_validate(value)
+    except ValidationError as exc:
+        raise ValueError(error_line(exc, prefix=split, cls=FilePart)) from None
+
+
+def _check_parts(parts: dict[str, FilePart], files: dict[str, tuple[str, ...]]) -> None:
+    """Parts of one file share its seed and do not overlap; a divided file is named by parts only."""
+    items = list(parts.items())
+    for i, (split, p) in enumerate(items):
+        for other, q in items[i + 1:]:
+            if q.file != p.file:
+                continue
+            if q.seed != p.seed:
+                raise ValueError(f"{other}.seed: parts of {p.file!r} must share one seed (one permutation of "
+                                 f"its rows); {split!r} has {p.seed}, {other!r} {q.seed}")
+            if p.part[0] < q.part[1] and q.part[0] < p.part[1]:
+                raise ValueError(f"parts of {p.file!r} for {split!r} {list(p.part)} and {other!r} "
+                                 f"{list(q.part)} overlap (parts are [from, to))")
+        whole = [s for s, names in files.items() if s not in parts and p.file in names]
+        if whole:
+            raise ValueError(f"{whole[0]}: {p.file!r} is named whole here but divided into parts for "
+                             f"{split!r}: a row would fall in two splits")
+
+
+def _check_ranges(ranges: dict[str, tuple[Any, Any]]) -> None:
+    """Bounds are all numbers or all strings, each range non-empty, and no two ranges overlap."""
+    bounds = [b for r in ranges.values() for b in r if b is not None]
+    numeric = [isinstance(b, int | float) for b in bounds]
+    if bounds and not (all(numeric) or all(isinstance(b, str) for b in bounds)):
+        raise ValueError(f"range bounds must be all numbers or all strings (quote dates), got {bounds}")
+    for split, (lo, hi) in ranges.items():
+        if lo is not None and hi is not None and not lo < hi:
+            raise ValueError(f"{split}: empty range: from {lo!r} is not below to {hi!r}")
+    items = list(ranges.items())
+    for i, (a, (alo, ahi)) in enumerate(items):
+        for b, (blo, bhi) in items[i + 1:]:
+            lo_ok = alo is None or bhi is None or alo < bhi
+            hi_ok = blo is None or ahi is None or blo < ahi
+            if lo_ok and hi_ok:
+                raise ValueError(f"ranges of {a!r} and {b!r} overlap (ranges are [from, to))")
+
+
+class FeaturesFile(Section):
+    """The ``features`` section as written."""
+
+    sparse: list[SparseConfig] = Field(default_factory=list)
+    dense: list[DenseConfig] = Field(default_factory=list)
+    sequences: list[SequenceConfig] = Field(default_factory=list)
+
+
+class DatasetFile(Section):
+    """A dataset config file as written (validated; :func:`parse_dataset_config` builds the
+    :class:`DatasetConfig` from it)."""
+
+    name: str | None = None
+    source: SourceConfig
+    features: FeaturesFile = Field(default_factory=FeaturesFile)
+    tasks: Annotated[list[TaskConfig], Field(min_length=1)]
+    split: SplitConfig
+    user_id: str | None = None
+    ignore: Strings = ()
+    min_count: Count = 1
 
 
 @dataclass(frozen=True)
@@ -201,7 +463,7 @@ class DatasetConfig:
     user_id: str | None = None
     ignore: tuple[str, ...] = ()
     min_count: int = 1
-    patterns: dict[str, tuple[dict[str, Any], ...]] = field(default_factory=dict)
+    patterns: dict[str, tuple[SparseConfig | DenseConfig, ...]] = field(default_factory=dict)
     origin: str = "dataset config"
     raw: dict[str, Any] = field(default_factory=dict, compare=False)
 
@@ -253,16 +515,14 @@ class DatasetConfig:
         extra: dict[str, list[Any]] = {"sparse": [], "dense": []}
         for kind, entries in self.patterns.items():
             for entry in entries:
-                matches = [c for c in available if fnmatch.fnmatchcase(c, entry["pattern"])
+                matches = [c for c in available if fnmatch.fnmatchcase(c, str(entry.pattern))
                            and c not in taken and c not in groups]
                 if not matches:
-                    raise DatasetConfigError(f"{self.origin}: features.{kind} pattern {entry['pattern']!r} "
+                    raise DatasetConfigError(f"{self.origin}: features.{kind} pattern {entry.pattern!r} "
                                              f"matches no column of {where} (columns: {available})")
-                options = {k: v for k, v in entry.items() if k != "pattern"}
                 for c in matches:
                     taken.add(c)
-                    extra[kind].append(SparseConfig(c, c, **options) if kind == "sparse"
-                                       else DenseConfig(c, c, **options))
+                    extra[kind].append(entry.on_column(c))
         if extra["sparse"] or extra["dense"]:
             expanded = replace(self, sparse=(*self.sparse, *extra["sparse"]),
                                dense=(*self.dense, *extra["dense"]), patterns={})
@@ -299,227 +559,6 @@ class DatasetConfig:
         return expanded
 
 
-# ---- parsing -------------------------------------------------------------------------------------------
-def _parse_source(data: Any, where: str) -> SourceConfig:
-    d = _mapping(data, where)
-    _check_keys(d, where, [f for f in SourceConfig.__dataclass_fields__])
-    fmt = str(d.get("format", "auto"))
-    if fmt not in FORMATS:
-        raise DatasetConfigError(f"{where}.format: {fmt!r} is not one of {list(FORMATS)}")
-    separator = str(d.get("separator", ","))
-    if len(separator) != 1:
-        raise DatasetConfigError(f"{where}.separator: must be one character, got {separator!r} "
-                                 f"(for ', ' use ',' with 'strip: true')")
-    quote = d.get("quote", '"')
-    if quote is not None and (not isinstance(quote, str) or len(quote) != 1):
-        raise DatasetConfigError(f"{where}.quote: must be one character or null, got {quote!r}")
-    chunk_rows = _typed(d.get("chunk_rows", SourceConfig.chunk_rows), int, f"{where}.chunk_rows")
-    if chunk_rows < 1:
-        raise DatasetConfigError(f"{where}.chunk_rows: must be >= 1, got {chunk_rows}")
-    columns = _str_list(d.get("columns"), f"{where}.columns")
-    return SourceConfig(
-        path=_str_list(d.get("path"), f"{where}.path"),
-        format=fmt,
-        separator=separator,
-        header=bool(_typed(d.get("header", True), bool, f"{where}.header")),
-        columns=columns,
-        quote=quote,
-        strip=bool(_typed(d.get("strip", False), bool, f"{where}.strip")),
-        missing_values=_str_list(d.get("missing_values"), f"{where}.missing_values"),
-        chunk_rows=chunk_rows,
-    )
-
-
-def _min_count(d: Mapping[str, Any], where: str) -> int | None:
-    if d.get("min_count") is None:
-        return None
-    value = _typed(d["min_count"], int, f"{where}.min_count")
-    if value < 1:
-        raise DatasetConfigError(f"{where}.min_count: must be >= 1, got {value}")
-    return int(value)
-
-
-_SPARSE_KEYS = ("name", "column", "table", "min_count")
-_DENSE_KEYS = ("name", "column", "log1p", "standardize", "fill")
-
-
-def _parse_feature_list(items: Any, kind: str, where: str) -> tuple[list[Any], list[dict[str, Any]]]:
-    """Sparse or dense entries: a column name, a glob pattern, or a mapping. Returns (features, patterns)."""
-    if items is None:
-        return [], []
-    if not isinstance(items, list):
-        raise DatasetConfigError(f"{where}: expected a list, got {type(items).__name__}")
-    keys = _SPARSE_KEYS if kind == "sparse" else _DENSE_KEYS
-    features: list[Any] = []
-    patterns: list[dict[str, Any]] = []
-    for i, item in enumerate(items):
-        at = f"{where}[{i}]"
-        entry: dict[str, Any] = {"name": item} if isinstance(item, str | int) else _mapping(item, at)
-        _check_keys(entry, at, (*keys, "pattern"))
-        name = entry.get("name")
-        if isinstance(name, str) and any(ch in name for ch in "*?["):
-            entry = {"pattern": name, **{k: v for k, v in entry.items() if k != "name"}}
-        options: dict[str, Any] = {}
-        if kind == "sparse":
-            if "table" in entry:
-                options["table"] = str(entry["table"])
-            options["min_count"] = _min_count(entry, at)
-        else:
-            options["log1p"] = bool(_typed(entry.get("log1p", False), bool, f"{at}.log1p"))
-            options["standardize"] = bool(_typed(entry.get("standardize", True), bool, f"{at}.standardize"))
-            options["fill"] = float(_typed(entry.get("fill", 0.0), (int, float), f"{at}.fill"))
-        if "pattern" in entry:
-            if "name" in entry or "column" in entry:
-                raise DatasetConfigError(f"{at}: a pattern entry takes no 'name'/'column'")
-            patterns.append({"pattern": str(entry["pattern"]), **options})
-            continue
-        if "name" not in entry:
-            raise DatasetConfigError(f"{at}: missing required key 'name' (or 'pattern')")
-        name = str(entry["name"])
-        column = str(entry.get("column", name))
-        features.append(SparseConfig(name, column, **options) if kind == "sparse"
-                        else DenseConfig(name, column, **options))
-    return features, patterns
-
-
-def _parse_sequences(items: Any, where: str) -> list[SequenceConfig]:
-    if items is None:
-        return []
-    if not isinstance(items, list):
-        raise DatasetConfigError(f"{where}: expected a list, got {type(items).__name__}")
-    result = []
-    for i, item in enumerate(items):
-        at = f"{where}[{i}]"
-        d = _mapping(item, at)
-        _check_keys(d, at, ("name", "column", "columns", "max_len", "behaviour", "table", "target",
-                            "separator", "pad_values", "keep", "min_count"), required=("name", "max_len"))
-        if "column" in d and "columns" in d:
-            raise DatasetConfigError(f"{at}: give 'column' or 'columns', not both")
-        name = str(d["name"])
-        columns = _str_list(d.get("columns", d.get("column", name)), f"{at}.columns")
-        max_len = _typed(d["max_len"], int, f"{at}.max_len")
-        if max_len < 1:
-            raise DatasetConfigError(f"{at}.max_len: must be >= 1, got {max_len}")
-        keep = str(d.get("keep", "first"))
-        if keep not in ("first", "last"):
-            raise DatasetConfigError(f"{at}.keep: must be 'first' or 'last', got {keep!r}")
-        separator = d.get("separator")
-        if separator is not None and (not isinstance(separator, str) or separator == ""):
-            raise DatasetConfigError(f"{at}.separator: must be a non-empty string, got {separator!r}")
-        result.append(SequenceConfig(
-            name=name, columns=columns, max_len=max_len, behaviour=str(d.get("behaviour", name)),
-            table=str(d.get("table", "")), target=str(d.get("target", "")), separator=separator,
-            pad_values=_str_list(d.get("pad_values"), f"{at}.pad_values"), keep=keep,
-            min_count=_min_count(d, at)))
-    return result
-
-
-def _parse_tasks(items: Any, where: str) -> list[TaskConfig]:
-    if not isinstance(items, list) or not items:
-        raise DatasetConfigError(f"{where}: expected a non-empty list of tasks")
-    tasks = []
-    for i, item in enumerate(items):
-        at = f"{where}[{i}]"
-        d = _mapping(item, at)
-        _check_keys(d, at, ("name", "label", "observed_after", "type", "loss", "log1p"), required=("name",))
-        name = str(d["name"])
-        label = d.get("label", name)
-        if isinstance(label, str):
-            spec = LabelConfig(label)
-        else:
-            ld = _mapping(label, f"{at}.label")
-            _check_keys(ld, f"{at}.label", ("column", "positive", "negative"), required=("column",))
-            spec = LabelConfig(str(ld["column"]), _str_list(ld.get("positive"), f"{at}.label.positive"),
-                               _str_list(ld.get("negative"), f"{at}.label.negative"))
-            if spec.negative and not spec.positive:
-                raise DatasetConfigError(f"{at}.label: 'negative' needs 'positive'")
-            overlap = set(spec.positive) & set(spec.negative)
-            if overlap:
-                raise DatasetConfigError(f"{at}.label: values {sorted(overlap)} are both positive and "
-                                         f"negative")
-        after = d.get("observed_after")
-        kind, loss, log1p = str(d.get("type", "binary")), str(d.get("loss", "")), d.get("log1p", False)
-        if kind not in TASK_LOSSES:
-            raise DatasetConfigError(f"{at}.type: expected one of {sorted(TASK_LOSSES)}, got {kind!r}")
-        if loss and loss not in TASK_LOSSES[kind]:
-            raise DatasetConfigError(f"{at}.loss: a {kind} task's loss is one of {list(TASK_LOSSES[kind])}, "
-                                     f"got {loss!r}")
-        if not isinstance(log1p, bool) or (log1p and kind != "regression"):
-            raise DatasetConfigError(f"{at}.log1p: true or false, and only for a regression task")
-        if kind == "regression" and spec.positive:
-            raise DatasetConfigError(f"{at}.label: a regression task's label is a numeric column, not positive "
-                                     "values")
-        tasks.append(TaskConfig(name, spec, None if after is None else str(after), kind, loss, log1p))
-    return tasks
-
-
-def _parse_split(data: Any, where: str) -> SplitConfig:
-    d = _mapping(data, where)
-    if "kind" not in d:
-        raise DatasetConfigError(f"{where}: missing required key 'kind' (one of {list(SPLIT_KINDS)})")
-    kind = str(d["kind"])
-    if kind not in SPLIT_KINDS:
-        raise DatasetConfigError(f"{where}.kind: {kind!r} is not one of {list(SPLIT_KINDS)}"
-                                 f"{_suggest(kind, SPLIT_KINDS)}")
-    allowed = {"random": ("kind", "seed", "fractions"), "permutation": ("kind", "seed", "fractions"),
-               "column": ("kind", "column", "train", "valid", "test"),
-               "files": ("kind", "train", "valid", "test", "valid_fraction", "seed")}[kind]
-    _check_keys(d, where, allowed)
-    seed = int(_typed(d.get("seed", 0), int, f"{where}.seed"))
-    if kind in ("random", "permutation"):
-        fractions = d.get("fractions", [0.8, 0.1, 0.1])
-        numbers = isinstance(fractions, list) and all(
-            isinstance(f, int | float) and not isinstance(f, bool) and f > 0 for f in fractions)
-        if not numbers or len(fractions) != 3 or not math.isclose(sum(fractions), 1.0, abs_tol=1e-9):
-            raise DatasetConfigError(f"{where}.fractions: expected three positive numbers [train, valid, "
-                                     f"test] summing to 1, got {fractions!r}")
-        return SplitConfig(kind, seed=seed, fractions=(float(fractions[0]), float(fractions[1]),
-                                                       float(fractions[2])))
-    if kind == "column":
-        if "column" not in d:
-            raise DatasetConfigError(f"{where}: missing required key 'column'")
-        ranges: dict[str, tuple[Any, Any]] = {}
-        for split in SPLITS:
-            r = _mapping(d.get(split), f"{where}.{split}")
-            if split not in d:
-                raise DatasetConfigError(f"{where}: missing required key {split!r} (a range {{from, to}})")
-            _check_keys(r, f"{where}.{split}", ("from", "to"))
-            ranges[split] = (r.get("from"), r.get("to"))
-        _check_ranges(ranges, where)
-        return SplitConfig(kind, column=str(d["column"]), ranges=ranges)
-    files: dict[str, tuple[str, ...]] = {}
-    for split in SPLITS:
-        if split in d:
-            files[split] = _str_list(d[split], f"{where}.{split}")
-    for split in ("train", "test"):
-        if split not in files:
-            raise DatasetConfigError(f"{where}: missing required key {split!r} (its file or files)")
-    valid_fraction = float(_typed(d.get("valid_fraction", 0.1), (int, float), f"{where}.valid_fraction"))
-    if "valid" not in files and not 0 < valid_fraction < 1:
-        raise DatasetConfigError(f"{where}.valid_fraction: must be in (0, 1), got {valid_fraction}")
-    return SplitConfig(kind, seed=seed, files=files, valid_fraction=valid_fraction)
-
-
-def _check_ranges(ranges: dict[str, tuple[Any, Any]], where: str) -> None:
-    """Bounds are all numbers or all strings, each range non-empty, and no two ranges overlap."""
-    bounds = [b for r in ranges.values() for b in r if b is not None]
-    numeric = [isinstance(b, int | float) and not isinstance(b, bool) for b in bounds]
-    if bounds and not (all(numeric) or all(isinstance(b, str) for b in bounds)):
-        raise DatasetConfigError(f"{where}: range bounds must be all numbers or all strings (quote dates), "
-                                 f"got {bounds}")
-    for split, (lo, hi) in ranges.items():
-        if lo is not None and hi is not None and not lo < hi:
-            raise DatasetConfigError(f"{where}.{split}: empty range: from {lo!r} is not below to {hi!r}")
-    items = list(ranges.items())
-    for i, (a, (alo, ahi)) in enumerate(items):
-        for b, (blo, bhi) in items[i + 1:]:
-            lo_ok = alo is None or bhi is None or alo < bhi
-            hi_ok = blo is None or ahi is None or blo < ahi
-            if lo_ok and hi_ok:
-                raise DatasetConfigError(f"{where}: ranges of {a!r} and {b!r} overlap (ranges are "
-                                         f"[from, to))")
-
-
 def _check_features(config: DatasetConfig) -> None:
     where = config.origin
     names = config.feature_names
@@ -549,35 +588,26 @@ def _check_features(config: DatasetConfig) -> None:
                                      f"name an earlier task (tasks in order: {task_names})")
 
 
-def parse_dataset_config(data: Mapping[str, Any], origin: str = "dataset config") -> DatasetConfig:
+def parse_dataset_config(data: Any, origin: str = "dataset config") -> DatasetConfig:
     """Validate a config mapping (as read from YAML) into a DatasetConfig."""
-    data = _mapping(data, origin)
-    _check_keys(data, origin, ("name", "source", "features", "tasks", "split", "user_id", "ignore",
-                               "min_count"), required=("source", "tasks", "split"))
-    features = _mapping(data.get("features"), f"{origin}: features")
-    _check_keys(features, f"{origin}: features", ("sparse", "dense", "sequences"))
-    at = f"{origin}: features"
-    sparse, sparse_patterns = _parse_feature_list(features.get("sparse"), "sparse", f"{at}.sparse")
-    dense, dense_patterns = _parse_feature_list(features.get("dense"), "dense", f"{at}.dense")
-    sequences = _parse_sequences(features.get("sequences"), f"{origin}: features.sequences")
-    if not (sparse or dense or sequences or sparse_patterns or dense_patterns):
+    parsed = validate(DatasetFile, data, origin, DatasetConfigError)
+    features = parsed.features
+    if not (features.sparse or features.dense or features.sequences):
         raise DatasetConfigError(f"{origin}: 'features' lists no sparse, dense or sequence feature")
-    min_count = int(_typed(data.get("min_count", 1), int, f"{origin}: min_count"))
-    if min_count < 1:
-        raise DatasetConfigError(f"{origin}: min_count must be >= 1, got {min_count}")
-    user_id = data.get("user_id")
+    patterns = {kind: tuple(e for e in entries if e.pattern is not None)
+                for kind, entries in (("sparse", features.sparse), ("dense", features.dense))}
     config = DatasetConfig(
-        name=str(data.get("name") or Path(origin).stem),
-        source=_parse_source(data.get("source"), f"{origin}: source"),
-        tasks=tuple(_parse_tasks(data.get("tasks"), f"{origin}: tasks")),
-        split=_parse_split(data.get("split"), f"{origin}: split"),
-        sparse=tuple(sparse),
-        dense=tuple(dense),
-        sequences=tuple(sequences),
-        user_id=None if user_id is None else str(user_id),
-        ignore=_str_list(data.get("ignore"), f"{origin}: ignore"),
-        min_count=min_count,
-        patterns={k: tuple(v) for k, v in (("sparse", sparse_patterns), ("dense", dense_patterns)) if v},
+        name=parsed.name or Path(origin).stem,
+        source=parsed.source,
+        tasks=tuple(parsed.tasks),
+        split=parsed.split,
+        sparse=tuple(f for f in features.sparse if f.pattern is None),
+        dense=tuple(f for f in features.dense if f.pattern is None),
+        sequences=tuple(features.sequences),
+        user_id=parsed.user_id,
+        ignore=parsed.ignore,
+        min_count=parsed.min_count,
+        patterns={kind: entries for kind, entries in patterns.items() if entries},
         origin=origin,
         raw=dict(data),
     )

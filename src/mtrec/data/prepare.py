@@ -56,19 +56,30 @@ _MOMENT_BLOCK = 1 << 16  # rows per block of the dense moment sums (chunk-size i
 class InputFile:
     path: Path
     split: str | None  # the split of every row (``files`` split), or None (assigned per row)
+    parts: tuple[tuple[str, float, float], ...] = ()  # (split, from, to) of a file divided between splits
+    seed: int = 0  # the seed of a divided file's row permutation
 
 
 def input_files(config: DatasetConfig, raw: str | Path | None = None) -> list[InputFile]:
     """The raw files to read, in order. ``raw`` replaces ``source.path`` (for a ``files`` split: the
-    directory its file names are relative to)."""
+    directory its file names are relative to). A file divided between splits is read once."""
     specs = (str(raw),) if raw is not None else config.source.path
     if config.split.kind == "files":
         base = Path(specs[0]) if specs else None
         if base is not None and not base.is_dir():
             raise DatasetConfigError(f"{config.origin}: with split kind 'files', the source path (or --raw) "
                                      f"must be the directory of the split files; {base} is not a directory")
-        return [InputFile(p, split) for split in SPLITS if split in config.split.files
-                for p in resolve_paths(config.split.files[split], base)]
+        files: list[InputFile] = []
+        for split in SPLITS:
+            if split not in config.split.files:
+                continue
+            paths = resolve_paths(config.split.files[split], base)
+            if split not in config.split.parts:
+                files.extend(InputFile(p, split) for p in paths)
+            elif all(f.path != paths[0] for f in files):
+                seed, parts = config.split.file_parts(config.split.parts[split].file)
+                files.append(InputFile(paths[0], None, parts, seed))
+        return files
     if not specs:
         raise DatasetConfigError(f"{config.origin}: no raw data: set source.path or pass --raw")
     return [InputFile(p, None) for p in resolve_paths(specs)]
@@ -88,23 +99,37 @@ def _by_fractions(u: np.ndarray, fractions: tuple[float, ...]) -> np.ndarray:
     return np.searchsorted(np.cumsum(fractions)[:-1], u, side="right").astype(np.int8)
 
 
-class SplitAssigner:
-    """Each row's split: 0 train, 1 valid, 2 test, -1 dropped (outside every range of a column split)."""
+def _permuted_parts(n: int, seed: int, parts: list[tuple[str, int, int]]) -> np.ndarray:
+    """Splits ``[n]`` (int8) of ``n`` rows permuted by ``perm = default_rng(seed).permutation(n)``: rows
+    ``perm[a:b]`` go to the split of each part ``(split, a, b)``, rows in no part are DROPPED."""
+    perm = np.random.default_rng(seed).permutation(n)
+    table = np.full(n, DROPPED, dtype=np.int8)
+    for split, a, b in parts:
+        table[perm[a:b]] = SPLITS.index(split)
+    return table
 
-    def __init__(self, split: SplitConfig, total_rows: int | None = None) -> None:
+
+class SplitAssigner:
+    """Each row's split: 0 train, 1 valid, 2 test, -1 dropped (outside every range of a column split, or
+    in no part of a divided file)."""
+
+    def __init__(self, split: SplitConfig, total_rows: int | None = None,
+                 divided: dict[Path, int] | None = None) -> None:
+        """``total_rows``: all rows (a ``permutation`` split); ``divided``: the row count of each file
+        divided into parts (a ``files`` split)."""
         self.split = split
         self.table: np.ndarray | None = None
+        self.divided: dict[Path, np.ndarray] = {}
+        self.rows = divided or {}
         if split.kind == "permutation":
             assert total_rows is not None
-            perm = np.random.default_rng(split.seed).permutation(total_rows)
             a = int(split.fractions[0] * total_rows)
             b = a + int(split.fractions[1] * total_rows)
-            table = np.empty(total_rows, dtype=np.int8)
-            table[perm[:a]], table[perm[a:b]], table[perm[b:]] = 0, 1, 2
-            self.table = table
+            self.table = _permuted_parts(total_rows, split.seed,
+                                         [("train", 0, a), ("valid", a, b), ("test", b, total_rows)])
 
-    def assign(self, chunk: Chunk, start: int, file_split: str | None) -> np.ndarray:
-        """Splits ``[n]`` (int8) of a chunk whose first row is global row ``start``."""
+    def assign(self, chunk: Chunk, start: int, file: InputFile | None) -> np.ndarray:
+        """Splits ``[n]`` (int8) of a chunk of ``file`` whose first row is global row ``start``."""
         n = chunk.num_rows
         kind = self.split.kind
         if kind == "permutation":
@@ -113,9 +138,16 @@ class SplitAssigner:
         if kind == "random":
             return _by_fractions(_uniform(self.split.seed, start, n), self.split.fractions)
         if kind == "files":
-            assert file_split is not None
-            out = np.full(n, SPLITS.index(file_split), dtype=np.int8)
-            if file_split == "train" and "valid" not in self.split.files:
+            assert file is not None
+            if file.parts:
+                if file.path not in self.divided:
+                    rows = self.rows[file.path]
+                    self.divided[file.path] = _permuted_parts(
+                        rows, file.seed, [(split, int(lo * rows), int(hi * rows)) for split, lo, hi in file.parts])
+                return self.divided[file.path][chunk.first_row : chunk.first_row + n]
+            assert file.split is not None
+            out = np.full(n, SPLITS.index(file.split), dtype=np.int8)
+            if file.split == "train" and "valid" not in self.split.files:
                 out[_uniform(self.split.seed, start, n) < self.split.valid_fraction] = 1
             return out
         return self._by_column(chunk)
@@ -424,12 +456,12 @@ def build_schema(config: DatasetConfig, encoders: FeatureEncoders) -> DatasetSch
 
 # ---- the two passes ------------------------------------------------------------------------------------
 def _chunks(files: list[InputFile], config: DatasetConfig, layout: ColumnLayout, include: list[str],
-            chunk_rows: int) -> Iterator[tuple[Chunk, int, str | None]]:
-    """Every chunk of every file with its first global row index and its file's split."""
+            chunk_rows: int) -> Iterator[tuple[Chunk, int, InputFile]]:
+    """Every chunk of every file with its first global row index and its file."""
     start = 0
     for f in files:
         for chunk in iter_chunks(f.path, config.source, layout, include, chunk_rows):
-            yield chunk, start, f.split
+            yield chunk, start, f
             start += chunk.num_rows
 
 
@@ -463,15 +495,16 @@ def prepare_dataset(
     resolved = config.resolve(list(layout.columns), layout.groups, where=str(files[0].path))
     include = physical_columns(resolved, layout)
     total = count_rows(files, resolved, layout, chunk_rows) if resolved.split.kind == "permutation" else None
-    assigner = SplitAssigner(resolved.split, total)
+    divided = {f.path: count_rows([f], resolved, layout, chunk_rows) for f in files if f.parts}
+    assigner = SplitAssigner(resolved.split, total, divided)
 
     # pass 1: fit on train rows
     tables = list(dict.fromkeys(f.table_name for f in resolved.embedded))
     state = FitState({t: Counter() for t in tables}, BlockMoments(len(resolved.dense)),
                      np.zeros(len(SPLITS), np.int64), np.zeros((len(SPLITS), len(resolved.tasks)), np.int64))
     with tqdm(total=total, unit="rows", desc="prepare 1/2 fit", disable=not progress or None) as bar:
-        for chunk, start, file_split in _chunks(files, resolved, layout, include, chunk_rows):
-            _fit_chunk(state, chunk, assigner.assign(chunk, start, file_split), resolved, layout)
+        for chunk, start, file in _chunks(files, resolved, layout, include, chunk_rows):
+            _fit_chunk(state, chunk, assigner.assign(chunk, start, file), resolved, layout)
             bar.update(chunk.num_rows)
     where = ", ".join(str(f.path) for f in files)
     for i, split in enumerate(SPLITS):
@@ -488,8 +521,8 @@ def prepare_dataset(
         writer = DatasetWriter(tmp, schema, num_rows, sizes)
         offset = 0
         with tqdm(total=num_rows, unit="rows", desc="prepare 2/2 write", disable=not progress or None) as bar:
-            for chunk, start, file_split in _chunks(files, resolved, layout, include, chunk_rows):
-                splits = assigner.assign(chunk, start, file_split)
+            for chunk, start, file in _chunks(files, resolved, layout, include, chunk_rows):
+                splits = assigner.assign(chunk, start, file)
                 keep = splits >= 0
                 columns = feature_columns(chunk, resolved, layout)
                 try:
@@ -521,7 +554,8 @@ def _provenance(config: DatasetConfig, files: list[InputFile], state: FitState) 
     return {
         "dataset": config.name,
         "config": config.raw,
-        "files": [{"path": str(f.path), "split": f.split} for f in files],
+        "files": [{"path": str(f.path), "split": f.split,
+                   **({"parts": [list(p) for p in f.parts], "seed": f.seed} if f.parts else {})} for f in files],
         "rows": {s: int(n) for s, n in zip(SPLITS, state.split_rows, strict=True)},
         "dropped_rows": state.dropped,
         "positives": {t.name: {s: int(state.positives[i, j]) for i, s in enumerate(SPLITS)}

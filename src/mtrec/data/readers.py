@@ -10,6 +10,10 @@ becomes the W physical columns ``name[0] .. name[W-1]``, grouped under ``name``.
 Files as common tools write them read as expected: a UTF-8 byte-order mark (Excel) is skipped; in a
 directory, hidden files and Hadoop/Spark markers (``.part-0.crc``, ``_SUCCESS``) are not data.
 
+A known raw format that is not a table of rows, the Taobao UserBehavior event log (``format:
+userbehavior``), is turned into rows by its reader (:mod:`mtrec.data.userbehavior`) and streamed the same
+way; its rows' errors name the log line of the event a row comes from.
+
 Errors name the file and the physical line (a record spanning lines, blank lines and the header are
 counted as a text editor counts them): a row with the wrong number of fields, a quoted field that is
 never closed (which would swallow the rest of the file), an unreadable file.
@@ -26,11 +30,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
+from mtrec.data import userbehavior
 from mtrec.data.config import SourceConfig
 from mtrec.data.dataset import DatasetError
 
@@ -64,14 +70,18 @@ class Chunk:
     first_row: int  # 0-based data row (header excluded) of the chunk's first row within its file
     source: SourceConfig
     csv: bool
+    lines: np.ndarray | None = None  # rows built from a log: the log line each row comes from ``[n]``
 
     @property
     def num_rows(self) -> int:
         return int(self.table.num_rows)
 
     def where(self, row: int) -> str:
-        """``file, line L`` (CSV; 1-based physical line) or ``file, row R`` (Parquet; 0-based)."""
+        """``file, line L`` (CSV; 1-based physical line; a row built from a log: its event's line) or
+        ``file, row R`` (Parquet; 0-based)."""
         data_row = self.first_row + row
+        if self.lines is not None:
+            return f"{self.path}, line {int(self.lines[row])}"
         if self.csv:
             return f"{self.path}, line {physical_line(self.path, self.source, data_row)}"
         return f"{self.path}, row {data_row}"
@@ -190,7 +200,12 @@ def _unique(names: list[str]) -> ColumnLayout:
 
 
 def read_layout(path: Path, source: SourceConfig) -> ColumnLayout:
-    """The columns of one raw file: from its header, from ``source.columns``, or ``c0 .. c{n-1}``."""
+    """The columns of one raw file: from its header, from ``source.columns``, or ``c0 .. c{n-1}``; for
+    a known log format, the columns of the rows its reader builds."""
+    if source.format == "userbehavior":
+        if not path.is_file():
+            raise DataFormatError(f"raw data file not found: {path}")
+        return ColumnLayout(userbehavior.COLUMNS, userbehavior.COLUMNS)
     if file_format(path, source.format) == "parquet":
         try:
             names = pq.ParquetFile(str(path)).schema_arrow.names
@@ -309,6 +324,9 @@ def iter_chunks(path: Path, source: SourceConfig, layout: ColumnLayout, include:
                 chunk_rows: int | None = None) -> Iterator[Chunk]:
     """Stream the physical columns ``include`` of ``path`` in chunks of ``chunk_rows`` rows."""
     chunk_rows = chunk_rows or source.chunk_rows
+    if source.format == "userbehavior":
+        yield from _userbehavior_chunks(path, source, include, chunk_rows)
+        return
     is_csv = file_format(path, source.format) == "csv"
     batches = (_csv_batches(path, source, layout, include) if is_csv
                else _parquet_batches(path, include, chunk_rows))
@@ -317,4 +335,24 @@ def iter_chunks(path: Path, source: SourceConfig, layout: ColumnLayout, include:
         if is_csv and source.strip:
             table = pa.table({n: pc.utf8_trim_whitespace(table[n]) for n in table.column_names})
         yield Chunk(table, path, first, source, is_csv)
+        first += table.num_rows
+
+
+def _userbehavior_chunks(path: Path, source: SourceConfig, include: list[str], chunk_rows: int
+                         ) -> Iterator[Chunk]:
+    """The rows built from a UserBehavior event log (streamed: blocks of events in, chunks of rows out)."""
+    log = source.model_copy(update={"format": "csv", "header": False, "columns": userbehavior.EVENT_COLUMNS,
+                                    "quote": None, "strip": False, "separator": ","})
+    layout = ColumnLayout(userbehavior.EVENT_COLUMNS, userbehavior.EVENT_COLUMNS)
+
+    def blocks() -> Iterator[userbehavior.Events]:
+        for chunk in iter_chunks(path, log, layout, list(userbehavior.EVENT_COLUMNS), userbehavior.EVENT_BLOCK):
+            lines = chunk.first_row + 1 + np.arange(chunk.num_rows)
+            yield userbehavior.parse_events(chunk.table, lines, chunk.where)
+
+    tables = userbehavior.training_rows(blocks(), source.options, str(path))
+    first = 0
+    for table in _rechunk((b for t in tables for b in t.to_batches()), chunk_rows):
+        lines = np.asarray(table[userbehavior.LINE].to_numpy(), dtype=np.int64)
+        yield Chunk(table.select(include), path, first, source, False, lines)
         first += table.num_rows

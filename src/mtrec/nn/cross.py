@@ -112,12 +112,11 @@ class CrossRNNCell(nn.Module):
         """One step: ``x0``, ``gate_x0`` (from :meth:`gate_input`) and ``h`` are ``[n, B, D]``;
         ``state_weight``: :meth:`state_weight` when already built."""
         products = torch.bmm(h, self.state_weight() if state_weight is None else state_weight)  # [n, B, D or r + D]
-        split = products.shape[-1] - self.dim
-        if self.up is None:
-            lin = products[..., :split] + self.bias  # W h + b: [n, B, D]
-        else:
-            lin = torch.baddbmm(self.bias, products[..., :split], self.up)  # U (V^T h) + b: [n, B, D]
-        gate_logits = gate_x0 + products[..., split:]  # [n, B, D]
+        # split, not two slices: the backward is one cat, not two zero-filled copies of the product
+        first, gate_h = products.split([products.shape[-1] - self.dim, self.dim], dim=-1)
+        # W h + b, or U (V^T h) + b: [n, B, D]
+        lin = first + self.bias if self.up is None else torch.baddbmm(self.bias, first, self.up)
+        gate_logits = gate_x0 + gate_h  # [n, B, D]
         if part is not None:
             delta = part.linear_delta(h)
             if delta is not None:

@@ -48,6 +48,9 @@ def conditional_layer_norm(x: torch.Tensor, dim: int, gamma: torch.Tensor, beta:
     return F.layer_norm(x, (dim,)) * gamma + beta
 
 
+LENGTH_CHUNKS = 4  # groups of histories of similar length that self-attention runs on (valid_outputs)
+
+
 class MultiHeadSelfAttention(nn.Module):
     """Scaled dot-product self-attention over ``[..., L, d]`` with a key padding mask ``[..., L]``."""
 
@@ -63,8 +66,11 @@ class MultiHeadSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         *lead, length, dim = x.shape
         head_dim = dim // self.heads
-        qkv = self.qkv(x.reshape(-1, length, dim))  # [N, L, 3d]
-        q, k, v = qkv.view(-1, length, 3, self.heads, head_dim).permute(2, 0, 3, 1, 4)  # each [N, h, L, dh]
+        rows = x.reshape(-1, length, dim)  # [N, L, d]
+        # q, k and v each from its third of the qkv weights, viewed [N, h, L, dh] (a transpose, no copy):
+        # one [N, L, 3, h, dh] permute of a joint product costs more than the products themselves here
+        q, k, v = (F.linear(rows, w, b).view(-1, length, self.heads, head_dim).transpose(1, 2)
+                   for w, b in zip(self.qkv.weight.chunk(3), self.qkv.bias.chunk(3), strict=True))
         key_mask = mask.reshape(-1, 1, 1, length)  # [N, 1, 1, L]
         # A history of padding only attends to all its (meaningless) positions rather than to none:
         # finite, and its outputs are never pooled.
@@ -74,6 +80,40 @@ class MultiHeadSelfAttention(nn.Module):
         )  # [N, h, L, dh]
         heads_out = heads_out.transpose(1, 2).reshape(-1, length, dim)  # [N, L, d]
         return self.out(heads_out).view(*lead, length, dim)  # [..., L, d]
+
+    def valid_outputs(self, x: torch.Tensor, valid: ValidPositions, chunks: int = LENGTH_CHUNKS) -> torch.Tensor:
+        """The attention's outputs at the valid positions only: x ``[K', S, L, d]`` -> ``[K', V, d]``, equal
+        to ``valid.pack(self(x, mask))``.
+
+        The S histories are sorted by their last valid position and cut into ``chunks`` groups of equal
+        count; each group runs on its own histories cut after their longest one's last valid position,
+        so that attention's work follows the histories' lengths rather than the padded L (what is cut is
+        padding, which no valid position attends to). A traced or exported model runs the padded layout
+        at once (its shapes may not depend on the data).
+        """
+        if chunks == 1 or torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting():
+            return valid.pack(self(x, valid.mask.expand(x.shape[0], -1, -1)))
+        s, length = valid.mask.shape
+        ends = (valid.mask * torch.arange(1, length + 1, device=x.device)).amax(-1)  # [S]: last valid + 1
+        ends, order = torch.sort(ends, descending=True, stable=True)
+        size = -(-s // chunks)
+        position = torch.full((s * length,), -1, dtype=torch.long, device=x.device)
+        position[valid.flat] = torch.arange(valid.flat.numel(), device=x.device)  # packed index of each
+        position = position.view(s, length)  # [S, L], -1 at padding
+        outputs, places = [], []
+        for members, end in zip(order.split(size), ends[::size].tolist(), strict=True):
+            if end == 0:  # this group and every later one hold padding only
+                break
+            mask = valid.mask.index_select(0, members)[:, :end]  # [s_g, l_g]
+            attended = self(x.index_select(-3, members)[..., :end, :], mask.expand(x.shape[0], -1, -1))
+            kept = mask.reshape(-1).nonzero().squeeze(-1)  # the group's valid positions, [v_g]
+            outputs.append(attended.flatten(-3, -2).index_select(-2, kept))  # [K', v_g, d]
+            places.append(position.index_select(0, members)[:, :end].reshape(-1).index_select(0, kept))
+        if not outputs:  # no valid position at all
+            return x.new_zeros(*x.shape[:-3], 0, x.shape[-1])
+        place = torch.cat(places)  # [V]: where each output row goes, a permutation of 0..V-1
+        back = torch.empty_like(place).scatter_(0, place, torch.arange(place.numel(), device=x.device))
+        return torch.cat(outputs, dim=-2).index_select(-2, back)  # [K', V, d]
 
 
 @dataclass(frozen=True)
@@ -135,8 +175,7 @@ class ConditionalTransformerLayer(nn.Module):
     ) -> torch.Tensor:
         """x: padded ``[K', S, L, d]``; gamma, beta: per valid position ``[K, V, 2, d]`` (K' = 1 or K).
         Returns the valid positions' outputs ``[K, V, d]``."""
-        mask = valid.mask.expand(x.shape[0], -1, -1)  # [K', S, L]
-        attended = valid.pack(x + self.attention(x, mask))  # [K', V, d]
+        attended = valid.pack(x) + self.attention.valid_outputs(x, valid)  # [K', V, d]
         y = conditional_layer_norm(attended, self.dim, gamma[..., 0, :], beta[..., 0, :])  # [K, V, d]
         return conditional_layer_norm(y + self.ffn(y), self.dim, gamma[..., 1, :], beta[..., 1, :])
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -73,10 +73,11 @@ def input_features(schema: DatasetSchema, dataset_config: DatasetConfig | None =
         columns = {f.name: f.column for f in dataset_config.single_column}  # pattern features: name = column
         sequences = {s.name: s for s in dataset_config.sequences}
     return DatasetConfig(
-        name="scoring input", source=replace(source, format="auto"), tasks=(), split=SplitConfig("random"),
-        sparse=tuple(SparseConfig(f.name, columns.get(f.name, f.name)) for f in schema.sparse),
-        dense=tuple(DenseConfig(f.name, columns.get(f.name, f.name)) for f in schema.dense),
-        sequences=tuple(sequences.get(s.name) or SequenceConfig(s.name, (s.name,), s.max_len)
+        name="scoring input", source=source.model_copy(update={"format": "auto"}), tasks=(),
+        split=SplitConfig(kind="random"),
+        sparse=tuple(SparseConfig(name=f.name, column=columns.get(f.name, f.name)) for f in schema.sparse),
+        dense=tuple(DenseConfig(name=f.name, column=columns.get(f.name, f.name)) for f in schema.dense),
+        sequences=tuple(sequences.get(s.name) or SequenceConfig(name=s.name, columns=(s.name,), max_len=s.max_len)
                         for s in schema.sequences),
     )
 
