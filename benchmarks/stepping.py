@@ -1,6 +1,6 @@
 """The training step that the benchmarks time: the trainer's own loss (:class:`LossStep`: the model's
-default objective, task losses under fixed weights plus any extra terms), then an Adam update (fused, as
-the trainer's on CPU). Shared by the model-bound figures of ``throughput.py``, ``dcrnn_study.py`` and
+default objective, task losses under fixed weights plus any extra terms), then an Adam update (foreach,
+as the trainer's on CPU). Shared by the model-bound figures of ``throughput.py``, ``dcrnn_study.py`` and
 ``dtrn_study.py``."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ def train_step(model: MultiTaskModel, lr: float = 1e-3) -> Callable[[Batch], Non
     name, options = model.default_objective
     objective = create_objective(name, model.schema, **options)
     loss_step = LossStep(model, objective, create_weighting("fixed", model.task_names))
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr, fused=True)  # as the trainer's on CPU
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, foreach=True)  # as the trainer's on CPU
 
     def step(batch: Batch) -> None:
         loss, _ = loss_step(batch)
