@@ -182,3 +182,18 @@ def test_home_task_groups_must_cover_every_task_once() -> None:
     assert group_of_tasks(["a", "b", "c"], [["b"], ["a", "c"]]) == [1, 0, 1]
     with pytest.raises(ModelConfigError, match=r"missing \['c'\].*repeated \['a'\]"):
         group_of_tasks(["a", "b", "c"], [["a", "b"], ["a"]])
+
+
+@pytest.mark.parametrize(("name", "options", "message"), [
+    ("adatt", {"num_levels": 0}, "num_levels: must be >= 1, got 0"),
+    ("adatt", {"num_shared_experts": -1}, "num_shared_experts: must be >= 0, got -1"),
+    ("stem", {"dropout": 1.5}, "dropout: must be < 1.0, got 1.5"),
+    ("pepnet", {"gamma": -1.0}, "gamma: must be > 0.0, got -1.0"),
+    ("pepnet", {"tower_sizes": [0]}, "tower_sizes[0]: must be >= 1, got 0"),
+    ("home", {"sequence_pooling": "max"}, "sequence_pooling: must be one of 'mean' or 'attention', got 'max'"),
+])
+def test_zoo_options_are_checked_against_their_typed_signature(name: str, options: dict[str, object],
+                                                                message: str) -> None:
+    with pytest.raises(ModelConfigError) as error:
+        create_model(name, tiny_dataset(rows=20).schema, **options)
+    assert f"model '{name}': {message}" in str(error.value)

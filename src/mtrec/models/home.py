@@ -28,6 +28,7 @@ self-gate and tower. Sequences, if the schema has them, are mean-pooled into ext
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import nn
@@ -39,6 +40,7 @@ from mtrec.models.base import MultiTaskModel
 from mtrec.nn.embedding import FeatureEmbedding
 from mtrec.nn.masked_experts import MaskedExpertLevel
 from mtrec.nn.mlp import ParallelLinear, TaskTowers
+from mtrec.typed import Count, Sizes
 
 
 def group_of_tasks(task_names: list[str], task_groups: Sequence[Sequence[str]] | None) -> list[int]:
@@ -65,15 +67,15 @@ class HoME(MultiTaskModel):
     def __init__(
         self,
         schema: DatasetSchema,
-        embedding_dim: int = 16,
+        embedding_dim: Count = 16,
         task_groups: Sequence[Sequence[str]] | None = None,
-        num_global_experts: int = 1,
-        num_group_experts: int = 1,
-        num_task_experts: int = 1,
-        expert_sizes: Sequence[int] = (256, 128),
-        feature_gate_rank: int = 8,
-        tower_sizes: Sequence[int] = (64,),
-        sequence_pooling: str = "mean",
+        num_global_experts: Count = 1,
+        num_group_experts: Count = 1,
+        num_task_experts: Count = 1,
+        expert_sizes: Sizes = (256, 128),
+        feature_gate_rank: Count = 8,
+        tower_sizes: Sizes = (64,),
+        sequence_pooling: Literal["mean", "attention"] = "mean",
     ) -> None:
         super().__init__(schema)
         if min(num_global_experts, num_group_experts, num_task_experts) < 1:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import nn
@@ -38,6 +39,7 @@ from mtrec.models.base import MultiTaskModel
 from mtrec.nn.embedding import FeatureEmbedding
 from mtrec.nn.gating import ScaledSigmoidGates
 from mtrec.nn.mlp import ParallelLinear
+from mtrec.typed import Count, Dropout, Rate, Sizes
 
 
 def _field_indices(schema: DatasetSchema, names: Sequence[str], option: str) -> list[int]:
@@ -65,14 +67,14 @@ class PEPNet(MultiTaskModel):
     def __init__(
         self,
         schema: DatasetSchema,
-        embedding_dim: int = 16,
-        tower_sizes: Sequence[int] = (256, 128, 64),
-        gate_hidden: int = 64,
-        gamma: float = 2.0,
+        embedding_dim: Count = 16,
+        tower_sizes: Sizes = (256, 128, 64),
+        gate_hidden: Count = 64,
+        gamma: Rate = 2.0,
         domain_features: Sequence[str] = (),
         persona_features: Sequence[str] | None = None,
-        dropout: float = 0.0,
-        sequence_pooling: str = "mean",
+        dropout: Dropout = 0.0,
+        sequence_pooling: Literal["mean", "attention"] = "mean",
     ) -> None:
         super().__init__(schema)
         T = len(self.task_names)

@@ -27,6 +27,7 @@ table).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import nn
@@ -38,6 +39,7 @@ from mtrec.models.base import MultiTaskModel
 from mtrec.nn.embedding import FeatureEmbedding
 from mtrec.nn.experts import Gates, GroupGates, mix
 from mtrec.nn.mlp import ParallelMLP, TaskTowers
+from mtrec.typed import Count, Dropout, Sizes
 
 
 class STEMLevel(nn.Module):
@@ -84,14 +86,14 @@ class STEM(MultiTaskModel):
     def __init__(
         self,
         schema: DatasetSchema,
-        embedding_dim: int = 16,
-        num_levels: int = 1,
-        num_task_experts: int = 1,
-        num_shared_experts: int = 1,
-        expert_sizes: Sequence[int] = (256, 128),
-        tower_sizes: Sequence[int] = (64,),
-        dropout: float = 0.0,
-        sequence_pooling: str = "mean",
+        embedding_dim: Count = 16,
+        num_levels: Count = 1,
+        num_task_experts: Count = 1,
+        num_shared_experts: Count = 1,
+        expert_sizes: Sizes = (256, 128),
+        tower_sizes: Sizes = (64,),
+        dropout: Dropout = 0.0,
+        sequence_pooling: Literal["mean", "attention"] = "mean",
     ) -> None:
         super().__init__(schema)
         if num_levels < 1:
