@@ -179,8 +179,7 @@ class DenseConfig(FeatureEntry):
 
     log1p: bool = False
     standardize: bool = True
-    fill: Annotated[float, BeforeValidator(lambda v: float(v) if isinstance(v, int) and not isinstance(v, bool)
-                                           else v)] = 0.0
+    fill: float = 0.0
 
 
 class SequenceConfig(NamedSection):
@@ -262,13 +261,13 @@ class TaskConfig(NamedSection):
         return self
 
 
-Bound = Annotated[int | float | str | None, BeforeValidator(lambda v: _bound(v))]
-
-
 def _bound(value: Any) -> Any:
     if isinstance(value, bool):
         raise ValueError(f"a range bound is a number or a string (quote dates), got {value!r}")
     return value
+
+
+Bound = Annotated[int | float | str | None, BeforeValidator(_bound)]
 
 
 class Range(Section):
@@ -290,9 +289,8 @@ class FilePart(Section):
     @model_validator(mode="before")
     @classmethod
     def _pair(cls, value: Any) -> Any:
-        if isinstance(value, Mapping) and isinstance(value.get("part"), list) and len(value["part"]) == 2 and all(
-                isinstance(b, int | float) and not isinstance(b, bool) for b in value["part"]):
-            return {**value, "part": (float(value["part"][0]), float(value["part"][1]))}
+        if isinstance(value, Mapping) and isinstance(value.get("part"), list) and len(value["part"]) == 2:
+            return {**value, "part": tuple(value["part"])}  # YAML gives a list; strict mode takes a tuple
         return value
 
     @model_validator(mode="after")
@@ -378,8 +376,6 @@ class SplitConfig(Section):
                     files[split] = _strings(given)
             _check_parts(parts, files)
             entry["parts"], entry["files"] = parts, files
-        if isinstance(entry.get("valid_fraction"), int) and not isinstance(entry["valid_fraction"], bool):
-            entry["valid_fraction"] = float(entry["valid_fraction"])
         return entry
 
 
