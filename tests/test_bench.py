@@ -11,7 +11,7 @@ import yaml
 from click.testing import CliRunner
 
 from mtrec.bench.runner import load_bench_config, parse_bench_config, run_bench
-from mtrec.cli import cli
+from mtrec.cli import cli, main
 from mtrec.models import list_models
 from mtrec.training.config import ConfigError
 
@@ -161,3 +161,30 @@ def test_shipped_bench_configs_are_valid(path: Path, monkeypatch: pytest.MonkeyP
     config = load_bench_config(path)
     for entry in config.model_entries():
         config.options_for(entry)
+
+
+def test_models_and_seeds_select_what_trains_now(tmp_path: Path, tiny_dir: Path) -> None:
+    config = parse_bench_config(_bench(tmp_path, tiny_dir))
+    results = run_bench(config, tmp_path / "out", log=lambda _: None, only_seeds=[0])
+    assert {(r["model"], r["seed"]) for r in results["runs"]} == {("shared_bottom", 0), ("mmoe-2", 0)}
+    assert results["pending_runs"] == 2
+    results = run_bench(config, tmp_path / "out", log=lambda _: None, only_models=["mmoe-2"])
+    assert {(r["model"], r["seed"]) for r in results["runs"]} == {
+        ("shared_bottom", 0), ("mmoe-2", 0), ("mmoe-2", 1)}  # the report covers every finished run
+    assert results["pending_runs"] == 1
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--models", "mmoe"], "--models: 'mmoe' is not a model of this bench (shared_bottom, mmoe-2)"),
+    (["--seeds", "7"], "--seeds: 7 is not a seed of this bench (0, 1)"),
+    (["--seeds", "one"], "--seeds: expected comma-separated integers, got 'one'"),
+])
+def test_bad_selection_is_one_line(args: list[str], message: str, tmp_path: Path, tiny_dir: Path,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "bench.yaml"
+    path.write_text(yaml.safe_dump(_bench(tmp_path, tiny_dir)))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", str(path), "--out", str(tmp_path / "out"), *args])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()

@@ -121,7 +121,11 @@ def prepare(config_file: Path, out: Path, raw: Path | None, chunk_rows: int | No
 @click.option("--out", type=click.Path(path_type=Path), help="report directory [default: reports/bench/NAME]")
 @click.option("--max-runs", type=click.IntRange(min=0),
               help="train at most N unfinished runs now, then report (resume later)")
-def bench(config_file: Path, out: Path | None, max_runs: int | None) -> None:
+@click.option("--models", "only_models", metavar="LABELS",
+              help="train only these models' runs now, comma-separated labels (the report covers all finished)")
+@click.option("--seeds", "only_seeds", metavar="SEEDS", help="train only these seeds' runs now, comma-separated")
+def bench(config_file: Path, out: Path | None, max_runs: int | None, only_models: str | None,
+          only_seeds: str | None) -> None:
     """Train models x datasets x seeds from a bench config and write the report (resumable)."""
     from mtrec.bench.report import comparison_table, table_metrics
     from mtrec.bench.runner import load_bench_config, run_bench
@@ -129,12 +133,27 @@ def bench(config_file: Path, out: Path | None, max_runs: int | None) -> None:
     config = load_bench_config(config_file)
     out = out or Path("reports") / "bench" / config.name
     command = shlex.join(["mtrec", "bench", str(config_file), "--out", str(out)])
-    results = run_bench(config, out, command=command, max_runs=max_runs)
+    results = run_bench(config, out, command=command, max_runs=max_runs, only_models=_labels(only_models),
+                        only_seeds=_seeds(only_seeds))
     if results["runs"]:
         click.echo(comparison_table(results["runs"], table_metrics(results["runs"])))
     if results["pending_runs"]:
         click.echo(f"{results['pending_runs']} run(s) pending: run the same command again to continue")
     click.echo(f"report written to {out}/results.md")
+
+
+def _labels(text: str | None) -> list[str] | None:
+    return None if text is None else [label.strip() for label in text.split(",") if label.strip()]
+
+
+def _seeds(text: str | None) -> list[int] | None:
+    labels = _labels(text)
+    if labels is None:
+        return None
+    try:
+        return [int(label) for label in labels]
+    except ValueError:
+        raise ConfigError(f"--seeds: expected comma-separated integers, got {text!r}") from None
 
 
 @cli.command()

@@ -29,7 +29,7 @@ import os
 import platform
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -273,14 +273,18 @@ def run_bench(
     command: str | None = None,
     log: Callable[[str], None] = tqdm.write,
     max_runs: int | None = None,
+    only_models: Collection[str] | None = None,
+    only_seeds: Collection[int] | None = None,
 ) -> dict[str, Any]:
     """Run every (dataset, model, seed) not already done, then write the report. Returns results.json.
 
-    ``max_runs`` trains at most that many runs now (the report then covers the finished runs and says
-    how many are pending; run again to continue)."""
+    ``max_runs`` trains at most that many runs now; ``only_models`` (labels) and ``only_seeds`` train
+    only those runs now. The report then covers every finished run of the config and says how many are
+    pending; run again to continue (e.g. seed 0 of every model first, then the other seeds)."""
     out = Path(out_dir)
     models = config.model_entries()
     _check_shared_options(config, models)
+    _check_selection(config, models, only_models, only_seeds)
     runs: list[dict[str, Any]] = []
     datasets: dict[str, dict[str, Any]] = {}
     total = len(config.datasets) * len(models) * len(config.seeds)
@@ -297,7 +301,9 @@ def run_bench(
                                        train=config.train_config(seed, model))
                 where = f"[{done}/{total}] {entry.label} / {model.label} / seed {seed}"
                 metrics = finished_metrics(run_dir, run_config)
-                if metrics is None and max_runs is not None and trained >= max_runs:
+                selected = (only_models is None or model.label in only_models) and \
+                    (only_seeds is None or seed in only_seeds)
+                if metrics is None and (not selected or (max_runs is not None and trained >= max_runs)):
                     pending += 1
                     continue
                 if metrics is None:
@@ -328,6 +334,19 @@ def run_bench(
     }
     write_report(results, out)
     return results
+
+
+def _check_selection(config: BenchConfig, models: list[ModelEntry], only_models: Collection[str] | None,
+                     only_seeds: Collection[int] | None) -> None:
+    labels = [m.label for m in models]
+    for label in only_models or ():
+        if label not in labels:
+            raise ConfigError(f"{config.origin}: --models: '{label}' is not a model of this bench "
+                              f"({', '.join(labels)})")
+    for seed in only_seeds or ():
+        if seed not in config.seeds:
+            raise ConfigError(f"{config.origin}: --seeds: {seed} is not a seed of this bench "
+                              f"({', '.join(map(str, config.seeds))})")
 
 
 def _resumed_note(runs: list[dict[str, Any]]) -> str:
