@@ -244,15 +244,15 @@ def test_a_file_divided_between_splits(tmp_path: Path, valid: list[float], test:
 
 @pytest.mark.parametrize(("split", "message"), [
     ({"valid": {"file": "t.csv", "seed": 1, "part": [0, 0.5]}, "test": {"file": "t.csv", "seed": 2, "part": [0.5, 1]}},
-     "toy.yaml: split: test.seed: parts of 't.csv' must share one seed"),
+     "toy.yaml: split.test.seed: parts of 't.csv' must share one seed"),
     ({"valid": {"file": "t.csv", "part": [0, 0.6]}, "test": {"file": "t.csv", "part": [0.5, 1]}},
      "toy.yaml: split: parts of 't.csv' for 'valid' [0.0, 0.6] and 'test' [0.5, 1.0] overlap"),
     ({"valid": {"file": "t.csv", "part": [0.5, 0.2]}, "test": "t.csv"},
-     "toy.yaml: split: valid: part: expected [from, to] with 0 <= from < to <= 1, got [0.5, 0.2]"),
+     "toy.yaml: split.valid.part: expected [from, to] with 0 <= from < to <= 1, got [0.5, 0.2]"),
     ({"valid": {"file": "t.csv", "part": [0, 0.5]}, "test": "t.csv"},
-     "toy.yaml: split: test: 't.csv' is named whole here but divided into parts for 'valid'"),
+     "toy.yaml: split.test: 't.csv' is named whole here but divided into parts for 'valid'"),
     ({"valid": {"file": "t.csv", "parts": [0, 0.5]}, "test": "t.csv"},
-     "toy.yaml: split: valid.part: missing required key (and 1 more problem(s))"),
+     "toy.yaml: split.valid.part: missing required key (and 1 more problem(s))"),
 ])
 def test_bad_file_parts_are_named(split: dict[str, Any], message: str) -> None:
     config = _config("raw", split={"kind": "files", "train": "a.csv", **split})

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import re
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from functools import cache
@@ -66,6 +67,9 @@ def _message(error: Mapping[str, Any]) -> str:
     return f"{msg[0].lower()}{msg[1:]}{got}"
 
 
+_LEADING_KEY = re.compile(r"([A-Za-z_]\w*(?:\.[A-Za-z_]\w*|\[\d+\])*): (?=\S)")
+
+
 def _keys(cls: type[BaseModel] | None, loc: tuple[int | str, ...]) -> list[str]:
     """The keys allowed where ``loc`` points (in nested config models), or [] where unknown."""
     for part in loc[:-1]:
@@ -83,6 +87,10 @@ def error_line(exc: ValidationError, where: str = "", prefix: str = "", cls: typ
     loc = tuple(part for part in first.get("loc", ()) if not (isinstance(part, str) and "[" in part))
     key = _path((*([prefix] if prefix else []), *loc))
     message = _message(first)
+    if first.get("type") == "value_error":  # a section's validator names the key below it: 'valid: part: ...'
+        while inner := _LEADING_KEY.match(message):
+            key = f"{key}.{inner[1]}" if key else inner[1]
+            message = message[inner.end():]
     if first.get("type") == "extra_forbidden" and (keys := _keys(cls, loc)):
         close = difflib.get_close_matches(str(loc[-1]), keys, n=1)
         message += (f" (did you mean {close[0]!r}?)" if close else "") + f"; expected one of {keys}"
