@@ -27,6 +27,9 @@ from mtrec.io import atomic_write_text
 
 def combined_runs(reports: list[Path], models: list[str] | None) -> list[dict[str, Any]]:
     """The runs of ``reports``, only ``models`` (labels) if given, ordered as ``models`` lists them."""
+    for path in reports:
+        if not path.is_file():
+            sys.exit(f"error: {path}: no such report (run its mtrec bench first)")
     runs = [run for path in reports for run in json.loads(path.read_text())["runs"]]
     if models is None:
         return runs
