@@ -10,7 +10,10 @@ Sections (``--skip`` any of them):
    process; median CPU time per request);
 3. http: ``mtrec serve`` in a subprocess on 127.0.0.1, one worker process; requests of ``--candidates``
    candidates (one user, distinct items) sent by ``--concurrency`` keep-alive connections for ``--duration``
-   seconds each (at most ``--max-requests``): requests/s, p50/p95/p99 latency, errors (any status but 200);
+   seconds each (at most ``--max-requests``): requests/s, p50/p95/p99 latency, errors (any status but 200),
+   and the CPU time per request of the server's event loop (its main thread), of its other threads (the
+   scoring thread) and of the load generator (Linux: from /proc), which say where the time goes when the
+   machine's load moves the wall-clock figures;
 4. workers: the same load at ``--workers-concurrency`` against ``--workers 1`` and ``--workers 2``;
 5. predict: ``mtrec predict`` on a raw CSV of ``--predict-rows`` rows (rows/s as the command reports it:
    reading, encoding, scoring, writing; start-up and model load excluded) against ONNX Runtime alone on the
@@ -277,6 +280,22 @@ class Tree:
         return {**os.environ, "PYTHONPATH": str(self.src)}
 
 
+def thread_cpu_seconds(pid: int) -> tuple[float, float] | None:
+    """CPU seconds (user + system) of process ``pid``'s main thread and of its other threads together, from
+    /proc (Linux); None where there is no /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    main = other = 0.0
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+            seconds = (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+            main, other = (main + seconds, other) if int(tid) == pid else (main, other + seconds)
+    except OSError:
+        return None
+    return main, other
+
+
 def start_server(tree: Tree, run: Path, port: int, extra: list[str]) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(tree.mtrec("serve", str(run), "--host", HOST, "--port", str(port), *extra), env=tree.env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -367,12 +386,22 @@ def bench_http(tree: Tree, run: Path, bodies: list[bytes], levels: list[int], ca
     try:
         results = []
         for c in levels:
+            server_before, client_before = thread_cpu_seconds(server.pid), time.process_time()
             result = run_load(port, bodies, c, duration, max_requests, candidates)
-            result.update(commit=commit, server_args=" ".join(server_args), load=load_average())
+            server_after, per_request = thread_cpu_seconds(server.pid), 1e3 / max(result["requests"], 1)
+            result.update(commit=commit, server_args=" ".join(server_args), load=load_average(),
+                          client_cpu_ms=(time.process_time() - client_before) * per_request)
+            cpu = ""
+            if server_before and server_after and "--workers" not in server_args:  # else: the process manager
+                result["loop_cpu_ms"] = (server_after[0] - server_before[0]) * per_request
+                result["scoring_cpu_ms"] = (server_after[1] - server_before[1]) * per_request
+                cpu = (f"; CPU ms/request: event loop {result['loop_cpu_ms']:.3f}, "
+                       f"scoring {result['scoring_cpu_ms']:.3f}")
             results.append(result)
             print(f"  http {commit} {' '.join(server_args)} c={c}: {result['requests_per_s']:.1f} req/s  "
                   f"p50 {result['p50_ms']:.1f} ms  p95 {result['p95_ms']:.1f}  p99 {result['p99_ms']:.1f}  "
-                  f"({result['requests']} requests, {result['errors']} errors; {result['load']})", flush=True)
+                  f"({result['requests']} requests, {result['errors']} errors{cpu}, load generator "
+                  f"{result['client_cpu_ms']:.3f}; {result['load']})", flush=True)
         return results
     finally:
         server.terminate()
@@ -427,12 +456,15 @@ def markdown(results: dict[str, Any]) -> str:
     model = results.get("model_rows_per_s")
     if "http" in results:
         lines += ["| commit | concurrency | requests/s | x candidates / model alone | p50 ms | p95 ms | p99 ms "
-                  "| requests (errors) | load |", "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+                  "| requests (errors) | CPU ms/request: event loop, scoring, load generator | load |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
         for r in results["http"]:
             ratio = f"{r['requests_per_s'] * results['candidates'] / model:.0%}" if model else "-"
+            cpu = ", ".join(f"{r[k]:.3f}" if k in r else "-"
+                            for k in ("loop_cpu_ms", "scoring_cpu_ms", "client_cpu_ms"))
             lines.append(f"| {r['commit']} | {r['concurrency']} | {r['requests_per_s']:.1f} | {ratio} "
                          f"| {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['p99_ms']:.1f} "
-                         f"| {r['requests']} ({r['errors']}) | {r['load']} |")
+                         f"| {r['requests']} ({r['errors']}) | {cpu} | {r['load']} |")
     if model:
         calls = " / ".join(f"{m['ms_per_call']:.2f} ms" for m in results["model"])
         lines += ["", f"ONNX Runtime alone on the same requests' rows: {model:,.0f} rows/s ({calls} per "
