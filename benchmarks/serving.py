@@ -17,7 +17,9 @@ Sections (``--skip`` any of them):
 4. workers: the same load at ``--workers-concurrency`` against ``--workers 1`` and ``--workers 2``;
 5. predict: ``mtrec predict`` on a raw CSV of ``--predict-rows`` rows (rows/s as the command reports it:
    reading, encoding, scoring, writing; start-up and model load excluded) against ONNX Runtime alone on the
-   same rows, encoded, in batches of the same size (8192), one thread;
+   same rows, encoded, in batches of the same size (8192), one thread, measured right before and after
+   each run; ``--predict-repeats`` runs per source tree, the trees taking turns (the median ratio is
+   printed);
 6. runtimes: ONNX Runtime vs eager PyTorch vs TorchScript (traced) on batches of 100 and 8192 rows.
 
 ``--before SRC`` also runs sections 3 and 5 with the ``mtrec`` of another source tree (e.g. a worktree of
@@ -409,8 +411,9 @@ def bench_http(tree: Tree, run: Path, bodies: list[bytes], levels: list[int], ca
 
 
 # ---- 5. batch scoring --------------------------------------------------------------------------------------
-def bench_predict(trees: list[Tree], run: Path, predictor: Predictor, rows: int) -> list[dict[str, Any]]:
-    """``mtrec predict`` of each source tree, and ONNX Runtime alone on the same rows (before and after)."""
+def bench_predict(trees: list[Tree], run: Path, predictor: Predictor, rows: int, repeats: int) -> list[dict[str, Any]]:
+    """``mtrec predict`` of each source tree, and ONNX Runtime alone on the same rows (before and after);
+    ``repeats`` rounds, the trees taking turns in each."""
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         columns = raw_log(rows, seed=3)
@@ -427,7 +430,7 @@ def bench_predict(trees: list[Tree], run: Path, predictor: Predictor, rows: int)
                 predictor.score(f)
             return rows / (time.perf_counter() - start)
 
-        for tree in trees:
+        for tree in [t for _ in range(repeats) for t in trees]:
             alone = [model_only()]
             start = time.perf_counter()
             done = subprocess.run(tree.mtrec("predict", str(run), "--input", str(source), "--out",
@@ -446,6 +449,10 @@ def bench_predict(trees: list[Tree], run: Path, predictor: Predictor, rows: int)
             print(f"  predict {result['commit']}: {result['rows_per_s']:,.0f} rows/s; ONNX Runtime alone on the same "
                   f"rows {result['model_rows_per_s']:,.0f} rows/s: {result['ratio']:.0%} ({result['load']})",
                   flush=True)
+    for commit in dict.fromkeys(r["commit"] for r in results):
+        ratios = [r["ratio"] for r in results if r["commit"] == commit]
+        print(f"  predict {commit}: median ratio {statistics.median(ratios):.0%} of {len(ratios)} runs "
+              f"({', '.join(f'{x:.0%}' for x in ratios)})", flush=True)
     return results
 
 
@@ -506,6 +513,7 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, default=100)
     parser.add_argument("--max-requests", type=int, default=100_000, help="cap on requests per level")
     parser.add_argument("--predict-rows", type=int, default=200_000)
+    parser.add_argument("--predict-repeats", type=int, default=3, help="runs of `mtrec predict` per source tree")
     parser.add_argument("--skip", default="", help="comma-separated sections to skip: "
                                                    "model,encoding,http,workers,predict,runtimes")
     parser.add_argument("--json", type=Path, help="also write the results here")
@@ -542,7 +550,7 @@ def main() -> None:
                 here, run, bodies, [args.workers_concurrency], args.candidates, args.duration, args.max_requests,
                 ["--workers", str(n)])]
         if "predict" not in skip:
-            results["predict"] = bench_predict(trees, run, predictor, args.predict_rows)
+            results["predict"] = bench_predict(trees, run, predictor, args.predict_rows, args.predict_repeats)
         if "runtimes" not in skip:
             results["runtimes"] = bench_runtimes(run)
     print(markdown(results))
