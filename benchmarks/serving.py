@@ -443,11 +443,12 @@ def bench_predict(trees: list[Tree], run: Path, predictor: Predictor, rows: int,
             result = {"commit": commit_of(tree.src), "rows": rows,
                       "rows_per_s": float(reported.group(3).replace(",", "")),
                       "scoring_s": float(reported.group(2)), "wall_s": wall,
-                      "model_rows_per_s": statistics.mean(alone), "load": load_average()}
+                      "model_rows_per_s": statistics.mean(alone), "model_before_after": alone, "load": load_average()}
             result["ratio"] = result["rows_per_s"] / result["model_rows_per_s"]
             results.append(result)
             print(f"  predict {result['commit']}: {result['rows_per_s']:,.0f} rows/s; ONNX Runtime alone on the same "
-                  f"rows {result['model_rows_per_s']:,.0f} rows/s: {result['ratio']:.0%} ({result['load']})",
+                  f"rows {result['model_rows_per_s']:,.0f} rows/s ({alone[0]:,.0f} before, {alone[1]:,.0f} after): "
+                  f"{result['ratio']:.0%} ({result['load']})",
                   flush=True)
     for commit in dict.fromkeys(r["commit"] for r in results):
         ratios = [r["ratio"] for r in results if r["commit"] == commit]
