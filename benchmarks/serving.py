@@ -19,7 +19,8 @@ Sections (``--skip`` any of them):
    reading, encoding, scoring, writing; start-up and model load excluded) against ONNX Runtime alone on the
    same rows, encoded, in batches of the same size (8192), one thread, measured right before and after
    each run; ``--predict-repeats`` runs per source tree, the trees taking turns (the median ratio is
-   printed);
+   printed); then this tree's ``score_file`` in this process with the runtime calls timed: how long the
+   scoring thread had nothing to score (reading and encoding that the pipeline did not hide);
 6. runtimes: ONNX Runtime vs eager PyTorch vs TorchScript (traced) on batches of 100 and 8192 rows.
 
 ``--before SRC`` also runs sections 3 and 5 with the ``mtrec`` of another source tree (e.g. a worktree of
@@ -70,7 +71,7 @@ from mtrec.data.readers import iter_chunks, read_layout
 from mtrec.export.onnx import random_features
 from mtrec.export.scoring import ScoringModule, feature_inputs, input_names
 from mtrec.objectives.scorer import Scorer
-from mtrec.serving.batch import DEFAULT_CHUNK_ROWS, input_features
+from mtrec.serving.batch import DEFAULT_CHUNK_ROWS, input_features, score_file
 from mtrec.serving.predictor import Predictor, Runner, TorchRunner
 from mtrec.serving.request import RequestEncoder
 from mtrec.training.checkpoint import load_model
@@ -411,9 +412,33 @@ def bench_http(tree: Tree, run: Path, bodies: list[bytes], levels: list[int], ca
 
 
 # ---- 5. batch scoring --------------------------------------------------------------------------------------
-def bench_predict(trees: list[Tree], run: Path, predictor: Predictor, rows: int, repeats: int) -> list[dict[str, Any]]:
+def scoring_idle(predictor: Predictor, source: Path, out: Path) -> dict[str, float]:
+    """This tree's ``score_file`` in this process, the runtime calls timed: the seconds in which the scoring
+    thread had nothing to score (the run's time less the time in the runtime), which the machine's load moves
+    much less than rows/s."""
+    runner, busy = predictor.runner, 0.0
+
+    def timed(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        nonlocal busy
+        start = time.perf_counter()
+        try:
+            return runner(feeds)
+        finally:
+            busy += time.perf_counter() - start
+
+    predictor.runner = timed
+    try:
+        seconds = score_file(predictor, source, out, progress=False).seconds
+    finally:
+        predictor.runner = runner
+    return {"seconds": seconds, "idle_s": seconds - busy, "busy": busy / seconds}
+
+
+def bench_predict(trees: list[Tree], run: Path, predictor: Predictor, rows: int, repeats: int
+                  ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """``mtrec predict`` of each source tree, and ONNX Runtime alone on the same rows (before and after);
-    ``repeats`` rounds, the trees taking turns in each."""
+    ``repeats`` rounds, the trees taking turns in each. Then this tree's scoring-thread idle time (median of
+    ``repeats`` in-process runs, :func:`scoring_idle`)."""
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         columns = raw_log(rows, seed=3)
@@ -450,11 +475,16 @@ def bench_predict(trees: list[Tree], run: Path, predictor: Predictor, rows: int,
                   f"rows {result['model_rows_per_s']:,.0f} rows/s ({alone[0]:,.0f} before, {alone[1]:,.0f} after): "
                   f"{result['ratio']:.0%} ({result['load']})",
                   flush=True)
+        idle = [scoring_idle(predictor, source, Path(tmp) / "idle.csv") for _ in range(repeats)]
     for commit in dict.fromkeys(r["commit"] for r in results):
         ratios = [r["ratio"] for r in results if r["commit"] == commit]
         print(f"  predict {commit}: median ratio {statistics.median(ratios):.0%} of {len(ratios)} runs "
               f"({', '.join(f'{x:.0%}' for x in ratios)})", flush=True)
-    return results
+    median = {k: statistics.median(i[k] for i in idle) for k in idle[0]}
+    median.update(commit=commit_of(HERE), load=load_average())
+    print(f"  predict {median['commit']} in this process: {median['seconds']:.2f} s, the scoring thread idle "
+          f"{median['idle_s']:.2f} s ({median['busy']:.0%} busy; median of {repeats}; {median['load']})", flush=True)
+    return results, median
 
 
 # ---- report -----------------------------------------------------------------------------------------------
@@ -492,6 +522,9 @@ def markdown(results: dict[str, Any]) -> str:
                       "| load |", "|---|---:|---:|---:|---:|---:|---|"]
         lines += [f"| {b['commit']} | {b['rows_per_s']:,.0f} | {b['model_rows_per_s']:,.0f} | {b['ratio']:.0%} "
                   f"| {b['scoring_s']:.1f} | {b['wall_s']:.1f} | {b['load']} |" for b in results["predict"]]
+        i = results["predict_idle"]
+        lines += ["", f"{i['commit']}, score_file in the benchmark's process: {i['seconds']:.2f} s, the scoring thread "
+                      f"idle {i['idle_s']:.2f} s ({i['busy']:.0%} busy; {i['load']})"]
     if "runtimes" in results:
         lines += ["", "| rows per batch | ONNX Runtime | eager PyTorch | TorchScript (traced) |",
                   "|---:|---:|---:|---:|"]
@@ -551,7 +584,8 @@ def main() -> None:
                 here, run, bodies, [args.workers_concurrency], args.candidates, args.duration, args.max_requests,
                 ["--workers", str(n)])]
         if "predict" not in skip:
-            results["predict"] = bench_predict(trees, run, predictor, args.predict_rows, args.predict_repeats)
+            results["predict"], results["predict_idle"] = bench_predict(trees, run, predictor, args.predict_rows,
+                                                                        args.predict_repeats)
         if "runtimes" not in skip:
             results["runtimes"] = bench_runtimes(run)
     print(markdown(results))
