@@ -10,11 +10,17 @@ Sections (``--skip`` any of them):
    process; median CPU time per request);
 3. http: ``mtrec serve`` in a subprocess on 127.0.0.1, one worker process; requests of ``--candidates``
    candidates (one user, distinct items) sent by ``--concurrency`` keep-alive connections for ``--duration``
-   seconds each (at most ``--max-requests``): requests/s, p50/p95/p99 latency, errors (any status but 200);
+   seconds each (at most ``--max-requests``): requests/s, p50/p95/p99 latency, errors (any status but 200),
+   and the CPU time per request of the server's event loop (its main thread), of its other threads (the
+   scoring thread) and of the load generator (Linux: from /proc), which say where the time goes when the
+   machine's load moves the wall-clock figures;
 4. workers: the same load at ``--workers-concurrency`` against ``--workers 1`` and ``--workers 2``;
 5. predict: ``mtrec predict`` on a raw CSV of ``--predict-rows`` rows (rows/s as the command reports it:
    reading, encoding, scoring, writing; start-up and model load excluded) against ONNX Runtime alone on the
-   same rows, encoded, in batches of the same size (8192), one thread;
+   same rows, encoded, in batches of the same size (8192), one thread, measured right before and after
+   each run; ``--predict-repeats`` runs per source tree, the trees taking turns (the median ratio is
+   printed); then this tree's ``score_file`` in this process with the runtime calls timed: how long the
+   scoring thread had nothing to score (reading and encoding that the pipeline did not hide);
 6. runtimes: ONNX Runtime vs eager PyTorch vs TorchScript (traced) on batches of 100 and 8192 rows.
 
 ``--before SRC`` also runs sections 3 and 5 with the ``mtrec`` of another source tree (e.g. a worktree of
@@ -65,7 +71,7 @@ from mtrec.data.readers import iter_chunks, read_layout
 from mtrec.export.onnx import random_features
 from mtrec.export.scoring import ScoringModule, feature_inputs, input_names
 from mtrec.objectives.scorer import Scorer
-from mtrec.serving.batch import DEFAULT_CHUNK_ROWS, input_features
+from mtrec.serving.batch import DEFAULT_CHUNK_ROWS, input_features, score_file
 from mtrec.serving.predictor import Predictor, Runner, TorchRunner
 from mtrec.serving.request import RequestEncoder
 from mtrec.training.checkpoint import load_model
@@ -277,6 +283,22 @@ class Tree:
         return {**os.environ, "PYTHONPATH": str(self.src)}
 
 
+def thread_cpu_seconds(pid: int) -> tuple[float, float] | None:
+    """CPU seconds (user + system) of process ``pid``'s main thread and of its other threads together, from
+    /proc (Linux); None where there is no /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    main = other = 0.0
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+            seconds = (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+            main, other = (main + seconds, other) if int(tid) == pid else (main, other + seconds)
+    except OSError:
+        return None
+    return main, other
+
+
 def start_server(tree: Tree, run: Path, port: int, extra: list[str]) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(tree.mtrec("serve", str(run), "--host", HOST, "--port", str(port), *extra), env=tree.env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -367,12 +389,22 @@ def bench_http(tree: Tree, run: Path, bodies: list[bytes], levels: list[int], ca
     try:
         results = []
         for c in levels:
+            server_before, client_before = thread_cpu_seconds(server.pid), time.process_time()
             result = run_load(port, bodies, c, duration, max_requests, candidates)
-            result.update(commit=commit, server_args=" ".join(server_args), load=load_average())
+            server_after, per_request = thread_cpu_seconds(server.pid), 1e3 / max(result["requests"], 1)
+            result.update(commit=commit, server_args=" ".join(server_args), load=load_average(),
+                          client_cpu_ms=(time.process_time() - client_before) * per_request)
+            cpu = ""
+            if server_before and server_after and "--workers" not in server_args:  # else: the process manager
+                result["loop_cpu_ms"] = (server_after[0] - server_before[0]) * per_request
+                result["scoring_cpu_ms"] = (server_after[1] - server_before[1]) * per_request
+                cpu = (f"; CPU ms/request: event loop {result['loop_cpu_ms']:.3f}, "
+                       f"scoring {result['scoring_cpu_ms']:.3f}")
             results.append(result)
             print(f"  http {commit} {' '.join(server_args)} c={c}: {result['requests_per_s']:.1f} req/s  "
                   f"p50 {result['p50_ms']:.1f} ms  p95 {result['p95_ms']:.1f}  p99 {result['p99_ms']:.1f}  "
-                  f"({result['requests']} requests, {result['errors']} errors; {result['load']})", flush=True)
+                  f"({result['requests']} requests, {result['errors']} errors{cpu}, load generator "
+                  f"{result['client_cpu_ms']:.3f}; {result['load']})", flush=True)
         return results
     finally:
         server.terminate()
@@ -380,8 +412,33 @@ def bench_http(tree: Tree, run: Path, bodies: list[bytes], levels: list[int], ca
 
 
 # ---- 5. batch scoring --------------------------------------------------------------------------------------
-def bench_predict(trees: list[Tree], run: Path, predictor: Predictor, rows: int) -> list[dict[str, Any]]:
-    """``mtrec predict`` of each source tree, and ONNX Runtime alone on the same rows (before and after)."""
+def scoring_idle(predictor: Predictor, source: Path, out: Path) -> dict[str, float]:
+    """This tree's ``score_file`` in this process, the runtime calls timed: the seconds in which the scoring
+    thread had nothing to score (the run's time less the time in the runtime), which the machine's load moves
+    much less than rows/s."""
+    runner, busy = predictor.runner, 0.0
+
+    def timed(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        nonlocal busy
+        start = time.perf_counter()
+        try:
+            return runner(feeds)
+        finally:
+            busy += time.perf_counter() - start
+
+    predictor.runner = timed
+    try:
+        seconds = score_file(predictor, source, out, progress=False).seconds
+    finally:
+        predictor.runner = runner
+    return {"seconds": seconds, "idle_s": seconds - busy, "busy": busy / seconds}
+
+
+def bench_predict(trees: list[Tree], run: Path, predictor: Predictor, rows: int, repeats: int
+                  ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """``mtrec predict`` of each source tree, and ONNX Runtime alone on the same rows (before and after);
+    ``repeats`` rounds, the trees taking turns in each. Then this tree's scoring-thread idle time (median of
+    ``repeats`` in-process runs, :func:`scoring_idle`)."""
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         columns = raw_log(rows, seed=3)
@@ -398,7 +455,7 @@ def bench_predict(trees: list[Tree], run: Path, predictor: Predictor, rows: int)
                 predictor.score(f)
             return rows / (time.perf_counter() - start)
 
-        for tree in trees:
+        for tree in [t for _ in range(repeats) for t in trees]:
             alone = [model_only()]
             start = time.perf_counter()
             done = subprocess.run(tree.mtrec("predict", str(run), "--input", str(source), "--out",
@@ -411,13 +468,23 @@ def bench_predict(trees: list[Tree], run: Path, predictor: Predictor, rows: int)
             result = {"commit": commit_of(tree.src), "rows": rows,
                       "rows_per_s": float(reported.group(3).replace(",", "")),
                       "scoring_s": float(reported.group(2)), "wall_s": wall,
-                      "model_rows_per_s": statistics.mean(alone), "load": load_average()}
+                      "model_rows_per_s": statistics.mean(alone), "model_before_after": alone, "load": load_average()}
             result["ratio"] = result["rows_per_s"] / result["model_rows_per_s"]
             results.append(result)
             print(f"  predict {result['commit']}: {result['rows_per_s']:,.0f} rows/s; ONNX Runtime alone on the same "
-                  f"rows {result['model_rows_per_s']:,.0f} rows/s: {result['ratio']:.0%} ({result['load']})",
+                  f"rows {result['model_rows_per_s']:,.0f} rows/s ({alone[0]:,.0f} before, {alone[1]:,.0f} after): "
+                  f"{result['ratio']:.0%} ({result['load']})",
                   flush=True)
-    return results
+        idle = [scoring_idle(predictor, source, Path(tmp) / "idle.csv") for _ in range(repeats)]
+    for commit in dict.fromkeys(r["commit"] for r in results):
+        ratios = [r["ratio"] for r in results if r["commit"] == commit]
+        print(f"  predict {commit}: median ratio {statistics.median(ratios):.0%} of {len(ratios)} runs "
+              f"({', '.join(f'{x:.0%}' for x in ratios)})", flush=True)
+    median = {k: statistics.median(i[k] for i in idle) for k in idle[0]}
+    median.update(commit=commit_of(HERE), load=load_average())
+    print(f"  predict {median['commit']} in this process: {median['seconds']:.2f} s, the scoring thread idle "
+          f"{median['idle_s']:.2f} s ({median['busy']:.0%} busy; median of {repeats}; {median['load']})", flush=True)
+    return results, median
 
 
 # ---- report -----------------------------------------------------------------------------------------------
@@ -427,12 +494,15 @@ def markdown(results: dict[str, Any]) -> str:
     model = results.get("model_rows_per_s")
     if "http" in results:
         lines += ["| commit | concurrency | requests/s | x candidates / model alone | p50 ms | p95 ms | p99 ms "
-                  "| requests (errors) | load |", "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+                  "| requests (errors) | CPU ms/request: event loop, scoring, load generator | load |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
         for r in results["http"]:
             ratio = f"{r['requests_per_s'] * results['candidates'] / model:.0%}" if model else "-"
+            cpu = ", ".join(f"{r[k]:.3f}" if k in r else "-"
+                            for k in ("loop_cpu_ms", "scoring_cpu_ms", "client_cpu_ms"))
             lines.append(f"| {r['commit']} | {r['concurrency']} | {r['requests_per_s']:.1f} | {ratio} "
                          f"| {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['p99_ms']:.1f} "
-                         f"| {r['requests']} ({r['errors']}) | {r['load']} |")
+                         f"| {r['requests']} ({r['errors']}) | {cpu} | {r['load']} |")
     if model:
         calls = " / ".join(f"{m['ms_per_call']:.2f} ms" for m in results["model"])
         lines += ["", f"ONNX Runtime alone on the same requests' rows: {model:,.0f} rows/s ({calls} per "
@@ -452,6 +522,9 @@ def markdown(results: dict[str, Any]) -> str:
                       "| load |", "|---|---:|---:|---:|---:|---:|---|"]
         lines += [f"| {b['commit']} | {b['rows_per_s']:,.0f} | {b['model_rows_per_s']:,.0f} | {b['ratio']:.0%} "
                   f"| {b['scoring_s']:.1f} | {b['wall_s']:.1f} | {b['load']} |" for b in results["predict"]]
+        i = results["predict_idle"]
+        lines += ["", f"{i['commit']}, score_file in the benchmark's process: {i['seconds']:.2f} s, the scoring thread "
+                      f"idle {i['idle_s']:.2f} s ({i['busy']:.0%} busy; {i['load']})"]
     if "runtimes" in results:
         lines += ["", "| rows per batch | ONNX Runtime | eager PyTorch | TorchScript (traced) |",
                   "|---:|---:|---:|---:|"]
@@ -474,6 +547,7 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, default=100)
     parser.add_argument("--max-requests", type=int, default=100_000, help="cap on requests per level")
     parser.add_argument("--predict-rows", type=int, default=200_000)
+    parser.add_argument("--predict-repeats", type=int, default=3, help="runs of `mtrec predict` per source tree")
     parser.add_argument("--skip", default="", help="comma-separated sections to skip: "
                                                    "model,encoding,http,workers,predict,runtimes")
     parser.add_argument("--json", type=Path, help="also write the results here")
@@ -510,7 +584,8 @@ def main() -> None:
                 here, run, bodies, [args.workers_concurrency], args.candidates, args.duration, args.max_requests,
                 ["--workers", str(n)])]
         if "predict" not in skip:
-            results["predict"] = bench_predict(trees, run, predictor, args.predict_rows)
+            results["predict"], results["predict_idle"] = bench_predict(trees, run, predictor, args.predict_rows,
+                                                                        args.predict_repeats)
         if "runtimes" not in skip:
             results["runtimes"] = bench_runtimes(run)
     print(markdown(results))

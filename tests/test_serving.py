@@ -18,7 +18,9 @@ import pytest
 import uvicorn
 
 from mtrec.cli import main
+from mtrec.data.readers import iter_chunks, read_layout
 from mtrec.serving.app import create_app
+from mtrec.serving.batch import ScoringInputError, input_features, ramp, score_file
 from mtrec.serving.predictor import Predictor
 from mtrec.serving.request import RequestEncoder
 from mtrec.training.config import RunConfig, TrainConfig
@@ -283,6 +285,34 @@ def test_predict_names_the_missing_column_and_the_bad_value(run_dir: Path, tmp_p
     err = capsys.readouterr().err
     assert "bad.csv, line 8, feature 'price'" in err and "twelve" in err
     assert not out.exists() and not list(tmp_path.glob(".out.csv.*"))  # nothing partial left behind
+
+
+def test_predict_scores_the_first_chunk_in_growing_slices_with_the_same_output(
+        run_dir: Path, predictor: Predictor, tmp_path: Path) -> None:
+    """A predictor scoring 16 rows per call: the first chunk of 100 rows is scored as slices of 16 and 84
+    (the model starts before the whole chunk is encoded); every row is scored once, in order, as the model
+    scores it, and a bad value in a slice is reported on its own line."""
+    small = Predictor.from_run(run_dir, batch_size=16)
+    rows = raw_rows(230, seed=31)
+    source = write_csv(tmp_path / "in.csv", rows, (*FEATURES, "click"))
+    layout = read_layout(source, input_features(small.schema).source)
+    chunks = list(iter_chunks(source, input_features(small.schema).source, layout, list(layout.names), 100))
+    sliced = list(ramp(chunks, 16))
+    assert [c.num_rows for c in sliced] == [16, 84, 100, 30]
+    assert [c.first_row for c in sliced] == [0, 16, 100, 200]
+    assert pa.concat_tables([c.table for c in sliced]).equals(pa.concat_tables([c.table for c in chunks]))
+
+    result = score_file(small, source, tmp_path / "out.csv", keep=("item_id",), chunk_rows=100, progress=False)
+    scored = pa_csv.read_csv(tmp_path / "out.csv")
+    assert result.rows == 230 and scored["item_id"].to_pylist() == [r["item_id"] for r in rows]
+    expected = predictor.predict({f: [r[f] for r in rows] for f in FEATURES})
+    for task in predictor.task_names:
+        np.testing.assert_allclose(scored[task].to_numpy(), expected[task], atol=1e-6)
+
+    rows[40]["price"] = "twelve"  # in the second slice of the first chunk: data row 40 is on line 42
+    bad = write_csv(tmp_path / "bad.csv", rows, FEATURES)
+    with pytest.raises(ScoringInputError, match=r"bad\.csv, line 42, feature 'price'.*twelve"):
+        score_file(small, bad, tmp_path / "bad_out.csv", chunk_rows=100, progress=False)
 
 
 # ---- invalid artefacts -----------------------------------------------------------------------------------

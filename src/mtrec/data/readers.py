@@ -27,7 +27,7 @@ import io
 import re
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +75,11 @@ class Chunk:
     @property
     def num_rows(self) -> int:
         return int(self.table.num_rows)
+
+    def slice(self, start: int, rows: int) -> Chunk:
+        """Rows ``start`` to ``start + rows`` of this chunk, as a chunk whose errors name the same lines."""
+        lines = None if self.lines is None else self.lines[start : start + rows]
+        return replace(self, table=self.table.slice(start, rows), first_row=self.first_row + start, lines=lines)
 
     def where(self, row: int) -> str:
         """``file, line L`` (CSV; 1-based physical line; a row built from a log: its event's line) or

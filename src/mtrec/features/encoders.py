@@ -123,11 +123,10 @@ def value_counts(tokens: pa.Array) -> Counter[str]:
 def lookup(vocab: Vocabulary, tokens: pa.Array) -> np.ndarray:
     """Canonical values ``[N]`` -> ids ``[N]`` (int32); missing is the empty string, unseen is OOV.
 
-    Hash-encodes the column in Arrow, then looks up each distinct value once in Python."""
+    Hash-encodes the column in Arrow, then looks up each distinct value once (one C-level dictionary pass)."""
     encoded = pc.dictionary_encode(pc.fill_null(tokens, ""))
-    get = vocab.index.get
     distinct = encoded.dictionary.to_pylist()
-    ids = np.fromiter((get(v, OOV_ID) for v in distinct), dtype=np.int32, count=len(distinct))
+    ids = np.fromiter(map(vocab.index.get, distinct, repeat(OOV_ID)), dtype=np.int32, count=len(distinct))
     return ids[encoded.indices.to_numpy(zero_copy_only=False)]
 
 

@@ -15,13 +15,16 @@ scores back on, say). The output (CSV, or Parquet if the name ends in ``.parquet
 columns, then one probability column per task, row for row in input order. It is written to a temporary
 file and renamed when complete (:func:`mtrec.io.atomic_write`): a failed run leaves no partial output.
 The model scores one chunk in a second thread while the next is read and encoded (ONNX Runtime and the
-Arrow readers release the GIL), so reading and encoding cost little beside the model.
+Arrow readers release the GIL), so reading and encoding cost little beside the model. The first
+chunk is scored in slices of the predictor's batch size, then twice that, ... (:func:`ramp`): the model
+starts once the first slice is encoded instead of the whole first chunk, and encoding each slice takes
+less time than scoring the one before.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,6 +131,22 @@ def check_paths(source: Path, out: Path) -> Path:
     return target
 
 
+def ramp(chunks: Iterable[Chunk], first_rows: int) -> Iterator[Chunk]:
+    """``chunks`` with the first one cut into slices of ``first_rows``, ``2 * first_rows``, ... rows, the last
+    slice taking the rest when less than twice its size would be left after it (the same rows in the same
+    order)."""
+    for i, chunk in enumerate(chunks):
+        if i:
+            yield chunk
+            continue
+        start, rows = 0, first_rows
+        while start < chunk.num_rows:
+            left = chunk.num_rows - start
+            take = left if left < 3 * rows else rows
+            yield chunk.slice(start, take)
+            start, rows = start + take, rows * 2
+
+
 @dataclass
 class ScoringResult:
     rows: int
@@ -187,8 +206,10 @@ def score_file(
 
     def write(tmp: Path) -> None:
         writer = _writer(tmp, out_schema, is_parquet(out))  # tmp's name ends in .tmp
-        total = count_rows(source, features.source.header and not parquet_in)
-        bar = tqdm(total=total, unit="rows", unit_scale=True, desc="scoring", disable=None if progress else True)
+        bar = tqdm(unit="rows", unit_scale=True, desc="scoring", disable=None if progress else True)
+        if not bar.disable:  # hidden when not on a terminal (a batch job), which then reads the file once
+            bar.total = count_rows(source, features.source.header and not parquet_in)
+            bar.refresh()
 
         def emit(chunk: Chunk, scored: Future[dict[str, np.ndarray]]) -> None:
             nonlocal rows
@@ -203,7 +224,8 @@ def score_file(
         try:
             with ThreadPoolExecutor(1, thread_name_prefix="mtrec-scoring") as pool:
                 pending: tuple[Chunk, Future[dict[str, np.ndarray]]] | None = None
-                for chunk in iter_chunks(source, features.source, layout, include, chunk_rows):
+                for chunk in ramp(iter_chunks(source, features.source, layout, include, chunk_rows),
+                                  predictor.batch_size):
                     scoring = (chunk, pool.submit(predictor.score, encode(chunk)))
                     if pending is not None:
                         emit(*pending)
