@@ -172,8 +172,11 @@ class Trainer:
         self.log = log if self.dist.is_main else _quiet
         self.placement = create_placement(config, self.model, self.device, self.log)
         loss_step = LossStep(self.model, self.objective, self.weighting)
-        if config.compile:  # in place: the modules' parameters and state-dict keys stay as they are
-            loss_step.compile()
+        if config.compile:
+            # TorchDynamo caches compiled graphs per code object (LossStep.forward here) and stops compiling
+            # it after a few: a process that trains one model after another starts each from an empty cache
+            torch._dynamo.reset()
+            loss_step.compile()  # in place: the modules' parameters and state-dict keys stay as they are
         self.loss_step = self.placement.wrap(loss_step)
         dense = [*self.placement.dense_parameters(), *self.objective.parameters(), *self.weighting.parameters()]
         self.optimizer = build_optimizers(config, dense, self.placement.table_parameters(), self.device)
