@@ -18,17 +18,18 @@ from mtrec.training.checkpoint import load_model
 from mtrec.training.config import ConfigError, RunConfig, TrainConfig
 from mtrec.training.run import train_run
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("g++") is None and shutil.which("c++") is None,
-    reason="torch.compile's inductor backend needs a C++ compiler on CPU, and none is on PATH",
-)
+pytestmark = [
+    pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
+                       reason="torch.compile's inductor backend needs a C++ compiler on CPU, and none is on PATH"),
+    pytest.mark.slow,  # compiling the step takes about 15 s of CPU
+]
 
 
 def run(root: Path, name: str, compile_step: bool) -> dict:  # type: ignore[type-arg]
-    """One epoch of a small MMoE on a tiny dataset (180 train rows: 3 equal batches, so the compiled step
-    is compiled once), with or without ``train.compile``."""
+    """One epoch of a small MMoE on a tiny dataset (180 train rows: batches of 64, 64 and 52), with or
+    without ``train.compile``."""
     config = RunConfig(model="mmoe", data=str(root / "data"), model_options={"expert_sizes": [16], "tower_sizes": [8]},
-                       train=TrainConfig(epochs=1, batch_size=60, num_threads=1, prefetch=0, compile=compile_step))
+                       train=TrainConfig(epochs=1, batch_size=64, num_threads=1, prefetch=0, compile=compile_step))
     return train_run(config, root / name, log=lambda _: None)
 
 

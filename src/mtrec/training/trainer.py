@@ -176,7 +176,9 @@ class Trainer:
             # TorchDynamo caches compiled graphs per code object (LossStep.forward here) and stops compiling
             # it after a few: a process that trains one model after another starts each from an empty cache
             torch._dynamo.reset()
-            loss_step.compile()  # in place: the modules' parameters and state-dict keys stay as they are
+            # in place: the modules' parameters and state-dict keys stay as they are. For any batch size
+            # (dynamic): an epoch's last, smaller batch would otherwise compile the step a second time
+            loss_step.compile(dynamic=True)
         self.loss_step = self.placement.wrap(loss_step)
         dense = [*self.placement.dense_parameters(), *self.objective.parameters(), *self.weighting.parameters()]
         self.optimizer = build_optimizers(config, dense, self.placement.table_parameters(), self.device)
@@ -214,7 +216,7 @@ class Trainer:
                 timed_rows, start = 0, time.perf_counter()
             step_start = time.perf_counter()
             task_losses = self._step(batch.to(self.device, non_blocking=True), state)
-            if cfg.compile and session_steps == 0:
+            if cfg.compile and first_epoch and session_steps == 0:
                 self.log(f"train.compile: the first step (compilation included) took "
                          f"{time.perf_counter() - step_start:.1f} s")
             if task_losses is not None and not state.first_loss:  # one sync, once per run
