@@ -12,11 +12,16 @@ trainer's (``stepping.train_step``: the model's default objective, fixed weights
 other jobs a one-thread run's CPU time barely depends on their load, while its wall time does (the
 pipeline's prefetch thread counts in the CPU time too, so there the figure is samples per CPU-second).
 
+``--compile`` also times every model with its training step compiled (``train.compile``: the loss through
+``torch.compile``, inductor), as a row ``<model>+compile`` taking its turn with the others; its FLOPs are
+the eager model's (the same maths), its compile time (wall clock of the first step, compilation included)
+is printed in a second table with each model's compiled / eager ratio and its ratio to compiled MMoE.
+
 ``--profile N`` also prints, per model, the N operators with the most self CPU time of the training step
 (``torch.profiler``), grouped by operator and input shapes, as a Markdown table.
 
     PYTHONPATH=src python benchmarks/model_speed.py [--data synthetic:sequences:60000] [--models all]
-        [--threads 1] [--steps 20] [--repeats 5] [--clock wall|cpu] [--profile 0] [--json FILE]
+        [--threads 1] [--steps 20] [--repeats 5] [--clock wall|cpu] [--compile] [--profile 0] [--json FILE]
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from mtrec.models import create_model, list_models
 from stepping import train_step
 
 REFERENCE = "mmoe"
+COMPILED = "+compile"  # the suffix of a compiled model's row
 CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
@@ -103,6 +109,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
                         help="wall time, or this process's CPU time (steadier on a loaded machine)")
+    parser.add_argument("--compile", action="store_true", help="also time each model's compiled training step")
     parser.add_argument("--profile", type=int, default=0, metavar="N", help="print the top N operators per model")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
@@ -114,14 +121,26 @@ def main() -> None:
     in_memory = [gather_batch(data, rows[i : i + args.batch_size]) for i in range(0, len(rows), args.batch_size)]
     steps: dict[str, Callable[[Batch], None]] = {}
     flops: dict[str, float] = {}
+    compile_s: dict[str, float] = {}
+    # every compiled step is LossStep.forward, one code object: TorchDynamo would stop compiling it after 8
+    # models (recompile_limit) and run the rest eagerly
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 4 * len(names))
     for name in names:
         torch.manual_seed(0)
         steps[name] = train_step(create_model(name, data.schema))
         steps[name](in_memory[0])  # warm-up
         flops[name] = step_flops(steps[name], in_memory[0])
+        if args.compile:
+            torch.manual_seed(0)
+            steps[name + COMPILED] = train_step(create_model(name, data.schema), compile_step=True)
+            start = time.perf_counter()
+            steps[name + COMPILED](in_memory[0])  # compiles
+            compile_s[name] = time.perf_counter() - start
+            flops[name + COMPILED] = flops[name]
+    rows_of = list(steps)
     iterator = BatchIterator(data, "train", args.batch_size, shuffle=True, seed=0, prefetch=2)
-    pipeline: dict[str, list[float]] = {n: [] for n in names}
-    bound: dict[str, list[float]] = {n: [] for n in names}
+    pipeline: dict[str, list[float]] = {n: [] for n in rows_of}
+    bound: dict[str, list[float]] = {n: [] for n in rows_of}
     rates = [gemm_rate(clock=CLOCKS[args.clock])]
     load_before = os.getloadavg()
     for r in range(args.repeats):
@@ -132,7 +151,7 @@ def main() -> None:
         rates.append(gemm_rate(clock=CLOCKS[args.clock]))
     load_after = os.getloadavg()
     gemm = statistics.median(rates)
-    med = {n: (statistics.median(pipeline[n]), statistics.median(bound[n])) for n in names}
+    med = {n: (statistics.median(pipeline[n]), statistics.median(bound[n])) for n in rows_of}
     print(f"machine: {os.cpu_count()} cores, torch {torch.__version__}, {args.threads} thread(s), "
           f"{platform.machine()}; load average {load_before[0]:.2f} before, {load_after[0]:.2f} after")
     print(f"data {args.data}, batch {args.batch_size}, {args.steps} steps x {args.repeats} rounds (medians), "
@@ -143,10 +162,19 @@ def main() -> None:
           "| % of GEMM rate |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     ref_p, ref_b = med[REFERENCE]
-    for name in names:
+    for name in rows_of:
         p, b = med[name]
         print(f"| {name} | {p:,.0f} | {p / ref_p:.2f} | {b:,.0f} | {b / ref_b:.2f} | {flops[name] / 1e6:.2f} | "
               f"{flops[name] * b / gemm:.0%} |")
+    if args.compile:
+        print("\n| model | compile s (first step) | pipeline compiled / eager | model-bound compiled / eager "
+              "| pipeline x compiled MMoE | model-bound x compiled MMoE |")
+        print("|---|---:|---:|---:|---:|---:|")
+        cref_p, cref_b = med[REFERENCE + COMPILED]
+        for name in names:
+            (p, b), (cp, cb) = med[name], med[name + COMPILED]
+            print(f"| {name} | {compile_s[name]:.1f} | {cp / p:.2f} | {cb / b:.2f} | {cp / cref_p:.2f} | "
+                  f"{cb / cref_b:.2f} |")
     if args.profile:
         for name in names:
             print(f"\n{name}: where one training step's time goes (top {args.profile} operators, "
@@ -156,6 +184,7 @@ def main() -> None:
         args.json.write_text(json.dumps({
             "data": args.data, "threads": args.threads, "clock": args.clock, "load": [load_before[0], load_after[0]],
             "gemm_flops_per_s": gemm, "flops_per_sample": flops, "pipeline": pipeline, "model_bound": bound,
+            "compile_s": compile_s,
         }, indent=2))
 
 

@@ -1,7 +1,7 @@
 """The training step that the benchmarks time: the trainer's own loss (:class:`LossStep`: the model's
 default objective, task losses under fixed weights plus any extra terms), then an Adam update (foreach,
-as the trainer's on CPU). Shared by the model-bound figures of ``throughput.py``, ``dcrnn_study.py`` and
-``dtrn_study.py``."""
+as the trainer's on CPU); with ``compile_step`` the loss is compiled in place as ``train.compile`` does.
+Shared by the model-bound figures of ``throughput.py``, ``dcrnn_study.py`` and ``dtrn_study.py``."""
 
 from __future__ import annotations
 
@@ -16,11 +16,14 @@ from mtrec.objectives.weighting import create_weighting
 from mtrec.training.trainer import LossStep
 
 
-def train_step(model: MultiTaskModel, lr: float = 1e-3) -> Callable[[Batch], None]:
-    """A function that takes one optimizer step of ``model`` on a batch (its own Adam state)."""
+def train_step(model: MultiTaskModel, lr: float = 1e-3, compile_step: bool = False) -> Callable[[Batch], None]:
+    """A function that takes one optimizer step of ``model`` on a batch (its own Adam state);
+    ``compile_step``: the loss through ``torch.compile`` (compiled at the first call)."""
     name, options = model.default_objective
     objective = create_objective(name, model.schema, **options)
     loss_step = LossStep(model, objective, create_weighting("fixed", model.task_names))
+    if compile_step:
+        loss_step.compile(dynamic=True)  # as the trainer's
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, foreach=True)  # as the trainer's on CPU
 
     def step(batch: Batch) -> None:

@@ -62,6 +62,10 @@ class TrainConfig(ConfigModel):
     embedding_memory_mb: NonNegative = 0
     # the tables' optimizer: "adam" (the model's Adam), or "adagrad" / "sgd" (their own, as sharded tables need)
     embedding_optimizer: Literal["adam", "adagrad", "sgd"] = "adam"
+    # compile the training step's forward (model, objective, weighting) with torch.compile (inductor): the
+    # first steps pay the compilation (logged; excluded from the throughput), later ones run fused kernels.
+    # Off by default: it pays only on long runs, and not for every model (docs/performance.md)
+    compile: bool = False
 
     @field_validator("device")
     @classmethod
@@ -75,6 +79,9 @@ class TrainConfig(ConfigModel):
         """Settings that sharded tables cannot serve."""
         if self.embedding_sharding == "none":
             return self
+        if self.compile:
+            raise ValueError(f"compile: true cannot be used with train.embedding_sharding: {self.embedding_sharding}: "
+                             f"TorchRec's sharded tables are not compiled")
         if self.embedding_optimizer == "adam":
             raise ValueError(f"embedding_sharding: {self.embedding_sharding} needs train.embedding_optimizer "
                              f"adagrad or sgd: sharded tables are updated by fbgemm's fused kernels, which have "

@@ -171,7 +171,15 @@ class Trainer:
         self.writer = run_dir if self.dist.is_main else None
         self.log = log if self.dist.is_main else _quiet
         self.placement = create_placement(config, self.model, self.device, self.log)
-        self.loss_step = self.placement.wrap(LossStep(self.model, self.objective, self.weighting))
+        loss_step = LossStep(self.model, self.objective, self.weighting)
+        if config.compile:
+            # TorchDynamo caches compiled graphs per code object (LossStep.forward here) and stops compiling
+            # it after a few: a process that trains one model after another starts each from an empty cache
+            torch._dynamo.reset()
+            # in place: the modules' parameters and state-dict keys stay as they are. For any batch size
+            # (dynamic): an epoch's last, smaller batch would otherwise compile the step a second time
+            loss_step.compile(dynamic=True)
+        self.loss_step = self.placement.wrap(loss_step)
         dense = [*self.placement.dense_parameters(), *self.objective.parameters(), *self.weighting.parameters()]
         self.optimizer = build_optimizers(config, dense, self.placement.table_parameters(), self.device)
         self.watch = LossWatch(self.device)
@@ -206,7 +214,11 @@ class Trainer:
         for batch in progress:
             if first_epoch and session_steps == WARMUP_STEPS:
                 timed_rows, start = 0, time.perf_counter()
+            step_start = time.perf_counter()
             task_losses = self._step(batch.to(self.device, non_blocking=True), state)
+            if cfg.compile and first_epoch and session_steps == 0:
+                self.log(f"train.compile: the first step (compilation included) took "
+                         f"{time.perf_counter() - step_start:.1f} s")
             if task_losses is not None and not state.first_loss:  # one sync, once per run
                 first = collectives.all_reduce_(task_losses.clone()) / self.dist.world_size
                 state.first_loss = dict(zip(self.model.task_names, first.tolist(), strict=True))
