@@ -315,25 +315,6 @@ def test_predict_scores_the_first_chunk_in_growing_slices_with_the_same_output(
         score_file(small, bad, tmp_path / "bad_out.csv", chunk_rows=100, progress=False)
 
 
-def test_warm_up_scores_full_batches_of_the_graphs_inputs(predictor: Predictor) -> None:
-    """Start-up scores two generated batches of ``batch_size`` rows, shaped and typed as encoded rows are, so
-    the runtime's slow first calls happen before the first file or request."""
-    calls: list[dict[str, np.ndarray]] = []
-    runner = predictor.runner
-    encoded = predictor.encode({f: [r[f] for r in raw_rows(3, seed=5)] for f in FEATURES})
-    predictor.runner = lambda feeds: calls.append(feeds) or runner(feeds)  # type: ignore[func-returns-value]
-    try:
-        predictor.warm_up()
-    finally:
-        predictor.runner = runner
-    assert len(calls) == 2
-    for feeds in calls:
-        assert feeds.keys() == encoded.keys()
-        for name, value in feeds.items():
-            assert value.dtype == encoded[name].dtype and value.shape[1:] == encoded[name].shape[1:]
-            assert value.shape[0] == predictor.batch_size
-
-
 # ---- invalid artefacts -----------------------------------------------------------------------------------
 @pytest.fixture
 def no_listening(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from mtrec.export.onnx import export_checked, onnx_session, parity_batches, random_features
+from mtrec.export.onnx import export_checked, onnx_session, parity_batches
 from mtrec.export.scoring import ScoringModule, array_feeds, input_names
 from mtrec.features.encoders import ENCODERS_FILE, FeatureEncoders, RawColumn, out_of_range
 from mtrec.features.schema import DatasetSchema
@@ -38,7 +38,6 @@ Backend = Literal["onnx", "torch"]
 BACKENDS: tuple[Backend, ...] = ("onnx", "torch")
 DEFAULT_BACKEND: Backend = "onnx"
 DEFAULT_BATCH_SIZE = 8192
-WARM_UP_CALLS = 2
 
 
 class Runner(Protocol):
@@ -122,7 +121,6 @@ class Predictor:
         self.backend = backend
         self.batch_size = batch_size
         self.runner = make_runner(model, backend, threads)
-        self.warm_up()
 
     @classmethod
     def from_run(
@@ -148,17 +146,6 @@ class Predictor:
     @property
     def feature_names(self) -> list[str]:
         return self.schema.feature_names
-
-    def warm_up(self, calls: int = WARM_UP_CALLS) -> None:
-        """Score ``calls`` generated batches of ``batch_size`` rows and drop the result. A runtime's first calls
-        at a batch size are slower than later ones (ONNX Runtime grows its memory arena: the first two
-        8,192-row calls of the benchmark's MMoE took about 1.6x a later call here, docs/serving.md), and that
-        belongs to start-up, not to the first rows a file or a request has scored."""
-        features = random_features(self.schema, self.batch_size, seed=0)
-        feeds = array_feeds(features.sparse.numpy(), features.dense.numpy(),
-                            {name: ids.numpy() for name, ids in features.sequences.items()}, self.schema)
-        for _ in range(calls):
-            self.runner(feeds)
 
     def encode(self, columns: Mapping[str, RawColumn]) -> dict[str, np.ndarray]:
         """Raw columns -> the graph's named inputs; ValueError naming a missing column, EncodingError naming
