@@ -23,7 +23,7 @@ def train_step(model: MultiTaskModel, lr: float = 1e-3, compile_step: bool = Fal
     objective = create_objective(name, model.schema, **options)
     loss_step = LossStep(model, objective, create_weighting("fixed", model.task_names))
     if compile_step:
-        loss_step.compile(dynamic=True)  # as the trainer's
+        loss_step.compile_in_place()
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, foreach=True)  # as the trainer's on CPU
 
     def step(batch: Batch) -> None:

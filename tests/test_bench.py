@@ -174,7 +174,20 @@ def test_models_and_seeds_select_what_trains_now(tmp_path: Path, tiny_dir: Path)
     assert results["pending_runs"] == 1
 
 
+def test_datasets_select_what_trains_and_what_is_prepared(tmp_path: Path, tiny_dir: Path) -> None:
+    datasets = [{"data": str(tiny_dir), "label": "tiny"}, {"config": str(_toy_dataset_config(tmp_path))}]
+    config = parse_bench_config(_bench(tmp_path, tiny_dir, models=["shared_bottom"], seeds=[0], datasets=datasets))
+    results = run_bench(config, tmp_path / "out", log=lambda _: None, only_datasets=["tiny"])
+    assert [(r["data"], r["model"]) for r in results["runs"]] == [("tiny", "shared_bottom")]
+    assert results["pending_runs"] == 1 and not (tmp_path / "out" / "data" / "toy").exists()
+    results = run_bench(config, tmp_path / "out", log=lambda _: None, only_datasets=["toy"])
+    assert {r["data"] for r in results["runs"]} == {"tiny", "toy"} and results["pending_runs"] == 0
+    results = run_bench(config, tmp_path / "out", log=lambda _: None, only_datasets=["tiny"])
+    assert len(results["runs"]) == 2  # the report still covers toy's finished run, read from its prepared copy
+
+
 @pytest.mark.parametrize(("args", "message"), [
+    (["--datasets", "toy"], "--datasets: 'toy' is not a dataset of this bench (tiny)"),
     (["--models", "mmoe"], "--models: 'mmoe' is not a model of this bench (shared_bottom, mmoe-2)"),
     (["--seeds", "7"], "--seeds: 7 is not a seed of this bench (0, 1)"),
     (["--seeds", "one"], "--seeds: expected comma-separated integers, got 'one'"),

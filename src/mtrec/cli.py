@@ -124,8 +124,10 @@ def prepare(config_file: Path, out: Path, raw: Path | None, chunk_rows: int | No
 @click.option("--models", "only_models", metavar="LABELS",
               help="train only these models' runs now, comma-separated labels (the report covers all finished)")
 @click.option("--seeds", "only_seeds", metavar="SEEDS", help="train only these seeds' runs now, comma-separated")
+@click.option("--datasets", "only_datasets", metavar="LABELS",
+              help="train only these datasets' runs now, comma-separated labels (others are not prepared)")
 def bench(config_file: Path, out: Path | None, max_runs: int | None, only_models: str | None,
-          only_seeds: str | None) -> None:
+          only_seeds: str | None, only_datasets: str | None) -> None:
     """Train models x datasets x seeds from a bench config and write the report (resumable)."""
     from mtrec.bench.report import comparison_table, table_metrics
     from mtrec.bench.runner import load_bench_config, run_bench
@@ -134,7 +136,7 @@ def bench(config_file: Path, out: Path | None, max_runs: int | None, only_models
     out = out or Path("reports") / "bench" / config.name
     command = shlex.join(["mtrec", "bench", str(config_file), "--out", str(out)])
     results = run_bench(config, out, command=command, max_runs=max_runs, only_models=_labels(only_models),
-                        only_seeds=_seeds(only_seeds))
+                        only_seeds=_seeds(only_seeds), only_datasets=_labels(only_datasets))
     if results["runs"]:
         click.echo(comparison_table(results["runs"], table_metrics(results["runs"])))
     if results["pending_runs"]:

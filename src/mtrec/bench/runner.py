@@ -237,24 +237,40 @@ def _check_shared_options(config: BenchConfig, models: list[ModelEntry]) -> None
 def _open_dataset(entry: DatasetEntry, cache: Path, log: Callable[[str], None]) -> tuple[str, PreparedDataset]:
     """The data spec used in run configs and the dataset; dataset configs are prepared into ``cache``
     once (again only when the config or the raw files changed)."""
+    opened = _prepared(entry, cache, log)
+    if opened is not None:
+        return opened
+    from mtrec.data.config import load_dataset_config
+    from mtrec.data.prepare import prepare_dataset
+
+    assert entry.config is not None
+    target = cache / _safe(entry.label)
+    log(f"dataset {entry.label}: preparing {entry.config} into {target}")
+    return str(target), prepare_dataset(load_dataset_config(entry.config), target, raw=entry.raw, log=log,
+                                        overwrite=True)
+
+
+def _prepared(entry: DatasetEntry, cache: Path, log: Callable[[str], None]) -> tuple[str, PreparedDataset] | None:
+    """The data spec and the dataset where nothing needs preparing (a data spec, or a prepared copy in
+    ``cache`` that is current); None where the dataset config needs preparing."""
     if entry.spec is not None:
         return entry.spec, load_data(entry.spec)
     from mtrec.data.config import load_dataset_config
-    from mtrec.data.prepare import PREPARE_FILE, input_files, prepare_dataset
+    from mtrec.data.prepare import PREPARE_FILE, input_files
 
     assert entry.config is not None
-    config = load_dataset_config(entry.config)
     target = cache / _safe(entry.label)
+    stamp = target / PREPARE_FILE
+    if not stamp.is_file():
+        return None
+    config = load_dataset_config(entry.config)
     wanted = {"config": json.loads(json.dumps(config.raw, default=str)),
               "files": [{"path": str(f.path), "split": f.split} for f in input_files(config, entry.raw)]}
-    stamp = target / PREPARE_FILE
-    if stamp.is_file():
-        done = json.loads(stamp.read_text())
-        if {"config": done.get("config"), "files": done.get("files")} == wanted:
-            log(f"dataset {entry.label}: using the prepared copy in {target}")
-            return str(target), PreparedDataset.load(target)
-    log(f"dataset {entry.label}: preparing {entry.config} into {target}")
-    return str(target), prepare_dataset(config, target, raw=entry.raw, log=log, overwrite=True)
+    done = json.loads(stamp.read_text())
+    if {"config": done.get("config"), "files": done.get("files")} != wanted:
+        return None
+    log(f"dataset {entry.label}: using the prepared copy in {target}")
+    return str(target), PreparedDataset.load(target)
 
 
 def _normalised(value: Any) -> Any:
@@ -275,22 +291,30 @@ def run_bench(
     max_runs: int | None = None,
     only_models: Collection[str] | None = None,
     only_seeds: Collection[int] | None = None,
+    only_datasets: Collection[str] | None = None,
 ) -> dict[str, Any]:
     """Run every (dataset, model, seed) not already done, then write the report. Returns results.json.
 
-    ``max_runs`` trains at most that many runs now; ``only_models`` (labels) and ``only_seeds`` train
-    only those runs now. The report then covers every finished run of the config and says how many are
-    pending; run again to continue (e.g. seed 0 of every model first, then the other seeds)."""
+    ``max_runs`` trains at most that many runs now; ``only_models`` (labels), ``only_seeds`` and
+    ``only_datasets`` (labels) train only those runs now; a dataset not selected is not prepared either.
+    The report then covers every finished run of the config and says how many are pending; run again
+    to continue (e.g. seed 0 of every model first, then the other seeds)."""
     out = Path(out_dir)
     models = config.model_entries()
     _check_shared_options(config, models)
-    _check_selection(config, models, only_models, only_seeds)
+    _check_selection(config, models, only_models, only_seeds, only_datasets)
     runs: list[dict[str, Any]] = []
     datasets: dict[str, dict[str, Any]] = {}
     total = len(config.datasets) * len(models) * len(config.seeds)
     done = trained = pending = 0
     for entry in config.datasets:
-        spec, dataset = _open_dataset(entry, out / "data", log)
+        chosen = only_datasets is None or entry.label in only_datasets
+        opened = _open_dataset(entry, out / "data", log) if chosen else _prepared(entry, out / "data", log)
+        if opened is None:  # not selected and never prepared here, so none of its runs finished
+            pending += len(models) * len(config.seeds)
+            done += len(models) * len(config.seeds)
+            continue
+        spec, dataset = opened
         datasets[entry.label] = {"data": spec, "rows": {s: dataset.split_size(s) for s in SPLITS},
                                  "tasks": dataset.schema.task_names}
         for model in models:
@@ -301,7 +325,7 @@ def run_bench(
                                        train=config.train_config(seed, model))
                 where = f"[{done}/{total}] {entry.label} / {model.label} / seed {seed}"
                 metrics = finished_metrics(run_dir, run_config)
-                selected = (only_models is None or model.label in only_models) and \
+                selected = chosen and (only_models is None or model.label in only_models) and \
                     (only_seeds is None or seed in only_seeds)
                 if metrics is None and (not selected or (max_runs is not None and trained >= max_runs)):
                     pending += 1
@@ -337,7 +361,12 @@ def run_bench(
 
 
 def _check_selection(config: BenchConfig, models: list[ModelEntry], only_models: Collection[str] | None,
-                     only_seeds: Collection[int] | None) -> None:
+                     only_seeds: Collection[int] | None, only_datasets: Collection[str] | None) -> None:
+    names = [d.label for d in config.datasets]
+    for label in only_datasets or ():
+        if label not in names:
+            raise ConfigError(f"{config.origin}: --datasets: '{label}' is not a dataset of this bench "
+                              f"({', '.join(names)})")
     labels = [m.label for m in models]
     for label in only_models or ():
         if label not in labels:

@@ -136,6 +136,15 @@ class LossStep(nn.Module):
                 loss = loss + term
         return loss, losses
 
+    def compile_in_place(self) -> None:
+        """``forward`` through torch.compile (inductor), compiled at the first call (``train.compile``)."""
+        # TorchDynamo caches compiled graphs per code object (LossStep.forward here) and stops compiling
+        # it after a few: a process that trains one model after another starts each from an empty cache
+        torch._dynamo.reset()
+        # in place: the modules' parameters and state-dict keys stay as they are. For any batch size
+        # (dynamic): an epoch's last, smaller batch would otherwise compile the step a second time
+        self.compile(dynamic=True)
+
 
 def _quiet(_: str) -> None:
     """The log of ranks other than 0."""
@@ -173,12 +182,7 @@ class Trainer:
         self.placement = create_placement(config, self.model, self.device, self.log)
         loss_step = LossStep(self.model, self.objective, self.weighting)
         if config.compile:
-            # TorchDynamo caches compiled graphs per code object (LossStep.forward here) and stops compiling
-            # it after a few: a process that trains one model after another starts each from an empty cache
-            torch._dynamo.reset()
-            # in place: the modules' parameters and state-dict keys stay as they are. For any batch size
-            # (dynamic): an epoch's last, smaller batch would otherwise compile the step a second time
-            loss_step.compile(dynamic=True)
+            loss_step.compile_in_place()
         self.loss_step = self.placement.wrap(loss_step)
         dense = [*self.placement.dense_parameters(), *self.objective.parameters(), *self.weighting.parameters()]
         self.optimizer = build_optimizers(config, dense, self.placement.table_parameters(), self.device)
