@@ -22,6 +22,7 @@ is printed in a second table with each model's compiled / eager ratio and its ra
 
     PYTHONPATH=src python benchmarks/model_speed.py [--data synthetic:sequences:60000] [--models all]
         [--threads 1] [--steps 20] [--repeats 5] [--clock wall|cpu] [--compile] [--profile 0] [--json FILE]
+        [--option sequence_pooling=attention]
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -99,6 +101,13 @@ def profile_table(step: Callable[[Batch], None], batches: list[Batch], rows: int
     return "\n".join(lines)
 
 
+def _option(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise SystemExit(f"error: --option: expected KEY=VALUE, got {text!r}")
+    return key, yaml.safe_load(value)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="synthetic:sequences:60000")
@@ -112,7 +121,11 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="also time each model's compiled training step")
     parser.add_argument("--profile", type=int, default=0, metavar="N", help="print the top N operators per model")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                        help="a model option for every model (repeatable; VALUE read as YAML), "
+                             "e.g. sequence_pooling=attention")
     args = parser.parse_args()
+    options = dict(_option(text) for text in args.option)
     torch.set_num_threads(args.threads)
     names = list_models() if args.models == "all" else list_models(*args.models.split(","))
     names = [REFERENCE, *[n for n in names if n != REFERENCE]]
@@ -127,12 +140,12 @@ def main() -> None:
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 4 * len(names))
     for name in names:
         torch.manual_seed(0)
-        steps[name] = train_step(create_model(name, data.schema))
+        steps[name] = train_step(create_model(name, data.schema, **options))
         steps[name](in_memory[0])  # warm-up
         flops[name] = step_flops(steps[name], in_memory[0])
         if args.compile:
             torch.manual_seed(0)
-            steps[name + COMPILED] = train_step(create_model(name, data.schema), compile_step=True)
+            steps[name + COMPILED] = train_step(create_model(name, data.schema, **options), compile_step=True)
             start = time.perf_counter()
             steps[name + COMPILED](in_memory[0])  # compiles
             compile_s[name] = time.perf_counter() - start
@@ -154,7 +167,8 @@ def main() -> None:
     med = {n: (statistics.median(pipeline[n]), statistics.median(bound[n])) for n in rows_of}
     print(f"machine: {os.cpu_count()} cores, torch {torch.__version__}, {args.threads} thread(s), "
           f"{platform.machine()}; load average {load_before[0]:.2f} before, {load_after[0]:.2f} after")
-    print(f"data {args.data}, batch {args.batch_size}, {args.steps} steps x {args.repeats} rounds (medians), "
+    print(f"data {args.data}, model options {options or 'defaults'}, batch {args.batch_size}, "
+          f"{args.steps} steps x {args.repeats} rounds (medians), "
           f"{args.clock} clock; "
           f"measured GEMM rate {gemm / 1e9:.1f} GFLOP/s")
     print()

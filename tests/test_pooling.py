@@ -1,6 +1,7 @@
 """``sequence_pooling: mean | attention``: every model that reads the shared embedding block's pooled
 histories takes the option, and DIN-style target attention behaves as documented (padding gets no weight,
-equal scores give the mean, the pooled history depends on the candidate, groups stay apart)."""
+equal scores give the mean, the pooled history depends on the candidate, groups stay apart, the split
+first layer on the valid positions equals the unit on the concatenated input)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from mtrec.data.batches import gather_batch
 from mtrec.features.inputs import Features
 from mtrec.models import ModelConfigError, create_model, list_models, model_options
 from mtrec.nn.embedding import FeatureEmbedding
-from mtrec.nn.sequence import DINAttentionPooling
+from mtrec.nn.sequence import DINAttentionPooling, masked_softmax
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -123,3 +124,35 @@ def test_din_attention_groups_keep_their_slices_apart() -> None:
     assert not torch.allclose(weights[..., 1], weights_moved[..., 1])
     with pytest.raises(ValueError, match="multiple of groups"):
         DINAttentionPooling(6, groups=4)
+
+
+def _din_on_the_concatenated_input(pool: DINAttentionPooling, keys: torch.Tensor, mask: torch.Tensor,
+                                   target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """DIN as written: the unit on ``[h; t; h * t; h - t]`` at every position, then the masked softmax."""
+    *lead, length, dim = keys.shape
+    g = pool.groups
+    k = keys.view(*lead, length, g, dim // g)
+    t = target.view(*lead, 1, g, dim // g).expand_as(k)
+    unit_in = torch.cat([k, t, k * t, k - t], dim=-1)  # [..., L, G, 4d/G]
+    scores = pool.unit(unit_in.reshape(-1, g, unit_in.shape[-1]).transpose(0, 1)).squeeze(-1)  # [G, N L]
+    weights = masked_softmax(scores.transpose(0, 1).reshape(*lead, length, g), mask.unsqueeze(-1), dim=-2)
+    return (weights.unsqueeze(-1) * k).sum(-3).reshape(*lead, dim), weights
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_din_attention_on_valid_positions_equals_the_unit_on_the_concatenated_input(groups: int) -> None:
+    torch.manual_seed(0)
+    pool = DINAttentionPooling(8, hidden=16, groups=groups)
+    keys = torch.randn(3, 4, 7, 8, requires_grad=True)  # [B, S, L, d]
+    target = torch.randn(3, 4, 8, requires_grad=True)
+    mask = torch.rand(3, 4, 7) > 0.5
+    mask[0, 0] = False  # an empty history
+    pooled, weights = pool(keys, mask, target)
+    expected, expected_weights = _din_on_the_concatenated_input(pool, keys, mask, target)
+    torch.testing.assert_close(pooled, expected)
+    torch.testing.assert_close(weights, expected_weights)
+    inputs = [keys, target, *pool.parameters()]
+    grads = torch.autograd.grad(pooled.square().sum(), inputs)
+    expected_grads = torch.autograd.grad(expected.square().sum(), inputs)
+    for got, want in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(got, want)

@@ -263,6 +263,11 @@ class DINAttentionPooling(nn.Module):
     pooled vector keeps an item embedding's scale and the mean (equal scores) is the special case; an
     empty history pools to zero. ``groups`` G splits the width d into G slices, each with its own unit
     (all G run as one batched MLP): a model whose embedding holds one slice per task keeps its tasks apart.
+
+    The unit's first layer is applied as the sum of its four input blocks' products, ``h (W_h + W_d) +
+    (h * t) W_ht + t (W_t - W_d)``, the candidate's part once per history, and only at the valid
+    positions (a traced, compiled or exported model scores every position: its shapes may not depend on
+    the data). The scores equal those of the unit on the concatenated input.
     """
 
     def __init__(self, dim: int, hidden: int = 32, groups: int = 1) -> None:
@@ -280,15 +285,27 @@ class DINAttentionPooling(nn.Module):
         Returns the pooled vectors ``[..., d]`` and the attention weights ``[..., L, G]``.
         """
         *lead, length, dim = keys.shape
-        g = self.groups
-        k = keys.view(*lead, length, g, dim // g)  # [..., L, G, d/G]
-        t = target.view(*lead, 1, g, dim // g).expand_as(k)  # [..., L, G, d/G]
-        unit_in = torch.cat([k, t, k * t, k - t], dim=-1)  # [..., L, G, 4d/G]
-        flat = unit_in.reshape(-1, g, unit_in.shape[-1]).transpose(0, 1)  # [G, N, 4d/G]
-        scores = self.unit(flat).squeeze(-1).transpose(0, 1).reshape(*lead, length, g)  # [..., L, G]
-        weights = masked_softmax(scores, mask.unsqueeze(-1), dim=-2)  # [..., L, G]
-        pooled = (weights.unsqueeze(-1) * k).sum(-3)  # [..., G, d/G]
-        return pooled.reshape(*lead, dim), weights
+        g, width = self.groups, dim // self.groups
+        k = keys.reshape(-1, length, g, width)  # [N, L, G, d/G]
+        t = target.reshape(-1, g, width).transpose(0, 1)  # [G, N, d/G]
+        rows = k.reshape(-1, g, width).transpose(0, 1)  # [G, N L, d/G]: every position
+        history = torch.arange(rows.shape[1], device=keys.device) // length  # [N L]: each row's history
+        scored = None if torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting() \
+            else mask.reshape(-1).nonzero().squeeze(-1)  # [V]: the valid positions
+        if scored is not None:
+            rows, history = rows.index_select(1, scored), history.index_select(0, scored)  # [G, V, d/G], [V]
+        (w1, b1), (w2, b2) = self.unit.parameters_by_layer()
+        w_h, w_t, w_ht, w_d = w1.split(width, dim=1)  # each [G, d/G, H]
+        per_history = torch.baddbmm(b1, t, w_t - w_d)  # [G, N, H]: the candidate's part
+        hidden = torch.baddbmm(per_history.index_select(1, history), rows, w_h + w_d)
+        hidden = torch.relu(hidden + torch.bmm(rows * t.index_select(1, history), w_ht))  # [G, rows, H]
+        row_scores = torch.baddbmm(b2, hidden, w2).squeeze(-1).transpose(0, 1)  # [rows, G]
+        if scored is not None:
+            row_scores = row_scores.new_zeros(mask.numel(), g).index_copy(0, scored, row_scores)
+        scores = row_scores.view(-1, length, g)  # [N, L, G]
+        weights = masked_softmax(scores, mask.reshape(-1, length, 1), dim=1)  # [N, L, G]
+        pooled = (weights.unsqueeze(-1) * k).sum(1)  # [N, G, d/G]
+        return pooled.reshape(*lead, dim), weights.view(*lead, length, g)
 
 
 class HistoryTargets(nn.Module):
