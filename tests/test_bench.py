@@ -19,13 +19,20 @@ TRAIN = {"epochs": 1, "batch_size": 64, "num_threads": 1, "prefetch": 0}
 SMALL = {"embedding_dim": 4}
 
 
-def _toy_dataset_config(tmp_path: Path) -> Path:
+def _toy_dataset_config(tmp_path: Path, divided: bool = False) -> Path:
+    """A toy dataset config: one CSV split at random, or (``divided``) a train file and a second file
+    divided between valid and test (a ``files`` split with parts, as the Census standard protocol)."""
     lines = ["user,item,price,click"]
     lines += [f"u{i % 9},i{i % 13},{i % 7}.5,{int(i % 3 == 0)}" for i in range(120)]
-    (tmp_path / "toy.csv").write_text("\n".join(lines) + "\n")
-    config = {"name": "toy", "source": {"path": str(tmp_path / "toy.csv")},
+    for name in ("toy.csv", "toy_test.csv"):
+        (tmp_path / name).write_text("\n".join(lines) + "\n")
+    split: dict[str, Any] = {"kind": "random", "seed": 0, "fractions": [0.6, 0.2, 0.2]}
+    if divided:
+        split = {"kind": "files", "train": "toy.csv", "valid": {"file": "toy_test.csv", "seed": 1, "part": [0.0, 0.5]},
+                 "test": {"file": "toy_test.csv", "seed": 1, "part": [0.5, 1.0]}}
+    config = {"name": "toy", "source": {"path": str(tmp_path if divided else tmp_path / "toy.csv")},
               "features": {"sparse": ["user", "item"], "dense": ["price"]}, "tasks": [{"name": "click"}],
-              "user_id": "user", "split": {"kind": "random", "seed": 0, "fractions": [0.6, 0.2, 0.2]}}
+              "user_id": "user", "split": split}
     path = tmp_path / "toy.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -87,11 +94,12 @@ def test_max_runs_leaves_the_rest_pending(tmp_path: Path, tiny_dir: Path) -> Non
     assert len(results["runs"]) == 2 and results["pending_runs"] == 0
 
 
-def test_dataset_configs_are_prepared_once_and_all_means_the_registry(tmp_path: Path) -> None:
+@pytest.mark.parametrize("divided", [False, True], ids=["random split", "a file divided between splits"])
+def test_dataset_configs_are_prepared_once_and_all_means_the_registry(tmp_path: Path, divided: bool) -> None:
     config_path = tmp_path / "bench.yaml"
     config_path.write_text(yaml.safe_dump({
         "name": "toy", "models": "all", "model_options": SMALL,
-        "datasets": [str(_toy_dataset_config(tmp_path))], "seeds": [0], "train": TRAIN}))
+        "datasets": [str(_toy_dataset_config(tmp_path, divided))], "seeds": [0], "train": TRAIN}))
     config = load_bench_config(config_path)
     assert [m.name for m in config.model_entries()] == list_models()
     result = CliRunner().invoke(cli, ["bench", str(config_path), "--out", str(tmp_path / "out"),

@@ -256,7 +256,7 @@ def _prepared(entry: DatasetEntry, cache: Path, log: Callable[[str], None]) -> t
     if entry.spec is not None:
         return entry.spec, load_data(entry.spec)
     from mtrec.data.config import load_dataset_config
-    from mtrec.data.prepare import PREPARE_FILE, input_files
+    from mtrec.data.prepare import PREPARE_FILE, file_records, input_files
 
     assert entry.config is not None
     target = cache / _safe(entry.label)
@@ -265,7 +265,7 @@ def _prepared(entry: DatasetEntry, cache: Path, log: Callable[[str], None]) -> t
         return None
     config = load_dataset_config(entry.config)
     wanted = {"config": json.loads(json.dumps(config.raw, default=str)),
-              "files": [{"path": str(f.path), "split": f.split} for f in input_files(config, entry.raw)]}
+              "files": file_records(input_files(config, entry.raw))}
     done = json.loads(stamp.read_text())
     if {"config": done.get("config"), "files": done.get("files")} != wanted:
         return None

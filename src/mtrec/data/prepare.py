@@ -550,12 +550,18 @@ def prepare_dataset(
     return PreparedDataset.load(out)
 
 
+def file_records(files: list[InputFile]) -> list[dict[str, Any]]:
+    """The input files as ``prepare.json`` records them (path, split, and the parts of a divided file): what
+    a prepared copy is compared with to tell whether it is current."""
+    return [{"path": str(f.path), "split": f.split,
+             **({"parts": [list(p) for p in f.parts], "seed": f.seed} if f.parts else {})} for f in files]
+
+
 def _provenance(config: DatasetConfig, files: list[InputFile], state: FitState) -> dict[str, Any]:
     return {
         "dataset": config.name,
         "config": config.raw,
-        "files": [{"path": str(f.path), "split": f.split,
-                   **({"parts": [list(p) for p in f.parts], "seed": f.seed} if f.parts else {})} for f in files],
+        "files": file_records(files),
         "rows": {s: int(n) for s, n in zip(SPLITS, state.split_rows, strict=True)},
         "dropped_rows": state.dropped,
         "positives": {t.name: {s: int(state.positives[i, j]) for i, s in enumerate(SPLITS)}
