@@ -91,7 +91,7 @@ class MultiHeadSelfAttention(nn.Module):
         padding, which no valid position attends to). A traced or exported model runs the padded layout
         at once (its shapes may not depend on the data).
         """
-        if chunks == 1 or torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting():
+        if chunks == 1 or static_shapes():
             return valid.pack(self(x, valid.mask.expand(x.shape[0], -1, -1)))
         s, length = valid.mask.shape
         ends = (valid.mask * torch.arange(1, length + 1, device=x.device)).amax(-1)  # [S]: last valid + 1
@@ -114,6 +114,11 @@ class MultiHeadSelfAttention(nn.Module):
         place = torch.cat(places)  # [V]: where each output row goes, a permutation of 0..V-1
         back = torch.empty_like(place).scatter_(0, place, torch.arange(place.numel(), device=x.device))
         return torch.cat(outputs, dim=-2).index_select(-2, back)  # [K', V, d]
+
+
+def static_shapes() -> bool:
+    """Whether the code runs traced, compiled or exported, where shapes may not depend on the data."""
+    return torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting()
 
 
 @dataclass(frozen=True)
@@ -286,25 +291,23 @@ class DINAttentionPooling(nn.Module):
         """
         *lead, length, dim = keys.shape
         g, width = self.groups, dim // self.groups
-        k = keys.reshape(-1, length, g, width)  # [N, L, G, d/G]
+        histories = keys.reshape(-1, length, dim)  # [N, L, d]
         t = target.reshape(-1, g, width).transpose(0, 1)  # [G, N, d/G]
-        rows = k.reshape(-1, g, width).transpose(0, 1)  # [G, N L, d/G]: every position
-        history = torch.arange(rows.shape[1], device=keys.device) // length  # [N L]: each row's history
-        scored = None if torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting() \
-            else mask.reshape(-1).nonzero().squeeze(-1)  # [V]: the valid positions
-        if scored is not None:
-            rows, history = rows.index_select(1, scored), history.index_select(0, scored)  # [G, V, d/G], [V]
+        valid = None if static_shapes() else ValidPositions.of(mask.reshape(-1, length))
+        if valid is None:  # every position, each row's history by its index
+            flat, history = histories.reshape(-1, dim), torch.arange(mask.numel(), device=keys.device) // length
+        else:
+            flat, history = valid.pack(histories), valid.sequence  # [V, d], [V]
+        rows = flat.view(-1, g, width).transpose(0, 1)  # [G, rows, d/G]
         (w1, b1), (w2, b2) = self.unit.parameters_by_layer()
         w_h, w_t, w_ht, w_d = w1.split(width, dim=1)  # each [G, d/G, H]
         per_history = torch.baddbmm(b1, t, w_t - w_d)  # [G, N, H]: the candidate's part
         hidden = torch.baddbmm(per_history.index_select(1, history), rows, w_h + w_d)
         hidden = torch.relu(hidden + torch.bmm(rows * t.index_select(1, history), w_ht))  # [G, rows, H]
         row_scores = torch.baddbmm(b2, hidden, w2).squeeze(-1).transpose(0, 1)  # [rows, G]
-        if scored is not None:
-            row_scores = row_scores.new_zeros(mask.numel(), g).index_copy(0, scored, row_scores)
-        scores = row_scores.view(-1, length, g)  # [N, L, G]
+        scores = row_scores.view(-1, length, g) if valid is None else valid.unpack(row_scores)  # [N, L, G]
         weights = masked_softmax(scores, mask.reshape(-1, length, 1), dim=1)  # [N, L, G]
-        pooled = (weights.unsqueeze(-1) * k).sum(1)  # [N, G, d/G]
+        pooled = (weights.unsqueeze(-1) * histories.view(-1, length, g, width)).sum(1)  # [N, G, d/G]
         return pooled.reshape(*lead, dim), weights.view(*lead, length, g)
 
 
