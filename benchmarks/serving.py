@@ -71,7 +71,7 @@ from mtrec.data.readers import iter_chunks, read_layout
 from mtrec.export.onnx import random_features
 from mtrec.export.scoring import ScoringModule, feature_inputs, input_names
 from mtrec.objectives.scorer import Scorer
-from mtrec.serving.batch import DEFAULT_CHUNK_ROWS, input_features, score_file
+from mtrec.serving.batch import DEFAULT_CHUNK_ROWS, input_columns, input_source, score_file
 from mtrec.serving.predictor import Predictor, Runner, TorchRunner
 from mtrec.serving.request import RequestEncoder
 from mtrec.training.checkpoint import load_model
@@ -444,10 +444,10 @@ def bench_predict(trees: list[Tree], run: Path, predictor: Predictor, rows: int,
         columns = raw_log(rows, seed=3)
         del columns["click"], columns["conversion"]
         source = write_csv(columns, Path(tmp) / "requests.csv")
-        features = input_features(predictor.schema)
-        layout = read_layout(source, features.source)
+        features, reading = input_columns(predictor.schema), input_source()
+        layout = read_layout(source, reading)
         feeds = [predictor.encode(feature_columns(chunk, features, layout))
-                 for chunk in iter_chunks(source, features.source, layout, layout.names, DEFAULT_CHUNK_ROWS)]
+                 for chunk in iter_chunks(source, reading, layout, layout.names, DEFAULT_CHUNK_ROWS)]
 
         def model_only() -> float:
             start = time.perf_counter()

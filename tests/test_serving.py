@@ -20,7 +20,7 @@ import uvicorn
 from mtrec.cli import main
 from mtrec.data.readers import iter_chunks, read_layout
 from mtrec.serving.app import create_app
-from mtrec.serving.batch import ScoringInputError, input_features, ramp, score_file
+from mtrec.serving.batch import ScoringInputError, input_source, ramp, score_file
 from mtrec.serving.predictor import Predictor
 from mtrec.serving.request import RequestEncoder
 from mtrec.training.config import RunConfig, TrainConfig
@@ -147,7 +147,8 @@ def test_unseen_values_score_as_out_of_vocabulary(client: httpx.Client) -> None:
 
 
 def test_the_request_encoder_gives_what_the_column_encoders_give(predictor: Predictor) -> None:
-    """Vectorized request encoding == FeatureEncoders.encode of the merged columns, for every kind of value."""
+    """A request (user features merged into every candidate, a candidate's own value first) encodes as
+    ``predict`` encodes the merged columns, for every kind of JSON value."""
     encoder = RequestEncoder(predictor.schema, predictor.encoders, MAX_CANDIDATES)
     rows = one_user_rows(12, seed=4)
     user = {f: as_json_value(f, rows[0][f]) for f in USER_FEATURES}
@@ -295,8 +296,8 @@ def test_predict_scores_the_first_chunk_in_growing_slices_with_the_same_output(
     small = Predictor.from_run(run_dir, batch_size=16)
     rows = raw_rows(230, seed=31)
     source = write_csv(tmp_path / "in.csv", rows, (*FEATURES, "click"))
-    layout = read_layout(source, input_features(small.schema).source)
-    chunks = list(iter_chunks(source, input_features(small.schema).source, layout, list(layout.names), 100))
+    layout = read_layout(source, input_source())
+    chunks = list(iter_chunks(source, input_source(), layout, list(layout.names), 100))
     sliced = list(ramp(chunks, 16))
     assert [c.num_rows for c in sliced] == [16, 84, 100, 30]
     assert [c.first_row for c in sliced] == [0, 16, 100, 200]

@@ -273,10 +273,6 @@ def _prepared(entry: DatasetEntry, cache: Path, log: Callable[[str], None]) -> t
     return str(target), PreparedDataset.load(target)
 
 
-def _normalised(value: Any) -> Any:
-    return json.loads(json.dumps(value, default=str))
-
-
 def machine_info() -> dict[str, Any]:
     return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),

@@ -214,7 +214,7 @@ class PreparedDataset:
         atomic_write_bytes(path, saved.read_bytes())
         return True
 
-    def save(self, directory: str | Path, vocabularies_json: str | None = None, overwrite: bool = False) -> None:
+    def save(self, directory: str | Path, overwrite: bool = False) -> None:
         """Write the dataset directory atomically (see the module docstring for the layout); an existing
         prepared dataset there is replaced only with ``overwrite`` (see :func:`check_replaceable`)."""
         out = check_replaceable(directory, overwrite)
@@ -233,8 +233,6 @@ class PreparedDataset:
             (tmp / "splits").mkdir()
             for split, idx in self.splits.items():
                 np.save(tmp / "splits" / f"{split}.npy", np.asarray(idx, dtype=np.int64))
-            if vocabularies_json is not None:
-                (tmp / "vocabularies.json").write_text(vocabularies_json)
             if self.encoders is not None:
                 self.encoders.save(tmp / ENCODERS_FILE)
             seal(tmp)

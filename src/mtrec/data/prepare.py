@@ -204,27 +204,40 @@ def physical_columns(config: DatasetConfig, layout: ColumnLayout) -> list[str]:
     return [n for n in layout.names if n in wanted]
 
 
-def feature_columns(chunk: Chunk, config: DatasetConfig, layout: ColumnLayout) -> dict[str, Any]:
+@dataclass(frozen=True)
+class FeatureColumns:
+    """Which raw column(s) each feature reads: ``single`` maps a sparse or dense feature to its column,
+    ``sequences`` a sequence to its column (separated tokens) or columns (one per position)."""
+
+    single: dict[str, str]
+    sequences: dict[str, tuple[str, ...]]
+
+    @classmethod
+    def of(cls, config: DatasetConfig) -> FeatureColumns:
+        return cls({f.name: f.column for f in config.single_column}, {s.name: s.columns for s in config.sequences})
+
+
+def feature_columns(chunk: Chunk, columns: FeatureColumns, layout: ColumnLayout) -> dict[str, Any]:
     """A chunk's raw values keyed by feature name, as :meth:`FeatureEncoders.encode` takes them: a text
     column per sparse/dense feature; per sequence its text column, or a list array built from its
     position columns ``[n] of list<string>[W]``."""
     table = chunk.table
-    for f in config.single_column:
-        _check_scalar(chunk, f.column, f"feature {f.name!r}", allow_list=False)
-    for s in config.sequences:
-        for column in s.columns:
+    for name, column in columns.single.items():
+        _check_scalar(chunk, column, f"feature {name!r}", allow_list=False)
+    for name, sources in columns.sequences.items():
+        for column in sources:
             for p in layout.physical(column):
-                _check_scalar(chunk, p, f"sequence {s.name!r}", allow_list=len(s.columns) == 1)
-    out: dict[str, Any] = {f.name: table[f.column] for f in config.single_column}
-    for s in config.sequences:
-        physical = [p for c in s.columns for p in layout.physical(c)]
-        if len(physical) == 1 and s.columns[0] not in layout.groups:
-            out[s.name] = table[physical[0]]
+                _check_scalar(chunk, p, f"sequence {name!r}", allow_list=len(sources) == 1)
+    out: dict[str, Any] = {name: table[column] for name, column in columns.single.items()}
+    for name, sources in columns.sequences.items():
+        physical = [p for c in sources for p in layout.physical(c)]
+        if len(physical) == 1 and sources[0] not in layout.groups:
+            out[name] = table[physical[0]]
             continue
         n, width = table.num_rows, len(physical)
         flat = pa.concat_arrays([table[p].combine_chunks() for p in physical])  # [W*n], position-major
         order = (np.arange(width)[None, :] * n + np.arange(n)[:, None]).reshape(-1)  # row-major
-        out[s.name] = pa.FixedSizeListArray.from_arrays(flat.take(pa.array(order)), width)
+        out[name] = pa.FixedSizeListArray.from_arrays(flat.take(pa.array(order)), width)
     return out
 
 
@@ -390,7 +403,7 @@ def _fit_chunk(state: FitState, chunk: Chunk, splits: np.ndarray, config: Datase
     train = splits == 0
     if not train.any():
         return
-    columns = feature_columns(chunk, config, layout)
+    columns = feature_columns(chunk, FeatureColumns.of(config), layout)
     mask = pa.array(train)
     strip = config.source.strip
     for f in config.sparse:
@@ -524,7 +537,7 @@ def prepare_dataset(
             for chunk, start, file in _chunks(files, resolved, layout, include, chunk_rows):
                 splits = assigner.assign(chunk, start, file)
                 keep = splits >= 0
-                columns = feature_columns(chunk, resolved, layout)
+                columns = feature_columns(chunk, FeatureColumns.of(resolved), layout)
                 try:
                     sparse, dense, sequences = encoders.encode(columns, schema)
                 except EncodingError as exc:  # pass 1 parsed only chunks with train rows

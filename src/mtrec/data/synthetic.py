@@ -89,6 +89,7 @@ import numpy as np
 from mtrec.data.dataset import PreparedDataset
 from mtrec.features.encoders import DenseTransform, FeatureEncoders, SequenceFormat
 from mtrec.features.schema import (
+    FIRST_ID,
     DatasetSchema,
     DenseFeature,
     SequenceFeature,
@@ -97,8 +98,6 @@ from mtrec.features.schema import (
 )
 from mtrec.features.vocab import Vocabulary
 from mtrec.metrics.ranking import auc
-
-FIRST_ID = 2  # ids 0 (padding) and 1 (out-of-vocabulary) are reserved; see mtrec.features.schema
 
 N_AGE = 7
 N_GENDER = 2

@@ -130,22 +130,10 @@ def lookup(vocab: Vocabulary, tokens: pa.Array) -> np.ndarray:
     return ids[encoded.indices.to_numpy(zero_copy_only=False)]
 
 
-def lookup_values(vocab: Vocabulary, values: Sequence[Any], strip: bool = False) -> np.ndarray:
-    """Raw values as Python objects ``[N]`` (a request's JSON values) -> ids ``[N]`` (int64), as :func:`lookup`
-    gives for the same values.
-
-    One C-level dictionary pass over the values as given; only the misses (non-string values, untrimmed
-    strings, unseen values) are made canonical one by one and looked up again."""
-    index = vocab.index
-    ids = np.fromiter(map(index.get, values, repeat(-1)), dtype=np.int64, count=len(values))
-    if not len(ids) or ids.min() >= 0:
-        return ids
-    for i in np.flatnonzero(ids < 0).tolist():
-        text = _canonical_item(values[i])
-        if text is not None and strip:
-            text = text.strip()
-        ids[i] = index.get(text or "", OOV_ID)
-    return ids
+def _raw_value(column: RawColumn, row: int) -> Any:
+    """The raw value at ``row`` of a column, as a Python value (for an error message)."""
+    value = column[row]
+    return value.as_py() if isinstance(value, pa.Scalar) else value
 
 
 # ---- dense -------------------------------------------------------------------------------------------
@@ -239,6 +227,16 @@ class SequenceFormat:
             raise ValueError("sequence separator must not be empty")
 
 
+def _token_list(value: Any, fmt: SequenceFormat) -> list[str | None] | None:
+    """One history given as a Python value (a list of tokens, a separator-joined string, None) -> its raw
+    tokens as text (None if missing); for columns that mix lists, strings and token types."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    tokens = (value.split(fmt.separator) if fmt.separator is not None else [value]) if isinstance(value, str) \
+        else value
+    return [_canonical_item(t) for t in tokens]
+
+
 def _as_list_array(values: RawColumn | np.ndarray, fmt: SequenceFormat, strip: bool) -> pa.Array:
     """Each row's raw tokens as an Arrow list array ``[N] of list<string>``."""
     if isinstance(values, np.ndarray) and values.ndim == 2:
@@ -255,8 +253,7 @@ def _as_list_array(values: RawColumn | np.ndarray, fmt: SequenceFormat, strip: b
         try:
             arr = pa.array(values, from_pandas=True)
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
-            arr = pa.array([None if v is None else [_canonical_item(t) for t in v] for v in values],
-                           type=pa.list_(pa.string()))
+            arr = pa.array([_token_list(v, fmt) for v in values], type=pa.list_(pa.string()))
     else:
         arr = to_arrow(values)
     if not (pa.types.is_list(arr.type) or pa.types.is_fixed_size_list(arr.type) or
@@ -294,27 +291,6 @@ def sequence_tokens(values: RawColumn | np.ndarray, fmt: SequenceFormat, max_len
     else:
         kept = position < max_len
     return flat.filter(pa.array(kept)), rows[kept], position[kept], n
-
-
-def sequence_row(value: Any, fmt: SequenceFormat, max_len: int, vocab: Vocabulary, strip: bool = False) -> np.ndarray:
-    """One history given as a Python value (a list of tokens, a separator-joined string, or None) -> its ids
-    ``[max_len]`` (int64, left-aligned, 0 = padding), as :meth:`FeatureEncoders.encode` gives for it."""
-    if value is None:
-        tokens: list[Any] = []
-    elif isinstance(value, str):
-        text = value.strip() if strip else value
-        tokens = text.split(fmt.separator) if fmt.separator is not None else [text]
-    else:
-        tokens = list(value)
-    texts = [_canonical_item(t) for t in tokens]
-    if strip:
-        texts = [t.strip() if t is not None else None for t in texts]
-    pad = fmt.pad_values
-    kept = [t for t in texts if t and t not in pad]
-    kept = kept[-max_len:] if fmt.keep == "last" else kept[:max_len]
-    row = np.zeros(max_len, dtype=np.int64)
-    row[: len(kept)] = lookup_values(vocab, kept)
-    return row
 
 
 # ---- the encoders --------------------------------------------------------------------------------------
@@ -360,8 +336,8 @@ class FeatureEncoders:
                    array ``[N, W]`` (one column per position). Extra keys are ignored.
         returns:   sparse int32 ``[N, F_sparse]`` (schema order), dense float32 ``[N, F_dense]``,
                    ``{sequence name: int32 [N, max_len]}`` (left-aligned, 0 = padding).
-        Raises ValueError naming a missing column, columns of unequal length, or (EncodingError) a dense
-        value that is not a number.
+        Raises ValueError naming a missing column, columns of unequal length, or (EncodingError, with its
+        row) a dense value that is not a number, or one that overflows float32 once transformed.
         """
         self.check(schema)
         needed = schema.feature_names
@@ -379,7 +355,12 @@ class FeatureEncoders:
         dense = np.zeros((n, len(schema.dense)), dtype=np.float32)  # [N, F_dense]
         for j, d in enumerate(schema.dense):
             raw = parse_numbers(columns[d.name], self.missing_values, d.name, self.strip)
-            dense[:, j] = self.dense[d.name].transform(raw)
+            with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported below, naming the value
+                dense[:, j] = self.dense[d.name].transform(raw)
+            overflow = np.flatnonzero(~np.isfinite(dense[:, j]))
+            if overflow.size:  # a finite raw value can overflow float32 after its transform
+                row = int(overflow[0])
+                raise out_of_range(d.name, _raw_value(columns[d.name], row), row)
         sequences: dict[str, np.ndarray] = {}
         for s in schema.sequences:
             tokens, rows, positions, _ = sequence_tokens(columns[s.name], self.sequences[s.name],

@@ -18,6 +18,7 @@ from mtrec.io import atomic_write_text, json_text, read_mapping
 
 PADDING_ID = 0
 OOV_ID = 1
+FIRST_ID = 2  # the first id of a known value
 
 
 class SchemaError(ValueError):

@@ -8,14 +8,9 @@ deterministic).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-import numpy as np
-
-from mtrec.features.schema import OOV_ID
-
-FIRST_ID = 2
+from mtrec.features.schema import FIRST_ID
 
 
 @dataclass
@@ -29,19 +24,10 @@ class Vocabulary:
         kept = sorted((v for v, c in counts.items() if c >= min_count), key=lambda v: (-counts[v], v))
         return cls({v: i + FIRST_ID for i, v in enumerate(kept)})
 
-    @classmethod
-    def from_values(cls, values: Iterable[str], min_count: int = 1) -> Vocabulary:
-        return cls.fit(Counter(values), min_count)
-
     @property
     def size(self) -> int:
         """Number of ids, padding and OOV included."""
         return len(self.index) + FIRST_ID
-
-    def encode(self, values: Iterable[str]) -> np.ndarray:
-        """Raw values -> int64 ids ``[N]``; unseen values map to the OOV id."""
-        get = self.index.get
-        return np.fromiter((get(v, OOV_ID) for v in values), dtype=np.int64)
 
     def to_list(self) -> list[str]:
         """Known values in id order (id = position + 2); the JSON form."""

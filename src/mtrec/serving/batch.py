@@ -35,17 +35,9 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from mtrec.data.config import (
-    DatasetConfig,
-    DenseConfig,
-    SequenceConfig,
-    SourceConfig,
-    SparseConfig,
-    SplitConfig,
-    load_dataset_config,
-)
+from mtrec.data.config import DatasetConfig, SourceConfig, load_dataset_config
 from mtrec.data.dataset import DatasetError
-from mtrec.data.prepare import feature_columns
+from mtrec.data.prepare import FeatureColumns, feature_columns
 from mtrec.data.readers import Chunk, ColumnLayout, file_format, iter_chunks, read_layout
 from mtrec.features.encoders import EncodingError
 from mtrec.features.schema import DatasetSchema
@@ -64,25 +56,22 @@ def is_parquet(path: Path) -> bool:
     return path.suffix.lower() in PARQUET_SUFFIXES
 
 
-def input_features(schema: DatasetSchema, dataset_config: DatasetConfig | None = None,
-                   separator: str = ",") -> DatasetConfig:
-    """Where each feature of ``schema`` is in the input: the dataset config's source options and columns,
-    or (without one) a CSV with a header and one column per feature name. Only the feature entries and
-    the source options of the result are used."""
+def input_columns(schema: DatasetSchema, dataset_config: DatasetConfig | None = None) -> FeatureColumns:
+    """Where each feature of ``schema`` is in the input: the dataset config's columns, or (without one) one
+    column per feature, named after it (as are a config's pattern features)."""
+    single = {f.name: f.column for f in dataset_config.single_column} if dataset_config else {}
+    sequences = {s.name: s.columns for s in dataset_config.sequences} if dataset_config else {}
+    named = [f.name for f in schema.sparse] + [f.name for f in schema.dense]
+    return FeatureColumns({name: single.get(name, name) for name in named},
+                          {s.name: sequences.get(s.name, (s.name,)) for s in schema.sequences})
+
+
+def input_source(dataset_config: DatasetConfig | None = None, separator: str = ",") -> SourceConfig:
+    """How to read the input: the dataset config's source options (any file format), or a CSV with a header
+    and ``separator``."""
     if dataset_config is None:
-        source, columns, sequences = SourceConfig(separator=separator), {}, {}
-    else:
-        source = dataset_config.source
-        columns = {f.name: f.column for f in dataset_config.single_column}  # pattern features: name = column
-        sequences = {s.name: s for s in dataset_config.sequences}
-    return DatasetConfig(
-        name="scoring input", source=source.model_copy(update={"format": "auto"}), tasks=(),
-        split=SplitConfig(kind="random"),
-        sparse=tuple(SparseConfig(name=f.name, column=columns.get(f.name, f.name)) for f in schema.sparse),
-        dense=tuple(DenseConfig(name=f.name, column=columns.get(f.name, f.name)) for f in schema.dense),
-        sequences=tuple(sequences.get(s.name) or SequenceConfig(name=s.name, columns=(s.name,), max_len=s.max_len)
-                        for s in schema.sequences),
-    )
+        return SourceConfig(separator=separator)
+    return dataset_config.source.model_copy(update={"format": "auto"})
 
 
 def count_rows(path: Path, header: bool) -> int | None:
@@ -100,12 +89,12 @@ def count_rows(path: Path, header: bool) -> int | None:
     return max(lines + (last != b"\n") - int(header), 0)
 
 
-def _check_columns(path: Path, layout: ColumnLayout, features: DatasetConfig, keep: Sequence[str],
+def _check_columns(path: Path, layout: ColumnLayout, features: FeatureColumns, keep: Sequence[str],
                    with_config: bool) -> None:
     have = set(layout.columns)
-    missing = {f.name: [f.column] for f in features.single_column if f.column not in have}
-    missing.update({s.name: [c for c in s.columns if c not in have] for s in features.sequences
-                    if any(c not in have for c in s.columns)})
+    missing = {name: [column] for name, column in features.single.items() if column not in have}
+    missing.update({name: [c for c in columns if c not in have] for name, columns in features.sequences.items()
+                    if any(c not in have for c in columns)})
     if missing:
         wanted = "; ".join(f"feature {name!r} reads {cols}" for name, cols in missing.items())
         hint = ("as the dataset config says" if with_config else
@@ -179,16 +168,17 @@ def score_file(
     out = check_paths(source, Path(out))
     if isinstance(dataset_config, str | Path):
         dataset_config = load_dataset_config(dataset_config)
-    features = input_features(predictor.schema, dataset_config, separator)
-    layout = read_layout(source, features.source)
+    features = input_columns(predictor.schema, dataset_config)
+    reading = input_source(dataset_config, separator)
+    layout = read_layout(source, reading)
     _check_columns(source, layout, features, keep, dataset_config is not None)
     clash = sorted(set(keep) & set(predictor.task_names))
     if clash:
         raise ScoringInputError(f"--keep column(s) {clash} have the names of the output's task columns")
-    wanted = {p for f in features.single_column for p in layout.physical(f.column)}
-    wanted |= {p for s in features.sequences for c in s.columns for p in layout.physical(c)} | set(keep)
-    include = [n for n in layout.names if n in wanted]  # file order
-    parquet_in = file_format(source, features.source.format) == "parquet"
+    wanted = {p for column in features.single.values() for p in layout.physical(column)}
+    wanted |= {p for columns in features.sequences.values() for c in columns for p in layout.physical(c)}
+    include = [n for n in layout.names if n in wanted | set(keep)]  # file order
+    parquet_in = file_format(source, reading.format) == "parquet"
     kept_types = {f.name: f.type for f in pq.ParquetFile(str(source)).schema_arrow} if parquet_in else {}
     out_schema = pa.schema([*(pa.field(k, kept_types.get(k, pa.string())) for k in keep),
                             *(pa.field(t, pa.float32()) for t in predictor.task_names)])
@@ -208,7 +198,7 @@ def score_file(
         writer = _writer(tmp, out_schema, is_parquet(out))  # tmp's name ends in .tmp
         bar = tqdm(unit="rows", unit_scale=True, desc="scoring", disable=None if progress else True)
         if not bar.disable:  # hidden when not on a terminal (a batch job), which then reads the file once
-            bar.total = count_rows(source, features.source.header and not parquet_in)
+            bar.total = count_rows(source, reading.header and not parquet_in)
             bar.refresh()
 
         def emit(chunk: Chunk, scored: Future[dict[str, np.ndarray]]) -> None:
@@ -224,7 +214,7 @@ def score_file(
         try:
             with ThreadPoolExecutor(1, thread_name_prefix="mtrec-scoring") as pool:
                 pending: tuple[Chunk, Future[dict[str, np.ndarray]]] | None = None
-                for chunk in ramp(iter_chunks(source, features.source, layout, include, chunk_rows),
+                for chunk in ramp(iter_chunks(source, reading, layout, include, chunk_rows),
                                   predictor.batch_size):
                     scoring = (chunk, pool.submit(predictor.score, encode(chunk)))
                     if pending is not None:

@@ -24,12 +24,11 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 import numpy as np
-import pyarrow as pa
 import torch
 
 from mtrec.export.onnx import export_checked, onnx_session, parity_batches
 from mtrec.export.scoring import ScoringModule, array_feeds, input_names
-from mtrec.features.encoders import ENCODERS_FILE, FeatureEncoders, RawColumn, out_of_range
+from mtrec.features.encoders import ENCODERS_FILE, FeatureEncoders, RawColumn
 from mtrec.features.schema import DatasetSchema
 from mtrec.objectives.scorer import Scorer
 from mtrec.training.checkpoint import ArtifactError, load_model
@@ -150,14 +149,7 @@ class Predictor:
     def encode(self, columns: Mapping[str, RawColumn]) -> dict[str, np.ndarray]:
         """Raw columns -> the graph's named inputs; ValueError naming a missing column, EncodingError naming
         the feature and row of a bad value."""
-        with np.errstate(over="ignore"):  # overflow to inf is reported below, naming the value
-            sparse, dense, sequences = self.encoders.encode(columns, self.schema)
-        if not np.isfinite(dense).all():  # a finite raw value can overflow float32 after its transform
-            row, col = (int(i) for i in np.argwhere(~np.isfinite(dense))[0])
-            name = self.schema.dense[col].name
-            value = columns[name][row]
-            raise out_of_range(name, value.as_py() if isinstance(value, pa.Scalar) else value, row)
-        return array_feeds(sparse, dense, sequences, self.schema)
+        return array_feeds(*self.encoders.encode(columns, self.schema), self.schema)
 
     def score(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Encoded inputs ``[N, ...]`` -> ``{task: float32 [N]}``, in slices of ``batch_size`` rows."""

@@ -18,10 +18,9 @@ orjson refuses (not JSON, ``Infinity``, a lone surrogate, nested too deeply) is 
 pydantic, whose error then names the problem; a body that is not UTF-8 is refused as such. Every problem
 becomes ``{"field", "loc", "msg", "type"}`` with the field written ``candidates[3].price``.
 
-Encoding: a feature given under ``user`` is encoded once and repeated for every candidate; a feature given
-per candidate is one column of N raw values, looked up in one dictionary pass
-(:func:`mtrec.features.encoders.lookup_values`) and transformed as one array. The result equals what
-:meth:`mtrec.features.encoders.FeatureEncoders.encode` gives for the merged columns.
+Encoding: the request becomes one row per candidate (a feature given under ``user`` repeated in every row),
+encoded by :meth:`mtrec.features.encoders.FeatureEncoders.encode`, the encoder ``prepare`` and ``predict``
+use: the same raw values give the same ids and inputs wherever they come from.
 """
 
 from __future__ import annotations
@@ -37,7 +36,7 @@ from pydantic import AllowInfNan, ConfigDict, Field, Strict, TypeAdapter, Valida
 from typing_extensions import TypedDict
 
 from mtrec.export.scoring import array_feeds
-from mtrec.features.encoders import FeatureEncoders, lookup_values, out_of_range, sequence_row
+from mtrec.features.encoders import EncodingError, FeatureEncoders
 from mtrec.features.schema import DatasetSchema
 
 # ---- value types (checked by pydantic-core, without Python callbacks) ------------------------------------
@@ -209,49 +208,27 @@ class RequestEncoder:
         ``[N, L]`` (see :mod:`mtrec.export.scoring`)."""
         user: dict[str, Any] = request.get("user") or {}
         candidates: list[dict[str, Any]] = request["candidates"]
-        n = len(candidates)
         given = set().union(*candidates)  # features at least one candidate gives
-        columns: dict[str, Any] = {}  # feature -> N values (a list), or the user's one value (a 1-tuple)
+        frame: dict[str, list[Any]] = {}  # feature -> its N raw values, one per candidate
         missing: list[dict[str, Any]] = []
         for name in self.kinds:
-            if name not in given:
-                if name in user:
-                    columns[name] = (user[name],)
-                else:
-                    missing.append(problem(("body", "candidates", 0, name), _missing(name), "missing"))
-                continue
-            column = list(map(dict.get, candidates, repeat(name), repeat(_ABSENT)))
-            if column.count(_ABSENT):
-                if name not in user:
-                    missing.append(problem(("body", "candidates", column.index(_ABSENT), name), _missing(name),
-                                           "missing"))
-                    continue
+            column = list(map(dict.get, candidates, repeat(name), repeat(_ABSENT))) if name in given else None
+            if column is not None and not column.count(_ABSENT):
+                frame[name] = column
+            elif name in user:
                 shared = user[name]
-                column = [shared if v is _ABSENT else v for v in column]
-            columns[name] = column
+                frame[name] = [shared if v is _ABSENT else v for v in column] if column else [shared] * len(candidates)
+            else:
+                row = column.index(_ABSENT) if column else 0
+                missing.append(problem(("body", "candidates", row, name), _missing(name), "missing"))
         if missing:
             raise RequestError(missing)
-
-        enc, strip = self.encoders, self.encoders.strip
-        sparse = np.empty((n, len(self.schema.sparse)), dtype=np.int64)  # [N, F_sparse]
-        for j, f in enumerate(self.schema.sparse):
-            sparse[:, j] = lookup_values(enc.vocabularies[f.table_name], columns[f.name], strip)
-        dense = np.empty((n, len(self.schema.dense)), dtype=np.float32)  # [N, F_dense]
-        for j, d in enumerate(self.schema.dense):
-            raw = columns[d.name]
-            with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported below, naming the value
-                x = enc.dense[d.name].transform(np.array(raw, dtype=np.float64))  # [N] or [1]
-            if not np.isfinite(x).all():
-                row = int(np.flatnonzero(~np.isfinite(x))[0])
-                where = ("user",) if isinstance(raw, tuple) or d.name not in candidates[row] else ("candidates", row)
-                error = out_of_range(d.name, raw[row])
-                raise RequestError([problem(("body", *where, d.name), str(error), "encoding_error")])
-            dense[:, j] = x
-        sequences: dict[str, np.ndarray] = {}
-        for s in self.schema.sequences:
-            vocab, fmt = enc.vocabularies[s.table_name], enc.sequences[s.name]
-            rows = [sequence_row(v, fmt, s.max_len, vocab, strip) for v in columns[s.name]]
-            sequences[s.name] = np.tile(rows[0], (n, 1)) if len(rows) == 1 else np.stack(rows)  # [N, L]
+        try:
+            sparse, dense, sequences = self.encoders.encode(frame, self.schema)
+        except EncodingError as exc:  # types were validated: a value the transform overflows, say
+            row = exc.row or 0
+            where = ("candidates", row) if exc.feature in candidates[row] else ("user",)
+            raise RequestError([problem(("body", *where, exc.feature), str(exc), "encoding_error")]) from None
         return array_feeds(sparse, dense, sequences, self.schema)
 
 
