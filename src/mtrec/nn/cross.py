@@ -13,7 +13,8 @@ count does not depend on the number of steps. ``W_g [x0; h]`` is split into ``x0
 A :class:`CrossTaskPart` is the small task-specific part with which a task continues a shared recurrence:
 a gate-bias offset, an optional low-rank adapter added to ``W h`` and an optional LayerNorm of the new
 state. The cell can also hold ``n`` independent cells evaluated as one batched product (one cell per task,
-like :class:`~mtrec.nn.mlp.ParallelMLP`).
+like :class:`~mtrec.nn.mlp.ParallelMLP`). Under :func:`~mtrec.nn.recording.recording` each step records
+its update gate and new state, a task's steps under its part, the shared steps under the cell.
 
 :class:`FieldGRU` is the other reading of the cross axis: a GRU that runs over the F field embeddings.
 """
@@ -25,6 +26,8 @@ import math
 import torch
 from torch import nn
 
+from mtrec.nn.recording import CROSS_GATE, CROSS_STATE, RecordingBlock
+
 
 def _uniform(*shape: int, fan_in: int) -> nn.Parameter:
     """A parameter drawn like ``nn.Linear``'s weights: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
@@ -32,7 +35,7 @@ def _uniform(*shape: int, fan_in: int) -> nn.Parameter:
     return nn.Parameter(torch.empty(*shape).uniform_(-bound, bound))
 
 
-class CrossTaskPart(nn.Module):
+class CrossTaskPart(RecordingBlock):
     """The task-specific part of a shared Cross-RNN cell, for one task.
 
     ``gate_bias`` ``[D]`` shifts the gate logits; with ``adapter_rank > 0`` a low-rank map ``h A B``
@@ -59,7 +62,7 @@ class CrossTaskPart(nn.Module):
         return self.norm(h) if self.norm is not None else h
 
 
-class CrossRNNCell(nn.Module):
+class CrossRNNCell(RecordingBlock):
     """``n`` Cross-RNN cells of width ``D`` (``n = 1``: one cell; ``n = T``: one cell per task, batched).
 
     Inputs ``x0`` and ``h`` are ``[B, D]`` (the same for all n cells) or ``[n, B, D]``; states returned are
@@ -122,8 +125,13 @@ class CrossRNNCell(nn.Module):
             if delta is not None:
                 lin = lin + delta
             gate_logits = gate_logits + part.gate_bias
-        h = h + torch.sigmoid(gate_logits) * x0 * lin  # = g * c + (1 - g) * h
-        return part.normalize(h) if part is not None else h
+        gate = torch.sigmoid(gate_logits)  # [n, B, D]
+        h = h + gate * x0 * lin  # = g * c + (1 - g) * h
+        h = part.normalize(h) if part is not None else h
+        recorder = self if part is None else part  # a task's steps are recorded by its part
+        recorder.record(CROSS_GATE, gate)
+        recorder.record(CROSS_STATE, h)
+        return h
 
     def forward(
         self,

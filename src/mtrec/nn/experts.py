@@ -12,9 +12,10 @@ import torch
 from torch import nn
 
 from mtrec.nn.mlp import ParallelLinear, ParallelMLP, run_together
+from mtrec.nn.recording import EXPERT_WEIGHTS, RecordingBlock
 
 
-class Gates(nn.Module):
+class Gates(RecordingBlock):
     """``n_gates`` softmax gates over ``n_experts``, all reading the same input: ``[B, in] -> [n_gates, B,
     n_experts]`` (one linear layer for all gates)."""
 
@@ -26,7 +27,9 @@ class Gates(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.linear(x).view(-1, self.n_gates, self.n_experts)  # [B, G, E]
-        return torch.softmax(logits, dim=-1).transpose(0, 1)  # [G, B, E]
+        weights = torch.softmax(logits, dim=-1).transpose(0, 1)  # [G, B, E]
+        self.record(EXPERT_WEIGHTS, weights)
+        return weights
 
 
 def mix(experts: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
@@ -41,7 +44,7 @@ def mix(experts: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
     return (experts * gates.transpose(1, 2).unsqueeze(-1)).sum(1)  # [G, E, B, H] -> [G, B, H]
 
 
-class GroupGates(nn.Module):
+class GroupGates(RecordingBlock):
     """One softmax gate per group, each reading its own input: ``[B, in]`` (the same input for every
     group) or ``[G, B, in]`` (one input per group) ``-> [G, B, n_experts]``."""
 
@@ -53,7 +56,9 @@ class GroupGates(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 2:
             x = x.unsqueeze(0).expand(self.n_groups, -1, -1)  # [G, B, in]
-        return torch.softmax(self.linear(x), dim=-1)  # [G, B, E]
+        weights = torch.softmax(self.linear(x), dim=-1)  # [G, B, E]
+        self.record(EXPERT_WEIGHTS, weights)
+        return weights
 
 
 class ExtractionLayer(nn.Module):

@@ -13,12 +13,12 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from mtrec.nn.mlp import ParallelLinear
+from mtrec.nn.recording import ELEMENT_GATES, RecordingBlock
 
 
-class ScaledSigmoidGates(nn.Module):
+class ScaledSigmoidGates(RecordingBlock):
     """``n`` gates: ``[B, in]`` (one input for all) or ``[n, B, in]`` (one each) ``-> [n, B, out]`` in
     ``(0, scale)``; one batched matmul per layer for all n."""
 
@@ -41,7 +41,9 @@ class ScaledSigmoidGates(nn.Module):
         hidden = self.first(x)  # [n, B, hidden]
         if self.activation:
             hidden = torch.relu(hidden)
-        return self.scale * torch.sigmoid(self.second(hidden))  # [n, B, out]
+        gates = self.scale * torch.sigmoid(self.second(hidden))  # [n, B, out]
+        self.record(ELEMENT_GATES, gates)
+        return gates
 
 
 def masked_softmax(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

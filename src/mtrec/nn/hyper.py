@@ -14,9 +14,10 @@ import torch
 from torch import nn
 
 from mtrec.nn.mlp import MLP
+from mtrec.nn.recording import NORM_SCALE, NORM_SHIFT, RecordingBlock
 
 
-class NormHypernetwork(nn.Module):
+class NormHypernetwork(RecordingBlock):
     """LayerNorm parameters for every (task, behaviour) pair: ``forward() -> gamma, beta [K, M, N, d]``.
 
     K = ``num_tasks``, M = ``num_behaviours``, N = ``num_norms``, d = ``dim``. W_g and W_b are shared by
@@ -62,4 +63,6 @@ class NormHypernetwork(nn.Module):
         z = self.body(pairs)  # [K, M, z]
         gamma = 1.0 + self.scale(z).view(k, m, self.num_norms, self.dim)  # [K, M, N, d]
         beta = self.shift(z).view(k, m, self.num_norms, self.dim)  # [K, M, N, d]
+        self.record(NORM_SCALE, gamma)
+        self.record(NORM_SHIFT, beta)
         return gamma, beta

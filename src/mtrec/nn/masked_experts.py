@@ -16,15 +16,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch import nn
 
 from mtrec.nn.experts import mix
 from mtrec.nn.gating import ScaledSigmoidGates, masked_softmax
 from mtrec.nn.mlp import ParallelLinear
 from mtrec.nn.normalized import NormalizedParallelMLP
+from mtrec.nn.recording import EXPERT_WEIGHTS, RecordingBlock
 
 
-class MaskedExpertLevel(nn.Module):
+class MaskedExpertLevel(RecordingBlock):
     """``forward(inputs [I, B, in]) -> [G, B, H]``: one mixture per gate (see the module docstring).
 
     ``mask`` ``[G, num_global + len(local_inputs)]`` (bool): experts in order global, then local.
@@ -65,7 +65,9 @@ class MaskedExpertLevel(nn.Module):
 
     def gate_weights(self, inputs: torch.Tensor) -> torch.Tensor:
         """Each gate's weights over the experts ``[G, B, E]`` (0 where its mask blocks)."""
-        return masked_softmax(self.gates(inputs[self.gate_inputs]), self.mask)  # [G, B, E]
+        weights = masked_softmax(self.gates(inputs[self.gate_inputs]), self.mask)  # [G, B, E]
+        self.record(EXPERT_WEIGHTS, weights)
+        return weights
 
     def expert_outputs(self, inputs: torch.Tensor) -> torch.Tensor:
         """Every expert's output ``[E, B, H]``, global experts first."""

@@ -9,14 +9,14 @@ independent SENets (one per task, say) run as one batched matmul.
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from mtrec.nn.mlp import ParallelMLP
+from mtrec.nn.recording import FIELD_WEIGHTS, RecordingBlock
 
 SENET_MODES = ("field", "bit")
 
 
-class SENet(nn.Module):
+class SENet(RecordingBlock):
     """``n`` SENets over ``num_fields`` fields of width ``dim``: ``[n, B, F, d] -> [n, B, F, d]``.
 
     The input may also be ``[B, F, d]``, shared by all n. The bottleneck width is
@@ -37,9 +37,9 @@ class SENet(nn.Module):
         """Sigmoid weights in (0, 1): ``[n, B, F, 1]`` (field) or ``[n, B, F, d]`` (bit)."""
         summary = x.mean(-1) if self.mode == "field" else x.flatten(-2)  # [(n,) B, F] or [(n,) B, F*d]
         w = torch.sigmoid(self.excite(summary))  # [n, B, F] or [n, B, F*d]
-        if self.mode == "field":
-            return w.unsqueeze(-1)  # [n, B, F, 1]
-        return w.view(w.shape[0], *x.shape[-3:])  # [n, B, F, d]
+        weights = w.unsqueeze(-1) if self.mode == "field" else w.view(w.shape[0], *x.shape[-3:])  # [n, B, F, 1 or d]
+        self.record(FIELD_WEIGHTS, weights)
+        return weights
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.weights(x)  # [n, B, F, d]
