@@ -35,6 +35,7 @@ from mtrec.data.dataset import PreparedDataset
 from mtrec.data.source import load_data
 from mtrec.io import atomic_write_text
 from mtrec.models import create_model
+from mtrec.training.checkpointer import TRAIN_SETTINGS
 from mtrec.training.config import RunConfig, TrainConfig
 from mtrec.training.run import train_run
 from stepping import train_step
@@ -62,10 +63,7 @@ SWEEP: list[Variant] = [
 ]
 
 
-# the training settings that decide a result (not threads, prefetch, device or checkpoint cadence), so that
-# a setting added to TrainConfig later does not orphan the cached runs
-RESULT_SETTINGS = ("epochs", "batch_size", "lr", "weight_decay", "patience", "seed", "weighting",
-                   "weighting_options", "objective")
+DEFAULTS = TrainConfig().model_dump()  # a run cached before a setting existed had its default
 
 
 class RunCache:
@@ -78,7 +76,7 @@ class RunCache:
 
     @staticmethod
     def _make_key(model: str, options: dict[str, Any], data: str, train: dict[str, Any]) -> str:
-        settings = {name: train.get(name, "") for name in RESULT_SETTINGS}  # runs cached before a setting existed
+        settings = {name: train.get(name, DEFAULTS[name]) for name in TRAIN_SETTINGS}
         return json.dumps({"model": model, "options": options, "data": data, "train": settings}, sort_keys=True)
 
     @classmethod

@@ -11,17 +11,16 @@ import torch
 
 from mtrec.data.batches import Batch
 from mtrec.models import MultiTaskModel
-from mtrec.objectives import create_objective
-from mtrec.objectives.weighting import create_weighting
+from mtrec.training.build import objective_and_weighting
+from mtrec.training.config import TrainConfig
 from mtrec.training.trainer import LossStep
 
 
 def train_step(model: MultiTaskModel, lr: float = 1e-3, compile_step: bool = False) -> Callable[[Batch], None]:
     """A function that takes one optimizer step of ``model`` on a batch (its own Adam state);
     ``compile_step``: the loss through ``torch.compile`` (compiled at the first call)."""
-    name, options = model.default_objective
-    objective = create_objective(name, model.schema, **options)
-    loss_step = LossStep(model, objective, create_weighting("fixed", model.task_names))
+    objective, weighting = objective_and_weighting(model, TrainConfig())  # the defaults: fixed weights
+    loss_step = LossStep(model, objective, weighting)
     if compile_step:
         loss_step.compile_in_place()
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, foreach=True)  # as the trainer's on CPU

@@ -12,10 +12,13 @@ import torch
 from fakes import tiny_dataset
 from mtrec.data.batches import gather_batch
 from mtrec.objectives.weighting import create_weighting
-from mtrec.training.callbacks import EarlyStopping
+from mtrec.training.build import build_run, resolve_config
+from mtrec.training.callbacks import EarlyStopping, TrainerCallback
 from mtrec.training.checkpoint import ArtifactError, load_model
 from mtrec.training.config import RunConfig, TrainConfig
 from mtrec.training.run import train_run
+from mtrec.training.state import TrainState
+from mtrec.training.trainer import FitResult, Trainer
 
 
 def quiet(_: str) -> None:
@@ -99,3 +102,44 @@ def test_roc_plot_without_any_two_class_task_warns_nothing(tmp_path: Path) -> No
         warnings.simplefilter("error")
         plot_roc(probs, labels, masks, tmp_path / "roc.png")
     assert (tmp_path / "roc.png").stat().st_size > 1000
+
+
+class Recorder(TrainerCallback):
+    """Records what the hooks receive."""
+
+    def __init__(self) -> None:
+        self.steps: list[int] = []
+        self.rows: list[dict] = []  # type: ignore[type-arg]
+        self.best_epochs: dict[str, int] = {}
+
+    def on_step_end(self, trainer: Trainer, state: TrainState, terms: dict[str, torch.Tensor] | None) -> None:
+        assert terms is not None and set(trainer.model.task_names) <= set(terms)
+        self.steps.append(state.global_step)
+
+    def on_epoch_end(self, trainer: Trainer, state: TrainState, row: dict) -> None:  # type: ignore[type-arg]
+        self.rows.append(row)
+
+    def on_fit_end(self, trainer: Trainer, result: FitResult) -> None:
+        self.best_epochs = result.best_epochs
+
+
+def test_callbacks_see_every_step_epoch_and_the_result(tmp_path: Path) -> None:
+    recorder = Recorder()
+    config = RunConfig(model="mmoe", data="tiny",
+                       train=TrainConfig(epochs=2, batch_size=64, patience=5, num_threads=1, prefetch=0))
+    train_run(config, tmp_path / "r", dataset=tiny_dataset(rows=600), log=quiet, callbacks=[recorder])
+    history = [json.loads(line) for line in (tmp_path / "r" / "history.jsonl").read_text().splitlines()]
+    assert recorder.steps == list(range(1, len(recorder.steps) + 1)) and len(recorder.steps) % 2 == 0
+    assert [row["epoch"] for row in recorder.rows] == [row["epoch"] for row in history] == [0, 1]
+    assert recorder.best_epochs.keys() == {"click", "conversion"}
+
+
+def test_build_run_leaves_its_config_as_it_is() -> None:
+    config = RunConfig(model="esmm")
+    before = config.model_dump()
+    model, objective, weighting = build_run(config, tiny_dataset().schema)
+    assert config.model_dump() == before
+    assert weighting.current_weights().keys() == set(model.task_names)
+    assert model.default_objective[0] == "entire_space" and objective is not None
+    resolved = resolve_config(config)
+    assert resolved.train.objective == "entire_space" and resolved.model_options and config.train.objective == ""

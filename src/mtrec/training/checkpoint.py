@@ -8,6 +8,7 @@ the weights per task (``<task>.<name>``), each from that task's best epoch.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
@@ -16,10 +17,10 @@ from safetensors.torch import load_file, save_file
 
 from mtrec.features.schema import DatasetSchema, SchemaError
 from mtrec.io import atomic_write
-from mtrec.models import create_model
-from mtrec.objectives import ObjectiveConfigError, create_objective
 from mtrec.objectives.scorer import Scorer
-from mtrec.training.config import ConfigError, RunConfig, resolved_objective
+from mtrec.objectives.weighting import WeightingConfigError
+from mtrec.training.build import build_run
+from mtrec.training.config import ConfigError, RunConfig
 from mtrec.training.nonfinite import nonfinite_parameters
 
 WEIGHTS = "model.safetensors"
@@ -44,14 +45,27 @@ def save_weights(path: Path, state: dict[str, torch.Tensor]) -> None:
     atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp)))
 
 
+def weights_problem(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> str | None:
+    """What keeps ``state`` from loading into a module whose state dict is ``expected`` (missing or
+    unknown names, another shape or dtype), or None when it fits."""
+    missing, unknown = sorted(expected.keys() - state.keys()), sorted(state.keys() - expected.keys())
+    if missing or unknown:
+        return "; ".join([f"missing tensor(s) {missing[:3]}"] * bool(missing)
+                         + [f"unknown tensor(s) {unknown[:3]}"] * bool(unknown))
+    for name, want in expected.items():
+        got = state[name]
+        if not isinstance(got, torch.Tensor) or got.dtype != want.dtype or got.shape != want.shape:
+            found = f"{got.dtype} {list(got.shape)}" if isinstance(got, torch.Tensor) else type(got).__name__
+            return f"tensor {name!r} is {found}, the model's is {want.dtype} {list(want.shape)}"
+    return None
+
+
 def build_scorer(config: RunConfig, schema: DatasetSchema) -> Scorer:
     """The untrained scorer of a run config: its model (one copy per task with ``select: per_task``) read
     through its objective."""
-    model = create_model(config.model, schema, **config.model_options)
-    name, options = resolved_objective(config.train, model.default_objective)
-    objective = create_objective(name, schema, **options)
+    model, objective, _ = build_run(config, schema)
     if config.train.select == "per_task":
-        models = {t: create_model(config.model, schema, **config.model_options) for t in schema.task_names}
+        models = {t: copy.deepcopy(model) for t in schema.task_names}
         return Scorer(objective, models, config.model)
     return Scorer(objective, model, config.model)
 
@@ -68,16 +82,16 @@ def load_model(run_dir: str | Path) -> tuple[Scorer, RunConfig]:
         raise ArtifactError(f"{run_dir}: not a valid mtrec run ({exc})") from exc
     try:
         scorer = build_scorer(config, schema)
-    except ObjectiveConfigError as exc:
+    except (ConfigError, WeightingConfigError) as exc:
         raise ArtifactError(f"{run_dir}: not a valid mtrec run ({exc})") from exc
     try:
         state = load_file(str(run_dir / WEIGHTS))
     except (SafetensorError, FileNotFoundError, OSError) as exc:
         raise ArtifactError(f"{run_dir / WEIGHTS}: not a valid safetensors model file ({exc})") from exc
-    try:
-        scorer.load_model_state(state)
-    except RuntimeError as exc:
-        raise ArtifactError(f"{run_dir / WEIGHTS}: weights do not fit model {config.model!r}: {exc}") from exc
+    problem = weights_problem(state, scorer.model_state())
+    if problem is not None:
+        raise ArtifactError(f"{run_dir / WEIGHTS}: weights do not fit model {config.model!r}: {problem}")
+    scorer.load_model_state(state)
     bad = nonfinite_parameters(scorer)
     if bad:
         raise ArtifactError(f"{run_dir / WEIGHTS}: {len(bad)} weight tensor(s) hold NaN or infinite values "

@@ -164,11 +164,3 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     """A YAML (or JSON) mapping from a file, with a clear error for anything else."""
     return read_mapping(path, "config file", ConfigError)
 
-
-def resolved_objective(train: TrainConfig, default: tuple[str, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
-    """The objective a run uses and its options: ``train.objective`` when set (with its options as
-    given), else the model's ``default`` with the default's options updated by ``train.objective_options``."""
-    if train.objective:
-        return train.objective, dict(train.objective_options)
-    name, options = default
-    return name, {**options, **train.objective_options}

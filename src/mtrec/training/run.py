@@ -6,9 +6,8 @@ Under ``torchrun`` every rank runs this function; only rank 0 logs and writes.
 
 from __future__ import annotations
 
-import json
 import platform
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +16,11 @@ from tqdm.auto import tqdm
 
 from mtrec.data.dataset import PreparedDataset
 from mtrec.data.source import is_synthetic, load_data
-from mtrec.models import create_model, model_options
 from mtrec.training import distributed
-from mtrec.training.checkpoint import CONFIG
-from mtrec.training.config import ConfigError, RunConfig, resolved_objective
+from mtrec.training.build import build_run, resolve_config
+from mtrec.training.callbacks import TrainerCallback
+from mtrec.training.checkpointer import check_resumable
+from mtrec.training.config import RunConfig
 from mtrec.training.rundir import RunDirectory
 from mtrec.training.trainer import Trainer
 
@@ -38,34 +38,24 @@ def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def check_resumable(config: RunConfig, out: Path) -> None:
-    """Refuse to resume a run directory whose saved config names another model, data or model options."""
-    path = out / CONFIG
-    if not path.exists():
-        return
-    saved = RunConfig.load(path).to_dict()
-    current = json.loads(json.dumps(config.to_dict()))  # as saved: tuples become lists
-    changed = [f"{key}: {saved[key]!r} -> {current[key]!r}"
-               for key in ("model", "data", "model_options") if saved[key] != current[key]]
-    if changed:
-        raise ConfigError(f"cannot resume {out}: the run was started with other settings ({'; '.join(changed)})")
-
-
 def train_run(
     config: RunConfig,
     out_dir: str | Path,
     dataset: PreparedDataset | None = None,
     log: Callable[[str], None] = tqdm.write,
     resume: bool = False,
+    callbacks: Sequence[TrainerCallback] = (),
 ) -> dict[str, Any]:
     """Train ``config.model`` on ``config.data`` (or the given dataset) and write the run directory.
 
     ``resume``: continue from the run directory's last checkpoint (a fresh start if it has none).
+    ``callbacks``: hooks into the training loop (see :class:`~mtrec.training.callbacks.TrainerCallback`).
     Launched by ``torchrun``, joins the process group and trains data-parallel. Returns the metrics
     written to ``metrics.json``.
     """
     with distributed.process_group(config.train.device) as ctx:
-        return _train(config, Path(out_dir), dataset, log if ctx.is_main else (lambda _: None), resume, ctx)
+        return _train(config, Path(out_dir), dataset, log if ctx.is_main else (lambda _: None), resume, ctx,
+                      callbacks)
 
 
 def _train(
@@ -75,21 +65,21 @@ def _train(
     log: Callable[[str], None],
     resume: bool,
     ctx: distributed.DistContext,
+    callbacks: Sequence[TrainerCallback],
 ) -> dict[str, Any]:
+    config = resolve_config(config)  # as the run directory saves it
     cfg = config.train
     run_dir = RunDirectory(out)
     run_dir.check()
     torch.set_num_threads(cfg.num_threads or distributed.threads_per_process(ctx))
-    config.model_options = model_options(config.model, config.model_options)
     if resume:
         check_resumable(config, out)
     if dataset is None:
         dataset = load_data(config.data)
     torch.manual_seed(cfg.seed)
-    model = create_model(config.model, dataset.schema, **config.model_options)
-    cfg.objective, cfg.objective_options = resolved_objective(cfg, model.default_objective)
+    model, objective, weighting = build_run(config, dataset.schema)  # checks every option before writing
     params = count_parameters(model)  # before the trainer: sharded tables leave each rank only its part
-    trainer = Trainer(model, cfg, run_dir, log)  # checks the weighting options before anything is written
+    trainer = Trainer(model, cfg, run_dir, log, parts=(objective, weighting), callbacks=callbacks)
     if ctx.is_main:
         run_dir.start(dataset, config)
     ranks = f" on {ctx.world_size} processes" if ctx.enabled else ""

@@ -11,7 +11,6 @@ of a sharded run.
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 from pathlib import Path
@@ -29,9 +28,10 @@ from mtrec.io import (
     json_text,
     remove_stale_temporaries,
 )
-from mtrec.models import ModelConfigError, model_class, model_options
+from mtrec.models import ModelConfigError
 from mtrec.training.checkpoint import CONFIG, SCHEMA, WEIGHTS, save_weights
-from mtrec.training.config import ConfigError, RunConfig, resolved_objective
+from mtrec.training.checkpointer import run_settings
+from mtrec.training.config import ConfigError, RunConfig
 from mtrec.training.resume import RESUME, load_resume, save_resume
 
 HISTORY = "history.jsonl"
@@ -129,20 +129,13 @@ class RunDirectory:
             plot_roc({t: probs[t] for t in binary}, labels, masks, self.path / "roc.png")
 
 
-def _resolved(config: RunConfig) -> dict[str, Any]:
-    """``config`` as a run saves it (model options and objective filled in), as plain JSON values."""
-    config = copy.deepcopy(config)
-    config.model_options = model_options(config.model, config.model_options)
-    config.train.objective, config.train.objective_options = resolved_objective(
-        config.train, model_class(config.model).default_objective)
-    return dict(json.loads(json.dumps(config.to_dict())))
-
-
 def started_with(path: Path, config: RunConfig) -> bool:
     """Whether the run directory ``path`` was started with ``config``: its ``config.json``, read through
-    :class:`RunConfig` (a setting added to mtrec since takes its default), equals ``config`` resolved."""
+    :class:`RunConfig` (a setting added to mtrec since takes its default), has the settings that decide a
+    run (:func:`~mtrec.training.checkpointer.run_settings`) of ``config``."""
     try:
-        return (Path(path) / CONFIG).is_file() and _resolved(RunConfig.load(Path(path) / CONFIG)) == _resolved(config)
+        return (Path(path) / CONFIG).is_file() and \
+            run_settings(RunConfig.load(Path(path) / CONFIG)) == run_settings(config)
     except (ConfigError, ModelConfigError):
         return False
 
