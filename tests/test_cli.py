@@ -18,10 +18,26 @@ def mtrec(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "mtrec", *args], capture_output=True, text=True, timeout=300)
 
 
-def test_models_lists_the_registry() -> None:
+def test_models_lists_the_registry_with_a_description_each() -> None:
     result = mtrec("models")
     assert result.returncode == 0
-    assert result.stdout.split() == list_models()
+    lines = result.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == list_models()
+    assert all(len(line.split()) > 3 for line in lines), lines
+
+
+HEAVY_MODULES = ("torch", "numpy", "pyarrow", "sklearn", "matplotlib", "onnx", "onnxruntime", "fastapi", "uvicorn")
+
+
+def test_start_up_imports_no_heavy_module() -> None:
+    """`mtrec --help`, `mtrec models` and argument errors stay fast: the CLI and the model list load none of
+    torch, the data stack or the serving stack (benchmarks/startup.py times them)."""
+    probe = ("import sys; from mtrec.cli import cli, main; from mtrec.models import list_models, model_description; "
+             "[model_description(n) for n in list_models()]; "
+             f"print(','.join(m for m in {HEAVY_MODULES!r} if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ""
 
 
 def test_train_writes_the_run_directory(tiny_dir: Path, tmp_path: Path) -> None:

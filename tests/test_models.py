@@ -8,10 +8,19 @@ import torch
 
 from fakes import default_objective, tiny_dataset, with_regression_task
 from mtrec.data.batches import gather_batch
-from mtrec.models import ModelConfigError, create_model, list_models, model_options
+from mtrec.models import BUILT_IN, ModelConfigError, create_model, list_models, model_class, model_options
 from mtrec.objectives import create_objective, list_objectives
 
 MODELS = list_models()
+
+
+def test_the_built_in_table_names_the_module_registering_each_model() -> None:
+    """Listing and describing models reads BUILT_IN without importing them; asking for one imports the module
+    it names, which must register exactly the names the table gives it."""
+    for name, entry in BUILT_IN.items():
+        assert model_class(name).__module__ == f"mtrec.models.{entry.module}", name
+        assert entry.description and "\n" not in entry.description, name
+    assert list_models() == sorted(BUILT_IN)  # every module imported now: no name registered beyond the table
 
 
 @pytest.fixture(scope="module")

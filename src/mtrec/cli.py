@@ -1,30 +1,26 @@
-"""The ``mtrec`` command line: thin wrappers over the library."""
+"""The ``mtrec`` command line: thin wrappers over the library.
+
+Start-up stays fast (``mtrec --help``, ``mtrec models`` and a mistyped option answer without loading torch,
+the data stack or the serving stack): every command imports what it needs inside its own function, and
+this module imports only click, pydantic's error type and :mod:`mtrec.errors`; ``tests/test_cli.py``
+checks it.
+"""
 
 from __future__ import annotations
 
 import shlex
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from pydantic import ValidationError
 
-from mtrec.data.dataset import DatasetError
-from mtrec.export.onnx import ExportError, ParityError
-from mtrec.features.schema import SchemaError
-from mtrec.io import PathError
-from mtrec.models import ModelConfigError, list_models
-from mtrec.objectives.weighting import WeightingConfigError
-from mtrec.training.checkpoint import ArtifactError
-from mtrec.training.config import ConfigError, RunConfig, TrainConfig, read_config_file
-from mtrec.training.nonfinite import NonFiniteLossError, NonFiniteParametersError
-from mtrec.training.resume import ResumeError
-from mtrec.typed import error_line, first_problem
+from mtrec.errors import CheckFailed, UserError
 
-USER_ERRORS: tuple[type[Exception], ...] = (DatasetError, SchemaError, ModelConfigError, ConfigError,
-                                            WeightingConfigError, ArtifactError, ResumeError, PathError,
-                                            NonFiniteLossError, NonFiniteParametersError)
+if TYPE_CHECKING:
+    from mtrec.training.config import RunConfig
+
 POSITIVE = click.IntRange(min=1)
 
 
@@ -36,14 +32,21 @@ def cli() -> None:
 
 @cli.command()
 def models() -> None:
-    """Print the registered model names, one per line."""
-    for name in list_models():
-        click.echo(name)
+    """Print the registered models, one per line: name and what it is."""
+    from mtrec.models import list_models, model_description
+
+    names = list_models()
+    width = max(map(len, names))
+    for name in names:
+        click.echo(f"{name:<{width}}  {model_description(name)}")
 
 
 def _run_config(
     model: str | None, data: str | None, config_file: Path | None, overrides: dict[str, Any]
 ) -> RunConfig:
+    from mtrec.training.config import ConfigError, RunConfig, TrainConfig, read_config_file
+    from mtrec.typed import first_problem
+
     raw: dict[str, Any] = read_config_file(config_file) if config_file else {}
     if model:
         raw["model"] = model
@@ -149,6 +152,8 @@ def _labels(text: str | None) -> list[str] | None:
 
 
 def _seeds(text: str | None) -> list[int] | None:
+    from mtrec.training.config import ConfigError
+
     labels = _labels(text)
     if labels is None:
         return None
@@ -281,17 +286,19 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as exc:
         click.echo(f"error: {_one_line(Exception(exc.format_message()))}", err=True)
         sys.exit(exc.exit_code)
-    except USER_ERRORS as exc:
+    except UserError as exc:
         click.echo(f"error: {_one_line(exc)}", err=True)
         sys.exit(2)
     except ValidationError as exc:  # a value a library call validated (the CLI's own checks name the option)
+        from mtrec.typed import error_line
+
         click.echo(f"error: {error_line(exc)}", err=True)
         sys.exit(2)
     except OSError as exc:  # a path the system refused (no space, no permission), whatever wrote it
         where = f"{exc.filename}: " if exc.filename else ""
         click.echo(f"error: {where}{exc.strerror or exc}", err=True)
         sys.exit(2)
-    except (ExportError, ParityError) as exc:
+    except CheckFailed as exc:
         click.echo(f"error: {_one_line(exc)}", err=True)
         sys.exit(1)
 

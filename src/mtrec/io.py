@@ -27,8 +27,10 @@ from typing import Any
 
 import yaml
 
+from mtrec.errors import UserError
 
-class PathError(ValueError):
+
+class PathError(UserError, ValueError):
     """A path that cannot be read or written as asked; the message names it."""
 
 

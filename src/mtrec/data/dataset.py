@@ -35,6 +35,7 @@ from typing import Literal
 
 import numpy as np
 
+from mtrec.errors import UserError
 from mtrec.features.encoders import ENCODERS_FILE, FeatureEncoders
 from mtrec.features.schema import DatasetSchema, SchemaError
 from mtrec.io import (
@@ -56,7 +57,7 @@ _OURS = re.compile(r"^(schema\.json|encoders\.json|prepare\.json|vocabularies\.j
                    r"(sparse|dense|labels|oracle|seq__.+)\.npy|splits/(train|valid|test)\.npy)$")
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """A prepared dataset that is missing, incomplete or inconsistent with its schema."""
 
 

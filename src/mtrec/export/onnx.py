@@ -31,6 +31,7 @@ import torch
 from mtrec.data.batches import gather_batch
 from mtrec.data.dataset import DatasetError
 from mtrec.data.source import load_data
+from mtrec.errors import CheckFailed
 from mtrec.export.scoring import ScoringModule, feature_inputs, input_names, output_names
 from mtrec.features.inputs import Features
 from mtrec.features.schema import OOV_ID, PADDING_ID, DatasetSchema, SchemaError
@@ -46,11 +47,11 @@ OPSET = 18
 _EXAMPLE_ROWS = 8  # > 1, so that no exporter specialises the batch axis to a constant 1
 
 
-class ExportError(RuntimeError):
+class ExportError(CheckFailed, RuntimeError):
     """The model could not be converted to ONNX."""
 
 
-class ParityError(RuntimeError):
+class ParityError(CheckFailed, RuntimeError):
     """The exported graph does not reproduce eager PyTorch within the tolerance."""
 
 

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mtrec.errors import UserError
 from mtrec.io import atomic_write_text, json_text, read_mapping
 
 PADDING_ID = 0
@@ -21,7 +22,7 @@ OOV_ID = 1
 FIRST_ID = 2  # the first id of a known value
 
 
-class SchemaError(ValueError):
+class SchemaError(UserError, ValueError):
     """A schema that is inconsistent, or a JSON file that does not describe one."""
 
 

@@ -3,24 +3,71 @@
 A model is registered either as a class (``@register_model("mmoe")`` on a :class:`MultiTaskModel`) or as a
 variant: a registered entrypoint function over a base class that only changes defaults
 (``register_variant("omoe", MMoE, num_gates=1)``), so a variant never re-lists its base's signature.
+
+The built-in models are listed in :data:`BUILT_IN` (name -> the module that registers it and a one-line
+description), so listing and describing them imports neither torch nor any model module; a built-in
+model's module is imported the first time the model is asked for by name. A model registered by other
+code is described by its class docstring's first line.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import importlib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
-from mtrec.features.schema import DatasetSchema
-from mtrec.models.base import MultiTaskModel
-from mtrec.typed import checked_options
+from mtrec.errors import UserError
 
-M = TypeVar("M", bound=type[MultiTaskModel])
+if TYPE_CHECKING:
+    from mtrec.features.schema import DatasetSchema
+    from mtrec.models.base import MultiTaskModel
+
+M = TypeVar("M", bound="type[MultiTaskModel]")
 
 
-class ModelConfigError(ValueError):
+class BuiltIn(NamedTuple):
+    """A built-in model: the module (under ``mtrec.models``) whose import registers it, and what it is."""
+
+    module: str
+    description: str
+
+
+BUILT_IN: dict[str, BuiltIn] = {
+    "adatt": BuiltIn("adatt", "AdaTT (Li et al., KDD 2023): adaptive task-to-task fusion of task-specific and "
+                              "shared experts"),
+    "aitm": BuiltIn("aitm", "AITM (Xi et al., KDD 2021): each conversion step's tower receives information "
+                            "transferred from the step before"),
+    "cgc": BuiltIn("ple", "CGC: PLE with a single extraction level"),
+    "dcrnn": BuiltIn("dcrnn", "DCRNN (Zhou & Yu, 2023): a cross network run as an RNN, partial parameter sharing, "
+                              "tasks continuing the recurrence in order"),
+    "dcrnn_hard": BuiltIn("dcrnn", "DCRNN with hard sharing: one cross recurrence whose final state every task "
+                                   "reads"),
+    "dtrn": BuiltIn("dtrn", "DTRN (Liu et al., CIKM 2023): a task-specific bottom representation per task "
+                            "(interest module over behaviour histories, field refinement), one tower per task"),
+    "dtrn_mmoe": BuiltIn("dtrn", "DTRN with MMoE on top: shared experts over each task's refined input"),
+    "esmm": BuiltIn("esmm", "ESMM (Ma et al., SIGIR 2018): conversion learned over the entire exposure space "
+                            "as pCTCVR = pCTR x pCVR"),
+    "home": BuiltIn("home", "HoME (Wang et al., 2024): a hierarchy of normalised multi-gate experts over task "
+                            "groups"),
+    "mmoe": BuiltIn("mmoe", "MMoE (Ma et al., KDD 2018): shared experts mixed by one gate per task"),
+    "omoe": BuiltIn("mmoe", "OMoE: MMoE with one gate whose mixture every task reads"),
+    "pepnet": BuiltIn("pepnet", "PEPNet (Chang et al., KDD 2023): embeddings and tower layers personalised by "
+                                "gates over prior features"),
+    "ple": BuiltIn("ple", "PLE (Tang et al., RecSys 2020): progressive layered extraction with shared and "
+                          "task-specific experts"),
+    "shared_bottom": BuiltIn("shared_bottom", "Shared-Bottom (Caruana, 1997): one shared bottom MLP, one tower "
+                                              "per task"),
+    "single_task": BuiltIn("single_task", "Single-task baseline: one independent network per task, nothing "
+                                          "shared"),
+    "stem": BuiltIn("stem", "STEM-Net (Su et al., AAAI 2024): shared and task-specific embeddings with "
+                            "all-forward, task-specific-backward gates"),
+}
+
+
+class ModelConfigError(UserError, ValueError):
     """An unknown model name or an option the model does not take."""
 
 
@@ -30,6 +77,7 @@ class Entry:
 
     cls: type[MultiTaskModel]
     defaults: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
 
 
 _MODELS: dict[str, Entry] = {}
@@ -45,7 +93,7 @@ def register_model(name: str) -> Callable[[M], M]:
     """Class decorator: make a MultiTaskModel buildable by ``name``."""
 
     def add(cls: M) -> M:
-        _add(name, Entry(cls))
+        _add(name, Entry(cls, description=(inspect.getdoc(cls) or "").partition("\n")[0]))
         cls.registry_name = name
         return cls
 
@@ -58,18 +106,26 @@ def register_variant(name: str, base: type[MultiTaskModel], **defaults: Any) -> 
     unknown = sorted(set(defaults) - set(own))
     if unknown:
         raise ModelConfigError(f"variant {name!r}: {base.__name__} has no option(s) {unknown}")
-    _add(name, Entry(base, dict(defaults)))
+    options = ", ".join(f"{key}={value!r}" for key, value in defaults.items())
+    _add(name, Entry(base, dict(defaults), f"{base.registry_name or base.__name__} with {options}"))
 
 
 def list_models(*patterns: str) -> list[str]:
     """Registered model names, sorted; with ``patterns`` (fnmatch, e.g. ``"dcrnn*"``) those matching any."""
-    names = sorted(_MODELS)
+    names = sorted(set(_MODELS) | set(BUILT_IN))
     if not patterns:
         return names
     return [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
 
 
+def model_description(name: str) -> str:
+    """One line saying what the registered model ``name`` is (a built-in's without importing its module)."""
+    return BUILT_IN[name].description if name in BUILT_IN else _entry(name).description
+
+
 def _entry(name: str) -> Entry:
+    if name not in _MODELS and name in BUILT_IN:
+        importlib.import_module(f"mtrec.models.{BUILT_IN[name].module}")
     try:
         return _MODELS[name]
     except KeyError:
@@ -98,6 +154,8 @@ def model_options(name: str, overrides: dict[str, Any] | None = None) -> dict[st
     unknown = sorted(set(overrides or {}) - set(defaults))
     if unknown:
         raise ModelConfigError(f"model {name!r} has no option(s) {unknown}; its options: {sorted(defaults)}")
+    from mtrec.typed import checked_options
+
     checked = checked_options(entry.cls.__init__, overrides or {}, f"model_options of model {name!r}",
                               ModelConfigError, skip=("schema",))
     return {**defaults, **checked}

@@ -12,12 +12,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from mtrec.errors import UserError
 from mtrec.objectives.gradients import mean_over_ranks, task_gradients
 from mtrec.objectives.registry import Registry
 from mtrec.typed import NonNegativeFloat, Rate, checked_options
 
 
-class WeightingConfigError(ValueError):
+class WeightingConfigError(UserError, ValueError):
     """An unknown weighting, an option it does not take, or a model it cannot serve."""
 
 

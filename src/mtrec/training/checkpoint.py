@@ -15,6 +15,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from mtrec.errors import UserError
 from mtrec.features.schema import DatasetSchema, SchemaError
 from mtrec.io import atomic_write
 from mtrec.objectives.scorer import Scorer
@@ -28,7 +29,7 @@ SCHEMA = "schema.json"
 CONFIG = "config.json"
 
 
-class ArtifactError(ValueError):
+class ArtifactError(UserError, ValueError):
     """A run directory whose model artefact is missing or not valid."""
 
 

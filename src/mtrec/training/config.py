@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
 
 from mtrec.data.source import check_spec
+from mtrec.errors import UserError
 from mtrec.io import atomic_write_text, json_text, read_mapping
 from mtrec.models import model_options
 from mtrec.objectives.objective import check_objective_options
@@ -16,7 +17,7 @@ from mtrec.objectives.weighting import weighting_options
 from mtrec.typed import ConfigModel, Count, NonNegative, NonNegativeFloat, Rate, error_line, validate
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration file or value that cannot be used."""
 
 

@@ -11,16 +11,17 @@ from __future__ import annotations
 import torch
 
 from mtrec import collectives
+from mtrec.errors import UserError
 
 NEVER = torch.iinfo(torch.int64).max
 TOTAL = "(weighted total)"
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError, RuntimeError):
     """A loss term became NaN or infinite and the run is configured to stop."""
 
 
-class NonFiniteParametersError(RuntimeError):
+class NonFiniteParametersError(UserError, RuntimeError):
     """Model parameters became NaN or infinite (caught before they are written)."""
 
 

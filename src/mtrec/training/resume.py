@@ -26,6 +26,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from mtrec import collectives
+from mtrec.errors import UserError
 from mtrec.io import atomic_write
 
 RESUME = "resume.safetensors"
@@ -33,7 +34,7 @@ FORMAT = "mtrec-resume/1"
 _META_KEY = "mtrec_resume"
 
 
-class ResumeError(ValueError):
+class ResumeError(UserError, ValueError):
     """A resume checkpoint that cannot be read, or that does not fit the run being resumed."""
 
 
