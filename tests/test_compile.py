@@ -72,7 +72,7 @@ def test_a_compiled_run_reloads_and_exports_with_parity(runs: Path, tmp_path: Pa
         assert (got[task] - probs).abs().max() < 1e-5, task
     out = tmp_path / "model.onnx"
     with pytest.raises(SystemExit) as exit_info:
-        main(["export", str(runs / "compiled"), "--out", str(out)])
+        main(["export", str(runs / "compiled"), "--out", str(out), "--inputs", "ids"])
         raise SystemExit(0)
     assert not exit_info.value.code
     assert "parity ok" in capsys.readouterr().out and out.stat().st_size > 0

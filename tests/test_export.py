@@ -167,7 +167,7 @@ def test_parity_uses_the_runs_data_then_falls_back_to_generated_rows(run_dir: Pa
 def test_cli_export_writes_a_graph_matching_the_model(run_dir: Path, tmp_path: Path,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "model.onnx"
-    assert run_cli(["export", str(run_dir), "--out", str(out)]) == 0
+    assert run_cli(["export", str(run_dir), "--out", str(out), "--inputs", "ids"]) == 0
     printed = capsys.readouterr().out
     assert "max abs difference" in printed and "parity ok" in printed
     from mtrec.training.checkpoint import load_model
@@ -197,7 +197,7 @@ def test_cli_export_fails_loudly_and_writes_nothing_on_mismatch(
 
     monkeypatch.setattr(onnx_export, "export_onnx", export_other_weights)
     out = tmp_path / "model.onnx"
-    code = run_cli(["export", str(run_dir), "--out", str(out)])
+    code = run_cli(["export", str(run_dir), "--out", str(out), "--inputs", "ids"])
     err = capsys.readouterr().err
     assert code != 0
     assert "failed the parity check" in err and "nothing was written" in err

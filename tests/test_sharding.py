@@ -170,7 +170,8 @@ def test_a_sharded_runs_model_file_is_the_full_model_and_exports_with_parity(run
         table = weights["embedding.table.weight"]
         assert table.shape == (78, 8) and torch.isfinite(table).all()
         load_model(run)  # the plain model, through the registry
-        result = CliRunner().invoke(cli, ["export", str(run), "--out", str(tmp_path / f"{sharding}.onnx")])
+        result = CliRunner().invoke(cli, ["export", str(run), "--out", str(tmp_path / f"{sharding}.onnx"),
+                                          "--inputs", "ids"])
         assert result.exit_code == 0 and "parity ok" in result.output, result.output
 
 

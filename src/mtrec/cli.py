@@ -198,16 +198,21 @@ def demo(out: Path, data: str | None, epochs: int | None, seed: int, model_names
               help="largest allowed |ONNX Runtime - PyTorch| probability difference")
 @click.option("--rows", type=POSITIVE, default=2048, show_default=True,
               help="rows of the run's data to check parity on")
-def export_cmd(run_dir: Path, out: Path, exporter: str, tolerance: float, rows: int) -> None:
-    """Export a run's model to ONNX (task probabilities as named outputs, dynamic batch), after a parity check
-    against eager PyTorch; exits non-zero and writes nothing if they differ by more than --tolerance."""
+@click.option("--inputs", type=click.Choice(["raw", "ids"]), default="raw", show_default=True,
+              help="raw: the model takes raw values by column name, the encoders inside the graph (stands alone); "
+                   "ids: it takes the encoded ids and values")
+def export_cmd(run_dir: Path, out: Path, exporter: str, tolerance: float, rows: int, inputs: str) -> None:
+    """Export a run's model to ONNX (task predictions as named outputs, dynamic batch, the schema and encoders
+    in its metadata), after a parity check against eager PyTorch; exits non-zero and writes nothing if they
+    differ by more than --tolerance."""
     from mtrec.export.onnx import export_run
     from mtrec.io import check_output_file
 
     check_output_file(out, "ONNX file")
     result = export_run(run_dir, out, exporter=exporter, tolerance=tolerance, rows=rows,  # type: ignore[arg-type]
-                        log=click.echo)
-    click.echo(f"parity ok; wrote {result.path} ({result.exporter} exporter, {result.size_bytes / 1e6:.2f} MB)")
+                        log=click.echo, inputs=inputs)  # type: ignore[arg-type]
+    click.echo(f"parity ok; wrote {result.path} ({result.inputs} inputs, {result.exporter} exporter, "
+               f"{result.size_bytes / 1e6:.2f} MB)")
 
 
 _BACKEND = click.option("--backend", type=click.Choice(["onnx", "torch"]), default="onnx", show_default=True,

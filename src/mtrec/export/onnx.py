@@ -33,6 +33,17 @@ from mtrec.data.dataset import DatasetError
 from mtrec.data.source import load_data
 from mtrec.errors import CheckFailed
 from mtrec.export.scoring import ScoringModule, feature_inputs, input_names, output_names
+from mtrec.export.standalone import (
+    INPUT_KINDS,
+    RAW_OPSET,
+    InputKind,
+    StandaloneError,
+    load_encoders,
+    metadata,
+    raw_input_parity,
+    standalone_model,
+    with_metadata,
+)
 from mtrec.features.inputs import Features
 from mtrec.features.schema import OOV_ID, PADDING_ID, DatasetSchema, SchemaError
 from mtrec.io import atomic_write_bytes
@@ -274,6 +285,8 @@ class ExportResult:
     exporter: str
     parity: ParityReport
     size_bytes: int
+    inputs: str = "ids"
+    raw_parity: float | None = None  # max |raw-input model - id-input model| on the parity rows
 
 
 def export_run(
@@ -283,11 +296,17 @@ def export_run(
     tolerance: float = DEFAULT_TOLERANCE,
     rows: int = 2048,
     log: Callable[[str], None] = print,
+    inputs: InputKind = "raw",
 ) -> ExportResult:
-    """Export the model of ``run_dir`` to ``out`` (.onnx) after checking parity. Raises ParityError (and
-    writes nothing) when ONNX Runtime and eager PyTorch differ by more than ``tolerance``."""
+    """Export the model of ``run_dir`` to ``out`` (.onnx) after checking parity: a model that takes raw values
+    (``inputs="raw"``, :mod:`mtrec.export.standalone`) or the scoring graph's ids (``"ids"``). Raises
+    ParityError (and writes nothing) when ONNX Runtime and eager PyTorch differ by more than ``tolerance``."""
+    if inputs not in INPUT_KINDS:
+        raise ExportError(f"unknown input kind {inputs!r}; choose one of {list(INPUT_KINDS)}")
     model, config = load_model(run_dir)
-    log(f"exporting {config.model} from {run_dir} (exporter: {exporter}, opset {OPSET})")
+    encoders = load_encoders(Path(run_dir), model.schema, required=inputs == "raw")
+    opset = RAW_OPSET if inputs == "raw" else OPSET
+    log(f"exporting {config.model} from {run_dir} ({inputs} inputs, exporter: {exporter}, opset {opset})")
     batches, source = parity_batches(model.schema, config, rows)
     try:
         checked = export_checked(model, batches, source, exporter, tolerance)
@@ -300,5 +319,19 @@ def export_run(
     for task, diff in report.per_task.items():
         log(f"  {task}: max abs difference {diff:.3g}")
     log(f"max abs difference {report.max_abs_diff:.3g} (tolerance {tolerance:g})")
-    atomic_write_bytes(Path(out), checked.onnx_model)
-    return ExportResult(Path(out), checked.exporter, report, len(checked.onnx_model))
+    raw_parity = None
+    if inputs == "raw":
+        assert encoders is not None
+        try:
+            onnx_model = standalone_model(checked.onnx_model, model.schema, encoders, config.model)
+        except StandaloneError as exc:
+            raise ExportError(f"{run_dir}: {exc}; nothing was written to {out}") from None
+        raw_parity = raw_input_parity(checked.onnx_model, onnx_model, batches, model.schema, encoders)
+        log(f"raw-input graph against the id graph on the same rows: max abs difference {raw_parity:.3g}")
+        if not raw_parity <= tolerance:
+            raise ParityError(f"the raw-input graph differs from the id graph by {raw_parity:.3g} > tolerance "
+                              f"{tolerance:g}; nothing was written to {out}")
+    else:
+        onnx_model = with_metadata(checked.onnx_model, metadata(model.schema, encoders, config.model, "ids"))
+    atomic_write_bytes(Path(out), onnx_model)
+    return ExportResult(Path(out), checked.exporter, report, len(onnx_model), inputs, raw_parity)

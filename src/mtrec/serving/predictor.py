@@ -28,10 +28,10 @@ import torch
 
 from mtrec.export.onnx import export_checked, onnx_session, parity_batches
 from mtrec.export.scoring import ScoringModule, array_feeds, input_names
-from mtrec.features.encoders import ENCODERS_FILE, FeatureEncoders, RawColumn
-from mtrec.features.schema import DatasetSchema
+from mtrec.export.standalone import load_encoders
+from mtrec.features.encoders import FeatureEncoders, RawColumn
 from mtrec.objectives.scorer import Scorer
-from mtrec.training.checkpoint import ArtifactError, load_model
+from mtrec.training.checkpoint import load_model
 
 Backend = Literal["onnx", "torch"]
 BACKENDS: tuple[Backend, ...] = ("onnx", "torch")
@@ -83,22 +83,6 @@ def make_runner(model: Scorer, backend: Backend, threads: int = 1) -> Runner:
     raise ValueError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}")
 
 
-def load_encoders(run_dir: Path, schema: DatasetSchema) -> FeatureEncoders:
-    """The run's ``encoders.json``, checked against its schema (ArtifactError if absent or unusable)."""
-    path = run_dir / ENCODERS_FILE
-    if not path.is_file():
-        raise ArtifactError(
-            f"{run_dir}: no {ENCODERS_FILE}; raw values can only be scored by a run trained on a dataset "
-            f"prepared from raw files (`mtrec prepare`), which saves the vocabularies there"
-        )
-    try:
-        encoders = FeatureEncoders.load(path)
-        encoders.check(schema)
-    except ValueError as exc:
-        raise ArtifactError(f"{path}: not usable with the run's schema ({exc})") from exc
-    return encoders
-
-
 class Predictor:
     """Scores raw feature values with a trained model.
 
@@ -129,7 +113,9 @@ class Predictor:
         """Load a run directory (weights, schema, config, encoders); ArtifactError if any is not valid."""
         run_dir = Path(run_dir)
         model, _ = load_model(run_dir)
-        return cls(model, load_encoders(run_dir, model.schema), backend, threads, batch_size)
+        encoders = load_encoders(run_dir, model.schema)
+        assert encoders is not None
+        return cls(model, encoders, backend, threads, batch_size)
 
     def describe(self) -> str:
         """The runtime in words, e.g. ``onnx (torchscript export, parity 6e-08)``."""

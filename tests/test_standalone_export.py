@@ -1,0 +1,160 @@
+"""The standalone ONNX model: raw values in, the encoders inside the graph, scored as `mtrec predict` scores,
+by a client process that can import nothing but numpy and onnxruntime."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pyarrow.csv as pa_csv
+import pytest
+
+from mtrec.cli import main
+from mtrec.export.standalone import raw_feeds, raw_input_graph
+from mtrec.features.encoders import DenseTransform, FeatureEncoders, SequenceFormat
+from mtrec.features.schema import DatasetSchema, DenseFeature, SequenceFeature, SparseFeature, TaskSpec
+from mtrec.features.vocab import Vocabulary
+from mtrec.training.config import RunConfig, TrainConfig
+from mtrec.training.run import train_run
+from rawdata import FEATURES, prepare_raw, raw_rows, write_csv
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "serving.md"
+# run before the client: any import beyond the standard library, numpy and onnxruntime fails
+ONLY_NUMPY_AND_ORT = """
+import importlib.abc, sys
+ALLOWED = {"numpy", "onnxruntime"} | set(sys.stdlib_module_names)
+class Refuse(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] not in ALLOWED:
+            raise ImportError(f"{name} may not be imported by a standalone client")
+        return None
+sys.meta_path.insert(0, Refuse())
+"""
+
+
+def run_cli(argv: list[str]) -> int:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+        raise SystemExit(0)
+    return int(exit_info.value.code or 0)
+
+
+def docs_client() -> str:
+    """The client snippet of docs/serving.md ("A client with ONNX Runtime alone")."""
+    section = DOCS.read_text().split("### A client with ONNX Runtime alone", 1)[1]
+    match = re.search(r"```python\n(.*?)```", section, re.S)
+    assert match, "no python snippet under 'A client with ONNX Runtime alone'"
+    return match.group(1)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """MMoE trained for one epoch on a dataset prepared from a raw CSV (so the run has encoders.json)."""
+    root = tmp_path_factory.mktemp("standalone")
+    prepared = prepare_raw(raw_rows(400, seed=0), root)
+    config = RunConfig(model="mmoe", data=str(prepared),
+                       model_options={"expert_sizes": [16], "tower_sizes": [8], "num_experts": 2},
+                       train=TrainConfig(epochs=1, batch_size=64, num_threads=1, prefetch=0))
+    train_run(config, root / "run", log=lambda _: None)
+    return root / "run"
+
+
+def test_the_raw_input_graph_encodes_as_the_feature_encoders() -> None:
+    """Every kind of raw value (spaces, unseen, missing, pad tokens, long histories, histories by position,
+    log1p) gives the ids and values FeatureEncoders.encode gives, with and without ``strip``."""
+    schema = DatasetSchema(sparse=(SparseFeature("city", 6), SparseFeature("item", 7)),
+                           dense=(DenseFeature("price"), DenseFeature("age")),
+                           sequences=(SequenceFeature("hist", 7, 3, "c", "item"),
+                                      SequenceFeature("pos", 7, 2, "c", "item")),
+                           tasks=(TaskSpec("t"),))
+    columns: dict[str, Any] = {
+        "city": ["paris", " paris ", "new  york", "  new  york", "", "   ", None, "la x ", "zzz", "la  x"],
+        "item": ["1", "2 ", " 10", "a b", "x", "", "3", "1", "2", "10"],
+        "price": ["1.5", "?", "", "-3", "1e3", "0", "2", "3", "4", "5"],
+        "age": ["1", "2", "3", "4", "5", "6", "7", "8", "9", ""],
+        "hist": ["1|2|3|10", " 1 | 2 ", "", "0|0|1", "|||", "a b|x|1|2|3", "10", "1|0|2|0|3|0", "2", " 3 "],
+        "pos": np.array([["1", "-"], ["-", "2"], ["", ""], [" 3", "10 "], ["x", "1"], ["1", "2"], ["a b", "-"],
+                         ["", "1"], ["3", "3"], ["-", "-"]]),
+    }
+    names = ["sparse", "dense", "seq__hist", "seq__pos"]
+    for strip in (False, True):
+        encoders = FeatureEncoders(
+            {"city": Vocabulary.from_list(["paris", "new  york", "", "la x"]),
+             "item": Vocabulary.from_list(["1", "2", "3", "10", "a b"])},
+            {"price": DenseTransform(log1p=True, mean=1.0, std=2.0, fill=0.5), "age": DenseTransform()},
+            {"hist": SequenceFormat("|", ("0",), "last"), "pos": SequenceFormat(None, ("-",), "first")},
+            missing_values=("?",), strip=strip)
+        sparse, dense, sequences = encoders.encode(columns, schema)
+        graph = raw_input_graph(schema, encoders, names).SerializeToString()
+        session = ort.InferenceSession(graph, providers=["CPUExecutionProvider"])
+        got = dict(zip(names, session.run(names, raw_feeds(columns, schema, encoders)), strict=True))
+        np.testing.assert_array_equal(got["sparse"], sparse, err_msg=f"strip={strip}")
+        np.testing.assert_array_equal(got["dense"], dense, err_msg=f"strip={strip}")
+        np.testing.assert_array_equal(got["seq__hist"], sequences["hist"], err_msg=f"strip={strip}")
+        np.testing.assert_array_equal(got["seq__pos"], sequences["pos"], err_msg=f"strip={strip}")
+
+
+def test_a_standalone_model_scores_as_predict_in_a_process_with_only_numpy_and_onnxruntime(
+        run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = tmp_path / "model.onnx"
+    assert run_cli(["export", str(run_dir), "--out", str(model)]) == 0
+    assert "raw-input graph against the id graph" in capsys.readouterr().out
+    rows = raw_rows(300, seed=21)
+    rows[1].update(item_id="never-seen", hist_click="", price="?")  # unseen, empty history, a missing token
+    rows[2].update(hist_click="i1|i2|i3|i4|i5|i6|i7|i8", activity="")  # longer than max_len; empty field
+    source = write_csv(tmp_path / "rows.csv", rows, FEATURES)
+    assert run_cli(["predict", str(run_dir), "--input", str(source), "--out", str(tmp_path / "scores.csv")]) == 0
+    expected = pa_csv.read_csv(tmp_path / "scores.csv")
+
+    client = tmp_path / "client.py"
+    client.write_text(docs_client())
+    done = subprocess.run([sys.executable, "-I", "-c", ONLY_NUMPY_AND_ORT + client.read_text(), str(model),
+                           str(source)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout)
+    worst = max(float(np.abs(np.asarray(got[t]) - expected[t].to_numpy()).max()) for t in ("click", "conversion"))
+    assert worst <= 1e-6, worst
+
+    # the same refusal proves the guard works: the client could not have used mtrec, pandas or pyarrow
+    refused = subprocess.run([sys.executable, "-I", "-c", ONLY_NUMPY_AND_ORT + "import pyarrow"],
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode != 0 and "may not be imported" in refused.stderr
+
+
+def test_exported_models_carry_their_schema_encoders_and_version(run_dir: Path, tmp_path: Path) -> None:
+    raw, ids = tmp_path / "raw.onnx", tmp_path / "ids.onnx"
+    assert run_cli(["export", str(run_dir), "--out", str(raw)]) == 0
+    assert run_cli(["export", str(run_dir), "--out", str(ids), "--inputs", "ids"]) == 0
+    schema = json.loads((run_dir / "schema.json").read_text())
+    for path, kind in ((raw, "raw"), (ids, "ids")):
+        props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+        assert props["mtrec_inputs"] == kind and props["mtrec_model"] == "mmoe"
+        assert json.loads(props["mtrec_schema"]) == schema
+        assert json.loads(props["mtrec_encoders"]) == json.loads((run_dir / "encoders.json").read_text())
+        assert json.loads(props["mtrec_tasks"]) == ["click", "conversion"] and props["mtrec_version"]
+    raw_inputs = {i.name: i.type for i in ort.InferenceSession(str(raw)).get_inputs()}
+    texts = ("user_id", "item_id", "category", "hist_click", "hist_buy")
+    assert raw_inputs == {**dict.fromkeys(texts, "tensor(string)"), "price": "tensor(double)",
+                          "activity": "tensor(double)"}
+    id_inputs = {i.name: i.type for i in ort.InferenceSession(str(ids)).get_inputs()}
+    assert id_inputs["sparse"] == "tensor(int64)" and id_inputs["seq__hist_click"] == "tensor(int64)"
+
+
+def test_a_raw_export_of_a_run_without_encoders_names_the_way_out(run_dir: Path, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("model.safetensors", "schema.json", "config.json"):
+        (bare / name).write_bytes((run_dir / name).read_bytes())
+    assert run_cli(["export", str(bare), "--out", str(tmp_path / "m.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no encoders.json" in err and "--inputs ids" in err
+    assert not (tmp_path / "m.onnx").exists()
+    assert run_cli(["export", str(bare), "--out", str(tmp_path / "m.onnx"), "--inputs", "ids"]) == 0
