@@ -215,6 +215,29 @@ def export_cmd(run_dir: Path, out: Path, exporter: str, tolerance: float, rows: 
                f"{result.size_bytes / 1e6:.2f} MB)")
 
 
+@cli.command("inspect")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--data", help="data spec or prepared dataset directory  [default: the run's own data]")
+@click.option("--split", default="test", show_default=True, help="split whose rows are inspected")
+@click.option("--out", type=click.Path(path_type=Path), help="report directory  [default: RUN_DIR/inspect]")
+@click.option("--rows", type=POSITIVE, default=20_000, show_default=True, help="rows of the split inspected at most")
+@click.option("--repeats", type=POSITIVE, default=3, show_default=True, help="shuffles per field for importance")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+def inspect_cmd(run_dir: Path, data: str | None, split: str, out: Path | None, rows: int, repeats: int,
+                seed: int) -> None:
+    """Look inside a run's model: expert utilization, per-task field weights, cross steps, feature
+    importance, calibration and task relations (inspect.md, inspect.json and PNGs)."""
+    from mtrec.inspect.report import inspect_run
+
+    out = out or run_dir / "inspect"
+    command = shlex.join(["mtrec", "inspect", *sys.argv[2:]]) if sys.argv[1:2] == ["inspect"] else ""
+    report = inspect_run(run_dir, out, data=data, split=split, rows=rows, repeats=repeats, seed=seed,
+                         command=command, log=click.echo)
+    for line in report.summary:
+        click.echo(line)
+    click.echo(f"report written to {out}/inspect.md")
+
+
 _BACKEND = click.option("--backend", type=click.Choice(["onnx", "torch"]), default="onnx", show_default=True,
                         help="ONNX Runtime (exported in memory, parity-checked) or eager PyTorch")
 _THREADS = click.option("--threads", type=POSITIVE, default=1, show_default=True, help="CPU threads for inference")

@@ -56,3 +56,17 @@ def plot_roc(
     ax.set(title=f"test ROC{note}", xlabel="false positive rate", ylabel="true positive rate")
     ax.legend()
     _save(fig, path)
+
+
+def plot_gradient_conflict(steps: np.ndarray, cosines: dict[str, np.ndarray], path: Path) -> None:
+    """The cosine between two tasks' gradients on the shared parameters, per task pair, by step."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    for pair, values in cosines.items():
+        ax.plot(steps, values, marker="." if len(values) < 200 else None, label=pair)
+    ax.axhline(0.0, color="grey", linestyle="--", linewidth=0.8)
+    ax.set(title="gradient conflict: cosine between task gradients on the shared parameters\n"
+                 "(below 0: the tasks pull the shared parameters apart)",
+           xlabel="training step", ylabel="cosine", ylim=(-1.05, 1.05))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    _save(fig, path)

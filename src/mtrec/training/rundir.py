@@ -39,7 +39,8 @@ METRICS = "metrics.json"
 # what a run directory holds (timing.json: the benchmark's); a run never writes over anything else
 RUN_FILES = re.compile(r"^(config\.json|schema\.json|model\.safetensors|resume\.safetensors|history\.jsonl|"
                        r"metrics\.json|encoders\.json|timing\.json|learning_curves\.png|roc\.png|"
-                       r"resume-shard\d+of\d+-step\d+\.safetensors)$")
+                       r"resume-shard\d+of\d+-step\d+\.safetensors|"
+                       r"inspect/[\w.-]+\.(md|json|png))$")  # inspect/: the default of `mtrec inspect`
 
 
 class RunDirectory:
