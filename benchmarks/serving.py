@@ -68,8 +68,9 @@ import torch
 
 from mtrec.data.prepare import feature_columns
 from mtrec.data.readers import iter_chunks, read_layout
+from mtrec.export.model_file import input_names
 from mtrec.export.onnx import random_features
-from mtrec.export.scoring import ScoringModule, feature_inputs, input_names
+from mtrec.export.scoring import ScoringModule, feature_inputs
 from mtrec.objectives.scorer import Scorer
 from mtrec.serving.batch import DEFAULT_CHUNK_ROWS, input_columns, input_source, score_file
 from mtrec.serving.predictor import Predictor, Runner, TorchRunner

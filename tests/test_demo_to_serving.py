@@ -15,7 +15,7 @@ import pytest
 from mtrec.bench.demo import run_demo
 from mtrec.cli import main
 from mtrec.data.source import load_data
-from mtrec.export.scoring import array_feeds
+from mtrec.export.model_file import array_feeds
 from mtrec.serving.predictor import Predictor
 from mtrec.training.config import TrainConfig
 from procs import serve_process

@@ -13,6 +13,7 @@ import torch
 from fakes import scorer, tiny_dataset
 from mtrec.cli import main
 from mtrec.export import onnx as onnx_export
+from mtrec.export.model_file import input_names
 from mtrec.export.onnx import (
     ParityError,
     check_parity,
@@ -22,7 +23,7 @@ from mtrec.export.onnx import (
     parity_batches,
     random_features,
 )
-from mtrec.export.scoring import ScoringModule, feature_inputs, input_names
+from mtrec.export.scoring import ScoringModule, feature_inputs
 from mtrec.features.inputs import Features
 from mtrec.models import MultiTaskModel, create_model, list_models
 from mtrec.objectives.scorer import Scorer

@@ -21,6 +21,7 @@ from mtrec.export.standalone import raw_feeds, raw_input_graph
 from mtrec.features.encoders import DenseTransform, FeatureEncoders, SequenceFormat
 from mtrec.features.schema import DatasetSchema, DenseFeature, SequenceFeature, SparseFeature, TaskSpec
 from mtrec.features.vocab import Vocabulary
+from mtrec.serving.predictor import Predictor
 from mtrec.training.config import RunConfig, TrainConfig
 from mtrec.training.run import train_run
 from rawdata import FEATURES, prepare_raw, raw_rows, write_csv
@@ -158,3 +159,50 @@ def test_a_raw_export_of_a_run_without_encoders_names_the_way_out(run_dir: Path,
     assert err.count("\n") == 1 and "no encoders.json" in err and "--inputs ids" in err
     assert not (tmp_path / "m.onnx").exists()
     assert run_cli(["export", str(bare), "--out", str(tmp_path / "m.onnx"), "--inputs", "ids"]) == 0
+
+
+def test_predict_takes_an_exported_model_file_and_scores_as_the_run(run_dir: Path, tmp_path: Path) -> None:
+    source = write_csv(tmp_path / "rows.csv", raw_rows(120, seed=8), FEATURES)
+    outputs = {}
+    for kind in ("raw", "ids"):
+        model = tmp_path / f"{kind}.onnx"
+        assert run_cli(["export", str(run_dir), "--out", str(model), "--inputs", kind]) == 0
+        assert run_cli(["predict", str(model), "--input", str(source), "--out", str(tmp_path / f"{kind}.csv")]) == 0
+        outputs[kind] = pa_csv.read_csv(tmp_path / f"{kind}.csv")
+    assert run_cli(["predict", str(run_dir), "--input", str(source), "--out", str(tmp_path / "run.csv")]) == 0
+    expected = pa_csv.read_csv(tmp_path / "run.csv")
+    for kind, got in outputs.items():
+        for task in ("click", "conversion"):
+            np.testing.assert_allclose(got[task].to_numpy(), expected[task].to_numpy(), atol=1e-6, err_msg=kind)
+
+
+def test_a_runs_graph_is_exported_once_then_loaded_without_torch(run_dir: Path, tmp_path: Path) -> None:
+    """The first load keeps the checked graph as RUN/scoring.onnx; a later load in a fresh process reads it
+    and imports neither torch nor onnx; changed weights are exported again; a file of that name that mtrec
+    did not write is never replaced."""
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("model.safetensors", "schema.json", "config.json", "encoders.json"):
+        (run / name).write_bytes((run_dir / name).read_bytes())
+    first = Predictor.from_run(run)
+    assert (run / "scoring.onnx").is_file() and "kept in" in first.describe()
+    columns = {f: [r[f] for r in raw_rows(30, seed=2)] for f in FEATURES}
+    probe = ("import json, sys\nfrom mtrec.serving.predictor import Predictor\n"
+             f"p = Predictor.from_run({str(run)!r})\n"
+             f"out = p.predict({columns!r})\n"
+             "print(json.dumps({'how': p.describe(), 'click': out['click'].tolist(),\n"
+             "                  'heavy': sorted({'torch', 'onnx'} & set(sys.modules))}))\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    second = json.loads(done.stdout)
+    assert second["heavy"] == [] and "exported before" in second["how"]
+    np.testing.assert_allclose(second["click"], first.predict(columns)["click"], atol=1e-7)
+
+    stamp = (run / "scoring.onnx").stat().st_mtime_ns
+    (run / "config.json").write_text((run / "config.json").read_text() + "\n")  # the run's files changed
+    assert "kept in" in Predictor.from_run(run).describe()
+    assert (run / "scoring.onnx").stat().st_mtime_ns != stamp
+
+    (run / "scoring.onnx").write_bytes(b"a file the user put here")
+    assert "kept in" not in Predictor.from_run(run).describe()
+    assert (run / "scoring.onnx").read_bytes() == b"a file the user put here"

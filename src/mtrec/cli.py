@@ -239,12 +239,13 @@ def inspect_cmd(run_dir: Path, data: str | None, split: str, out: Path | None, r
 
 
 _BACKEND = click.option("--backend", type=click.Choice(["onnx", "torch"]), default="onnx", show_default=True,
-                        help="ONNX Runtime (exported in memory, parity-checked) or eager PyTorch")
+                        help="ONNX Runtime (the run's graph, exported and parity-checked once) or eager PyTorch")
+_MODEL = click.argument("run_dir", metavar="RUN_DIR|MODEL.onnx", type=click.Path(path_type=Path))
 _THREADS = click.option("--threads", type=POSITIVE, default=1, show_default=True, help="CPU threads for inference")
 
 
 @cli.command()
-@click.argument("run_dir", type=click.Path(path_type=Path))
+@_MODEL
 @click.option("--input", "input_file", type=click.Path(path_type=Path), required=True,
               help="CSV or Parquet file, one column per feature, raw values")
 @click.option("--out", type=click.Path(path_type=Path), required=True,
@@ -259,20 +260,21 @@ _THREADS = click.option("--threads", type=POSITIVE, default=1, show_default=True
 @_THREADS
 def predict(run_dir: Path, input_file: Path, out: Path, keep: tuple[str, ...], chunk_rows: int, separator: str,
             dataset_config: Path | None, backend: str, threads: int) -> None:
-    """Score a raw CSV/Parquet file with a run's model (streamed, with a progress bar; written atomically)."""
+    """Score a raw CSV/Parquet file with a run's model, or a model file from `mtrec export` (streamed, with a
+    progress bar; written atomically)."""
     from mtrec.serving.batch import check_paths, score_file
     from mtrec.serving.predictor import Predictor
 
     check_paths(input_file, out)
-    predictor = Predictor.from_run(run_dir, backend=backend, threads=threads)  # type: ignore[arg-type]
+    predictor = Predictor.load(run_dir, backend=backend, threads=threads)  # type: ignore[arg-type]
     result = score_file(predictor, input_file, out, keep=keep, chunk_rows=chunk_rows, separator=separator,
                         dataset_config=dataset_config)
     click.echo(f"scored {result.rows:,} rows in {result.seconds:.2f} s ({result.rows_per_s:,.0f} rows/s, "
-               f"{predictor.backend}); wrote {result.out}")
+               f"{predictor.describe()}); wrote {result.out}")
 
 
 @cli.command()
-@click.argument("run_dir", type=click.Path(path_type=Path))
+@_MODEL
 @click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @click.option("--max-candidates", type=click.IntRange(min=1), default=1000, show_default=True,
@@ -286,7 +288,8 @@ def predict(run_dir: Path, input_file: Path, out: Path, keep: tuple[str, ...], c
 @click.option("--access-log/--no-access-log", default=False, show_default=True)
 def serve(run_dir: Path, host: str, port: int, max_candidates: int, backend: str, threads: int,
           inference_workers: int, workers: int, access_log: bool) -> None:
-    """Serve a run's model over HTTP: POST /v1/score, GET /healthz, OpenAPI at /docs and /openapi.json."""
+    """Serve a run's model, or a model file from `mtrec export`, over HTTP: POST /v1/score, GET /healthz,
+    GET /metrics, OpenAPI at /docs and /openapi.json."""
     from mtrec.serving.app import ServeSettings
     from mtrec.serving.app import serve as run_server
 

@@ -1,39 +1,5 @@
-"""Export: the scoring graph (named tensors -> task probabilities) and ONNX export with a parity check."""
+"""Export: the scoring graph (named tensors -> task predictions), ONNX export with a parity check, the
+standalone raw-input model, and reading exported model files (:mod:`mtrec.export.model_file`, no torch).
 
-from mtrec.export.onnx import (
-    DEFAULT_TOLERANCE,
-    EXPORTERS,
-    CheckedExport,
-    ExportError,
-    ExportResult,
-    ParityError,
-    ParityReport,
-    check_parity,
-    export_checked,
-    export_onnx,
-    export_run,
-    parity_batches,
-    random_features,
-)
-from mtrec.export.scoring import ScoringModule, array_feeds, feature_inputs, input_names, output_names
-
-__all__ = [
-    "DEFAULT_TOLERANCE",
-    "EXPORTERS",
-    "CheckedExport",
-    "ExportError",
-    "ExportResult",
-    "ParityError",
-    "ParityReport",
-    "ScoringModule",
-    "array_feeds",
-    "check_parity",
-    "export_checked",
-    "export_onnx",
-    "export_run",
-    "feature_inputs",
-    "input_names",
-    "output_names",
-    "parity_batches",
-    "random_features",
-]
+The package imports nothing itself, so that a module of it can be used without the others' dependencies.
+"""

@@ -32,18 +32,17 @@ from mtrec.data.batches import gather_batch
 from mtrec.data.dataset import DatasetError
 from mtrec.data.source import load_data
 from mtrec.errors import CheckFailed
-from mtrec.export.scoring import ScoringModule, feature_inputs, input_names, output_names
-from mtrec.export.standalone import (
+from mtrec.export.model_file import (
     INPUT_KINDS,
-    RAW_OPSET,
     InputKind,
-    StandaloneError,
+    input_names,
     load_encoders,
     metadata,
-    raw_input_parity,
-    standalone_model,
-    with_metadata,
+    onnx_session,
+    output_names,
 )
+from mtrec.export.scoring import ScoringModule, feature_inputs
+from mtrec.export.standalone import RAW_OPSET, StandaloneError, raw_input_parity, standalone_model, with_metadata
 from mtrec.features.inputs import Features
 from mtrec.features.schema import OOV_ID, PADDING_ID, DatasetSchema, SchemaError
 from mtrec.io import atomic_write_bytes
@@ -184,16 +183,6 @@ class ParityReport:
         return not self.problems and self.max_abs_diff <= self.tolerance
 
 
-def onnx_session(onnx_model: bytes, threads: int = 1) -> object:
-    """An ONNX Runtime CPU session for a serialized model."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(onnx_model, options, providers=["CPUExecutionProvider"])
-
-
 def check_parity(
     model: Scorer, onnx_model: bytes, batches: list[Features], source: str = "",
     tolerance: float = DEFAULT_TOLERANCE,
@@ -201,7 +190,7 @@ def check_parity(
     """Score ``batches`` with eager PyTorch and with ONNX Runtime and compare the probabilities."""
     schema = model.schema
     session = onnx_session(onnx_model)
-    graph_inputs = {i.name for i in session.get_inputs()}  # type: ignore[attr-defined]
+    graph_inputs = {i.name for i in session.get_inputs()}
     names = input_names(schema)
     module = ScoringModule(model).eval()
     per_task = dict.fromkeys(schema.task_names, 0.0)
@@ -213,7 +202,7 @@ def check_parity(
         # a tracing exporter drops inputs the graph does not read; feed only the declared ones
         feeds = {n: t.numpy() for n, t in zip(names, inputs, strict=True) if n in graph_inputs}
         try:
-            got = session.run(schema.task_names, feeds)  # type: ignore[attr-defined]
+            got = session.run(schema.task_names, feeds)
         except Exception as exc:  # onnxruntime raises its own exception types
             problems.append(f"ONNX Runtime failed on a batch of {len(features)} rows: {exc}")
             continue

@@ -1,7 +1,8 @@
 """The scoring graph: named input tensors -> each task's prediction, the form that is exported and served.
 
 A model's ``forward`` takes :class:`~mtrec.features.inputs.Features`; exporters and runtimes take flat,
-named tensors. :class:`ScoringModule` is the bridge: it builds Features from
+named tensors (their names and NumPy form are in :mod:`mtrec.export.model_file`, which needs no torch).
+:class:`ScoringModule` is the bridge: it builds Features from
 
     sparse           int64   [B, F_sparse]  ids, fields in schema order
     dense            float32 [B, F_dense]   transformed values, fields in schema order
@@ -13,30 +14,13 @@ regression task's value) as one ``[B]`` tensor per task, in task order, named af
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 
+from mtrec.export.model_file import output_names
 from mtrec.features.inputs import Features
 from mtrec.features.schema import DatasetSchema
 from mtrec.objectives.scorer import Scorer
-
-SPARSE_INPUT = "sparse"
-DENSE_INPUT = "dense"
-SEQUENCE_PREFIX = "seq__"
-
-
-def input_names(schema: DatasetSchema) -> list[str]:
-    """The scoring graph's input names, in positional order."""
-    return [SPARSE_INPUT, DENSE_INPUT, *(SEQUENCE_PREFIX + s.name for s in schema.sequences)]
-
-
-def output_names(schema: DatasetSchema) -> list[str]:
-    """The scoring graph's output names: the task names, in task order."""
-    clash = sorted(set(schema.task_names) & set(input_names(schema)))
-    if clash:
-        raise ValueError(f"task name(s) {clash} collide with input names; rename the task(s)")
-    return schema.task_names
 
 
 def feature_inputs(features: Features, schema: DatasetSchema) -> tuple[torch.Tensor, ...]:
@@ -46,19 +30,6 @@ def feature_inputs(features: Features, schema: DatasetSchema) -> tuple[torch.Ten
         features.dense.to(torch.float32),
         *(features.sequences[s.name].to(torch.int64) for s in schema.sequences),
     )
-
-
-def array_feeds(
-    sparse: np.ndarray, dense: np.ndarray, sequences: dict[str, np.ndarray], schema: DatasetSchema
-) -> dict[str, np.ndarray]:
-    """Encoded arrays as named inputs with the graph's dtypes (ids int64, values float32)."""
-    feeds: dict[str, np.ndarray] = {
-        SPARSE_INPUT: np.ascontiguousarray(sparse, dtype=np.int64),
-        DENSE_INPUT: np.ascontiguousarray(dense, dtype=np.float32),
-    }
-    for s in schema.sequences:
-        feeds[SEQUENCE_PREFIX + s.name] = np.ascontiguousarray(sequences[s.name], dtype=np.int64)
-    return feeds
 
 
 class ScoringModule(nn.Module):

@@ -34,36 +34,31 @@ Outputs: each task's prediction ``[B]``, named after the task. The model's ``met
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import onnx
-import pyarrow as pa
 from onnx import TensorProto, compose, helper, numpy_helper, version_converter
 
-from mtrec.export.scoring import DENSE_INPUT, SEQUENCE_PREFIX, SPARSE_INPUT, array_feeds
-from mtrec.features.encoders import (
-    ENCODERS_FILE,
-    FeatureEncoders,
-    RawColumn,
-    canonical_strings,
-    parse_numbers,
-    to_arrow,
+from mtrec.export.model_file import (
+    DENSE_INPUT,
+    SEQUENCE_PREFIX,
+    SPARSE_INPUT,
+    array_feeds,
+    metadata,
+    onnx_session,
+    raw_feeds,
 )
+from mtrec.features.encoders import FeatureEncoders
 from mtrec.features.inputs import Features
 from mtrec.features.schema import OOV_ID, DatasetSchema
 from mtrec.features.vocab import Vocabulary
-from mtrec.training.checkpoint import ArtifactError
 
 RAW_OPSET = 20  # StringSplit, StringConcat
 ML_OPSET = 3  # ai.onnx.ml LabelEncoder with string keys
 ML_DOMAIN = "ai.onnx.ml"
-InputKind = Literal["raw", "ids"]
-INPUT_KINDS: tuple[InputKind, ...] = ("raw", "ids")
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
@@ -258,34 +253,12 @@ def raw_input_graph(schema: DatasetSchema, encoders: FeatureEncoders, outputs: S
                                                    helper.make_opsetid(ML_DOMAIN, ML_OPSET)])
 
 
-def load_encoders(run_dir: Path, schema: DatasetSchema, required: bool = True) -> FeatureEncoders | None:
-    """The run's ``encoders.json``, checked against its schema; ArtifactError if unusable, or if absent and
-    ``required`` (None if absent and not required)."""
-    path = run_dir / ENCODERS_FILE
-    if not path.is_file():
-        if not required:
-            return None
-        raise ArtifactError(
-            f"{run_dir}: no {ENCODERS_FILE}; raw values can only be scored by a run trained on a dataset "
-            f"prepared from raw files (`mtrec prepare`), which saves the vocabularies there (a model taking "
-            f"ids is exported with --inputs ids)"
-        )
-    try:
-        encoders = FeatureEncoders.load(path)
-        encoders.check(schema)
-    except ValueError as exc:
-        raise ArtifactError(f"{path}: not usable with the run's schema ({exc})") from exc
-    return encoders
-
-
 def raw_input_parity(id_model: bytes, raw_model: bytes, batches: Sequence[Features], schema: DatasetSchema,
                      encoders: FeatureEncoders) -> float:
     """Largest |difference| between the raw-input model and the id-input model on the raw values of
     ``batches`` (decoded by the encoders): the first reads them as a client sends them, the second reads
     what :meth:`FeatureEncoders.encode` makes of them, as ``mtrec predict`` does."""
-    import onnxruntime as ort
-
-    sessions = [ort.InferenceSession(m, providers=["CPUExecutionProvider"]) for m in (id_model, raw_model)]
+    sessions = [onnx_session(m) for m in (id_model, raw_model)]
     id_inputs = {i.name for i in sessions[0].get_inputs()}
     worst = 0.0
     for features in batches:
@@ -298,17 +271,6 @@ def raw_input_parity(id_model: bytes, raw_model: bytes, batches: Sequence[Featur
             diff = float(np.abs(g.astype(np.float64) - e).max()) if e.size else 0.0
             worst = max(worst, diff if np.isfinite(diff) else float("inf"))
     return worst
-
-
-def metadata(schema: DatasetSchema, encoders: FeatureEncoders | None, model_name: str, inputs: str) -> dict[str, str]:
-    """The ``metadata_props`` of an exported model (see the module docstring)."""
-    from mtrec import __version__
-
-    props = {"mtrec_schema": json.dumps(schema.to_dict()), "mtrec_version": __version__,
-             "mtrec_tasks": json.dumps(schema.task_names), "mtrec_model": model_name, "mtrec_inputs": inputs}
-    if encoders is not None:
-        props["mtrec_encoders"] = json.dumps(encoders.to_dict(), ensure_ascii=False)
-    return props
 
 
 def with_metadata(onnx_model: bytes, props: Mapping[str, str]) -> bytes:
@@ -335,36 +297,3 @@ def standalone_model(id_model: bytes, schema: DatasetSchema, encoders: FeatureEn
     merged = compose.merge_models(front, scoring, io_map=[(n, n) for n in wanted])
     helper.set_model_props(merged, metadata(schema, encoders, model_name, "raw"))
     return bytes(merged.SerializeToString())
-
-
-def raw_feeds(columns: Mapping[str, RawColumn], schema: DatasetSchema,
-              encoders: FeatureEncoders) -> dict[str, np.ndarray]:
-    """Raw columns (as :meth:`FeatureEncoders.encode` takes them) -> a standalone model's inputs: sparse
-    values as text (``""`` for missing), dense values as float64 (NaN for missing), histories as text
-    joined by their separator, or ``[B, W]`` tokens without one."""
-    feeds: dict[str, np.ndarray] = {}
-    for f in schema.sparse:
-        feeds[f.name] = np.array(canonical_strings(columns[f.name]).fill_null("").to_pylist(), dtype=object)
-    for d in schema.dense:
-        feeds[d.name] = parse_numbers(columns[d.name], encoders.missing_values, d.name, encoders.strip)
-    for s in schema.sequences:
-        separator = encoders.sequences[s.name].separator
-        values = to_arrow(columns[s.name]) if not isinstance(columns[s.name], np.ndarray) else columns[s.name]
-        if isinstance(values, np.ndarray) and values.ndim == 2:  # [B, W] tokens
-            rows = [["" if t is None else str(t) for t in row] for row in values.tolist()]
-        elif isinstance(values, pa.Array) and (pa.types.is_string(values.type) or pa.types.is_null(values.type)):
-            rows = [[t] for t in canonical_strings(values).fill_null("").to_pylist()]
-        else:  # lists of tokens
-            rows = [[_text(t) for t in (row or ())] for row in (values.to_pylist() if isinstance(values, pa.Array)
-                                                                 else values)]
-        if separator is None:
-            width = max((len(r) for r in rows), default=0) or 1
-            feeds[s.name] = np.array([r + [""] * (width - len(r)) for r in rows], dtype=object).reshape(-1, width)
-        else:
-            feeds[s.name] = np.array([separator.join(r) for r in rows], dtype=object)
-    return feeds
-
-
-def _text(token: Any) -> str:
-    text = canonical_strings([token])[0].as_py()
-    return "" if text is None else str(text)

@@ -170,7 +170,7 @@ def create_app(
     """The scoring service for ``predictor`` (``workers`` scoring threads); see the module docstring."""
     if max_candidates < 1 or workers < 1:
         raise ValueError(f"max_candidates and workers must be >= 1, got {max_candidates} and {workers}")
-    encoder = RequestEncoder(predictor.schema, predictor.encoders, max_candidates)
+    encoder = RequestEncoder(predictor.schema, predictor.encoders, max_candidates, predictor.encode)
     scorer = BatchingScorer(predictor, threads=workers, max_rows=max_batch_rows)
     tasks = predictor.task_names
 
@@ -245,7 +245,7 @@ class ServeSettings:
     def app(self, predictor: Predictor | None = None) -> ScoringService:
         """The process's app (loading the run unless ``predictor`` is given); sets the GIL switch interval."""
         sys.setswitchinterval(SWITCH_INTERVAL_S)
-        predictor = predictor or Predictor.from_run(self.run_dir, backend=self.backend,  # type: ignore[arg-type]
+        predictor = predictor or Predictor.load(self.run_dir, backend=self.backend,  # type: ignore[arg-type]
                                                     threads=self.threads)
         return create_app(predictor, max_candidates=self.max_candidates, workers=self.inference_workers,
                           max_batch_rows=self.max_batch_rows)
@@ -270,7 +270,7 @@ def serve(
 
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    predictor = Predictor.from_run(settings.run_dir, backend=settings.backend,  # type: ignore[arg-type]
+    predictor = Predictor.load(settings.run_dir, backend=settings.backend,  # type: ignore[arg-type]
                                    threads=settings.threads)
     processes = f", {workers} worker processes" if workers > 1 else ""
     echo(f"serving {predictor.model_name} from {settings.run_dir} ({predictor.describe()}{processes}) on "

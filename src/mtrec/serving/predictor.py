@@ -1,86 +1,140 @@
-"""Raw feature values -> each task's probability, for one trained run.
+"""Raw feature values -> each task's prediction, for one trained run or one exported model file.
 
-A :class:`Predictor` is built from a run directory and reads only data, never code: ``model.safetensors``
+A :class:`Predictor` reads only data, never code. From a **run directory**: ``model.safetensors``
 (tensors), ``schema.json`` and ``config.json`` (rebuilt through the model registry, see
 :func:`mtrec.training.checkpoint.load_model`) and ``encoders.json`` (the vocabularies and dense transforms
-that ``mtrec prepare`` fitted; see :mod:`mtrec.features.encoders`). Anything else is refused with an
-:class:`~mtrec.training.checkpoint.ArtifactError` before a request is served.
+that ``mtrec prepare`` fitted; see :mod:`mtrec.features.encoders`). From a **model file** written by
+``mtrec export`` (raw or id inputs, fp32 or quantized): the ONNX graph, with the schema and encoders from
+its metadata. Anything else is refused with one line naming the file before a row is scored.
 
 Raw values go through the encoders exactly as at preparation (unseen values -> the OOV id), then through
 one of two runtimes:
 
-- ``onnx``: the model is exported in memory from the loaded weights (:func:`mtrec.export.onnx.export_checked`,
-  parity-checked against eager PyTorch) and run by ONNX Runtime on CPU;
+- ``onnx``: ONNX Runtime on the run's scoring graph. The first time a run is scored, its model is exported
+  from the loaded weights (:func:`mtrec.export.onnx.export_checked`, parity-checked against eager
+  PyTorch) and kept as ``RUN/scoring.onnx``, tagged with a SHA-256 of ``model.safetensors``,
+  ``config.json`` and ``schema.json``; later loads whose files match the tag read that graph directly,
+  without importing PyTorch (a run directory that cannot be written is exported in memory each time);
 - ``torch``: the model runs eagerly in PyTorch (inference mode).
 
-Both give the same probabilities to within the export tolerance; ``benchmarks/serving.py`` compares their
-speed (see docs/serving.md), which chose the default.
+A model file taking raw values gets its inputs as :func:`mtrec.export.model_file.raw_feeds` makes them
+(the lookups run inside its graph); any other gets the encoders' ids.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
-import torch
 
-from mtrec.export.onnx import export_checked, onnx_session, parity_batches
-from mtrec.export.scoring import ScoringModule, array_feeds, input_names
-from mtrec.export.standalone import load_encoders
+from mtrec.export.model_file import (
+    ModelFile,
+    ModelFileError,
+    array_feeds,
+    input_names,
+    load_encoders,
+    metadata,
+    open_model_file,
+    raw_feeds,
+    run_fingerprint,
+)
 from mtrec.features.encoders import FeatureEncoders, RawColumn
-from mtrec.objectives.scorer import Scorer
-from mtrec.training.checkpoint import load_model
+from mtrec.features.schema import DatasetSchema
+
+if TYPE_CHECKING:
+    from mtrec.objectives.scorer import Scorer
 
 Backend = Literal["onnx", "torch"]
 BACKENDS: tuple[Backend, ...] = ("onnx", "torch")
 DEFAULT_BACKEND: Backend = "onnx"
 DEFAULT_BATCH_SIZE = 8192
+CACHE_FILE = "scoring.onnx"
+_CACHE_TAG = "mtrec_run_sha256"
 
 
 class Runner(Protocol):
-    """Named input arrays (see :mod:`mtrec.export.scoring`) -> probabilities ``[B]`` per task, in task order."""
+    """Named input arrays -> predictions ``[B]`` per task, in task order."""
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]: ...
 
 
 class OnnxRunner:
-    """ONNX Runtime on a graph exported from the model in memory (after the parity check)."""
+    """ONNX Runtime on a model file's session."""
 
-    def __init__(self, model: Scorer, threads: int = 1) -> None:
-        batches, source = parity_batches(model.schema, None, rows=256, batch_size=128)
-        self.export = export_checked(model, batches, source)
-        self.session = onnx_session(self.export.onnx_model, threads)
-        self.inputs = {i.name for i in self.session.get_inputs()}  # type: ignore[attr-defined]
-        self.outputs = model.schema.task_names
+    def __init__(self, session: Any, outputs: list[str]) -> None:
+        self.session = session
+        self.inputs = {i.name for i in session.get_inputs()}
+        self.outputs = outputs
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         used = {name: value for name, value in feeds.items() if name in self.inputs}
-        return list(self.session.run(self.outputs, used))  # type: ignore[attr-defined]
+        return list(self.session.run(self.outputs, used))
 
 
 class TorchRunner:
     """The model itself, eagerly, in inference mode."""
 
     def __init__(self, model: Scorer, threads: int | None = None) -> None:
+        import torch
+
+        from mtrec.export.scoring import ScoringModule
+
         if threads:
             torch.set_num_threads(threads)
+        self.torch = torch
         self.module = ScoringModule(model).eval()
         self.names = input_names(model.schema)
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        with torch.inference_mode():
-            outputs = self.module(*(torch.from_numpy(feeds[name]) for name in self.names))
+        with self.torch.inference_mode():
+            outputs = self.module(*(self.torch.from_numpy(feeds[name]) for name in self.names))
         return [t.numpy() for t in outputs]
 
 
-def make_runner(model: Scorer, backend: Backend, threads: int = 1) -> Runner:
-    if backend == "onnx":
-        return OnnxRunner(model, threads)
-    if backend == "torch":
-        return TorchRunner(model, threads)
-    raise ValueError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}")
+def cached_export(run_dir: Path, threads: int = 1) -> tuple[ModelFile, str]:
+    """The run's scoring graph (see the module docstring) and how it was obtained, in words."""
+    cache = run_dir / CACHE_FILE
+    try:
+        fingerprint = run_fingerprint(run_dir)
+    except OSError:  # a missing or unreadable file: load_model below names it
+        fingerprint = ""
+    if fingerprint and cache.is_file():
+        try:
+            cached = open_model_file(cache, threads)
+        except ModelFileError:
+            cached = None
+        if cached is not None and cached.props.get(_CACHE_TAG) == fingerprint:
+            return cached, f"exported before: {cache}"
+    from mtrec.export.onnx import export_checked, parity_batches
+    from mtrec.export.standalone import with_metadata
+    from mtrec.io import atomic_write_bytes
+    from mtrec.training.checkpoint import load_model
+
+    model, _ = load_model(run_dir)
+    batches, source = parity_batches(model.schema, None, rows=256, batch_size=128)
+    checked = export_checked(model, batches, source)
+    encoders = load_encoders(run_dir, model.schema, required=False)
+    props = metadata(model.schema, encoders, model.name, "ids", **{_CACHE_TAG: fingerprint})
+    data = with_metadata(checked.onnx_model, props)
+    how = f"{checked.exporter} export, parity {checked.parity.max_abs_diff:.1g}"
+    ours = not cache.exists() or (cache.is_file() and _is_cache(cache))
+    if fingerprint and ours:
+        try:
+            atomic_write_bytes(cache, data)
+            how += f", kept in {cache}"
+        except OSError:  # a read-only run directory: export again next time
+            pass
+    return open_model_file(data, threads, name=str(cache)), how
+
+
+def _is_cache(path: Path) -> bool:
+    """Whether ``path`` is a scoring graph this module wrote (only such a file is ever replaced)."""
+    try:
+        return _CACHE_TAG in open_model_file(path).props
+    except ModelFileError:
+        return False
 
 
 class Predictor:
@@ -92,37 +146,75 @@ class Predictor:
 
     def __init__(
         self,
-        model: Scorer,
+        runner: Runner,
+        schema: DatasetSchema,
         encoders: FeatureEncoders,
+        model_name: str,
         backend: Backend = DEFAULT_BACKEND,
-        threads: int = 1,
         batch_size: int = DEFAULT_BATCH_SIZE,
+        raw_inputs: bool = False,
+        how: str = "",
     ) -> None:
-        self.model_name = model.name
-        self.schema = model.schema
+        encoders.check(schema)
+        self.runner = runner
+        self.schema = schema
         self.encoders = encoders
+        self.model_name = model_name
         self.backend = backend
         self.batch_size = batch_size
-        self.runner = make_runner(model, backend, threads)
+        self.raw_inputs = raw_inputs
+        self.how = how
+
+    @classmethod
+    def load(cls, path: str | Path, backend: Backend = DEFAULT_BACKEND, threads: int = 1,
+             batch_size: int = DEFAULT_BATCH_SIZE) -> Predictor:
+        """A run directory (:meth:`from_run`) or an exported model file (:meth:`from_file`)."""
+        path = Path(path)
+        if path.is_file():
+            if backend != "onnx":
+                raise ModelFileError(f"{path}: a model file runs in ONNX Runtime; --backend {backend} needs the "
+                                     f"run directory")
+            return cls.from_file(path, threads, batch_size)
+        return cls.from_run(path, backend, threads, batch_size)
 
     @classmethod
     def from_run(
         cls, run_dir: str | Path, backend: Backend = DEFAULT_BACKEND, threads: int = 1,
         batch_size: int = DEFAULT_BATCH_SIZE,
     ) -> Predictor:
-        """Load a run directory (weights, schema, config, encoders); ArtifactError if any is not valid."""
+        """Load a run directory (weights, schema, config, encoders); ArtifactError / ModelFileError if any
+        is not valid."""
         run_dir = Path(run_dir)
-        model, _ = load_model(run_dir)
-        encoders = load_encoders(run_dir, model.schema)
+        if backend == "torch":
+            from mtrec.training.checkpoint import load_model
+
+            model, _ = load_model(run_dir)
+            encoders = load_encoders(run_dir, model.schema)
+            assert encoders is not None
+            return cls(TorchRunner(model, threads), model.schema, encoders, model.name, backend, batch_size)
+        if backend != "onnx":
+            raise ValueError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}")
+        graph, how = cached_export(run_dir, threads)
+        encoders = load_encoders(run_dir, graph.schema)
         assert encoders is not None
-        return cls(model, encoders, backend, threads, batch_size)
+        return cls(OnnxRunner(graph.session, graph.schema.task_names), graph.schema, encoders, graph.model_name,
+                   backend, batch_size, how=how)
+
+    @classmethod
+    def from_file(cls, path: str | Path, threads: int = 1, batch_size: int = DEFAULT_BATCH_SIZE) -> Predictor:
+        """Load a model file written by ``mtrec export``; ModelFileError if it is not one or has no encoders."""
+        graph = open_model_file(Path(path), threads)
+        if graph.encoders is None:
+            raise ModelFileError(f"{path}: its metadata has no encoders (exported from a run without "
+                                 f"encoders.json), so it cannot score raw values")
+        quantized = graph.props.get("mtrec_quantized")
+        how = f"{graph.inputs} inputs" + (f", {quantized}" if quantized else "") + f", file {path}"
+        return cls(OnnxRunner(graph.session, graph.schema.task_names), graph.schema, graph.encoders,
+                   graph.model_name, "onnx", batch_size, raw_inputs=graph.inputs == "raw", how=how)
 
     def describe(self) -> str:
-        """The runtime in words, e.g. ``onnx (torchscript export, parity 6e-08)``."""
-        if isinstance(self.runner, OnnxRunner):
-            checked = self.runner.export
-            return f"onnx ({checked.exporter} export, parity {checked.parity.max_abs_diff:.1g})"
-        return self.backend
+        """The runtime in words, e.g. ``onnx (torchscript export, parity 6e-08, kept in RUN/scoring.onnx)``."""
+        return f"{self.backend} ({self.how})" if self.how else self.backend
 
     @property
     def task_names(self) -> list[str]:
@@ -135,6 +227,8 @@ class Predictor:
     def encode(self, columns: Mapping[str, RawColumn]) -> dict[str, np.ndarray]:
         """Raw columns -> the graph's named inputs; ValueError naming a missing column, EncodingError naming
         the feature and row of a bad value."""
+        if self.raw_inputs:
+            return raw_feeds(columns, self.schema, self.encoders)
         return array_feeds(*self.encoders.encode(columns, self.schema), self.schema)
 
     def score(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -149,5 +243,5 @@ class Predictor:
                 for i, task in enumerate(self.task_names)}
 
     def predict(self, columns: Mapping[str, RawColumn]) -> dict[str, np.ndarray]:
-        """Raw values keyed by feature name -> ``{task: probability float32 [N]}``."""
+        """Raw values keyed by feature name -> ``{task: prediction float32 [N]}``."""
         return self.score(self.encode(columns))

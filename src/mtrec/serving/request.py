@@ -26,7 +26,7 @@ use: the same raw values give the same ids and inputs wherever they come from.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from itertools import repeat
 from typing import Annotated, Any, Required
 
@@ -35,7 +35,7 @@ import orjson
 from pydantic import AllowInfNan, ConfigDict, Field, Strict, TypeAdapter, ValidationError
 from typing_extensions import TypedDict
 
-from mtrec.export.scoring import array_feeds
+from mtrec.export.model_file import array_feeds
 from mtrec.features.encoders import EncodingError, FeatureEncoders
 from mtrec.features.schema import DatasetSchema
 
@@ -173,8 +173,12 @@ class RequestEncoder:
     """``encoder(body)`` -> the scoring graph's named inputs ``[N, ...]`` for the N candidates of a JSON
     request body; raises :class:`RequestError` naming each bad field (see the module docstring)."""
 
-    def __init__(self, schema: DatasetSchema, encoders: FeatureEncoders, max_candidates: int) -> None:
+    def __init__(self, schema: DatasetSchema, encoders: FeatureEncoders, max_candidates: int,
+                 feeds: Callable[[Mapping[str, Any]], dict[str, np.ndarray]] | None = None) -> None:
+        """``feeds`` turns the one-row-per-candidate frame into the graph's inputs (default: the encoders' ids,
+        :meth:`FeatureEncoders.encode`; a predictor's ``encode`` for a graph taking raw values)."""
         encoders.check(schema)
+        self.feeds = feeds or (lambda frame: array_feeds(*encoders.encode(frame, schema), schema))
         self.schema = schema
         self.encoders = encoders
         self.max_candidates = max_candidates
@@ -224,12 +228,12 @@ class RequestEncoder:
         if missing:
             raise RequestError(missing)
         try:
-            sparse, dense, sequences = self.encoders.encode(frame, self.schema)
+            feeds = self.feeds(frame)
         except EncodingError as exc:  # types were validated: a value the transform overflows, say
             row = exc.row or 0
             where = ("candidates", row) if exc.feature in candidates[row] else ("user",)
             raise RequestError([problem(("body", *where, exc.feature), str(exc), "encoding_error")]) from None
-        return array_feeds(sparse, dense, sequences, self.schema)
+        return feeds
 
 
 def _missing(name: str) -> str:
