@@ -1,4 +1,4 @@
-"""The Taobao UserBehavior reader (src/mtrec/data/userbehavior.py): no label leaks into a history, labels
+"""The Taobao UserBehavior reader (src/mtrec/data/formats/userbehavior.py): no label leaks into a history, labels
 follow the view, sampled negatives, determinism, streaming, bad logs; the shipped config on a slice of the
 real log (prepare, train) and the Census standard protocol config on slices of the real files."""
 
@@ -16,9 +16,7 @@ import yaml
 from conftest import require_shared_data
 from mtrec.cli import main
 from mtrec.data.config import DatasetConfigError, SourceConfig, load_dataset_config, parse_dataset_config
-from mtrec.data.prepare import prepare_dataset
-from mtrec.data.readers import iter_chunks, read_layout
-from mtrec.data.userbehavior import (
+from mtrec.data.formats.userbehavior import (
     BEHAVIOURS,
     COLUMNS,
     Events,
@@ -26,6 +24,8 @@ from mtrec.data.userbehavior import (
     UserBehaviorOptions,
     training_rows,
 )
+from mtrec.data.prepare import prepare_dataset
+from mtrec.data.readers import iter_chunks, read_layout
 from mtrec.training.config import RunConfig, TrainConfig
 from mtrec.training.run import train_run
 

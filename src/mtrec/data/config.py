@@ -17,10 +17,19 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from mtrec.data.dataset import SPLITS, DatasetError
-from mtrec.data.userbehavior import UserBehaviorOptions
+from mtrec.data.formats import format_names, raw_format
 from mtrec.features.schema import TASK_LOSSES
 from mtrec.io import read_mapping
 from mtrec.typed import STRICT, ConfigModel, Count, NonNegative, error_line, validate
@@ -89,18 +98,22 @@ class NamedSection(Section):
 
 
 # ---- the config sections -------------------------------------------------------------------------------
+TABULAR = ("auto", "csv", "parquet")
+
+
 class SourceConfig(Section):
     """Where the raw rows are and how to read them.
 
     ``path`` lists files, directories (every file inside, sorted) or glob patterns; relative paths are
     taken from the current directory. For ``split: {kind: files}`` it is the directory the split files
-    are in. ``separator`` is one character (for ``", "`` use ``","`` with ``strip: true``). ``format:
-    userbehavior`` is the Taobao UserBehavior event log, turned into rows by its reader with ``options``
-    (:mod:`mtrec.data.userbehavior`); no other format takes options.
+    are in. ``separator`` is one character (for ``", "`` use ``","`` with ``strip: true``). ``format`` is
+    ``auto`` (by file extension), ``csv``, ``parquet`` or a known raw format (:mod:`mtrec.data.formats`),
+    whose module turns its file into rows with ``options`` (defaults where absent); no tabular format
+    takes options.
     """
 
     path: Strings = ()
-    format: Literal["auto", "csv", "parquet", "userbehavior"] = "auto"
+    format: str = "auto"
     separator: OneCharacter = ","
     header: bool = True
     columns: Strings = ()
@@ -108,14 +121,31 @@ class SourceConfig(Section):
     strip: bool = False
     missing_values: Strings = ()
     chunk_rows: Count = 262_144
-    options: UserBehaviorOptions = Field(default_factory=UserBehaviorOptions)
+    options: SerializeAsAny[ConfigModel] | None = None
 
-    @model_validator(mode="after")
-    def _options_for_a_log(self) -> Self:
-        if "options" in self.model_fields_set and self.format != "userbehavior":
-            raise ValueError(f"options: only a known log format (format: userbehavior) takes options; format "
-                             f"{self.format!r} is read by the keys of 'source'")
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _format_options(cls, value: Any) -> Any:
+        """Check ``format``; validate ``options`` with the known format's options type (its defaults if absent)."""
+        if not isinstance(value, Mapping) or not isinstance(value.get("format", "auto"), str):
+            return value
+        entry, name = dict(value), value.get("format", "auto")
+        known = raw_format(name)
+        if known is None and name not in TABULAR:
+            choices = [*TABULAR, *format_names()]
+            raise ValueError(f"format: must be one of {choices}, got {name!r}{_suggest(name, choices)}")
+        if known is None:
+            if entry.get("options") is not None:
+                raise ValueError(f"options: only a known raw format ({', '.join(format_names())}) takes options; "
+                                 f"format {name!r} is read by the keys of 'source'")
+            return entry
+        given = entry.get("options")
+        if not isinstance(given, known.options):
+            try:
+                entry["options"] = known.options.model_validate({} if given is None else given)
+            except ValidationError as exc:
+                raise ValueError(error_line(exc, prefix="options", cls=known.options)) from None
+        return entry
 
 
 def _feature_entry(value: Any) -> Any:
@@ -336,7 +366,8 @@ class SplitConfig(Section):
     @model_validator(mode="before")
     @classmethod
     def _by_split(cls, value: Any) -> Any:
-        """Check the keys the kind takes; move ``train``/``valid``/``test`` to ``ranges`` or ``files``."""
+        """Check the keys the kind takes; move ``train``/``valid``/``test`` to ``ranges`` or ``files`` (and
+        ``parts``); the values are checked by the fields and :meth:`_consistent`."""
         if not isinstance(value, Mapping) or value.get("kind") not in _SPLIT_KEYS:
             return value
         entry, kind = dict(value), value["kind"]
@@ -345,38 +376,36 @@ class SplitConfig(Section):
             if key not in allowed:
                 raise ValueError(f"a {kind} split takes no key {key!r}{_suggest(str(key), allowed)}; "
                                  f"allowed: {list(allowed)}")
-        if "fractions" in entry:
-            fractions = entry["fractions"]
-            numbers = isinstance(fractions, list) and all(
-                isinstance(f, int | float) and not isinstance(f, bool) and f > 0 for f in fractions)
-            if not numbers or len(fractions) != 3 or not math.isclose(sum(fractions), 1.0, abs_tol=1e-9):
-                raise ValueError(f"fractions: expected three positive numbers [train, valid, test] summing to "
-                                 f"1, got {fractions!r}")
-            entry["fractions"] = tuple(float(f) for f in fractions)
+        required = ("column", *SPLITS) if kind == "column" else ("train", "test") if kind == "files" else ()
+        missing = [key for key in required if key not in entry]
+        if missing:
+            hint = {"column": " (a range {from, to})", "files": " (its file or files, or {file, seed, part})"}
+            raise ValueError(f"missing required key {missing[0]!r}" + (hint[kind] if missing[0] in SPLITS else ""))
         if kind == "column":
-            missing = [key for key in ("column", *SPLITS) if key not in entry]
-            if missing:
-                raise ValueError(f"missing required key {missing[0]!r}"
-                                 + (" (a range {from, to})" if missing[0] in SPLITS else ""))
             ranges = {split: Range.model_validate(entry.pop(split) or {}) for split in SPLITS}
             entry["ranges"] = {split: (r.lower, r.upper) for split, r in ranges.items()}
-            _check_ranges(entry["ranges"])
         if kind == "files":
-            for split in ("train", "test"):
-                if split not in entry:
-                    raise ValueError(f"missing required key {split!r} (its file or files, or {{file, seed, part}})")
-            parts: dict[str, FilePart] = {}
-            files: dict[str, tuple[str, ...]] = {}
-            for split in [s for s in SPLITS if s in entry]:
-                given = entry.pop(split)
-                if isinstance(given, Mapping):
-                    parts[split] = _file_part(given, split)
-                    files[split] = (parts[split].file,)
-                else:
-                    files[split] = _strings(given)
-            _check_parts(parts, files)
-            entry["parts"], entry["files"] = parts, files
+            given = {split: entry.pop(split) for split in SPLITS if split in entry}
+            entry["parts"] = {split: _file_part(g, split) for split, g in given.items() if isinstance(g, Mapping)}
+            entry["files"] = {split: (entry["parts"][split].file,) if split in entry["parts"] else _strings(g)
+                              for split, g in given.items()}
         return entry
+
+    @field_validator("fractions", mode="before")
+    @classmethod
+    def _three_fractions(cls, value: Any) -> Any:
+        numbers = isinstance(value, list | tuple) and all(
+            isinstance(f, int | float) and not isinstance(f, bool) and f > 0 for f in value)
+        if not numbers or len(value) != 3 or not math.isclose(sum(value), 1.0, abs_tol=1e-9):
+            raise ValueError(f"fractions: expected three positive numbers [train, valid, test] summing to "
+                             f"1, got {value!r}")
+        return tuple(float(f) for f in value)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        _check_ranges(self.ranges)
+        _check_parts(self.parts, self.files)
+        return self
 
 
 def _file_part(value: Mapping[str, Any], split: str) -> FilePart:
@@ -424,11 +453,35 @@ def _check_ranges(ranges: dict[str, tuple[Any, Any]]) -> None:
 
 
 class FeaturesFile(Section):
-    """The ``features`` section as written."""
+    """The ``features`` section as written (or expanded, :meth:`DatasetConfig.resolve`): names unique, a
+    sequence's target a sparse feature, features sharing a table agreeing on its ``min_count``."""
 
     sparse: list[SparseConfig] = Field(default_factory=list)
     dense: list[DenseConfig] = Field(default_factory=list)
     sequences: list[SequenceConfig] = Field(default_factory=list)
+
+    @property
+    def sparse_names(self) -> set[str]:
+        return {f.name for f in self.sparse if f.pattern is None}
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        named = [f for f in (*self.sparse, *self.dense) if f.pattern is None]
+        names = [f.name for f in named] + [s.name for s in self.sequences]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"feature names must be unique; repeated: {repeated}")
+        for s in self.sequences:
+            if s.target and s.target not in self.sparse_names:
+                raise ValueError(f"sequence {s.name!r}: target {s.target!r} is not a sparse feature"
+                                 f"{_suggest(s.target, self.sparse_names)}")
+        embedded: list[SparseConfig | SequenceConfig] = [*(f for f in self.sparse if f.pattern is None),
+                                                         *self.sequences]
+        for table in {f.table_name for f in embedded}:
+            counts = {f.min_count for f in embedded if f.table_name == table and f.min_count is not None}
+            if len(counts) > 1:
+                raise ValueError(f"features sharing table {table!r} give different min_count {sorted(counts)}")
+        return self
 
 
 class DatasetFile(Section):
@@ -443,6 +496,23 @@ class DatasetFile(Section):
     user_id: str | None = None
     ignore: Strings = ()
     min_count: Count = 1
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        features = self.features
+        if not (features.sparse or features.dense or features.sequences):
+            raise ValueError("'features' lists no sparse, dense or sequence feature")
+        if self.user_id is not None and self.user_id not in features.sparse_names:
+            raise ValueError(f"user_id: user_id {self.user_id!r} must name a sparse feature"
+                             f"{_suggest(self.user_id, features.sparse_names)}")
+        names = [t.name for t in self.tasks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"tasks: task names must be unique; got {names}")
+        for i, t in enumerate(self.tasks):
+            if t.observed_after is not None and t.observed_after not in names[:i]:
+                raise ValueError(f"tasks[{i}].observed_after: task {t.name!r}: observed_after "
+                                 f"{t.observed_after!r} must name an earlier task (tasks in order: {names})")
+        return self
 
 
 @dataclass(frozen=True)
@@ -522,7 +592,9 @@ class DatasetConfig:
         if extra["sparse"] or extra["dense"]:
             expanded = replace(self, sparse=(*self.sparse, *extra["sparse"]),
                                dense=(*self.dense, *extra["dense"]), patterns={})
-            _check_features(expanded)
+            validate(FeaturesFile, {"sparse": list(expanded.sparse), "dense": list(expanded.dense),
+                                    "sequences": list(expanded.sequences)}, self.origin, DatasetConfigError,
+                     prefix="features")
         known = set(available)
         for name in sorted(expanded.used_columns() | set(expanded.ignore)):
             if name not in known:
@@ -555,44 +627,13 @@ class DatasetConfig:
         return expanded
 
 
-def _check_features(config: DatasetConfig) -> None:
-    where = config.origin
-    names = config.feature_names
-    repeated = sorted({n for n in names if names.count(n) > 1})
-    if repeated:
-        raise DatasetConfigError(f"{where}: feature names must be unique; repeated: {repeated}")
-    sparse_names = {f.name for f in config.sparse}
-    for s in config.sequences:
-        if s.target and s.target not in sparse_names:
-            raise DatasetConfigError(f"{where}: sequence {s.name!r}: target {s.target!r} is not a sparse "
-                                     f"feature{_suggest(s.target, sparse_names)}")
-    for table in {f.table_name for f in config.embedded}:
-        counts = {f.min_count for f in config.embedded
-                  if f.table_name == table and f.min_count is not None}
-        if len(counts) > 1:
-            raise DatasetConfigError(f"{where}: features sharing table {table!r} give different min_count "
-                                     f"{sorted(counts)}")
-    if config.user_id is not None and config.user_id not in sparse_names:
-        raise DatasetConfigError(f"{where}: user_id {config.user_id!r} must name a sparse feature"
-                                 f"{_suggest(config.user_id, sparse_names)}")
-    task_names = [t.name for t in config.tasks]
-    if len(set(task_names)) != len(task_names):
-        raise DatasetConfigError(f"{where}: task names must be unique; got {task_names}")
-    for i, t in enumerate(config.tasks):
-        if t.observed_after is not None and t.observed_after not in task_names[:i]:
-            raise DatasetConfigError(f"{where}: task {t.name!r}: observed_after {t.observed_after!r} must "
-                                     f"name an earlier task (tasks in order: {task_names})")
-
-
 def parse_dataset_config(data: Any, origin: str = "dataset config") -> DatasetConfig:
     """Validate a config mapping (as read from YAML) into a DatasetConfig."""
     parsed = validate(DatasetFile, data, origin, DatasetConfigError)
     features = parsed.features
-    if not (features.sparse or features.dense or features.sequences):
-        raise DatasetConfigError(f"{origin}: 'features' lists no sparse, dense or sequence feature")
     patterns = {kind: tuple(e for e in entries if e.pattern is not None)
                 for kind, entries in (("sparse", features.sparse), ("dense", features.dense))}
-    config = DatasetConfig(
+    return DatasetConfig(
         name=parsed.name or Path(origin).stem,
         source=parsed.source,
         tasks=tuple(parsed.tasks),
@@ -607,8 +648,6 @@ def parse_dataset_config(data: Any, origin: str = "dataset config") -> DatasetCo
         origin=origin,
         raw=dict(data),
     )
-    _check_features(config)
-    return config
 
 
 def load_dataset_config(path: str | Path) -> DatasetConfig:

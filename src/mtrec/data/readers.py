@@ -10,9 +10,9 @@ becomes the W physical columns ``name[0] .. name[W-1]``, grouped under ``name``.
 Files as common tools write them read as expected: a UTF-8 byte-order mark (Excel) is skipped; in a
 directory, hidden files and Hadoop/Spark markers (``.part-0.crc``, ``_SUCCESS``) are not data.
 
-A known raw format that is not a table of rows, the Taobao UserBehavior event log (``format:
-userbehavior``), is turned into rows by its reader (:mod:`mtrec.data.userbehavior`) and streamed the same
-way; its rows' errors name the log line of the event a row comes from.
+A known raw format that is not a table of rows (an event log, :mod:`mtrec.data.formats`) is read as
+headerless text, turned into rows by its format's module and streamed the same way; its rows' errors
+name the log line a row comes from.
 
 Errors name the file and the physical line (a record spanning lines, blank lines and the header are
 counted as a text editor counts them): a row with the wrong number of fields, a quoted field that is
@@ -29,6 +29,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -36,9 +37,11 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from mtrec.data import userbehavior
-from mtrec.data.config import SourceConfig
 from mtrec.data.dataset import DatasetError
+from mtrec.data.formats import LINE, LogBlock, RawFormat, raw_format
+
+if TYPE_CHECKING:
+    from mtrec.data.config import SourceConfig
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
 _BLOCK_BYTES = 1 << 20  # the streaming reader reads ahead a few dozen blocks: keep them small
@@ -206,11 +209,12 @@ def _unique(names: list[str]) -> ColumnLayout:
 
 def read_layout(path: Path, source: SourceConfig) -> ColumnLayout:
     """The columns of one raw file: from its header, from ``source.columns``, or ``c0 .. c{n-1}``; for
-    a known log format, the columns of the rows its reader builds."""
-    if source.format == "userbehavior":
+    a known raw format, the columns of the rows its module builds."""
+    known = raw_format(source.format)
+    if known is not None:
         if not path.is_file():
             raise DataFormatError(f"raw data file not found: {path}")
-        return ColumnLayout(userbehavior.COLUMNS, userbehavior.COLUMNS)
+        return ColumnLayout(known.columns, known.columns)
     if file_format(path, source.format) == "parquet":
         try:
             names = pq.ParquetFile(str(path)).schema_arrow.names
@@ -329,8 +333,9 @@ def iter_chunks(path: Path, source: SourceConfig, layout: ColumnLayout, include:
                 chunk_rows: int | None = None) -> Iterator[Chunk]:
     """Stream the physical columns ``include`` of ``path`` in chunks of ``chunk_rows`` rows."""
     chunk_rows = chunk_rows or source.chunk_rows
-    if source.format == "userbehavior":
-        yield from _userbehavior_chunks(path, source, include, chunk_rows)
+    known = raw_format(source.format)
+    if known is not None:
+        yield from _built_chunks(known, path, source, include, chunk_rows)
         return
     is_csv = file_format(path, source.format) == "csv"
     batches = (_csv_batches(path, source, layout, include) if is_csv
@@ -343,21 +348,21 @@ def iter_chunks(path: Path, source: SourceConfig, layout: ColumnLayout, include:
         first += table.num_rows
 
 
-def _userbehavior_chunks(path: Path, source: SourceConfig, include: list[str], chunk_rows: int
-                         ) -> Iterator[Chunk]:
-    """The rows built from a UserBehavior event log (streamed: blocks of events in, chunks of rows out)."""
-    log = source.model_copy(update={"format": "csv", "header": False, "columns": userbehavior.EVENT_COLUMNS,
-                                    "quote": None, "strip": False, "separator": ","})
-    layout = ColumnLayout(userbehavior.EVENT_COLUMNS, userbehavior.EVENT_COLUMNS)
+def _built_chunks(known: RawFormat, path: Path, source: SourceConfig, include: list[str], chunk_rows: int
+                  ) -> Iterator[Chunk]:
+    """The rows a known raw format builds from its log (streamed: blocks of lines in, chunks of rows out)."""
+    log = source.model_copy(update={"format": "csv", "header": False, "columns": known.log_columns,
+                                    "quote": None, "strip": False, "separator": known.separator})
+    layout = ColumnLayout(known.log_columns, known.log_columns)
 
-    def blocks() -> Iterator[userbehavior.Events]:
-        for chunk in iter_chunks(path, log, layout, list(userbehavior.EVENT_COLUMNS), userbehavior.EVENT_BLOCK):
-            lines = chunk.first_row + 1 + np.arange(chunk.num_rows)
-            yield userbehavior.parse_events(chunk.table, lines, chunk.where)
+    def blocks() -> Iterator[LogBlock]:
+        for chunk in iter_chunks(path, log, layout, list(known.log_columns), known.block_rows):
+            yield LogBlock(chunk.table, chunk.first_row + 1 + np.arange(chunk.num_rows), chunk.where)
 
-    tables = userbehavior.training_rows(blocks(), source.options, str(path))
+    options = source.options if source.options is not None else known.options()
+    tables = known.rows(blocks(), options, str(path))
     first = 0
     for table in _rechunk((b for t in tables for b in t.to_batches()), chunk_rows):
-        lines = np.asarray(table[userbehavior.LINE].to_numpy(), dtype=np.int64)
+        lines = np.asarray(table[LINE].to_numpy(), dtype=np.int64)
         yield Chunk(table.select(include), path, first, source, False, lines)
         first += table.num_rows

@@ -25,7 +25,8 @@ Framing (one row per impression; the time of a row is its ``pv`` event's timesta
   the ``max_history`` latest. No event at t or later (the row's own, its labels') is in a history;
 - ``timestamp`` (t) is a column, for a time-ordered split (``split: {kind: column, column: timestamp}``).
 
-Output columns (text, as every reader gives them): :data:`COLUMNS`; histories are ``|``-joined ids.
+Output columns (text, as every reader gives them): :data:`COLUMNS`, and the log line of each row's ``pv``
+event (:data:`mtrec.data.formats.LINE`); histories are ``|``-joined ids.
 
 Streaming: the log is read in blocks of :data:`EVENT_BLOCK` events; the rows of a block's users are
 produced once a later user's first event is read, so memory holds one block, the last user's events, the
@@ -44,6 +45,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mtrec.data.dataset import DatasetError
+from mtrec.data.formats import LINE, LogBlock, RawFormat, register_format
 from mtrec.typed import ConfigModel, Count, NonNegative
 
 BEHAVIOURS = ("pv", "cart", "fav", "buy")
@@ -51,7 +53,6 @@ EVENT_COLUMNS = ("user_id", "item_id", "category_id", "behavior_type", "timestam
 LABELS = ("click", "cart", "fav", "buy")
 HISTORIES = tuple(f"hist_{b}_{aspect}" for b in BEHAVIOURS for aspect in ("item", "cat"))
 COLUMNS = ("user_id", "item_id", "category_id", "timestamp", *LABELS, *HISTORIES)
-LINE = "_line"  # the log line of each row's pv event (for messages); not a data column
 EVENT_BLOCK = 1 << 16  # events per block read from the log
 SEPARATOR = "|"
 _REDRAWS = 10  # rounds of redrawing a negative the user has viewed; one still viewed after them is left out
@@ -339,3 +340,15 @@ def _resumed(users: np.ndarray, seen: np.ndarray) -> int | None:
     before = np.flatnonzero(seen[at] == users) if seen.shape[0] else np.array([], np.int64)
     again = np.concatenate([repeated, before])
     return int(again.min()) if again.size else None
+
+
+def _log_rows(blocks: Iterable[LogBlock], options: ConfigModel, path: str) -> Iterator[pa.Table]:
+    """:func:`training_rows` of the log's text blocks."""
+    assert isinstance(options, UserBehaviorOptions)
+    events = (parse_events(b.table, b.lines, b.where) for b in blocks)
+    return training_rows(events, options, path)
+
+
+USERBEHAVIOR = register_format(RawFormat(
+    name="userbehavior", options=UserBehaviorOptions, log_columns=EVENT_COLUMNS, columns=COLUMNS,
+    rows=_log_rows, block_rows=EVENT_BLOCK))
