@@ -25,8 +25,8 @@ from typing import Any
 from mtrec.bench.report import hit_the_limit
 from mtrec.bench.runner import parse_bench_config, run_bench
 from mtrec.data.source import load_data
-from mtrec.data.synthetic import logistic_regression_auc, oracle_auc
 from mtrec.io import atomic_write_text
+from mtrec.metrics.oracle import logistic_regression_auc, oracle_auc
 
 MODELS = [
     {"name": "mmoe", "label": "mmoe-mean"},

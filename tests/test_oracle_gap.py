@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from mtrec.data.synthetic import make_synthetic, oracle_auc
+from mtrec.data.synthetic import make_synthetic
+from mtrec.metrics.oracle import oracle_auc
 from mtrec.training.config import RunConfig, TrainConfig
 from mtrec.training.run import train_run
 

@@ -17,11 +17,10 @@ from mtrec.data.synthetic import (
     PRESETS,
     TaskWeights,
     _simulate,
-    logistic_regression_auc,
     make_synthetic,
-    oracle_auc,
     resolve_config,
 )
+from mtrec.metrics.oracle import logistic_regression_auc, oracle_auc
 
 ROWS = 30_000
 

@@ -2,9 +2,9 @@
 
 Every row is one impression of an item to a user. The labels are drawn from known probabilities, which
 are kept as the dataset's ``oracle`` block, so a model's AUC can be read against the best possible AUC
-on the same rows (:func:`oracle_auc`). The true probabilities are a function of the *observed* columns
-only (ids, side features, dense values, histories): the gap between a model and the oracle is estimation
-error, not missing information.
+on the same rows (:func:`mtrec.metrics.oracle.oracle_auc`). The true probabilities are a function of the
+*observed* columns only (ids, side features, dense values, histories): the gap between a model and the
+oracle is estimation error, not missing information.
 
 Generative model
 ----------------
@@ -97,7 +97,6 @@ from mtrec.features.schema import (
     TaskSpec,
 )
 from mtrec.features.vocab import Vocabulary
-from mtrec.metrics.ranking import auc
 
 N_AGE = 7
 N_GENDER = 2
@@ -677,81 +676,3 @@ def _simulate(cfg: SyntheticConfig, seed: int) -> _Simulation:
         labels=labels,
         splits=splits,
     )
-
-
-# ---- evaluation helpers --------------------------------------------------------------------------
-def _split_rows(dataset: PreparedDataset, split: str) -> np.ndarray:
-    if split == "all":
-        return np.arange(dataset.num_rows)
-    if split not in dataset.splits:
-        raise KeyError(f"unknown split {split!r}; the dataset has {sorted(dataset.splits)} (or 'all')")
-    return np.asarray(dataset.splits[split])
-
-
-def observed_rows(dataset: PreparedDataset, task: str, rows: np.ndarray) -> np.ndarray:
-    """The subset of ``rows`` where ``task`` is observed (its ``observed_after`` task's label is 1)."""
-    spec = dataset.schema.task(task)
-    if spec.observed_after is None:
-        return rows
-    col = dataset.schema.task_names.index(spec.observed_after)
-    return rows[np.asarray(dataset.labels[rows, col]) == 1]
-
-
-def oracle_auc(dataset: PreparedDataset, split: str = "test") -> dict[str, float]:
-    """AUC of the true probabilities per task on ``split`` ("all" for every row), each task on its observed
-    rows. NaN where a task has a single class there. ValueError if the dataset has no oracle."""
-    if dataset.oracle is None:
-        raise ValueError("this dataset has no oracle block (only synthetic datasets carry true probabilities)")
-    rows = _split_rows(dataset, split)
-    result = {}
-    for t, name in enumerate(dataset.schema.task_names):
-        obs = observed_rows(dataset, name, rows)
-        result[name] = auc(np.asarray(dataset.labels[obs, t]), np.asarray(dataset.oracle[obs, t]))
-    return result
-
-
-def raw_feature_matrix(dataset: PreparedDataset, rows: np.ndarray) -> Any:
-    """The raw features of ``rows`` as a sparse CSR matrix ``[len(rows), n_columns]``: one-hot sparse ids,
-    dense values, and each history as a bag of item ids (count / length). No crosses."""
-    from scipy import sparse as sp
-
-    schema = dataset.schema
-    n = len(rows)
-    blocks = []
-    ids = np.asarray(dataset.sparse[rows])
-    for f, feature in enumerate(schema.sparse):
-        blocks.append(sp.csr_matrix((np.ones(n), (np.arange(n), ids[:, f])), shape=(n, feature.vocab_size)))
-    blocks.append(sp.csr_matrix(np.asarray(dataset.dense[rows], dtype=np.float64)))
-    for seq in schema.sequences:
-        items = np.asarray(dataset.sequences[seq.name][rows])
-        length = np.maximum((items > 0).sum(1, keepdims=True), 1)
-        value = (items > 0) / length  # [n, L]
-        row_index = np.repeat(np.arange(n), seq.max_len)
-        bag = sp.csr_matrix((value.ravel(), (row_index, items.ravel())), shape=(n, seq.vocab_size))
-        bag.sum_duplicates()
-        blocks.append(bag[:, FIRST_ID:])  # drop the padding column
-    return sp.hstack(blocks, format="csr")
-
-
-def logistic_regression_auc(
-    dataset: PreparedDataset, split: str = "test", c: float = 0.1, max_train_rows: int | None = None
-) -> dict[str, float]:
-    """Test AUC per task of an L2 logistic regression on :func:`raw_feature_matrix` (no crosses), fitted
-    on the train split (each task on its observed rows, at most ``max_train_rows`` of them): the linear
-    baseline the synthetic data is designed to defeat."""
-    from sklearn.linear_model import LogisticRegression
-
-    train = _split_rows(dataset, "train")
-    if max_train_rows is not None:
-        train = train[:max_train_rows]
-    evaluate = _split_rows(dataset, split)
-    result = {}
-    for t, name in enumerate(dataset.schema.task_names):
-        fit_rows = observed_rows(dataset, name, train)
-        eval_rows = observed_rows(dataset, name, evaluate)
-        y = np.asarray(dataset.labels[fit_rows, t])
-        model = LogisticRegression(C=c, max_iter=300)
-        model.fit(raw_feature_matrix(dataset, fit_rows), y)
-        scores = model.decision_function(raw_feature_matrix(dataset, eval_rows))
-        result[name] = auc(np.asarray(dataset.labels[eval_rows, t]), scores)
-    return result

@@ -29,7 +29,7 @@ def oracle_metrics(dataset: PreparedDataset) -> dict[str, dict[str, float]] | No
     """Test AUC of the true probabilities per task, when the data has them (synthetic)."""
     if dataset.oracle is None:
         return None
-    from mtrec.data.synthetic import oracle_auc
+    from mtrec.metrics.oracle import oracle_auc
 
     return {task: {"auc": value} for task, value in oracle_auc(dataset, "test").items()}
 
