@@ -206,7 +206,7 @@ def _(t: Path, w: World, mp: pytest.MonkeyPatch) -> Case:
     def full(directory: Path) -> None:
         raise OSError(errno.ENOSPC, "No space left on device", str(directory / "complete.json"))
 
-    mp.setattr("mtrec.data.prepare.seal", full)
+    mp.setattr("mtrec.data.dataset.seal", full)
     return Case(prepare_argv(w.config, t / "out"), [str(t / "out"), "No space left on device"], t / "out")
 
 

@@ -51,10 +51,9 @@ from mtrec.io import atomic_write_text, json_text
 from mtrec.models import ModelConfigError, list_models, model_options
 from mtrec.training.config import ConfigError, RunConfig, TrainConfig, TrainOverrides, read_config_file
 from mtrec.training.run import train_run
-from mtrec.training.rundir import METRICS, finished_metrics, started_with
+from mtrec.training.rundir import METRICS, RunDirectory, finished_metrics, started_with
 from mtrec.typed import ConfigModel, NonNegative, validate
 
-TIMING = "timing.json"
 ALL = "all"
 
 
@@ -256,18 +255,11 @@ def _prepared(entry: DatasetEntry, cache: Path, log: Callable[[str], None]) -> t
     if entry.spec is not None:
         return entry.spec, load_data(entry.spec)
     from mtrec.data.config import load_dataset_config
-    from mtrec.data.prepare import PREPARE_FILE, file_records, input_files
+    from mtrec.data.prepare import is_current
 
     assert entry.config is not None
     target = cache / _safe(entry.label)
-    stamp = target / PREPARE_FILE
-    if not stamp.is_file():
-        return None
-    config = load_dataset_config(entry.config)
-    wanted = {"config": json.loads(json.dumps(config.raw, default=str)),
-              "files": file_records(input_files(config, entry.raw))}
-    done = json.loads(stamp.read_text())
-    if {"config": done.get("config"), "files": done.get("files")} != wanted:
+    if not is_current(target, load_dataset_config(entry.config), entry.raw):
         return None
     log(f"dataset {entry.label}: using the prepared copy in {target}")
     return str(target), PreparedDataset.load(target)
@@ -332,11 +324,10 @@ def run_bench(
                     log(f"{where}: {'resuming' if resume else 'training'}")
                     start = time.perf_counter()
                     metrics = train_run(run_config, run_dir, dataset=dataset, log=log, resume=resume)
-                    timing = {"wall_s": time.perf_counter() - start, "resumed": resume}
-                    atomic_write_text(run_dir / TIMING, json_text(timing) + "\n")
+                    RunDirectory(run_dir).write_timing({"wall_s": time.perf_counter() - start, "resumed": resume})
                 else:
                     log(f"{where}: already done ({run_dir / METRICS})")
-                timing = json.loads((run_dir / TIMING).read_text()) if (run_dir / TIMING).is_file() else {}
+                timing = RunDirectory(run_dir).timing()
                 runs.append({**metrics, "data": entry.label, "model": model.label, "registry_name": model.name,
                              "run_dir": str(run_dir), "wall_s": timing.get("wall_s"),
                              "resumed": bool(timing.get("resumed"))})

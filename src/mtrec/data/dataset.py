@@ -216,27 +216,24 @@ class PreparedDataset:
         return True
 
     def save(self, directory: str | Path, overwrite: bool = False) -> None:
-        """Write the dataset directory atomically (see the module docstring for the layout); an existing
-        prepared dataset there is replaced only with ``overwrite`` (see :func:`check_replaceable`)."""
+        """Write the dataset directory atomically with :class:`DatasetWriter` (see the module docstring for
+        the layout); an existing prepared dataset there is replaced only with ``overwrite`` (see
+        :func:`check_replaceable`)."""
         out = check_replaceable(directory, overwrite)
         self.check_labels()
         self.check_ids()
+        sizes = {split: self.split_size(split) for split in SPLITS}
 
         def build(tmp: Path) -> None:
-            self.schema.save(tmp / "schema.json")
-            np.save(tmp / "sparse.npy", np.ascontiguousarray(self.sparse, dtype=np.int32))
-            np.save(tmp / "dense.npy", np.ascontiguousarray(self.dense, dtype=np.float32))
-            for name, block in self.sequences.items():
-                np.save(tmp / f"seq__{name}.npy", np.ascontiguousarray(block, dtype=np.int32))
-            np.save(tmp / "labels.npy", np.ascontiguousarray(self.labels, dtype=np.float32))
-            if self.oracle is not None:
-                np.save(tmp / "oracle.npy", np.ascontiguousarray(self.oracle, dtype=np.float32))
-            (tmp / "splits").mkdir()
+            writer = DatasetWriter(tmp, self.schema, self.num_rows, sizes, oracle=self.oracle is not None)
+            for start in range(0, self.num_rows, _CHECK_ROWS):
+                rows = slice(start, start + _CHECK_ROWS)
+                writer.write_rows(start, self.sparse[rows], self.dense[rows],
+                                  {name: block[rows] for name, block in self.sequences.items()}, self.labels[rows],
+                                  None if self.oracle is None else self.oracle[rows])
             for split, idx in self.splits.items():
-                np.save(tmp / "splits" / f"{split}.npy", np.asarray(idx, dtype=np.int64))
-            if self.encoders is not None:
-                self.encoders.save(tmp / ENCODERS_FILE)
-            seal(tmp)
+                writer.add_split_rows(split, np.asarray(idx))
+            writer.finish(self.encoders)
 
         atomic_replace_dir(out, build)
 
@@ -315,63 +312,86 @@ def _check_complete(directory: Path) -> dict[str, int]:
     return files
 
 
-class DatasetWriter:
-    """Fills a prepared dataset directory block by block, with bounded memory.
+def layout_bytes(schema: DatasetSchema, num_rows: int, oracle: bool = False) -> int:
+    """The bytes the column blocks and split indices of ``num_rows`` rows take (headers and text files
+    aside): what writing the dataset needs on disk."""
+    width = len(schema.sparse) + len(schema.dense) + sum(s.max_len for s in schema.sequences)
+    tasks = len(schema.tasks) * (2 if oracle else 1)
+    return num_rows * (4 * (width + tasks) + 8)
 
-    Each column block is a memory-mapped ``.npy`` file (``numpy.lib.format.open_memmap``) of its final
-    shape; rows are written at their offsets with :meth:`write_rows` and split indices appended with
-    :meth:`add_split_rows`. Used inside :func:`mtrec.io.atomic_replace_dir` so that readers never see a
-    half-written dataset.
+
+class _BlockFile:
+    """One ``.npy`` file written front to back: the header of its final ``shape``, then rows appended in
+    order. Plain writes, not a memory map: a full disk is an OSError (``No space left on device``) at
+    the write, never a SIGBUS later."""
+
+    def __init__(self, path: Path, dtype: type, shape: tuple[int, ...]) -> None:
+        self.path, self.dtype, self.shape = path, np.dtype(dtype), shape
+        self.rows = 0
+        self.file = open(path, "wb")  # noqa: SIM115 (closed by close())
+        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": shape}
+        np.lib.format.write_array_header_2_0(self.file, header)
+
+    def append(self, block: np.ndarray) -> None:
+        """Rows ``[k, *shape[1:]]`` after those written."""
+        if self.rows + block.shape[0] > self.shape[0]:
+            raise DatasetError(f"{self.path.name}: rows up to {self.rows + block.shape[0]} written to a block "
+                               f"of {self.shape[0]}")
+        self.file.write(np.ascontiguousarray(block, dtype=self.dtype).tobytes())
+        self.rows += block.shape[0]
+
+    def close(self) -> None:
+        self.file.close()
+        if self.rows != self.shape[0]:
+            raise DatasetError(f"{self.path.name}: {self.rows} rows written, {self.shape[0]} declared")
+
+
+class DatasetWriter:
+    """The one writer of the prepared layout: fills a dataset directory block by block, in row order,
+    with bounded memory (see the module docstring for the layout).
+
+    Each column block is a ``.npy`` file of its final shape, written front to back (:class:`_BlockFile`):
+    rows with :meth:`write_rows` (at increasing offsets), split indices appended with
+    :meth:`add_split_rows`; :meth:`finish` adds the encoders and the text files and seals the directory.
+    Used inside :func:`mtrec.io.atomic_replace_dir` so that readers never see a half-written dataset.
     """
 
-    def __init__(self, directory: Path, schema: DatasetSchema, num_rows: int, split_sizes: Mapping[str, int]
-                 ) -> None:
+    def __init__(self, directory: Path, schema: DatasetSchema, num_rows: int, split_sizes: Mapping[str, int],
+                 oracle: bool = False) -> None:
         self.directory = d = Path(directory)
-        self.schema = schema
         self.num_rows = n = num_rows
         schema.save(d / "schema.json")
-
-        def block(name: str, dtype: type, shape: tuple[int, ...]) -> np.memmap:
-            return np.lib.format.open_memmap(d / name, mode="w+", dtype=dtype, shape=shape)
-
-        self.sparse = block("sparse.npy", np.int32, (n, len(schema.sparse)))
-        self.dense = block("dense.npy", np.float32, (n, len(schema.dense)))
-        self.sequences = {
-            s.name: block(f"seq__{s.name}.npy", np.int32, (n, s.max_len)) for s in schema.sequences
-        }
-        self.labels = block("labels.npy", np.float32, (n, len(schema.tasks)))
         (d / "splits").mkdir(exist_ok=True)
-        self.splits = {
-            split: block(f"splits/{split}.npy", np.int64, (split_sizes[split],)) for split in SPLITS
-        }
-        self._split_fill = dict.fromkeys(SPLITS, 0)
+        blocks = {"sparse": (np.int32, (n, len(schema.sparse))), "dense": (np.float32, (n, len(schema.dense))),
+                  **{f"seq__{s.name}": (np.int32, (n, s.max_len)) for s in schema.sequences},
+                  "labels": (np.float32, (n, len(schema.tasks))),
+                  **({"oracle": (np.float32, (n, len(schema.tasks)))} if oracle else {}),
+                  **{f"splits/{split}": (np.int64, (split_sizes[split],)) for split in SPLITS}}
+        self.blocks = {name: _BlockFile(d / f"{name}.npy", dtype, shape) for name, (dtype, shape) in blocks.items()}
 
-    def write_rows(self, start: int, sparse: np.ndarray, dense: np.ndarray,
-                   sequences: Mapping[str, np.ndarray], labels: np.ndarray) -> None:
-        """Rows ``[start, start + n)``: sparse ``[n, F_sparse]``, dense ``[n, F_dense]``, sequences
-        ``{name: [n, L]}``, labels ``[n, T]``."""
-        stop = start + labels.shape[0]
-        if stop > self.num_rows:
-            raise DatasetError(f"rows up to {stop} written to a dataset of {self.num_rows} rows")
-        self.sparse[start:stop] = sparse
-        self.dense[start:stop] = dense
-        for name, block in sequences.items():
-            self.sequences[name][start:stop] = block
-        self.labels[start:stop] = labels
+    def write_rows(self, start: int, sparse: np.ndarray, dense: np.ndarray, sequences: Mapping[str, np.ndarray],
+                   labels: np.ndarray, oracle: np.ndarray | None = None) -> None:
+        """Rows ``[start, start + n)``, following those written: sparse ``[n, F_sparse]``, dense
+        ``[n, F_dense]``, sequences ``{name: [n, L]}``, labels ``[n, T]``, oracle ``[n, T]`` (if declared)."""
+        if start != self.blocks["labels"].rows:
+            raise DatasetError(f"rows written from {start}, but {self.blocks['labels'].rows} rows precede them")
+        parts = {"sparse": sparse, "dense": dense, "labels": labels,
+                 **{f"seq__{name}": block for name, block in sequences.items()},
+                 **({"oracle": oracle} if oracle is not None else {})}
+        for name, block in parts.items():
+            self.blocks[name].append(block)
 
     def add_split_rows(self, split: str, rows: np.ndarray) -> None:
         """Append row indices ``[k]`` to a split."""
-        at = self._split_fill[split]
-        self.splits[split][at : at + rows.shape[0]] = rows
-        self._split_fill[split] = at + rows.shape[0]
+        self.blocks[f"splits/{split}"].append(rows)
 
-    def close(self) -> None:
-        """Flush every block; raise DatasetError if a split was not filled to its declared size."""
-        for split, array in self.splits.items():
-            if self._split_fill[split] != array.shape[0]:
-                raise DatasetError(f"split {split!r}: {self._split_fill[split]} row indices written, "
-                                   f"{array.shape[0]} declared")
-        blocks = [self.sparse, self.dense, self.labels, *self.sequences.values(), *self.splits.values()]
-        for block in blocks:
-            block.flush()
-        del self.sparse, self.dense, self.labels, self.sequences, self.splits
+    def finish(self, encoders: FeatureEncoders | None = None, texts: Mapping[str, str] | None = None) -> None:
+        """Close every block (DatasetError if one was not filled to its declared size), write the
+        encoders and the text files ``{name: text}`` (``prepare.json``), and seal the directory."""
+        for block in self.blocks.values():
+            block.close()
+        if encoders is not None:
+            encoders.save(self.directory / ENCODERS_FILE)
+        for name, text in (texts or {}).items():
+            (self.directory / name).write_text(text)
+        seal(self.directory)

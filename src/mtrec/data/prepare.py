@@ -14,6 +14,7 @@ The output is a function of the input alone: re-running gives identical bytes, w
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -27,10 +28,9 @@ import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
 from mtrec.data.config import DatasetConfig, DatasetConfigError, SplitConfig, TaskConfig, load_dataset_config
-from mtrec.data.dataset import SPLITS, DatasetWriter, PreparedDataset, check_replaceable, seal
+from mtrec.data.dataset import SPLITS, DatasetWriter, PreparedDataset, check_replaceable
 from mtrec.data.readers import Chunk, ColumnLayout, DataFormatError, iter_chunks, read_layout, resolve_paths
 from mtrec.features.encoders import (
-    ENCODERS_FILE,
     DenseTransform,
     EncodingError,
     FeatureEncoders,
@@ -552,10 +552,8 @@ def prepare_dataset(
                     writer.add_split_rows(split, offset + np.flatnonzero(splits == i))
                 offset += labels.shape[0]
                 bar.update(labels.shape[0])
-        writer.close()
-        encoders.save(tmp / ENCODERS_FILE)
-        (tmp / PREPARE_FILE).write_text(json_text(_provenance(resolved, files, state), indent=2, default=str) + "\n")
-        seal(tmp)
+        writer.finish(encoders, {PREPARE_FILE: json_text(_provenance(resolved, files, state), indent=2,
+                                                          default=str) + "\n"})
 
     atomic_replace_dir(out, write)
     counts = ", ".join(f"{s} {int(n):,}" for s, n in zip(SPLITS, state.split_rows, strict=True))
@@ -568,6 +566,20 @@ def file_records(files: list[InputFile]) -> list[dict[str, Any]]:
     a prepared copy is compared with to tell whether it is current."""
     return [{"path": str(f.path), "split": f.split,
              **({"parts": [list(p) for p in f.parts], "seed": f.seed} if f.parts else {})} for f in files]
+
+
+def is_current(directory: Path, config: DatasetConfig, raw: str | Path | None = None) -> bool:
+    """Whether ``directory`` holds ``config``'s files prepared with the same config (``prepare.json`` records
+    both): a prepared copy that need not be prepared again."""
+    stamp = directory / PREPARE_FILE
+    if not stamp.is_file():
+        return False
+    try:
+        done = json.loads(stamp.read_text())
+    except (OSError, ValueError):
+        return False
+    wanted = {"config": json.loads(json_text(config.raw, default=str)), "files": file_records(input_files(config, raw))}
+    return isinstance(done, dict) and {"config": done.get("config"), "files": done.get("files")} == wanted
 
 
 def _provenance(config: DatasetConfig, files: list[InputFile], state: FitState) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from mtrec.training.resume import RESUME, load_resume, save_resume
 
 HISTORY = "history.jsonl"
 METRICS = "metrics.json"
+TIMING = "timing.json"  # the benchmark's wall time of the run
 # what a run directory holds (timing.json: the benchmark's); a run never writes over anything else
 RUN_FILES = re.compile(r"^(config\.json|schema\.json|model\.safetensors|resume\.safetensors|history\.jsonl|"
                        r"metrics\.json|encoders\.json|timing\.json|learning_curves\.png|roc\.png|"
@@ -75,6 +76,18 @@ class RunDirectory:
     def append_history(self, row: dict[str, Any]) -> None:
         with open(self.path / HISTORY, "a") as fh:
             fh.write(json_text(row) + "\n")
+
+    def write_timing(self, timing: dict[str, Any]) -> None:
+        """``timing.json``: how long the run took (the benchmark's record, ``{wall_s, resumed}``)."""
+        atomic_write_text(self.path / TIMING, json_text(timing) + "\n")
+
+    def timing(self) -> dict[str, Any]:
+        """``timing.json`` as written by :meth:`write_timing`; ``{}`` where there is none (or it is unreadable)."""
+        try:
+            timing = json.loads((self.path / TIMING).read_text())
+        except (OSError, ValueError):
+            return {}
+        return timing if isinstance(timing, dict) else {}
 
     def write_weights(self, state: dict[str, Any]) -> None:
         save_weights(self.path / WEIGHTS, state)
