@@ -163,7 +163,7 @@ def main(argv: list[str]) -> None:
                 if dataset is None:
                     dataset = load_data(config.data)
                 print(f"--- {variant.label}, seed {seed} ---", flush=True)
-                metrics = train_run(config, directory, dataset=dataset, log=print)
+                metrics = train_run(config, directory, dataset=dataset, log=print, overwrite=True)
             if metrics is not None:
                 runs.append({**metrics, "model": variant.label})
                 tabulated += [variant.key] if variant.key not in tabulated else []

@@ -87,6 +87,11 @@ def write_config(path: Path, raw: Path, text: str = CONFIG) -> Path:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> World:
+    return build_world(tmp_path_factory)
+
+
+def build_world(tmp_path_factory: pytest.TempPathFactory) -> World:
+    """The shared inputs, made once per test module."""
     root = tmp_path_factory.mktemp("battery")
     rows = raw_rows(ROWS, seed=1)
     raw = root / "raw.csv"
@@ -628,7 +633,12 @@ def test_bad_input_is_one_clear_line_and_loses_nothing(
 ) -> None:
     t = tmp_path / "case"
     t.mkdir()
-    case = CASES[name](t, world, monkeypatch)
+    check_case(CASES[name](t, world, monkeypatch), t, world, capfd)
+
+
+def check_case(case: Case, t: Path, world: World, capfd: pytest.CaptureFixture[str]) -> None:
+    """Run ``case`` (built in ``t``): one ``error:`` line holding what it expects, exit status 2, no input
+    changed, nothing written outside its output."""
     before = snapshot(t, world.root)
     capfd.readouterr()
     status = main_status(case.argv)
@@ -798,7 +808,7 @@ def test_stale_temporaries_of_killed_writes_are_removed_and_nothing_else(world: 
     live.write_text("half")
     stale_dir = tmp_path / f"{temporary_prefix('data', pid)}abc.tmp"
     shutil.copytree(world.data, stale_dir)
-    assert main_status(train_argv(world.data, tmp_path / "run")) == 0
+    assert main_status(train_argv(world.data, tmp_path / "run", "--overwrite")) == 0
     assert not stale.exists() and live.exists()
     assert main_status(prepare_argv(world.config, tmp_path / "data")) == 0
     assert not stale_dir.exists()

@@ -72,7 +72,7 @@ def run_config(data_dir: Path, **train: Any) -> dict[str, Any]:
 KILLER = """
 import os, signal, sys
 from pathlib import Path
-import mtrec.training.resume as resume
+import mtrec.training.tensorfile as tensorfile
 import mtrec.training.trainer as trainer
 moment, kill_at = sys.argv[1], int(sys.argv[2])
 if moment == "step":
@@ -83,14 +83,15 @@ if moment == "step":
         return step(self, batch, state)
     trainer.Trainer._step = killing_step
 else:
-    save_file, calls = resume.save_file, []
+    save_file, calls = tensorfile.save_file, []
     def killing_save(tensors, path, metadata=None):
-        calls.append(path)
         save_file(tensors, path, metadata=metadata)
-        if len(calls) == kill_at:
-            os.truncate(path, os.path.getsize(path) // 2)
-            os.kill(os.getpid(), signal.SIGKILL)
-    resume.save_file = killing_save
+        if metadata is not None:  # a resume checkpoint (model weights carry no metadata)
+            calls.append(path)
+            if len(calls) == kill_at:
+                os.truncate(path, os.path.getsize(path) // 2)
+                os.kill(os.getpid(), signal.SIGKILL)
+    tensorfile.save_file = killing_save
 from mtrec.cli import main
 sys.argv = ["mtrec", "train", *sys.argv[3:]]
 main()

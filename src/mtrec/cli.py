@@ -76,9 +76,10 @@ def _run_config(
 @click.option("--config", "config_file", type=click.Path(path_type=Path), help="YAML run config")
 @click.option("--resume", is_flag=True,
               help="continue from the run directory's last checkpoint (resume.safetensors); start fresh if none")
+@click.option("--overwrite", is_flag=True, help="replace the finished run in --out (refused without it)")
 def train(
     model: str | None, data: str | None, out: Path, epochs: int | None, seed: int | None,
-    batch_size: int | None, lr: float | None, config_file: Path | None, resume: bool,
+    batch_size: int | None, lr: float | None, config_file: Path | None, resume: bool, overwrite: bool,
 ) -> None:
     """Train one model and write its run directory (metrics.json, model.safetensors, plots).
 
@@ -89,7 +90,7 @@ def train(
 
     config = _run_config(model, data, config_file,
                          {"epochs": epochs, "seed": seed, "batch_size": batch_size, "lr": lr})
-    metrics = train_run(config, out, resume=resume)
+    metrics = train_run(config, out, resume=resume, overwrite=overwrite)
     if not _is_main_process():
         return
     for task, m in metrics["test"].items():

@@ -323,7 +323,8 @@ def run_bench(
                     resume = started_with(run_dir, run_config)  # an interrupted run continues
                     log(f"{where}: {'resuming' if resume else 'training'}")
                     start = time.perf_counter()
-                    metrics = train_run(run_config, run_dir, dataset=dataset, log=log, resume=resume)
+                    metrics = train_run(run_config, run_dir, dataset=dataset, log=log, resume=resume,
+                                        overwrite=True)  # a run of another config is replaced
                     RunDirectory(run_dir).write_timing({"wall_s": time.perf_counter() - start, "resumed": resume})
                 else:
                     log(f"{where}: already done ({run_dir / METRICS})")

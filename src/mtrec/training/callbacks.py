@@ -50,6 +50,8 @@ class TrainerCallback:
     writing anything). The hooks receive the :class:`~mtrec.training.trainer.Trainer` (its ``model``,
     ``optimizer``, ``config``, ...) and its :class:`~mtrec.training.state.TrainState`:
 
+    - :meth:`on_fit_start` once the state to start from is known (a resume checkpoint read, checked and
+      loaded), before anything is written to the run directory.
     - :meth:`on_step_end` after each optimizer step, with the step's loss terms (task losses and any
       auxiliary terms, scalar tensors, detached; None when the batch was skipped for a non-finite loss).
       Gradients are still on the parameters then.
@@ -59,6 +61,9 @@ class TrainerCallback:
       epoch has been written.
     - :meth:`on_fit_end` once training and the test evaluation are done, with the ``FitResult``.
     """
+
+    def on_fit_start(self, trainer: Trainer, state: TrainState) -> None:
+        """Before training starts (or continues from ``state``), before anything is written."""
 
     def on_step_end(self, trainer: Trainer, state: TrainState, terms: dict[str, torch.Tensor] | None) -> None:
         """After an optimizer step (``terms`` None: the batch was skipped)."""

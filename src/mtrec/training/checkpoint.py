@@ -13,16 +13,16 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from mtrec.errors import UserError
 from mtrec.features.schema import DatasetSchema, SchemaError
-from mtrec.io import atomic_write
 from mtrec.objectives.scorer import Scorer
 from mtrec.objectives.weighting import WeightingConfigError
 from mtrec.training.build import build_run
 from mtrec.training.config import ConfigError, RunConfig
 from mtrec.training.nonfinite import nonfinite_parameters
+from mtrec.training.tensorfile import save_tensors
 
 WEIGHTS = "model.safetensors"
 SCHEMA = "schema.json"
@@ -43,7 +43,7 @@ def save_weights(path: Path, state: dict[str, torch.Tensor]) -> None:
         pointer = tensor.untyped_storage().data_ptr()
         tensors[key] = tensor.clone() if pointer in seen else tensor
         seen.add(pointer)
-    atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp)))
+    save_tensors(Path(path), tensors)
 
 
 def weights_problem(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> str | None:

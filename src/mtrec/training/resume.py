@@ -23,11 +23,10 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from mtrec import collectives
 from mtrec.errors import UserError
-from mtrec.io import atomic_write
+from mtrec.training.tensorfile import save_tensors
 
 RESUME = "resume.safetensors"
 FORMAT = "mtrec-resume/1"
@@ -88,7 +87,7 @@ def save_resume(path: Path, state: dict[str, Any]) -> None:
     tensors: dict[str, torch.Tensor] = {}
     document = {"format": FORMAT, "state": encode_state(state, tensors)}
     metadata = {_META_KEY: json.dumps(document, allow_nan=False)}
-    atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    save_tensors(Path(path), tensors, metadata)
 
 
 def load_resume(path: Path) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import platform
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +17,14 @@ from tqdm.auto import tqdm
 
 from mtrec.data.dataset import PreparedDataset
 from mtrec.data.source import is_synthetic, load_data
+from mtrec.locks import locked_directory
 from mtrec.training import distributed
 from mtrec.training.build import build_run, resolve_config
 from mtrec.training.callbacks import TrainerCallback
 from mtrec.training.checkpointer import check_resumable
 from mtrec.training.config import RunConfig
 from mtrec.training.rundir import RunDirectory
+from mtrec.training.state import TrainState
 from mtrec.training.trainer import Trainer
 
 
@@ -38,6 +41,18 @@ def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+class RunDescription(TrainerCallback):
+    """Writes the run's description (schema, resolved config, encoders) once the trainer has read and
+    checked what it starts from, so that a refused resume writes nothing."""
+
+    def __init__(self, run_dir: RunDirectory, dataset: PreparedDataset, config: RunConfig) -> None:
+        self.run_dir, self.dataset, self.config = run_dir, dataset, config
+
+    def on_fit_start(self, trainer: Trainer, state: TrainState) -> None:
+        if trainer.dist.is_main:
+            self.run_dir.start(self.dataset, self.config)
+
+
 def train_run(
     config: RunConfig,
     out_dir: str | Path,
@@ -45,22 +60,29 @@ def train_run(
     log: Callable[[str], None] = tqdm.write,
     resume: bool = False,
     callbacks: Sequence[TrainerCallback] = (),
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train ``config.model`` on ``config.data`` (or the given dataset) and write the run directory.
 
     ``resume``: continue from the run directory's last checkpoint (a fresh start if it has none).
     ``callbacks``: hooks into the training loop (see :class:`~mtrec.training.callbacks.TrainerCallback`).
+    A finished run in ``out_dir`` is continued only with ``resume`` and replaced only with ``overwrite``.
+    The run directory is locked while the run writes it (a second process is refused).
     Launched by ``torchrun``, joins the process group and trains data-parallel. Returns the metrics
     written to ``metrics.json``.
     """
+    run_dir = RunDirectory(Path(out_dir))
     with distributed.process_group(config.train.device) as ctx:
-        return _train(config, Path(out_dir), dataset, log if ctx.is_main else (lambda _: None), resume, ctx,
-                      callbacks)
+        run_dir.check()
+        run_dir.check_replaceable(resume, overwrite)
+        with locked_directory(run_dir.path, "run directory") if ctx.is_main else nullcontext():
+            return _train(config, run_dir, dataset, log if ctx.is_main else (lambda _: None), resume, ctx,
+                          callbacks)
 
 
 def _train(
     config: RunConfig,
-    out: Path,
+    run_dir: RunDirectory,
     dataset: PreparedDataset | None,
     log: Callable[[str], None],
     resume: bool,
@@ -69,19 +91,16 @@ def _train(
 ) -> dict[str, Any]:
     config = resolve_config(config)  # as the run directory saves it
     cfg = config.train
-    run_dir = RunDirectory(out)
-    run_dir.check()
     torch.set_num_threads(cfg.num_threads or distributed.threads_per_process(ctx))
     if resume:
-        check_resumable(config, out)
+        check_resumable(config, run_dir.path)
     if dataset is None:
         dataset = load_data(config.data)
     torch.manual_seed(cfg.seed)
     model, objective, weighting = build_run(config, dataset.schema)  # checks every option before writing
     params = count_parameters(model)  # before the trainer: sharded tables leave each rank only its part
-    trainer = Trainer(model, cfg, run_dir, log, parts=(objective, weighting), callbacks=callbacks)
-    if ctx.is_main:
-        run_dir.start(dataset, config)
+    describe = RunDescription(run_dir, dataset, config)
+    trainer = Trainer(model, cfg, run_dir, log, parts=(objective, weighting), callbacks=[describe, *callbacks])
     ranks = f" on {ctx.world_size} processes" if ctx.enabled else ""
     log(f"training {config.model} ({params:,} parameters, objective {cfg.objective}) on "
         f"{config.data}: {dataset.split_size('train'):,} train rows{ranks}")

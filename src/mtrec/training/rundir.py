@@ -22,6 +22,7 @@ from mtrec.data.dataset import PreparedDataset
 from mtrec.features.encoders import ENCODERS_FILE
 from mtrec.features.schema import DatasetSchema
 from mtrec.io import (
+    PathError,
     atomic_write_text,
     check_output_dir,
     check_own_dir,
@@ -60,10 +61,18 @@ class RunDirectory:
         check_output_dir(self.path, "run directory")
         check_own_dir(self.path, RUN_FILES, "an mtrec run directory")
 
+    def check_replaceable(self, resume: bool, overwrite: bool) -> None:
+        """PathError if a run would replace the finished run here (it has ``metrics.json``) although it
+        neither continues it (``resume``) nor was asked to replace it (``overwrite``)."""
+        if not resume and not overwrite and (self.path / METRICS).is_file():
+            raise PathError(f"{self.path} holds a finished run ({METRICS}): pass --resume to continue it, "
+                            f"--overwrite to replace it, or choose another --out")
+
     def start(self, dataset: PreparedDataset, config: RunConfig) -> None:
         """Create the directory and write the run's description: schema, resolved config, the data's
-        encoders (if it has them)."""
+        encoders (if it has them). A run in progress has no ``metrics.json``."""
         self.path.mkdir(parents=True, exist_ok=True)
+        (self.path / METRICS).unlink(missing_ok=True)
         dataset.schema.save(self.path / SCHEMA)
         config.save(self.path / CONFIG)
         dataset.write_encoders(self.path / ENCODERS_FILE)

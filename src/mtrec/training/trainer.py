@@ -267,7 +267,9 @@ class Trainer:
             self.writer.remove_stale_temporaries()  # left by a killed run
         if resume:
             state = self.checkpointer.restore(self, state)
-        elif self.writer is not None:
+        for callback in self.callbacks:
+            callback.on_fit_start(self, state)
+        if not resume and self.writer is not None:
             self.writer.remove_resume()
         selected = self.selection.selected_weights() if self.selection.best_states else None
         if self.writer is not None:  # make the run directory agree with the state continued from
