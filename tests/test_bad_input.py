@@ -631,9 +631,15 @@ def snapshot(*roots: Path) -> dict[Path, str]:
 def test_bad_input_is_one_clear_line_and_loses_nothing(
     name: str, world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:
+    check_built(CASES[name], tmp_path, world, monkeypatch, capfd)
+
+
+def check_built(build: Builder, tmp_path: Path, world: World, monkeypatch: pytest.MonkeyPatch,
+                capfd: pytest.CaptureFixture[str]) -> None:
+    """Build a case in a directory of its own under ``tmp_path`` and check it (:func:`check_case`)."""
     t = tmp_path / "case"
     t.mkdir()
-    check_case(CASES[name](t, world, monkeypatch), t, world, capfd)
+    check_case(build(t, world, monkeypatch), t, world, capfd)
 
 
 def check_case(case: Case, t: Path, world: World, capfd: pytest.CaptureFixture[str]) -> None:

@@ -24,7 +24,7 @@ from safetensors.torch import save_file
 
 from mtrec.locks import locked_directory
 from mtrec.training.resume import RESUME
-from test_bad_input import Case, World, build_world, check_case, main_status, train_argv
+from test_bad_input import Builder, Case, World, build_world, check_built, check_case, main_status, train_argv
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 HOLD_LOCK = """
@@ -40,7 +40,6 @@ with locked_directory(sys.argv[1]):
 def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     return build_world(tmp_path_factory)
 
-Builder = Callable[[Path, World, pytest.MonkeyPatch], Case]
 CASES: dict[str, Builder] = {}
 
 
@@ -193,9 +192,7 @@ def _(t: Path, w: World, mp: pytest.MonkeyPatch) -> Case:
 def test_bad_input_of_training_is_one_clear_line_and_loses_nothing(
     name: str, world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    t = tmp_path / "case"
-    t.mkdir()
-    check_case(CASES[name](t, world, monkeypatch), t, world, capfd)
+    check_built(CASES[name], tmp_path, world, monkeypatch, capfd)
 
 
 def test_overwrite_replaces_a_finished_run(world: World, tmp_path: Path) -> None:
