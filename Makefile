@@ -1,5 +1,5 @@
 # The two commands of the README. Each creates .venv with the pinned dependencies if needed.
-PYTHON ?= python3.11
+PYTHON ?= python3.11  # any CPython 3.11 to 3.13
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import click
 from pydantic import ValidationError
 
+from mtrec import __version__
 from mtrec.errors import CheckFailed, UserError
 
 if TYPE_CHECKING:
@@ -25,7 +26,7 @@ POSITIVE = click.IntRange(min=1)
 
 
 @click.group()
-@click.version_option(package_name="mtrec")
+@click.version_option(version=__version__, prog_name="mtrec")
 def cli() -> None:
     """mtrec: multi-task recommendation models, training, benchmarks, export and serving."""
 

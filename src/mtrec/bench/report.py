@@ -12,8 +12,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.figure import Figure
 
-from mtrec.io import atomic_write
+from mtrec.training.plots import epoch_axis, save_figure
 
 
 def _defined(values: list[float | None]) -> np.ndarray:
@@ -87,9 +88,14 @@ def comparison_table(runs: list[dict[str, Any]], metrics: tuple[str, ...] = ("au
 
 
 def plot_auc_bars(runs: list[dict[str, Any]], path: Path) -> None:
-    """Test AUC per model with error bars (sample std over seeds): one row of panels per dataset, one panel
-    per task, each with its own scale so that small differences show; the oracle as a dashed line where
-    known."""
+    """Write :func:`auc_bars_figure` to ``path``."""
+    save_figure(auc_bars_figure(runs), path)
+
+
+def auc_bars_figure(runs: list[dict[str, Any]]) -> Figure:
+    """Test AUC per model (the mean over seeds, with the sample std as error bars where a model has several
+    seeds): one row of panels per dataset (named on the left), one panel per task, each with its own scale
+    so that small differences show; the oracle as a dashed line where known."""
     groups = group_runs(runs)
     rows: list[tuple[str, list[tuple[str, list[dict[str, Any]]]]]] = []
     for data in dict.fromkeys(d for d, _ in groups):
@@ -104,7 +110,9 @@ def plot_auc_bars(runs: list[dict[str, Any]], path: Path) -> None:
         for i, (ax, task) in enumerate(zip(row_axes, tasks, strict=False)):
             spread = [_spread([r["test"][task]["auc"] for r in g]) for _, g in models]
             x = np.arange(len(models))
-            ax.bar(x, [m for m, _ in spread], 0.7, yerr=[s for _, s in spread], capsize=3, color=f"C{i % 10}")
+            several = any(len(g) > 1 for _, g in models)
+            ax.bar(x, [m for m, _ in spread], 0.7, yerr=[s for _, s in spread] if several else None, capsize=3,
+                   color=f"C{i % 10}")
             values = [v for m, sd in spread if not math.isnan(m) for v in (m - sd, m + sd)]
             oracle = models[0][1][0].get("oracle")
             if oracle:
@@ -115,25 +123,42 @@ def plot_auc_bars(runs: list[dict[str, Any]], path: Path) -> None:
                 pad = max(0.002, 0.25 * (max(values) - min(values)))
                 ax.set_ylim(max(0.0, min(values) - pad), min(1.0, max(values) + pad))
             ax.set_xticks(x, [m for m, _ in models], rotation=35, ha="right")
-            ax.set(title=f"{data}: test AUC, {task}", ylabel="AUC")
+            ax.set(title=f"{task}: test AUC" + (" (mean ± std)" if several else ""),
+                   ylabel=f"{_wrapped(data)}\nAUC" if i == 0 else "AUC")
             ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
-    plt.close(fig)
+    return fig
+
+
+def _wrapped(label: str, width: int = 28) -> str:
+    """A dataset label broken at ``/`` or ``:`` into lines of about ``width`` characters (an axis label)."""
+    lines = [""]
+    for part in label.replace("/", "/\0").replace(":", ":\0").split("\0"):
+        if lines[-1] and len(lines[-1]) + len(part) > width:
+            lines.append("")
+        lines[-1] += part
+    return "\n".join(lines)
 
 
 def plot_learning_curves_by_model(
     histories: dict[str, list[list[dict[str, Any]]]], tasks: list[str], path: Path, title: str = ""
 ) -> None:
+    """Write :func:`learning_curves_by_model_figure` to ``path``."""
+    save_figure(learning_curves_by_model_figure(histories, tasks, title), path)
+
+
+def learning_curves_by_model_figure(
+    histories: dict[str, list[list[dict[str, Any]]]], tasks: list[str], title: str = ""
+) -> Figure:
     """Validation AUC per task and total train loss by epoch, one line per model (mean over its seeds at
     each epoch that every still-running seed reached; runs stopped early contribute up to their stop).
 
     histories: model -> one ``history.jsonl`` row list per seed."""
-    fig, axes = plt.subplots(1, len(tasks) + 1, figsize=(4.2 * (len(tasks) + 1), 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(tasks) + 1, figsize=(4.6 * (len(tasks) + 1), 4.0), squeeze=False)
     for k, (model, seeds) in enumerate(histories.items()):
         style = {"color": f"C{k % 10}", "linestyle": "-" if k < 10 else "--", "marker": ".", "label": model}
         epochs = max(len(h) for h in seeds)
-        x = np.arange(1, epochs + 1)
+        x = np.arange(epochs)
         for ax, task in zip(axes[0], tasks, strict=False):
             y = [_spread([h[e]["valid"][task]["auc"] for h in seeds if e < len(h)])[0] for e in range(epochs)]
             ax.plot(x, y, **style)
@@ -141,11 +166,13 @@ def plot_learning_curves_by_model(
                 for e in range(epochs)]
         axes[0][-1].plot(x, loss, **style)
     for ax, task in zip(axes[0], tasks, strict=False):
-        ax.set(title=f"{title + ': ' if title else ''}validation AUC, {task}", xlabel="epoch", ylabel="AUC")
-    axes[0][-1].set(title="train loss (sum over tasks)", xlabel="epoch", ylabel="BCE")
+        ax.set(title=f"validation AUC, {task}", ylabel="AUC")
+    axes[0][-1].set(title="train loss (sum over tasks)", ylabel="BCE")
     for ax in axes[0]:
+        epoch_axis(ax)
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
-    plt.close(fig)
+    return fig
