@@ -227,8 +227,53 @@ def test_a_body_streamed_past_the_limit_or_another_method_is_refused(client: htt
     chunks = (b'{"candidates": [{"item_id": "' + b"x" * 1000 for _ in range(MAX_BODY // 1000 + 2))
     response = client.post("/v1/score", content=chunks, headers={"content-type": "application/json"})  # chunked
     assert response.status_code == 413 and response.json()["error"].startswith("body: request body over")
-    assert client.get("/v1/score").status_code == 405
+    refused = client.get("/v1/score")
+    assert refused.status_code == 405 and refused.headers["allow"] == "POST"
+    other = client.post("/healthz")
+    assert other.status_code == 405 and "GET" in other.headers["allow"]
     assert client.get("/healthz").status_code == 200
+
+
+def test_candidate_ids_are_echoed_with_their_scores(client: httpx.Client) -> None:
+    candidates = [{**GOOD_ITEM, "id": "offer-7"}, {**GOOD_ITEM, "item_id": "i9"}, {**GOOD_ITEM, "id": 12}]
+    response = client.post("/v1/score", json={"user": GOOD_USER, "candidates": candidates})
+    assert response.status_code == 200, response.text
+    scores = response.json()["scores"]
+    assert [s.get("id") for s in scores] == ["offer-7", None, 12]
+    assert list(scores[0]) == ["id", "click", "conversion"] and list(scores[1]) == ["click", "conversion"]
+    same = client.post("/v1/score", json={"user": GOOD_USER, "candidates": [GOOD_ITEM]}).json()["scores"][0]
+    assert {k: v for k, v in scores[0].items() if k != "id"} == same  # the id does not change the score
+    bad = client.post("/v1/score", json={"user": GOOD_USER, "candidates": [{**GOOD_ITEM, "id": [1]}]})
+    assert bad.status_code == 422 and bad.json()["error"].startswith("candidates[0].id")
+    spec = client.get("/openapi.json").json()["components"]["schemas"]
+    assert "id" in spec["Candidate"]["properties"] and "id" not in spec["Features"]["properties"]
+
+
+def metric(text: str, name: str) -> float:
+    """The value of one sample (``name`` with its labels) in a Prometheus exposition."""
+    found = [line.rsplit(" ", 1)[1] for line in text.splitlines() if line.startswith(name + " ")]
+    return float(found[0]) if found else 0.0
+
+
+def test_metrics_count_requests_errors_latency_and_batches(client: httpx.Client) -> None:
+    before = client.get("/metrics").text
+    good = {"user": GOOD_USER, "candidates": [GOOD_ITEM] * 3}
+    assert client.post("/v1/score", json=good).status_code == 200
+    assert client.post("/v1/score", json={"user": GOOD_USER, "candidates": []}).status_code == 422
+    response = client.get("/metrics")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    after = response.text
+
+    def grew(name: str) -> float:
+        return metric(after, name) - metric(before, name)
+
+    assert grew('mtrec_score_requests_total{status="200"}') == 1
+    assert grew('mtrec_score_requests_total{status="422"}') == 1
+    assert grew('mtrec_score_errors_total{status="422"}') == 1
+    assert grew("mtrec_score_latency_seconds_count") == 2 and grew("mtrec_score_latency_seconds_sum") > 0
+    assert grew("mtrec_score_candidates_sum") == 3
+    assert grew("mtrec_batch_rows_count") == 1 and grew("mtrec_batch_rows_sum") == 3
+    assert "mtrec_batch_requests_bucket" in after
 
 
 def test_torch_backend_gives_the_onnx_probabilities(run_dir: Path, predictor: Predictor) -> None:

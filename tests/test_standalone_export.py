@@ -206,3 +206,20 @@ def test_a_runs_graph_is_exported_once_then_loaded_without_torch(run_dir: Path, 
     (run / "scoring.onnx").write_bytes(b"a file the user put here")
     assert "kept in" not in Predictor.from_run(run).describe()
     assert (run / "scoring.onnx").read_bytes() == b"a file the user put here"
+
+
+def test_an_absent_device_is_one_line_naming_what_to_use(run_dir: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    source = write_csv(tmp_path / "rows.csv", raw_rows(5, seed=1), FEATURES)
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA: the refusal cannot be shown here")
+    for device in ("cuda", "cuda:7", "tpu"):
+        code = run_cli(["predict", str(run_dir), "--input", str(source), "--out", str(tmp_path / "o.csv"),
+                        "--device", device])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and f"--device {device}" in err.replace("'", ""), err
+        assert not (tmp_path / "o.csv").exists()
+    assert "onnxruntime-gpu" in (run_cli(["predict", str(run_dir), "--input", str(source), "--out",
+                                          str(tmp_path / "o.csv"), "--device", "cuda"]), capsys.readouterr().err)[1]
+    assert run_cli(["predict", str(run_dir), "--input", str(source), "--out", str(tmp_path / "o.csv"),
+                    "--device", "auto"]) == 0

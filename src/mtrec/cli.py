@@ -242,6 +242,8 @@ def inspect_cmd(run_dir: Path, data: str | None, split: str, out: Path | None, r
 
 _BACKEND = click.option("--backend", type=click.Choice(["onnx", "torch"]), default="onnx", show_default=True,
                         help="ONNX Runtime (the run's graph, exported and parity-checked once) or eager PyTorch")
+_DEVICE = click.option("--device", default="cpu", show_default=True,
+                       help="cpu, cuda, cuda:N or auto (CUDA when the runtime has it)")
 _MODEL = click.argument("run_dir", metavar="RUN_DIR|MODEL.onnx", type=click.Path(path_type=Path))
 _THREADS = click.option("--threads", type=POSITIVE, default=1, show_default=True, help="CPU threads for inference")
 
@@ -260,15 +262,16 @@ _THREADS = click.option("--threads", type=POSITIVE, default=1, show_default=True
                    "one column per feature")
 @_BACKEND
 @_THREADS
+@_DEVICE
 def predict(run_dir: Path, input_file: Path, out: Path, keep: tuple[str, ...], chunk_rows: int, separator: str,
-            dataset_config: Path | None, backend: str, threads: int) -> None:
+            dataset_config: Path | None, backend: str, threads: int, device: str) -> None:
     """Score a raw CSV/Parquet file with a run's model, or a model file from `mtrec export` (streamed, with a
     progress bar; written atomically)."""
     from mtrec.serving.batch import check_paths, score_file
     from mtrec.serving.predictor import Predictor
 
     check_paths(input_file, out)
-    predictor = Predictor.load(run_dir, backend=backend, threads=threads)  # type: ignore[arg-type]
+    predictor = Predictor.load(run_dir, backend=backend, threads=threads, device=device)  # type: ignore[arg-type]
     result = score_file(predictor, input_file, out, keep=keep, chunk_rows=chunk_rows, separator=separator,
                         dataset_config=dataset_config)
     click.echo(f"scored {result.rows:,} rows in {result.seconds:.2f} s ({result.rows_per_s:,.0f} rows/s, "
@@ -283,12 +286,13 @@ def predict(run_dir: Path, input_file: Path, out: Path, keep: tuple[str, ...], c
               help="largest candidate list one request may hold")
 @_BACKEND
 @_THREADS
+@_DEVICE
 @click.option("--inference-workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="scoring threads per process (each scores the requests waiting at that moment in one call)")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="serving processes, each loading the run (for machines with more cores)")
 @click.option("--access-log/--no-access-log", default=False, show_default=True)
-def serve(run_dir: Path, host: str, port: int, max_candidates: int, backend: str, threads: int,
+def serve(run_dir: Path, host: str, port: int, max_candidates: int, backend: str, threads: int, device: str,
           inference_workers: int, workers: int, access_log: bool) -> None:
     """Serve a run's model, or a model file from `mtrec export`, over HTTP: POST /v1/score, GET /healthz,
     GET /metrics, OpenAPI at /docs and /openapi.json."""
@@ -296,7 +300,7 @@ def serve(run_dir: Path, host: str, port: int, max_candidates: int, backend: str
     from mtrec.serving.app import serve as run_server
 
     settings = ServeSettings(str(run_dir), backend=backend, threads=threads, max_candidates=max_candidates,
-                             inference_workers=inference_workers)
+                             inference_workers=inference_workers, device=device)
     run_server(settings, host=host, port=port, workers=workers, access_log=access_log, echo=click.echo)
 
 

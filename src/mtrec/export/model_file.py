@@ -136,7 +136,26 @@ class ModelFile:
     props: dict[str, str]
 
 
-def onnx_session(onnx_model: bytes | str, threads: int = 1, providers: list[str] | None = None) -> Any:
+def providers_for(device: str) -> list[Any]:
+    """ONNX Runtime execution providers for ``--device``: ``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (CUDA when
+    this onnxruntime has it, else CPU); ModelFileError naming what to install or use instead."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    kind, _, index = device.partition(":")
+    if device == "auto":
+        kind = "cuda" if "CUDAExecutionProvider" in available else "cpu"
+    if kind == "cpu" and not index:
+        return ["CPUExecutionProvider"]
+    if kind != "cuda" or (index and not index.isdigit()):
+        raise ModelFileError(f"--device {device!r}: expected cpu, cuda, cuda:N or auto")
+    if "CUDAExecutionProvider" not in available:
+        raise ModelFileError(f"--device {device}: this onnxruntime runs on {', '.join(available)} only; install "
+                             f"onnxruntime-gpu for CUDA, or use --device cpu")
+    return [("CUDAExecutionProvider", {"device_id": int(index or 0)}), "CPUExecutionProvider"]
+
+
+def onnx_session(onnx_model: bytes | str, threads: int = 1, providers: list[Any] | None = None) -> Any:
     """An ONNX Runtime session (CPU unless ``providers`` says otherwise) for a serialized model or a path."""
     import onnxruntime as ort
 
@@ -146,7 +165,7 @@ def onnx_session(onnx_model: bytes | str, threads: int = 1, providers: list[str]
     return ort.InferenceSession(onnx_model, options, providers=providers or ["CPUExecutionProvider"])
 
 
-def open_model_file(source: Path | bytes, threads: int = 1, providers: list[str] | None = None,
+def open_model_file(source: Path | bytes, threads: int = 1, providers: list[Any] | None = None,
                     name: str = "") -> ModelFile:
     """Open an exported (or cached) model file, or its bytes (``name`` for messages); ModelFileError if it
     is not one mtrec wrote, or is damaged."""

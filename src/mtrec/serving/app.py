@@ -1,16 +1,18 @@
-"""The HTTP scoring service (FastAPI under uvicorn): ``POST /v1/score``, ``GET /healthz`` and the OpenAPI schema.
+"""The HTTP scoring service (FastAPI under uvicorn): ``POST /v1/score``, ``GET /healthz``, ``GET /metrics``
+(Prometheus, :mod:`mtrec.serving.metrics`) and the OpenAPI schema.
 
 ``POST /v1/score`` takes one user's features and a list of candidates' features as raw values (the format
-is in :mod:`mtrec.serving.request`) and answers each task's probability per candidate, in order::
+is in :mod:`mtrec.serving.request`) and answers each task's probability per candidate, in order, with the
+candidate's ``id`` when it gave one::
 
     {"model": "mmoe", "tasks": ["click", "conversion"],
-     "scores": [{"click": 0.12, "conversion": 0.01}, {"click": 0.08, "conversion": 0.004}]}
+     "scores": [{"id": "i7", "click": 0.12, "conversion": 0.01}, {"click": 0.08, "conversion": 0.004}]}
 
 Bad input never reaches the model: wrong types, unknown or missing features, an empty or oversized
 candidate list (``max_candidates``), a body that is not JSON (or not UTF-8) and a body over
 ``max_body_bytes`` (declared or streamed) get a 4xx whose ``error`` names the field
 (``candidates[3].price: expected a finite number, got string``) and whose ``detail`` lists every problem;
-other HTTP errors (an unknown path, a wrong method) have the same shape.
+other HTTP errors (an unknown path, a wrong method, with its ``Allow`` header) have the same shape.
 
 ``POST /v1/score`` is a bare ASGI handler in front of the FastAPI app (which serves the rest and the
 OpenAPI schema). Each request is parsed, validated and encoded on the event loop
@@ -28,6 +30,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
@@ -40,8 +43,9 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mtrec.serving.batching import DEFAULT_MAX_ROWS, BatchingScorer
+from mtrec.serving.metrics import ServiceMetrics
 from mtrec.serving.predictor import Predictor
-from mtrec.serving.request import RequestEncoder, RequestError, problem
+from mtrec.serving.request import CANDIDATE_ID, RequestEncoder, RequestError, problem
 
 log = logging.getLogger("mtrec.serving")
 DEFAULT_MAX_CANDIDATES = 1000
@@ -62,7 +66,9 @@ Send = Callable[[Message], Awaitable[None]]
 class ScoreResponse(BaseModel):
     model: str = Field(description="the registered model name")
     tasks: list[str] = Field(description="task names, in the model's order")
-    scores: list[dict[str, float]] = Field(description="one {task: probability} per candidate, in request order")
+    scores: list[dict[str, float | str | int]] = Field(
+        description="one {task: prediction} per candidate, in request order, with the candidate's id first "
+                    "when it gave one")
 
 
 class Health(BaseModel):
@@ -90,8 +96,9 @@ class ScoringService:
     to the FastAPI app ``api``, whose OpenAPI schema also describes ``/v1/score``."""
 
     def __init__(self, api: FastAPI, encoder: RequestEncoder, scorer: BatchingScorer, model_name: str,
-                 max_body_bytes: int) -> None:
+                 max_body_bytes: int, metrics: ServiceMetrics) -> None:
         self.api = api
+        self.metrics = metrics
         self.encoder = encoder
         self.scorer = scorer
         self.tasks = scorer.predictor.task_names
@@ -104,27 +111,42 @@ class ScoringService:
         elif scope["method"] != "POST":
             await _answer(send, 405, orjson.dumps({"error": "method not allowed: POST /v1/score", "detail": []}),
                           [(b"allow", b"POST")])
+            self.metrics.answered(405, 0.0)
         else:
-            status, body = await self.score(scope, receive)
+            start = time.perf_counter()
+            status, body, candidates = await self.score(scope, receive)
             await _answer(send, status, body)
+            self.metrics.answered(status, time.perf_counter() - start, candidates)
 
-    async def score(self, scope: Scope, receive: Receive) -> tuple[int, bytes]:
-        """(status, JSON body) for one scoring request."""
+    async def score(self, scope: Scope, receive: Receive) -> tuple[int, bytes, int]:
+        """(status, JSON body, candidates scored) for one scoring request."""
         try:
-            feeds = self.encoder(await self._body(scope, receive))
+            request = self.encoder.parse(await self._body(scope, receive))
+            feeds = self.encoder.encode(request)
         except _TooLarge as exc:
             return 413, error_body(RequestError([problem(("body",), f"request body over {self.max_body_bytes} "
-                                                                    f"bytes ({exc})", "body_too_large")], 413))
+                                                                    f"bytes ({exc})", "body_too_large")], 413)), 0
         except RequestError as exc:
-            return exc.status, error_body(exc)
+            return exc.status, error_body(exc), 0
         except Exception as exc:  # encoding depends on the request's values alone: a failure is bad input
             log.warning("request values could not be encoded", exc_info=True)
-            return 422, error_body(RequestError([problem(("body",), f"the request's values could not be encoded "
-                                                                    f"({type(exc).__name__}: {exc})", "value_error")]))
-        probs = await self.scorer.score(feeds)
+            error = RequestError([problem(("body",), f"the request's values could not be encoded "
+                                                     f"({type(exc).__name__}: {exc})", "value_error")])
+            return 422, error_body(error), 0
+        try:
+            probs = await self.scorer.score(feeds)
+        except Exception as exc:  # the runtime failed on valid input: the model's fault, not the request's
+            log.exception("scoring failed")
+            return 500, error_body(RequestError([problem(("body",), f"scoring failed ({type(exc).__name__})",
+                                                         "internal_error")], 500)), 0
         rows = zip(*(probs[t].tolist() for t in self.tasks), strict=True)  # N rows of T probabilities
         # one {task: probability} per row, built by map (C-level iteration: half the time of a comprehension)
-        return 200, self.head + orjson.dumps(list(map(dict, map(zip, repeat(self.tasks), rows)))) + b"}"
+        scores = list(map(dict, map(zip, repeat(self.tasks), rows)))
+        candidates = request["candidates"]
+        if any(CANDIDATE_ID in c for c in candidates):
+            scores = [{CANDIDATE_ID: c[CANDIDATE_ID], **s} if CANDIDATE_ID in c else s
+                      for c, s in zip(candidates, scores, strict=True)]
+        return 200, self.head + orjson.dumps(scores) + b"}", len(scores)
 
     async def _body(self, scope: Scope, receive: Receive) -> bytes:
         """The request body; _TooLarge when its declared length, or what arrives, exceeds the limit."""
@@ -149,7 +171,8 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     error = RequestError([problem(("url",), f"{exc.detail}: {request.method} {request.url.path}", "http_error")],
                          exc.status_code)
-    return Response(error_body(error), status_code=exc.status_code, media_type="application/json")
+    return Response(error_body(error), status_code=exc.status_code, media_type="application/json",
+                    headers=exc.headers)  # a 405's Allow header among them
 
 
 async def _answer(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:
@@ -171,7 +194,8 @@ def create_app(
     if max_candidates < 1 or workers < 1:
         raise ValueError(f"max_candidates and workers must be >= 1, got {max_candidates} and {workers}")
     encoder = RequestEncoder(predictor.schema, predictor.encoders, max_candidates, predictor.encode)
-    scorer = BatchingScorer(predictor, threads=workers, max_rows=max_batch_rows)
+    metrics = ServiceMetrics()
+    scorer = BatchingScorer(predictor, threads=workers, max_rows=max_batch_rows, on_batch=metrics.batch)
     tasks = predictor.task_names
 
     @asynccontextmanager
@@ -197,6 +221,13 @@ def create_app(
                       features=predictor.feature_names, max_candidates=max_candidates, pid=os.getpid())
 
     api.add_api_route("/healthz", healthz, methods=["HEAD"], include_in_schema=False)  # load balancers' probe
+
+    @api.get("/metrics", response_class=Response,
+             responses={200: {"content": {metrics.content_type: {}}, "description": "Prometheus text format"}})
+    def prometheus_metrics() -> Response:
+        """Requests, errors, latency, candidates and batch sizes (Prometheus text format)."""
+        return Response(metrics.exposition(), media_type=metrics.content_type)
+
     api.add_exception_handler(StarletteHTTPException, _http_error)
 
     request_schema = encoder.json_schema()
@@ -227,7 +258,7 @@ def create_app(
         return spec
 
     api.openapi = openapi  # type: ignore[method-assign]
-    return ScoringService(api, encoder, scorer, predictor.model_name, max_body_bytes)
+    return ScoringService(api, encoder, scorer, predictor.model_name, max_body_bytes, metrics)
 
 
 # ---- the server --------------------------------------------------------------------------------------------
@@ -241,12 +272,13 @@ class ServeSettings:
     max_candidates: int = DEFAULT_MAX_CANDIDATES
     inference_workers: int = 1
     max_batch_rows: int = DEFAULT_MAX_ROWS
+    device: str = "cpu"
 
     def app(self, predictor: Predictor | None = None) -> ScoringService:
         """The process's app (loading the run unless ``predictor`` is given); sets the GIL switch interval."""
         sys.setswitchinterval(SWITCH_INTERVAL_S)
         predictor = predictor or Predictor.load(self.run_dir, backend=self.backend,  # type: ignore[arg-type]
-                                                    threads=self.threads)
+                                                threads=self.threads, device=self.device)
         return create_app(predictor, max_candidates=self.max_candidates, workers=self.inference_workers,
                           max_batch_rows=self.max_batch_rows)
 
@@ -271,10 +303,10 @@ def serve(
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     predictor = Predictor.load(settings.run_dir, backend=settings.backend,  # type: ignore[arg-type]
-                                   threads=settings.threads)
+                               threads=settings.threads, device=settings.device)
     processes = f", {workers} worker processes" if workers > 1 else ""
     echo(f"serving {predictor.model_name} from {settings.run_dir} ({predictor.describe()}{processes}) on "
-         f"http://{host}:{port} (POST /v1/score, GET /healthz, docs at /docs)")
+         f"http://{host}:{port} (POST /v1/score, GET /healthz, GET /metrics, docs at /docs)")
     if workers == 1:
         uvicorn.run(settings.app(predictor), host=host, port=port, access_log=access_log, log_level="info")
         return

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,10 +35,13 @@ class _Job:
 class BatchingScorer:
     """``await scorer.score(feeds)`` -> ``{task: float32 [N]}``, scored in a background thread (see above)."""
 
-    def __init__(self, predictor: Predictor, threads: int = 1, max_rows: int = DEFAULT_MAX_ROWS) -> None:
+    def __init__(self, predictor: Predictor, threads: int = 1, max_rows: int = DEFAULT_MAX_ROWS,
+                 on_batch: Callable[[int, int], None] | None = None) -> None:
+        """``on_batch(rows, requests)`` is called after each runtime call (the service's metrics)."""
         if threads < 1 or max_rows < 1:
             raise ValueError(f"threads and max_rows must be >= 1, got {threads} and {max_rows}")
         self.predictor = predictor
+        self.on_batch = on_batch
         self.max_rows = max_rows
         self.count = threads
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
@@ -78,6 +82,11 @@ class BatchingScorer:
             self._run(jobs)
 
     def _run(self, jobs: list[_Job]) -> None:
+        widths = {name: {j.feeds[name].shape[1:] for j in jobs} for name in jobs[0].feeds}
+        if len(jobs) > 1 and any(len(shapes) > 1 for shapes in widths.values()):  # histories of other widths
+            for job in jobs:
+                self._run([job])
+            return
         try:
             feeds = jobs[0].feeds if len(jobs) == 1 else {
                 name: np.concatenate([j.feeds[name] for j in jobs]) for name in jobs[0].feeds}
@@ -86,6 +95,8 @@ class BatchingScorer:
             for j in jobs:
                 j.loop.call_soon_threadsafe(_reject, j.future, exc)
             return
+        if self.on_batch is not None:
+            self.on_batch(sum(j.rows for j in jobs), len(jobs))
         start = 0
         for j in jobs:
             part = {task: p[start : start + j.rows] for task, p in probs.items()}

@@ -37,6 +37,7 @@ from mtrec.export.model_file import (
     load_encoders,
     metadata,
     open_model_file,
+    providers_for,
     raw_feeds,
     run_fingerprint,
 )
@@ -76,7 +77,7 @@ class OnnxRunner:
 class TorchRunner:
     """The model itself, eagerly, in inference mode."""
 
-    def __init__(self, model: Scorer, threads: int | None = None) -> None:
+    def __init__(self, model: Scorer, threads: int | None = None, device: str = "cpu") -> None:
         import torch
 
         from mtrec.export.scoring import ScoringModule
@@ -84,16 +85,17 @@ class TorchRunner:
         if threads:
             torch.set_num_threads(threads)
         self.torch = torch
-        self.module = ScoringModule(model).eval()
+        self.device = torch.device(device)
+        self.module = ScoringModule(model).eval().to(self.device)
         self.names = input_names(model.schema)
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         with self.torch.inference_mode():
-            outputs = self.module(*(self.torch.from_numpy(feeds[name]) for name in self.names))
-        return [t.numpy() for t in outputs]
+            outputs = self.module(*(self.torch.from_numpy(feeds[name]).to(self.device) for name in self.names))
+        return [t.cpu().numpy() for t in outputs]
 
 
-def cached_export(run_dir: Path, threads: int = 1) -> tuple[ModelFile, str]:
+def cached_export(run_dir: Path, threads: int = 1, providers: list[Any] | None = None) -> tuple[ModelFile, str]:
     """The run's scoring graph (see the module docstring) and how it was obtained, in words."""
     cache = run_dir / CACHE_FILE
     try:
@@ -102,7 +104,7 @@ def cached_export(run_dir: Path, threads: int = 1) -> tuple[ModelFile, str]:
         fingerprint = ""
     if fingerprint and cache.is_file():
         try:
-            cached = open_model_file(cache, threads)
+            cached = open_model_file(cache, threads, providers)
         except ModelFileError:
             cached = None
         if cached is not None and cached.props.get(_CACHE_TAG) == fingerprint:
@@ -126,7 +128,22 @@ def cached_export(run_dir: Path, threads: int = 1) -> tuple[ModelFile, str]:
             how += f", kept in {cache}"
         except OSError:  # a read-only run directory: export again next time
             pass
-    return open_model_file(data, threads, name=str(cache)), how
+    return open_model_file(data, threads, providers, name=str(cache)), how
+
+
+def torch_device_for(device: str) -> str:
+    """``--device`` for the torch backend, checked: ModelFileError naming what to use instead."""
+    import torch
+
+    kind = device.partition(":")[0]
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ModelFileError(f"--device {device}: this PyTorch build has no usable CUDA device; install a CUDA "
+                             f"build of torch, or use --device cpu")
+    if kind not in ("cpu", "cuda"):
+        raise ModelFileError(f"--device {device!r}: expected cpu, cuda, cuda:N or auto")
+    return device
 
 
 def _is_cache(path: Path) -> bool:
@@ -167,43 +184,46 @@ class Predictor:
 
     @classmethod
     def load(cls, path: str | Path, backend: Backend = DEFAULT_BACKEND, threads: int = 1,
-             batch_size: int = DEFAULT_BATCH_SIZE) -> Predictor:
+             batch_size: int = DEFAULT_BATCH_SIZE, device: str = "cpu") -> Predictor:
         """A run directory (:meth:`from_run`) or an exported model file (:meth:`from_file`)."""
         path = Path(path)
         if path.is_file():
             if backend != "onnx":
                 raise ModelFileError(f"{path}: a model file runs in ONNX Runtime; --backend {backend} needs the "
                                      f"run directory")
-            return cls.from_file(path, threads, batch_size)
-        return cls.from_run(path, backend, threads, batch_size)
+            return cls.from_file(path, threads, batch_size, device)
+        return cls.from_run(path, backend, threads, batch_size, device)
 
     @classmethod
     def from_run(
         cls, run_dir: str | Path, backend: Backend = DEFAULT_BACKEND, threads: int = 1,
-        batch_size: int = DEFAULT_BATCH_SIZE,
+        batch_size: int = DEFAULT_BATCH_SIZE, device: str = "cpu",
     ) -> Predictor:
-        """Load a run directory (weights, schema, config, encoders); ArtifactError / ModelFileError if any
-        is not valid."""
+        """Load a run directory (weights, schema, config, encoders) to score on ``device`` (``cpu``, ``cuda``,
+        ``cuda:N``, ``auto``); ArtifactError / ModelFileError if any is not valid or the device is absent."""
         run_dir = Path(run_dir)
         if backend == "torch":
             from mtrec.training.checkpoint import load_model
 
+            torch_device = torch_device_for(device)
             model, _ = load_model(run_dir)
             encoders = load_encoders(run_dir, model.schema)
             assert encoders is not None
-            return cls(TorchRunner(model, threads), model.schema, encoders, model.name, backend, batch_size)
+            return cls(TorchRunner(model, threads, torch_device), model.schema, encoders, model.name, backend,
+                       batch_size)
         if backend != "onnx":
             raise ValueError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}")
-        graph, how = cached_export(run_dir, threads)
+        graph, how = cached_export(run_dir, threads, providers_for(device))
         encoders = load_encoders(run_dir, graph.schema)
         assert encoders is not None
         return cls(OnnxRunner(graph.session, graph.schema.task_names), graph.schema, encoders, graph.model_name,
                    backend, batch_size, how=how)
 
     @classmethod
-    def from_file(cls, path: str | Path, threads: int = 1, batch_size: int = DEFAULT_BATCH_SIZE) -> Predictor:
+    def from_file(cls, path: str | Path, threads: int = 1, batch_size: int = DEFAULT_BATCH_SIZE,
+                  device: str = "cpu") -> Predictor:
         """Load a model file written by ``mtrec export``; ModelFileError if it is not one or has no encoders."""
-        graph = open_model_file(Path(path), threads)
+        graph = open_model_file(Path(path), threads, providers_for(device))
         if graph.encoders is None:
             raise ModelFileError(f"{path}: its metadata has no encoders (exported from a run without "
                                  f"encoders.json), so it cannot score raw values")

@@ -10,7 +10,8 @@ Each candidate is scored with the user's features merged in (a feature given in 
 candidate's value); every feature of the model's schema must be given in one of the two places. Values:
 a categorical feature takes a string, number or boolean; a dense feature a finite number; a sequence a
 list of raw tokens or one string joined by the separator used at preparation; ``null`` means a missing
-value (encoded as at preparation).
+value (encoded as at preparation). A candidate may also carry an ``id`` (a string or an integer), echoed
+with its scores (unless the model has a feature or a task named ``id``).
 
 Parsing: the body is parsed by orjson and validated by pydantic-core against a typed description of the
 request built from the schema (strict types, unknown keys refused; no Python code per value). A body
@@ -56,6 +57,7 @@ EXPECTED = {
 _MAX_LISTED_ERRORS = 20
 _typed_dict: Any = TypedDict  # a TypedDict built at run time from the schema (pydantic reads its fields)
 _ABSENT = object()
+CANDIDATE_ID = "id"
 
 
 def feature_kinds(schema: DatasetSchema) -> dict[str, str]:
@@ -64,9 +66,14 @@ def feature_kinds(schema: DatasetSchema) -> dict[str, str]:
             **{f.name: "sequence" for f in schema.sequences}}
 
 
+def echoes_ids(schema: DatasetSchema) -> bool:
+    """Whether a candidate may carry an ``id`` echoed with its scores: unless a feature or a task has that name."""
+    return CANDIDATE_ID not in {*schema.feature_names, *schema.task_names}
+
+
 def request_type(schema: DatasetSchema, max_candidates: int) -> Any:
     """The request as a TypedDict: ``Features`` (every feature optional, unknown names refused) under
-    ``user`` and ``candidates`` (1 to ``max_candidates``)."""
+    ``user``, and ``candidates`` (1 to ``max_candidates``), each ``Features`` with an optional ``id``."""
     types: dict[str, Any] = {"categorical": CategoricalValue, "dense": NumberValue, "sequence": SequenceValue}
     lengths = {f.name: f.max_len for f in schema.sequences}
     fields: dict[str, Any] = {}
@@ -75,9 +82,15 @@ def request_type(schema: DatasetSchema, max_candidates: int) -> Any:
         fields[name] = Annotated[types[kind], Field(title=name, description=f"{kind} feature: {EXPECTED[kind]}{note}")]
     features = _typed_dict("Features", fields, total=False)
     features.__pydantic_config__ = ConfigDict(extra="forbid")
+    candidate = features
+    if echoes_ids(schema):
+        candidate = _typed_dict("Candidate", {**fields, CANDIDATE_ID: Annotated[
+            Annotated[str, Strict()] | Id, Field(description="the candidate's id (string or integer), echoed with its "
+                                                             "scores")]}, total=False)
+        candidate.__pydantic_config__ = ConfigDict(extra="forbid")
     request = _typed_dict("ScoreRequest", {
         "user": Annotated[features, Field(description="features shared by every candidate")],
-        "candidates": Required[Annotated[list[features], Field(  # type: ignore[valid-type]
+        "candidates": Required[Annotated[list[candidate], Field(  # type: ignore[valid-type]
             min_length=1, max_length=max_candidates,
             description=f"the items to score (1 to {max_candidates}), each with its own features")]],
     }, total=False)
