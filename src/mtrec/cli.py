@@ -23,6 +23,10 @@ if TYPE_CHECKING:
     from mtrec.training.config import RunConfig
 
 POSITIVE = click.IntRange(min=1)
+PRECISION = click.option(
+    "--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+    help="train.precision: auto (bf16 on CUDA with bf16 or a CPU with AMX/AVX512-BF16, else fp32), fp32, bf16, "
+         "or fp16 (CUDA only)")
 
 
 @click.group()
@@ -75,12 +79,14 @@ def _run_config(
 @click.option("--batch-size", type=int)
 @click.option("--lr", type=float)
 @click.option("--config", "config_file", type=click.Path(path_type=Path), help="YAML run config")
+@PRECISION
 @click.option("--resume", is_flag=True,
               help="continue from the run directory's last checkpoint (resume.safetensors); start fresh if none")
 @click.option("--overwrite", is_flag=True, help="replace the finished run in --out (refused without it)")
 def train(
     model: str | None, data: str | None, out: Path, epochs: int | None, seed: int | None,
-    batch_size: int | None, lr: float | None, config_file: Path | None, resume: bool, overwrite: bool,
+    batch_size: int | None, lr: float | None, config_file: Path | None, precision: str | None, resume: bool,
+    overwrite: bool,
 ) -> None:
     """Train one model and write its run directory (metrics.json, model.safetensors, plots).
 
@@ -90,7 +96,8 @@ def train(
     from mtrec.training.run import train_run
 
     config = _run_config(model, data, config_file,
-                         {"epochs": epochs, "seed": seed, "batch_size": batch_size, "lr": lr})
+                         {"epochs": epochs, "seed": seed, "batch_size": batch_size, "lr": lr,
+                          "precision": precision})
     metrics = train_run(config, out, resume=resume, overwrite=overwrite)
     if not _is_main_process():
         return
@@ -131,13 +138,16 @@ def prepare(config_file: Path, out: Path, raw: Path | None, chunk_rows: int | No
 @click.option("--seeds", "only_seeds", metavar="SEEDS", help="train only these seeds' runs now, comma-separated")
 @click.option("--datasets", "only_datasets", metavar="LABELS",
               help="train only these datasets' runs now, comma-separated labels (others are not prepared)")
+@PRECISION
 def bench(config_file: Path, out: Path | None, max_runs: int | None, only_models: str | None,
-          only_seeds: str | None, only_datasets: str | None) -> None:
+          only_seeds: str | None, only_datasets: str | None, precision: str | None) -> None:
     """Train models x datasets x seeds from a bench config and write the report (resumable)."""
     from mtrec.bench.report import comparison_table, table_metrics
     from mtrec.bench.runner import load_bench_config, run_bench
 
     config = load_bench_config(config_file)
+    if precision is not None:  # over the bench's train section (a model's own train: still wins)
+        config.train = {**config.train, "precision": precision}
     out = out or Path("reports") / "bench" / config.name
     command = shlex.join(["mtrec", "bench", str(config_file), "--out", str(out)])
     results = run_bench(config, out, command=command, max_runs=max_runs, only_models=_labels(only_models),
@@ -173,7 +183,9 @@ def _seeds(text: str | None) -> list[int] | None:
 @click.option("--models", "model_names",
               help="comma-separated models, or 'all' (every registered model)  "
                    "[default: shared_bottom,mmoe,ple,esmm,dcrnn,dtrn]")
-def demo(out: Path, data: str | None, epochs: int | None, seed: int, model_names: str | None) -> None:
+@PRECISION
+def demo(out: Path, data: str | None, epochs: int | None, seed: int, model_names: str | None,
+         precision: str | None) -> None:
     """Train the headline models (DCRNN, DTRN) and the key baselines on synthetic data and print the
     comparison with the oracle."""
     from mtrec.bench.demo import DEMO_DATA, DEMO_MODELS, DEMO_TRAIN, run_demo
@@ -182,7 +194,7 @@ def demo(out: Path, data: str | None, epochs: int | None, seed: int, model_names
 
     chosen = DEMO_MODELS if model_names is None else \
         ALL if model_names.strip() == ALL else [m.strip() for m in model_names.split(",")]
-    given = {"epochs": epochs} if epochs is not None else {}
+    given = {k: v for k, v in {"epochs": epochs, "precision": precision}.items() if v is not None}
     train = TrainConfig.parse({**DEMO_TRAIN, **given, "seed": seed}, where="command line")
     table = run_demo(out, data=data or DEMO_DATA, models=chosen, train=train)
     click.echo(table)

@@ -51,6 +51,7 @@ class GradientBalancing(WeightingStrategy):
     """Base: ``combine`` returns the surrogate loss of the module docstring for :meth:`direction`."""
 
     name = ""
+    reads_gradients = True
 
     def loss_weights(self) -> torch.Tensor:
         """``w_k`` ``[T]``: the weights of the combined loss (every parameter's gradient but the shared)."""

@@ -7,7 +7,7 @@ parameters the model declares shared (``shared_parameters()``); a strategy never
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -24,6 +24,8 @@ class WeightingConfigError(UserError, ValueError):
 
 class WeightingStrategy(nn.Module):
     """Combines task losses ``{task: scalar}`` into one scalar."""
+
+    reads_gradients: ClassVar[bool] = False  # whether combine() takes task gradients (autograd.grad)
 
     def __init__(self, task_names: list[str]) -> None:
         super().__init__()
@@ -55,6 +57,12 @@ def weighting_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
     """``options`` checked against the constructor of the weighting ``name`` (names, types, ranges)."""
     return checked_options(_STRATEGIES.get(name).__init__, options, f"train.weighting_options of weighting {name!r}",
                            WeightingConfigError, skip=("task_names",))
+
+
+def weighting_reads_gradients(name: str) -> bool:
+    """Whether the weighting ``name`` takes task gradients inside ``combine`` (False for an unknown name,
+    which is reported where the weighting is built)."""
+    return name in list_weightings() and _STRATEGIES.get(name).reads_gradients
 
 
 def create_weighting(name: str, task_names: list[str], **options: Any) -> WeightingStrategy:
@@ -135,6 +143,7 @@ class GradNormWeighting(WeightingStrategy):
     ``alpha`` sets how strongly. Needs a model that shares parameters (``single_task`` does not).
     """
 
+    reads_gradients = True
     weights: torch.Tensor
     initial_losses: torch.Tensor
 

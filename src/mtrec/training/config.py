@@ -13,7 +13,8 @@ from mtrec.errors import UserError
 from mtrec.io import atomic_write_text, json_text, read_mapping
 from mtrec.models import model_options
 from mtrec.objectives.objective import check_objective_options
-from mtrec.objectives.weighting import weighting_options
+from mtrec.objectives.weighting import weighting_options, weighting_reads_gradients
+from mtrec.training.precision import PrecisionSetting
 from mtrec.typed import ConfigModel, Count, NonNegative, NonNegativeFloat, Rate, error_line, validate
 
 
@@ -67,6 +68,10 @@ class TrainConfig(ConfigModel):
     # first steps pay the compilation (logged; excluded from the throughput), later ones run fused kernels.
     # Off by default: it pays only on long runs, and not for every model (docs/performance.md)
     compile: bool = False
+    # the number format of the training step (mtrec.training.precision): "auto" (bf16 where the device runs
+    # it fast: CUDA with bf16, a CPU with AMX or AVX512-BF16; else fp32), "fp32", "bf16", or "fp16" (CUDA
+    # only, with a gradient scaler). Weights, optimizer state, losses and metrics stay float32
+    precision: PrecisionSetting = "auto"
 
     @field_validator("device")
     @classmethod
@@ -74,6 +79,20 @@ class TrainConfig(ConfigModel):
         if not DEVICE.match(value):
             raise ValueError(f"must be auto, cpu, mps, cuda or cuda:N, got {value!r}")
         return value
+
+    @model_validator(mode="after")
+    def _fp16(self) -> TrainConfig:
+        """Settings that fp16's gradient scaler cannot serve."""
+        if self.precision != "fp16":
+            return self
+        if self.embedding_sharding != "none":
+            raise ValueError(f"precision: fp16 cannot be used with train.embedding_sharding: "
+                             f"{self.embedding_sharding}: sharded tables apply their gradients inside the "
+                             f"backward pass, before the gradient scaler could unscale them; use bf16")
+        if weighting_reads_gradients(self.weighting):
+            raise ValueError(f"precision: fp16 cannot be used with train.weighting: {self.weighting}: it reads "
+                             f"task gradients of the unscaled loss, which fp16 flushes to zero; use bf16")
+        return self
 
     @model_validator(mode="after")
     def _sharding(self) -> TrainConfig:
