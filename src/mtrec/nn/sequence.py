@@ -64,6 +64,17 @@ class MultiHeadSelfAttention(nn.Module):
         self.out = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x ``[..., L, d]``, mask ``[..., L]`` -> ``[..., L, d]``.
+
+        Under CPU autocast (``train.precision: bf16``) the attention computes in float32: with heads this
+        narrow (d / h = 8 at the defaults) the bf16 kernels ran slower than the float32 ones on CPU, and
+        the float32 result is the exact one. CUDA autocast keeps bf16 / fp16 attention."""
+        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            with torch.autocast("cpu", enabled=False):
+                return self._attend(x.float(), mask)
+        return self._attend(x, mask)
+
+    def _attend(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         *lead, length, dim = x.shape
         head_dim = dim // self.heads
         rows = x.reshape(-1, length, dim)  # [N, L, d]
@@ -100,15 +111,19 @@ class MultiHeadSelfAttention(nn.Module):
         position = torch.full((s * length,), -1, dtype=torch.long, device=x.device)
         position[valid.flat] = torch.arange(valid.flat.numel(), device=x.device)  # packed index of each
         position = position.view(s, length)  # [S, L], -1 at padding
+        # one gather into length order, then contiguous groups: the backward pass scatters x's gradient
+        # once, not once per group into a zero tensor of x's size
+        groups = zip(x.index_select(-3, order).split(size, dim=-3), valid.mask.index_select(0, order).split(size),
+                     position.index_select(0, order).split(size), ends[::size].tolist(), strict=True)
         outputs, places = [], []
-        for members, end in zip(order.split(size), ends[::size].tolist(), strict=True):
+        for histories, group_mask, group_position, end in groups:
             if end == 0:  # this group and every later one hold padding only
                 break
-            mask = valid.mask.index_select(0, members)[:, :end]  # [s_g, l_g]
-            attended = self(x.index_select(-3, members)[..., :end, :], mask.expand(x.shape[0], -1, -1))
+            mask = group_mask[:, :end]  # [s_g, l_g]
+            attended = self(histories[..., :end, :], mask.expand(x.shape[0], -1, -1))
             kept = mask.reshape(-1).nonzero().squeeze(-1)  # the group's valid positions, [v_g]
             outputs.append(attended.flatten(-3, -2).index_select(-2, kept))  # [K', v_g, d]
-            places.append(position.index_select(0, members)[:, :end].reshape(-1).index_select(0, kept))
+            places.append(group_position[:, :end].reshape(-1).index_select(0, kept))
         if not outputs:  # no valid position at all
             return x.new_zeros(*x.shape[:-3], 0, x.shape[-1])
         place = torch.cat(places)  # [V]: where each output row goes, a permutation of 0..V-1
