@@ -107,7 +107,7 @@ def test_two_gloo_processes_train_the_same_weights_as_one(tmp_path: Path) -> Non
     data.save(tmp_path / "data")
     config = {"model": "mmoe", "data": str(tmp_path / "data"),
               "model_options": {"expert_sizes": [16], "tower_sizes": [8], "num_experts": 2, "embedding_dim": 4},
-              "train": {"epochs": 2, "batch_size": 25, "lr": 0.01, "num_threads": 1, "prefetch": 0,
+              "train": {"epochs": 2, "batch_size": 25, "lr": 0.01, "num_threads": 1, "prefetch": 0, "precision": "fp32",
                         "on_nonfinite": "skip", "checkpoint_every": 3, "eval_batch_size": 16}}
     (tmp_path / "run.json").write_text(json.dumps(config))
     proc = torchrun_train(2, "--config", str(tmp_path / "run.json"), "--out", str(tmp_path / "two"))

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 import pytest
 import torch
 
+from fakes import tiny_dataset
+from mtrec.cli import main
+from mtrec.data.batches import gather_batch
+from mtrec.models import create_model
 from mtrec.training import precision
-from mtrec.training.config import ConfigError, TrainConfig
+from mtrec.training.build import objective_and_weighting
+from mtrec.training.config import ConfigError, RunConfig, TrainConfig
 from mtrec.training.precision import Precision, PrecisionError, choose_precision
+from mtrec.training.resume import ResumeError
+from mtrec.training.run import train_run
+from mtrec.training.trainer import LossStep
 
 CPU = torch.device("cpu")
 CUDA = torch.device("cuda", 0)
@@ -116,3 +128,72 @@ def test_mixed_outputs_reach_the_objective_in_float32() -> None:
     exact = Precision("fp32", "").outputs(model, x)  # type: ignore[arg-type]
     assert exact["inner_dtype"].item() == 0
     torch.testing.assert_close(outputs["logit"], exact["logit"], atol=0.05, rtol=0.05)
+
+
+# ---- training in bf16 -----------------------------------------------------------------------------
+def tiny_run(data_dir: Path, **train: Any) -> RunConfig:
+    return RunConfig.from_dict({
+        "model": "mmoe", "data": str(data_dir), "model_options": {"expert_sizes": [16], "tower_sizes": [8]},
+        "train": {"epochs": 1, "batch_size": 32, "lr": 0.01, "num_threads": 1, "prefetch": 0, **train}})
+
+
+def test_a_bf16_step_trains_and_keeps_float32_weights_and_optimizer_state() -> None:
+    data = tiny_dataset(rows=240, seed=2)
+    torch.manual_seed(0)
+    model = create_model("mmoe", data.schema, expert_sizes=[16], tower_sizes=[8])
+    objective, weighting = objective_and_weighting(model, TrainConfig())
+    step = LossStep(model, objective, weighting, choose_precision("bf16", CPU))
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    batch = gather_batch(data, data.splits["train"][:64])
+    losses = []
+    for _ in range(20):
+        loss, terms = step(batch)
+        assert loss.dtype == torch.float32 and all(t.dtype == torch.float32 for t in terms.values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.8 * losses[0]
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert all(s.dtype == torch.float32 for state in optimizer.state.values() for s in state.values()
+               if isinstance(s, torch.Tensor) and s.dim() > 0)
+
+
+def test_metrics_record_the_precision_and_why(tmp_path: Path, cpu_with) -> None:
+    tiny_dataset(rows=240, seed=2).save(tmp_path / "data")
+    cpu_with()  # no bf16 instructions: auto trains in fp32
+    logs: list[str] = []
+    metrics = train_run(tiny_run(tmp_path / "data"), tmp_path / "auto", log=logs.append)
+    assert metrics["precision"] == "fp32" and "no bf16 instructions" in metrics["precision_reason"]
+    assert any(line.startswith("precision: fp32 (auto: ") for line in logs)
+    train_run(tiny_run(tmp_path / "data", precision="bf16", select="per_task", epochs=2), tmp_path / "bf16",
+              log=lambda _: None)
+    written = json.loads((tmp_path / "bf16" / "metrics.json").read_text())
+    assert written["precision"] == "bf16" and written["precision_reason"].startswith("train.precision: bf16")
+    assert written["select"] == "per_task" and set(written["best_epochs"]) == set(written["tasks"])
+
+
+def test_resume_keeps_the_precision_auto_chose(tmp_path: Path, cpu_with) -> None:
+    """A run started by auto in bf16 does not silently continue in fp32 on a CPU without bf16."""
+    tiny_dataset(rows=240, seed=2).save(tmp_path / "data")
+    cpu_with("avx512_bf16")
+    train_run(tiny_run(tmp_path / "data"), tmp_path / "run", log=lambda _: None)
+    cpu_with()
+    with pytest.raises(ResumeError, match="trained in bf16, this run would compute in fp32"):
+        train_run(tiny_run(tmp_path / "data", epochs=2), tmp_path / "run", log=lambda _: None, resume=True)
+    with pytest.raises(ResumeError, match=r"train\.precision: 'auto' -> 'fp32'"):
+        train_run(tiny_run(tmp_path / "data", epochs=2, precision="fp32"), tmp_path / "run", log=lambda _: None,
+                  resume=True)
+    cpu_with("amx_bf16")  # auto picks bf16 again: the run continues
+    more = train_run(tiny_run(tmp_path / "data", epochs=2), tmp_path / "run", log=lambda _: None, resume=True)
+    assert more["epochs_run"] == 2 and more["precision"] == "bf16"
+
+
+def test_the_cli_refuses_fp16_on_cpu_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--model", "mmoe", "--data", "synthetic:easy:500", "--epochs", "1", "--precision", "fp16",
+              "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert err.strip().count("\n") == 0 and "fp16 needs a CUDA device" in err
+    assert not (tmp_path / "run").exists()

@@ -48,11 +48,11 @@ WEIGHT_TOLERANCE = {"mmoe": 1e-4, "dtrn": 5e-3}
 
 def config(data: Path, model: str, sharding: str, **train: Any) -> dict[str, Any]:
     """A tiny run: 144 train rows, an odd global batch (25: every step has a padding row), 6 steps per
-    epoch, checkpoints after steps 3, 6 (epoch end), 9 and 12."""
+    epoch, checkpoints after steps 3, 6 (epoch end), 9 and 12; in fp32 unless ``train`` says otherwise."""
     return {"model": model, "data": str(data), "model_options": OPTIONS[model],
             "train": {"epochs": 2, "batch_size": 25, "lr": 0.02, "num_threads": 1, "prefetch": 0, "patience": 5,
                       "checkpoint_every": 3, "eval_batch_size": 16, "embedding_optimizer": "adagrad",
-                      "embedding_sharding": sharding, **train}}
+                      "embedding_sharding": sharding, "precision": "fp32", **train}}
 
 
 def launch(tmp: Path, cfg: dict[str, Any], out: Path, *extra: str) -> None:
@@ -77,6 +77,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     for sharding, model in SHARDED_RUNS:
         dirs[sharding] = root / sharding
         launch(root, config(root / "data", model, sharding), dirs[sharding])
+    dirs["plain_bf16"], dirs["table_wise_bf16"] = root / "plain_bf16", root / "table_wise_bf16"
+    train_run(RunConfig.from_dict(config(root / "data", "mmoe", "none", precision="bf16")), dirs["plain_bf16"],
+              log=lambda _: None)
+    launch(root, config(root / "data", "mmoe", "table_wise", precision="bf16"), dirs["table_wise_bf16"])
     return dirs
 
 
@@ -91,6 +95,18 @@ def test_a_sharded_run_trains_the_same_model_as_one_plain_process(runs: dict[str
     for task, metrics in want["test"].items():
         assert got["test"][task]["auc"] == pytest.approx(metrics["auc"], abs=1e-4)
         assert got["test"][task]["logloss"] == pytest.approx(metrics["logloss"], abs=1e-4)
+
+
+def test_a_sharded_bf16_run_trains_like_one_plain_bf16_process(runs: dict[str, Path]) -> None:
+    """bf16 (autocast around the model; TorchRec's lookups stay float32) under sharding: the same run as
+    one process, up to bf16's rounding, which the ranks' other batch shapes change."""
+    want = json.loads((runs["plain_bf16"] / "metrics.json").read_text())
+    got = json.loads((runs["table_wise_bf16"] / "metrics.json").read_text())
+    assert got["precision"] == want["precision"] == "bf16"
+    assert got["samples_seen"] == want["samples_seen"]
+    assert max_weight_difference(runs["plain_bf16"] / WEIGHTS, runs["table_wise_bf16"] / WEIGHTS) < 5e-2
+    for task, metrics in want["test"].items():
+        assert got["test"][task]["auc"] == pytest.approx(metrics["auc"], abs=2e-2)
 
 
 def test_each_rank_holds_only_its_shards(runs: dict[str, Path]) -> None:

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 RUN_SETTINGS = ("model", "data", "model_options")
 # a resumed run keeps these (its checkpoint says which it was started with)
 RESUME_FIXED = ("batch_size", "seed", "lr", "weight_decay", "weighting", "weighting_options", "objective",
-                "objective_options", "select", "embedding_sharding", "embedding_optimizer")
+                "objective_options", "select", "embedding_sharding", "embedding_optimizer", "precision")
 MAY_GROW = ("epochs", "patience")
 TRAIN_SETTINGS = RESUME_FIXED + MAY_GROW
 
@@ -85,6 +85,8 @@ class Checkpointer:
         common = {
             "settings": self._settings(),
             "steps_per_epoch": trainer.steps_per_epoch,
+            "precision": trainer.precision.name,  # what train.precision chose (auto depends on the device)
+            "scaler": trainer.scaler.state_dict() if trainer.scaler is not None else {},  # fp16's loss scale
             "progress": state.to_dict(),
             "weighting": trainer.weighting.state_dict(),
             "objective": trainer.objective.state_dict(),
@@ -116,6 +118,11 @@ class Checkpointer:
         if changed:
             raise ResumeError(f"{where}: cannot resume with changed settings ({'; '.join(changed)}); "
                               f"use the checkpoint's settings or start a new run directory")
+        computed = saved.get("precision", "fp32")  # checkpoints from before precision existed: fp32
+        if computed != trainer.precision.name:
+            raise ResumeError(f"{where}: the checkpoint was trained in {computed}, this run would compute in "
+                              f"{trainer.precision.name} ({trainer.precision.reason}); resume with "
+                              f"train.precision: {computed}")
         if saved.get("steps_per_epoch") != trainer.steps_per_epoch:
             raise ResumeError(f"{where}: the checkpoint has {saved.get('steps_per_epoch')} steps per epoch, this "
                               f"run {trainer.steps_per_epoch}: not the same training data")
@@ -150,6 +157,8 @@ class Checkpointer:
             trainer.weighting.load_state_dict(saved["weighting"])
             trainer.objective.load_state_dict(saved["objective"])
             trainer.optimizer.load_state_dict(held["optimizer"])
+            if trainer.scaler is not None and saved.get("scaler"):
+                trainer.scaler.load_state_dict(saved["scaler"])
             trainer.placement.load_extra_state(held)
             set_rng_state(saved["rng"], trainer.device, trainer.dist.rank, trainer.dist.world_size)
         except (RuntimeError, ValueError, KeyError, TypeError) as exc:

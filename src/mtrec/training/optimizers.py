@@ -29,9 +29,16 @@ class Optimizers:
         for optimizer in self.optimizers.values():
             optimizer.zero_grad(set_to_none=set_to_none)
 
-    def step(self) -> None:
+    def step(self, scaler: torch.amp.GradScaler | None = None) -> None:
+        """Step every optimizer; with fp16's ``scaler``, through it (gradients unscaled, a step whose
+        gradients are not finite skipped) and then update its scale."""
+        if scaler is None:
+            for optimizer in self.optimizers.values():
+                optimizer.step()
+            return
         for optimizer in self.optimizers.values():
-            optimizer.step()
+            scaler.step(optimizer)
+        scaler.update()
 
     def state_dict(self) -> dict[str, Any]:
         return {name: optimizer.state_dict() for name, optimizer in self.optimizers.items()}

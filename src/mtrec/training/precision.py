@@ -32,6 +32,7 @@ from typing import Literal
 
 import torch
 
+from mtrec.errors import UserError
 from mtrec.features.inputs import Features
 
 PrecisionSetting = Literal["auto", "fp32", "bf16", "fp16"]
@@ -39,7 +40,7 @@ CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo flags of CPUs with
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-class PrecisionError(ValueError):
+class PrecisionError(UserError, ValueError):
     """A ``train.precision`` the run's device cannot use."""
 
 
@@ -140,3 +141,6 @@ def choose_precision(setting: str, device: torch.device) -> Precision:
         return Precision("bf16", f"auto: the CPU has {', '.join(found)}", kind)
     return Precision("fp32", f"auto: the CPU has no bf16 instructions ({' or '.join(CPU_BF16_FLAGS)}), "
                              f"where bf16 is slower than fp32", kind)
+
+
+FP32 = Precision("fp32", "train.precision: fp32")

@@ -123,6 +123,7 @@ def _train(
         "params": params,
         "embedding": result.embedding,
         "seed": cfg.seed,
+        **trainer.precision.record(),
         "machine": {"torch": torch.__version__, "threads": torch.get_num_threads(), "processes": ctx.world_size,
                     "device": str(next(model.parameters()).device), "platform": platform.platform()},
     }

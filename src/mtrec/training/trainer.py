@@ -44,6 +44,7 @@ from mtrec.training.guards import Guards
 from mtrec.training.nonfinite import TOTAL, all_finite_everywhere
 from mtrec.training.optimizers import build_optimizers
 from mtrec.training.placement import create_placement
+from mtrec.training.precision import FP32, Precision, choose_precision
 from mtrec.training.rundir import RunDirectory
 from mtrec.training.selection import ModelSelection
 from mtrec.training.state import TrainState
@@ -67,18 +68,21 @@ class FitResult:
 
 class LossStep(nn.Module):
     """The model, the objective and the weighting strategy as one module whose forward returns the loss,
-    so that DDP averages the gradients of all three (learned parameters of either included)."""
+    so that DDP averages the gradients of all three (learned parameters of either included). The model
+    runs in ``precision`` (:mod:`mtrec.training.precision`); the objective and the weighting in float32."""
 
-    def __init__(self, model: MultiTaskModel, objective: Objective, weighting: WeightingStrategy) -> None:
+    def __init__(self, model: MultiTaskModel, objective: Objective, weighting: WeightingStrategy,
+                 precision: Precision = FP32) -> None:
         super().__init__()
         self.model = model
         self.objective = objective
         self.weighting = weighting
+        self.precision = precision
         self.shared = model.shared_parameters()
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The scalar loss to minimise, and every named loss term (task losses, auxiliary terms)."""
-        losses = self.objective.losses(self.model(batch.features), batch)
+        losses = self.objective.losses(self.precision.outputs(self.model, batch.features), batch)
         task_losses = {t: losses[t] for t in self.model.task_names}
         loss = self.weighting.combine(task_losses, self.shared)
         for name, term in losses.items():
@@ -125,8 +129,11 @@ class Trainer:
         self.writer = run_dir if self.dist.is_main else None
         self.log = log if self.dist.is_main else _quiet
         self.callbacks = list(callbacks)
+        self.precision = choose_precision(config.precision, self.device)
+        self.log(f"precision: {self.precision.name} ({self.precision.reason})")
+        self.scaler = self.precision.grad_scaler()  # fp16 only
         self.placement = create_placement(config, self.model, self.device, self.log)
-        loss_step = LossStep(self.model, self.objective, self.weighting)
+        loss_step = LossStep(self.model, self.objective, self.weighting, self.precision)
         if config.compile:
             loss_step.compile_in_place()
         self.loss_step = self.placement.wrap(loss_step)
@@ -150,8 +157,12 @@ class Trainer:
             state.skipped_batches += 1
             return None
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        if self.scaler is None:
+            loss.backward()
+            self.optimizer.step()
+        else:  # fp16: backward on the scaled loss; a step whose gradients overflowed is skipped
+            self.scaler.scale(loss).backward()
+            self.optimizer.step(self.scaler)
         return {name: term.detach() for name, term in terms.items()}
 
     def _train_epoch(self, batches: BatchIterator, state: TrainState, first_epoch: bool) -> tuple[int, float]:
