@@ -13,7 +13,7 @@ from fakes import default_objective, tiny_dataset
 from mtrec.data.batches import Batch, BatchIterator
 from mtrec.data.dataset import PreparedDataset
 from mtrec.models import create_model
-from mtrec.nn.experts import ExtractionLayer, ProgressiveLayers
+from mtrec.nn.experts import ExpertLevel, ProgressiveLayers, task_layout
 
 BASELINES = ["single_task", "omoe", "cgc", "ple", "esmm", "aitm"]
 
@@ -64,8 +64,7 @@ def test_ple_with_one_level_has_cgc_structure(data: PreparedDataset) -> None:
 
 
 def test_extraction_layer_counts_its_experts() -> None:
-    layer = ExtractionLayer(10, num_tasks=3, num_task_experts=2, num_shared_experts=4, expert_sizes=(8, 6),
-                            shared_gate=True)
+    layer = ExpertLevel(10, task_layout(3, 2, 4, sees_all=False), expert_sizes=(8, 6), shared_gate=True)
     assert layer.task_experts.n == 6 and layer.shared_experts.n == 4
     tasks, shared = layer(torch.randn(5, 10))
     assert tasks.shape == (3, 5, 6) and shared is not None and shared.shape == (5, 6)
@@ -73,7 +72,7 @@ def test_extraction_layer_counts_its_experts() -> None:
 
 def test_extraction_layer_per_task_inputs() -> None:
     torch.manual_seed(0)
-    layer = ExtractionLayer(10, num_tasks=2, num_task_experts=1, num_shared_experts=2, expert_sizes=(8,))
+    layer = ExpertLevel(10, task_layout(2, 1, 2, sees_all=False), expert_sizes=(8,))
     x = torch.randn(5, 10)
     same, _ = layer(x)
     per_task, _ = layer(torch.stack([x, x]))
@@ -81,7 +80,7 @@ def test_extraction_layer_per_task_inputs() -> None:
     different, _ = layer(torch.stack([x, torch.randn(5, 10)]))
     torch.testing.assert_close(different[0], same[0])  # task 0 reads only its own input
     assert not torch.allclose(different[1], same[1])
-    with pytest.raises(ValueError, match=r"\[T=2, B, in\]"):
+    with pytest.raises(ValueError, match=r"\[I=2, B, in\]"):
         layer(torch.randn(3, 5, 10))
 
 

@@ -275,8 +275,8 @@ def test_trains_with_each_objective_and_axis(options: dict, objective: str, data
 
 
 @pytest.mark.parametrize(("options", "message"), [
-    ({"sharing": "soft"}, "sharing must be one of"),
-    ({"cross_axis": "rows"}, "cross_axis must be one of"),
+    ({"sharing": "soft"}, "sharing: must be one of 'partial', 'hard' or 'none', got 'soft'"),
+    ({"cross_axis": "rows"}, "cross_axis: must be one of 'depth' or 'fields', got 'rows'"),
     ({"task_steps": 0}, "task_steps >= 1"),
     ({"shared_steps": 0, "task_steps": 0, "sharing": "hard"}, "at least one step"),
     ({"rank": 10_000}, "rank must be"),

@@ -188,9 +188,11 @@ def test_batched_pairs_equal_encoding_each_task_behaviour_pair_alone(batch: Batc
     model.eval()
     with torch.no_grad():
         u, _ = model.interests(batch.features)
-        history, mask = model.embedding.sequences(batch.features)  # [B, M, L, d], [B, M, L]
+        embedded = model.embedding.embed(batch.features)
+        history, mask = embedded.history, embedded.mask  # [B, M, L, d], [B, M, L]
+        assert history is not None and mask is not None
         gamma, beta = tim.norm_parameters()  # [K, M, N, d]
-        target = tim.targets(model.embedding.sparse_fields(batch.features))  # [B, M, d]
+        target = tim.targets(embedded.sparse)  # [B, M, d]
         for k, m in itertools.product(range(2), range(2)):
             pair = gamma[k, m][None, None], beta[k, m][None, None]  # [1, 1, N, d]: one condition
             rows, valid = tim.encoder(history[:, m], mask[:, m], *pair)  # [1, V, d]

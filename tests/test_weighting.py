@@ -208,3 +208,18 @@ def test_a_gradient_strategy_takes_the_same_steps_in_two_gloo_processes_as_in_on
         assert one[0] != [1.0, 1.0]  # GradNorm moved the weights
     np.testing.assert_allclose(two, one, atol=1e-5)
     assert max_weight_difference(tmp_path / "one" / WEIGHTS, tmp_path / "two" / WEIGHTS) < 1e-5
+
+
+def test_fixed_weights_naming_an_unknown_task_are_refused_naming_the_file_and_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mtrec.cli import main
+
+    config = tmp_path / "run.yaml"
+    config.write_text("model: mmoe\ntrain:\n  weighting: fixed\n  weighting_options:\n    weights: {clik: 2.0}\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--data", "synthetic:easy:300", "--config", str(config), "--out", str(tmp_path / "run")])
+    assert exit_info.value.code == 2
+    line = capsys.readouterr().err.strip()
+    assert line == (f"error: {config}: train.weighting_options.weights: names unknown task(s) ['clik']; "
+                    f"tasks: ['click', 'conversion']")

@@ -10,8 +10,8 @@ import torch
 from fakes import tiny_dataset, with_regression_task
 from mtrec.data.batches import gather_batch
 from mtrec.models import ModelConfigError, create_model
-from mtrec.models.adatt import FusionLevel
 from mtrec.models.home import group_of_tasks
+from mtrec.nn.experts import ExpertLevel, task_layout
 from mtrec.nn.normalized import NormalizedParallelMLP
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -113,27 +113,24 @@ def test_pepnet_names_an_unknown_feature() -> None:
 
 # ---- AdaTT -----------------------------------------------------------------------------------------
 def test_adatt_residual_path_reproduces_a_hand_computed_output() -> None:
-    level = FusionLevel(2, num_tasks=2, num_task_experts=2, num_shared_experts=0, expert_sizes=(2,),
-                        shared_fusion=False)
+    level = ExpertLevel(2, task_layout(2, 2, 0, sees_all=True), expert_sizes=(2,), residual=True)
     with torch.no_grad():
         layer = level.task_experts.layers[0]
         layer.weight.copy_(torch.stack([k * torch.eye(2) for k in (1.0, 2.0, 3.0, 4.0)]))  # expert k: k * x
         layer.bias.zero_()
         level.residual_weights.copy_(torch.tensor([[0.5, 2.0], [1.0, -1.0]]))
     x = torch.tensor([[1.0, 2.0]])  # [B=1, 2], positive: the ReLU passes it
-    own, everything = level.experts(x, None)
-    residual = level.residual(own)
-    # task 0: 0.5 * 1x + 2 * 2x = 4.5x; task 1: 1 * 3x - 1 * 4x = -x
-    torch.testing.assert_close(residual, torch.tensor([[[4.5, 9.0]], [[-1.0, -2.0]]]))
+    everything = level.expert_outputs(x, x)  # [4, 1, 2]
     fused, shared = level(x)
     gated = torch.einsum("ebh,tbe->tbh", everything, level.task_gates(x))
-    torch.testing.assert_close(fused - gated, residual)
+    # task 0: 0.5 * 1x + 2 * 2x = 4.5x; task 1: 1 * 3x - 1 * 4x = -x
+    torch.testing.assert_close(fused - gated, torch.tensor([[[4.5, 9.0]], [[-1.0, -2.0]]]))
     assert shared is None
 
 
 def test_adatt_single_expert_residual_weight_is_fixed_to_one() -> None:
-    level = FusionLevel(3, num_tasks=2, num_task_experts=1, num_shared_experts=1, expert_sizes=(4,),
-                        shared_fusion=True)
+    level = ExpertLevel(3, task_layout(2, 1, 1, sees_all=True), expert_sizes=(4,), shared_gate=True,
+                        residual=True)
     assert torch.equal(level.residual_weights, torch.ones(2, 1))
     assert "residual_weights" not in dict(level.named_parameters())
 
@@ -160,19 +157,18 @@ def test_home_mask_removes_other_groups_experts_from_a_tasks_gate() -> None:
     model = create_model("home", data.schema, embedding_dim=4, expert_sizes=(8,), tower_sizes=(4,),
                          task_groups=[["click"], ["conversion", "spend"]], num_global_experts=2)
     batch = gather_batch(data, np.arange(32))
+    # task-level experts: group 0, group 1, task 0, 1, 2 (one each), then the 2 global ones
+    allowed = {"click": (0, 2, 5, 6), "conversion": (1, 3, 5, 6), "spend": (1, 4, 5, 6)}
+    assert model.task_level.layout.visible == tuple(allowed[t] for t in model.task_names)
     v = model.embedding.all_fields(batch.features).flatten(1)
-    meta = model.meta(v.unsqueeze(0))  # [G+1, B, H]
-    weights = model.task_level.gate_weights(meta)  # [T, B, E]: global 2, group 0, group 1, task 0, 1, 2
-    allowed = {"click": [0, 1, 2, 4], "conversion": [0, 1, 3, 5], "spend": [0, 1, 3, 6]}
-    for t, task in enumerate(model.task_names):
-        blocked = [e for e in range(weights.shape[-1]) if e not in allowed[task]]
-        assert torch.all(weights[t][:, blocked] == 0), task
-        assert torch.all(weights[t][:, allowed[task]] > 0), task
-        torch.testing.assert_close(weights[t].sum(-1), torch.ones(32))
+    groups, _ = model.meta(v)  # [G, B, H]
+    weights = model.task_level.gate_weights(groups)  # [T, B, 4]: over the visible experts only
+    assert torch.all(weights > 0)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(3, 32))
     # behaviour: click's output does not depend on the other group's task-level experts
     model.zero_grad()
     model(batch.features)["click"].sum().backward()
-    local = model.task_level.local_experts.layers[0].weight.grad  # local experts: group 0, group 1, tasks
+    local = model.task_level.task_experts.experts.layers[0].weight.grad  # group 0, group 1, tasks 0-2
     assert local is not None
     assert local[[1, 3, 4]].abs().max() == 0 and local[[0, 2]].abs().max() > 0
 
@@ -191,6 +187,8 @@ def test_home_task_groups_must_cover_every_task_once() -> None:
     ("pepnet", {"gamma": -1.0}, "gamma: must be > 0.0, got -1.0"),
     ("pepnet", {"tower_sizes": [0]}, "tower_sizes[0]: must be >= 1, got 0"),
     ("home", {"sequence_pooling": "max"}, "sequence_pooling: must be one of 'mean' or 'attention', got 'max'"),
+    ("mmoe", {"expert_sizes": []}, "expert_sizes: must have at least 1 item(s), got []"),
+    ("dtrn", {"backbone": "moe"}, "backbone: must be one of 'towers', 'mmoe' or 'ple', got 'moe'"),
 ])
 def test_zoo_options_are_checked_against_their_typed_signature(name: str, options: dict[str, object],
                                                                 message: str) -> None:

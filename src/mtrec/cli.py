@@ -93,12 +93,16 @@ def train(
     Runs data-parallel unchanged under `torchrun --nproc_per_node N` (see docs/distributed.md);
     --batch-size is then the global batch over all processes.
     """
+    from mtrec.objectives.weighting import WeightingConfigError
     from mtrec.training.run import train_run
 
     config = _run_config(model, data, config_file,
                          {"epochs": epochs, "seed": seed, "batch_size": batch_size, "lr": lr,
                           "precision": precision})
-    metrics = train_run(config, out, resume=resume, overwrite=overwrite)
+    try:
+        metrics = train_run(config, out, resume=resume, overwrite=overwrite)
+    except WeightingConfigError as exc:  # options checked against the data's tasks, once it is read
+        raise WeightingConfigError(f"{config_file or 'command line'}: {exc}") from None
     if not _is_main_process():
         return
     for task, m in metrics["test"].items():

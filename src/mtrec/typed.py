@@ -9,7 +9,8 @@ number, a string for a list, NaN or infinity are refused, never converted. A fai
 the key (``run.yaml: train.lr: must be > 0, got nan``).
 
 Type aliases for the constraints options share: :data:`Count` (an integer >= 1), :data:`Sizes` (layer
-widths), :data:`NonNegative`, :data:`NonNegativeFloat`, :data:`Dropout`, :data:`Rate`.
+widths), :data:`Layers` (widths, at least one), :data:`NonNegative`, :data:`NonNegativeFloat`,
+:data:`Dropout`, :data:`Rate`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ Count = Annotated[int, Field(ge=1)]
 NonNegative = Annotated[int, Field(ge=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0.0)]
 Sizes = Sequence[Count]  # hidden-layer widths, first to last
+Layers = Annotated[Sequence[Count], Field(min_length=1)]  # widths of a block that needs at least one layer
 Dropout = Annotated[float, Field(ge=0.0, lt=1.0)]
 Rate = Annotated[float, Field(gt=0.0)]  # a learning rate, a step size: a finite number > 0
 
@@ -59,6 +61,8 @@ def _message(error: Mapping[str, Any]) -> str:
             return f"must be {word} {ctx[key]}{got}"
     if kind == "value_error":  # a validator's own message
         return str(ctx.get("error", error.get("msg", "")))
+    if kind == "too_short":
+        return f"must have at least {ctx.get('min_length')} item(s){got}"
     if kind == "string_pattern_mismatch":
         return f"not a valid value{got}"
     if kind == "literal_error":

@@ -28,7 +28,7 @@ from mtrec.models.base import MultiTaskModel
 from mtrec.nn.embedding import FeatureEmbedding
 from mtrec.nn.mlp import MLP, ParallelMLP, TaskTowers
 from mtrec.nn.transfer import AttentionTransfer
-from mtrec.typed import Count, Dropout, Sizes
+from mtrec.typed import Count, Dropout, Layers, Sizes
 
 
 @register_model("aitm")
@@ -39,7 +39,7 @@ class AITM(MultiTaskModel):
         self,
         schema: DatasetSchema,
         embedding_dim: Count = 16,
-        tower_sizes: Sizes = (256, 128),
+        tower_sizes: Layers = (256, 128),
         head_sizes: Sizes = (64,),
         dropout: Dropout = 0.0,
         sequence_pooling: Literal["mean", "attention"] = "mean",

@@ -63,17 +63,17 @@ from mtrec.models.base import MultiTaskModel
 from mtrec.nn.cross import CrossRNNCell, CrossTaskPart, FieldGRU
 from mtrec.nn.embedding import FeatureEmbedding
 from mtrec.nn.mlp import MLP, ParallelMLP, TaskTowers
-from mtrec.typed import Count, Dropout, NonNegative, Sizes
+from mtrec.typed import Count, Dropout, Layers, NonNegative, Sizes
 
-SHARING = ("partial", "hard", "none")
-CROSS_AXES = ("depth", "fields")
+Sharing = Literal["partial", "hard", "none"]
+CrossAxis = Literal["depth", "fields"]
 
 
 class DepthCross(nn.Module):
     """The Cross-RNN branch over cross depth: ``x0 [B, D] -> task states [T, B, D]``."""
 
     def __init__(
-        self, dim: int, n_tasks: int, sharing: str, shared_steps: int, task_steps: int,
+        self, dim: int, n_tasks: int, sharing: Sharing, shared_steps: int, task_steps: int,
         rank: int | None, adapter_rank: int, task_norm: bool, pass_state: bool = True,
     ) -> None:
         super().__init__()
@@ -106,7 +106,7 @@ class DepthCross(nn.Module):
 class FieldCross(nn.Module):
     """The ``cross_axis: fields`` branch: GRUs over the field axis, ``[B, F, d] -> task states [T, B, H]``."""
 
-    def __init__(self, field_dim: int, hidden: int, n_tasks: int, sharing: str, pass_state: bool = True) -> None:
+    def __init__(self, field_dim: int, hidden: int, n_tasks: int, sharing: Sharing, pass_state: bool = True) -> None:
         super().__init__()
         self.sharing, self.n_tasks, self.pass_state = sharing, n_tasks, pass_state
         if sharing == "none":
@@ -142,8 +142,8 @@ class DCRNN(MultiTaskModel):
         self,
         schema: DatasetSchema,
         embedding_dim: Count = 16,
-        sharing: str = "partial",
-        cross_axis: str = "depth",
+        sharing: Sharing = "partial",
+        cross_axis: CrossAxis = "depth",
         shared_steps: NonNegative = 2,
         task_steps: NonNegative = 1,
         rank: Count | None = None,
@@ -151,18 +151,13 @@ class DCRNN(MultiTaskModel):
         task_norm: bool = False,
         field_rnn_dim: Count = 64,
         deep_sizes: Sizes = (256, 128),
-        deep_task_sizes: Sizes = (64,),
+        deep_task_sizes: Layers = (64,),
         tower_sizes: Sizes = (64,),
         dropout: Dropout = 0.0,
         sequence_pooling: Literal["mean", "attention"] = "mean",
         pass_state: bool = True,
     ) -> None:
         super().__init__(schema)
-        for name, value, allowed in (
-            ("sharing", sharing, SHARING), ("cross_axis", cross_axis, CROSS_AXES)
-        ):
-            if value not in allowed:
-                raise ModelConfigError(f"dcrnn: option {name} must be one of {list(allowed)}, got {value!r}")
         if shared_steps + task_steps < 1:  # (each >= 0: checked by the registry, from the signature)
             raise ModelConfigError(
                 f"dcrnn: shared_steps and task_steps need at least one step in all, "

@@ -49,6 +49,7 @@ cheapest, and the one that isolates the task-specific bottoms).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import nn
@@ -57,15 +58,15 @@ from mtrec.features.inputs import Features
 from mtrec.features.schema import DatasetSchema
 from mtrec.models._registry import ModelConfigError, register_model, register_variant
 from mtrec.models.base import MultiTaskModel
-from mtrec.nn.embedding import FeatureEmbedding
+from mtrec.nn.embedding import EmbeddedBatch, FeatureEmbedding
 from mtrec.nn.experts import GroupGates, ProgressiveLayers, mix
 from mtrec.nn.hyper import NormHypernetwork
 from mtrec.nn.mlp import ParallelMLP, TaskTowers
-from mtrec.nn.senet import SENET_MODES, SENet
+from mtrec.nn.senet import SENet, SENetMode
 from mtrec.nn.sequence import ConditionalTransformer, HistoryTargets, TargetAttentionPooling
-from mtrec.typed import Count, Dropout, Sizes
+from mtrec.typed import Count, Dropout, Layers, Sizes
 
-BACKBONES = ("towers", "mmoe", "ple")
+Backbone = Literal["towers", "mmoe", "ple"]
 
 
 class TaskInterestModule(nn.Module):
@@ -180,8 +181,8 @@ class DTRN(MultiTaskModel):
         self,
         schema: DatasetSchema,
         embedding_dim: Count = 16,
-        backbone: str = "towers",
-        trm: str = "field",
+        backbone: Backbone = "towers",
+        trm: SENetMode = "field",
         use_tim: bool = True,
         use_trm: bool = True,
         num_layers: Count = 1,
@@ -195,15 +196,11 @@ class DTRN(MultiTaskModel):
         num_levels: Count = 2,
         num_task_experts: Count = 1,
         num_shared_experts: Count = 2,
-        expert_sizes: Sizes = (256, 128),
+        expert_sizes: Layers = (256, 128),
         tower_sizes: Sizes = (64,),
         dropout: Dropout = 0.0,
     ) -> None:
         super().__init__(schema)
-        if backbone not in BACKBONES:
-            raise ModelConfigError(f"dtrn: backbone must be one of {BACKBONES}, got {backbone!r}")
-        if trm not in SENET_MODES:
-            raise ModelConfigError(f"dtrn: trm must be one of {SENET_MODES}, got {trm!r}")
         if embedding_dim % heads:  # (the counts are checked >= 1 by the registry, from the signature)
             raise ModelConfigError(
                 f"dtrn: embedding_dim={embedding_dim} must be a multiple of heads={heads} "
@@ -232,25 +229,24 @@ class DTRN(MultiTaskModel):
         self.towers = TaskTowers(num_tasks, tower_in, tower_hidden, dropout)
 
     def interests(
-        self, features: Features, sparse_fields: torch.Tensor | None = None
+        self, features: Features, batch: EmbeddedBatch | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """TIM's output: interests ``[B, K', M, d]`` and target-attention weights ``[B, K', M, L]``
-        (K' = K with ``use_tim``, else 1). ``sparse_fields`` ``[B, Fs, d]``: the sparse field embeddings
-        when already computed. Needs sequence features in the schema."""
+        (K' = K with ``use_tim``, else 1). ``batch``: ``features`` embedded, when already done. Needs
+        sequence features in the schema."""
         if self.tim is None:
             raise ModelConfigError("dtrn: the schema has no sequence features, so there are no interests")
-        history, mask = self.embedding.sequences(features)  # [B, M, L, d], [B, M, L]
-        if sparse_fields is None:
-            sparse_fields = self.embedding.sparse_fields(features)
-        return self.tim(history, mask, sparse_fields)
+        batch = self.embedding.embed(features) if batch is None else batch
+        assert batch.history is not None and batch.mask is not None
+        return self.tim(batch.history, batch.mask, batch.sparse)  # history [B, M, L, d], mask [B, M, L]
 
     def task_inputs(self, features: Features) -> torch.Tensor:
         """Each task's bottom representation, refined by TRM: ``[K, B, F + M, d]``."""
         num_tasks = len(self.task_names)
-        fields = self.embedding.fields(features)  # [B, F, d]
-        x = fields.unsqueeze(0).expand(num_tasks, -1, -1, -1)  # [K, B, F, d]
+        batch = self.embedding.embed(features)
+        x = batch.fields.unsqueeze(0).expand(num_tasks, -1, -1, -1)  # [K, B, F, d]
         if self.tim is not None:
-            interests, _ = self.interests(features, fields[:, : self.embedding.num_sparse])  # [B, K', M, d]
+            interests, _ = self.interests(features, batch)  # [B, K', M, d]
             interests = interests.transpose(0, 1).expand(num_tasks, -1, -1, -1)  # [K, B, M, d]
             x = torch.cat([x, interests], dim=2)  # [K, B, F + M, d]
         return self.trm(x) if self.trm is not None else x

@@ -24,7 +24,7 @@ from mtrec.models.base import MultiTaskModel
 from mtrec.nn.embedding import FeatureEmbedding
 from mtrec.nn.experts import Gates, mix
 from mtrec.nn.mlp import ParallelMLP, TaskTowers
-from mtrec.typed import Count, Dropout, Sizes
+from mtrec.typed import Count, Dropout, Layers, Sizes
 
 
 @register_model("mmoe")
@@ -34,7 +34,7 @@ class MMoE(MultiTaskModel):
         schema: DatasetSchema,
         embedding_dim: Count = 16,
         num_experts: Count = 4,
-        expert_sizes: Sizes = (256, 128),
+        expert_sizes: Layers = (256, 128),
         tower_sizes: Sizes = (64,),
         dropout: Dropout = 0.0,
         sequence_pooling: Literal["mean", "attention"] = "mean",

@@ -27,7 +27,7 @@ from mtrec.models.base import MultiTaskModel
 from mtrec.nn.embedding import FeatureEmbedding
 from mtrec.nn.experts import ProgressiveLayers
 from mtrec.nn.mlp import TaskTowers
-from mtrec.typed import Count, Dropout, Sizes
+from mtrec.typed import Count, Dropout, Layers, Sizes
 
 
 @register_model("ple")
@@ -39,7 +39,7 @@ class PLE(MultiTaskModel):
         num_levels: Count = 2,
         num_task_experts: Count = 1,
         num_shared_experts: Count = 2,
-        expert_sizes: Sizes = (256, 128),
+        expert_sizes: Layers = (256, 128),
         tower_sizes: Sizes = (64,),
         dropout: Dropout = 0.0,
         sequence_pooling: Literal["mean", "attention"] = "mean",

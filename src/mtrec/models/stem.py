@@ -20,13 +20,13 @@ task's loss reaches every expert of the lower levels, so the zero-gradient prope
 level's experts and, with one level (the default), for all.
 
 Shared: the shared table, the shared experts (and shared gates). Task-specific: each task's table,
-experts, gate and tower. Sequences, if the schema has them, are mean-pooled into extra fields (of every
+experts, gate and tower. Each level is an :class:`~mtrec.nn.experts.ExpertLevel` whose gates see every
+expert, with ``stop_others`` switched on. Sequences, if the schema has them, are mean-pooled into extra fields (of every
 table).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -37,48 +37,9 @@ from mtrec.features.schema import DatasetSchema
 from mtrec.models._registry import register_model
 from mtrec.models.base import MultiTaskModel
 from mtrec.nn.embedding import FeatureEmbedding
-from mtrec.nn.experts import Gates, GroupGates, mix
-from mtrec.nn.mlp import ParallelMLP, TaskTowers
-from mtrec.typed import Count, Dropout, Sizes
-
-
-class STEMLevel(nn.Module):
-    """One level: ``forward(task_inputs [T, B, in], shared_input [B, in]) -> (h_t [T, B, H], shared
-    output [B, H] or None)``; the shared output only with ``shared_gate``."""
-
-    own_or_shared: torch.Tensor
-
-    def __init__(
-        self, in_dim: int, num_tasks: int, num_task_experts: int, num_shared_experts: int,
-        expert_sizes: Sequence[int], shared_gate: bool, dropout: float = 0.0,
-    ) -> None:
-        super().__init__()
-        if min(num_tasks, num_task_experts, num_shared_experts) < 1:
-            raise ValueError(f"stem: need num_tasks, num_task_experts and num_shared_experts >= 1; "
-                             f"got {num_tasks}, {num_task_experts}, {num_shared_experts}")
-        self.num_task_experts = num_task_experts
-        n_all = num_tasks * num_task_experts + num_shared_experts
-        self.task_experts = ParallelMLP(num_tasks * num_task_experts, in_dim, expert_sizes, dropout)
-        self.shared_experts = ParallelMLP(num_shared_experts, in_dim, expert_sizes, dropout)
-        self.task_gates = GroupGates(num_tasks, in_dim, n_all)
-        self.shared_gate = Gates(in_dim, 1, n_all) if shared_gate else None
-        owner = torch.arange(num_tasks).repeat_interleave(num_task_experts)  # the task of each task expert
-        own = owner.unsqueeze(0) == torch.arange(num_tasks).unsqueeze(1)  # [T, T*m]
-        shared = torch.ones(num_tasks, num_shared_experts, dtype=torch.bool)
-        self.register_buffer("own_or_shared", torch.cat([own, shared], dim=1), persistent=False)  # [T, n_all]
-        self.out_dim = self.task_experts.out_dim
-
-    def forward(
-        self, task_inputs: torch.Tensor, shared_input: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        own = self.task_experts(task_inputs.repeat_interleave(self.num_task_experts, dim=0))  # [T*m, B, H]
-        experts = torch.cat([own, self.shared_experts(shared_input)])  # [n_all, B, H]
-        keep = self.own_or_shared[:, :, None, None]  # [T, n_all, 1, 1]
-        per_task = torch.where(keep, experts.unsqueeze(0), experts.detach().unsqueeze(0))  # [T, n_all, B, H]
-        task_outputs = mix(per_task, self.task_gates(task_inputs))  # [T, B, H]
-        if self.shared_gate is None:
-            return task_outputs, None
-        return task_outputs, mix(experts, self.shared_gate(shared_input)).squeeze(0)  # [B, H]
+from mtrec.nn.experts import task_levels
+from mtrec.nn.mlp import TaskTowers
+from mtrec.typed import Count, Dropout, Layers, Sizes
 
 
 @register_model("stem")
@@ -90,26 +51,21 @@ class STEM(MultiTaskModel):
         num_levels: Count = 1,
         num_task_experts: Count = 1,
         num_shared_experts: Count = 1,
-        expert_sizes: Sizes = (256, 128),
+        expert_sizes: Layers = (256, 128),
         tower_sizes: Sizes = (64,),
         dropout: Dropout = 0.0,
         sequence_pooling: Literal["mean", "attention"] = "mean",
     ) -> None:
         super().__init__(schema)
-        if num_levels < 1:
-            raise ValueError(f"stem: num_levels must be >= 1, got {num_levels}")
         T = len(self.task_names)
         self.embedding_dim = embedding_dim
         # T task tables, then the shared one
         self.embedding = FeatureEmbedding(schema, (T + 1) * embedding_dim, sequence_pooling)
-        dim = self.embedding.num_all_fields * embedding_dim
-        self.levels = nn.ModuleList()
-        for level in range(num_levels):
-            layer = STEMLevel(dim, T, num_task_experts, num_shared_experts, expert_sizes,
-                              shared_gate=level < num_levels - 1, dropout=dropout)
-            self.levels.append(layer)
-            dim = layer.out_dim
-        self.towers = TaskTowers(T, dim, tower_sizes, dropout)
+        # every gate sees every expert; other tasks' experts under stop-gradient
+        self.levels = task_levels(self.embedding.num_all_fields * embedding_dim, T, num_levels, num_task_experts,
+                                  num_shared_experts, expert_sizes, sees_all=True, dropout=dropout,
+                                  stop_others=True)
+        self.towers = TaskTowers(T, self.levels.out_dim, tower_sizes, dropout)
 
     def tables(self, features: Features) -> torch.Tensor:
         """Every table's flattened field embeddings: ``[T+1, B, F*d]`` (block ``T`` the shared table's)."""
@@ -120,14 +76,9 @@ class STEM(MultiTaskModel):
 
     def forward(self, features: Features) -> dict[str, torch.Tensor]:
         tables = self.tables(features)  # [T+1, B, F*d]
-        task_x, shared_x = tables[:-1], tables[-1]  # [T, B, F*d], [B, F*d]
-        for level in self.levels:
-            task_x, next_shared = level(task_x, shared_x)
-            shared_x = next_shared if next_shared is not None else shared_x
-        logits = self.towers(task_x)  # [T, B]
+        logits = self.towers(self.levels(tables[:-1], tables[-1]))  # [T, B]
         return dict(zip(self.task_names, logits, strict=True))
 
     def shared_parameters(self) -> list[nn.Parameter]:
         """The last level's shared experts' last layer (every task trains it)."""
-        last: STEMLevel = self.levels[-1]  # type: ignore[assignment]
-        return list(last.shared_experts.last_layer().parameters())
+        return list(self.levels.top().last_layers()[-1].parameters())

@@ -8,10 +8,10 @@ items of its behaviour histories) read the same rows. Dense values are projected
 ``table`` is any module that maps stacked ids ``[...]`` to rows ``[..., d]``: the ``nn.Embedding`` here,
 or, in a run with ``train.embedding_sharding``, TorchRec tables sharded over the ranks
 (:mod:`mtrec.training.sharding`), which split the stacked table by ``tables`` (name -> offset, rows).
-Sharded tables apply their update inside the backward pass of each lookup, so there every row a
-forward pass needs must come from one call: with ``lookup_once`` set, the first method called on a
-batch's features looks up its sparse fields and all its histories together and the others reuse those
-rows until :meth:`forget_rows` (which the sharded run calls around each forward pass of the model).
+Sharded tables apply their update inside the backward pass of each lookup, so every row a forward pass
+needs comes from one call: :meth:`FeatureEmbedding.embed` looks a batch's sparse fields and all its
+histories up together and returns them as an :class:`EmbeddedBatch`; a model that reads several parts
+of the batch embeds it once and passes that on, and every other method makes one table call.
 
 Models without a sequence module of their own read :meth:`FeatureEmbedding.all_fields`: the fields plus
 one pooled vector per history, pooled as ``sequence_pooling`` says: ``mean`` (the mean over the valid
@@ -24,6 +24,8 @@ and passes it here.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -33,6 +35,23 @@ from mtrec.features.schema import DatasetSchema
 from mtrec.nn.sequence import DINAttentionPooling, HistoryTargets
 
 SEQUENCE_POOLINGS = ("mean", "attention")
+
+
+@dataclass(frozen=True)
+class EmbeddedBatch:
+    """A batch's rows from one table call: ``fields`` ``[B, F, d]`` (sparse then dense), and the stacked
+    histories ``[B, M, L, d]`` with their validity mask ``[B, M, L]`` (None without sequences; L is the
+    longest history's length, shorter ones are padded with id 0, mask False)."""
+
+    fields: torch.Tensor
+    num_sparse: int
+    history: torch.Tensor | None
+    mask: torch.Tensor | None
+
+    @property
+    def sparse(self) -> torch.Tensor:
+        """The sparse fields ``[B, F_sparse, d]``."""
+        return self.fields[:, : self.num_sparse]
 
 
 class FeatureEmbedding(nn.Module):
@@ -79,27 +98,21 @@ class FeatureEmbedding(nn.Module):
         if sequence_pooling == "attention" and schema.sequences:
             self.history_targets = HistoryTargets(schema, dim)
             self.attention = DINAttentionPooling(dim, groups=attention_groups)
-        self.lookup_once = False
-        self._rows: tuple[Features, torch.Tensor, torch.Tensor | None] | None = None
 
-    def forget_rows(self) -> None:
-        """Drop the rows kept by ``lookup_once`` (the next call looks its features up again)."""
-        self._rows = None
-
-    def _batch_rows(self, features: Features) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``lookup_once``: sparse rows ``[B, F_sparse, d]`` and stacked history rows ``[B, M, L, d]`` (None
-        without histories) of ``features`` from one table call, kept for the following calls on them."""
-        if self._rows is None or self._rows[0] is not features:
-            sparse = features.sparse + self.sparse_offsets  # [B, F_sparse]
-            if not self.sequence_names:
-                self._rows = (features, self.table(sparse), None)
-            else:
-                history = self._stacked_ids(features)  # [B, M, L]
-                history = history + self._history_offsets(history.device).view(1, -1, 1)
-                rows = self.table(torch.cat([sparse, history.flatten(1)], dim=1))  # [B, F_sparse + M*L, d]
-                self._rows = (features, rows[:, : self.num_sparse],
-                              rows[:, self.num_sparse :].view(*history.shape, -1))
-        return self._rows[1], self._rows[2]
+    def embed(self, features: Features) -> EmbeddedBatch:
+        """Every field and history of ``features``, all rows from one table call."""
+        sparse = features.sparse + self.sparse_offsets  # [B, F_sparse]
+        history: torch.Tensor | None = None
+        mask: torch.Tensor | None = None
+        if not self.sequence_names:
+            rows = self.table(sparse)  # [B, F_sparse, d]
+        else:
+            ids = self._stacked_ids(features)  # [B, M, L]
+            mask = ids > 0
+            stacked = ids + self._history_offsets(ids.device).view(1, -1, 1)
+            both = self.table(torch.cat([sparse, stacked.flatten(1)], dim=1))  # [B, F_sparse + M*L, d]
+            rows, history = both[:, : self.num_sparse], both[:, self.num_sparse :].view(*ids.shape, -1)
+        return EmbeddedBatch(torch.cat([rows, self._dense(features)], dim=1), self.num_sparse, history, mask)
 
     def _stacked_ids(self, features: Features) -> torch.Tensor:
         """All histories' ids ``[B, M, L]``, each padded with 0 to the longest length L."""
@@ -111,62 +124,34 @@ class FeatureEmbedding(nn.Module):
         """Each history's table offset ``[M]``."""
         return torch.tensor([self.sequence_offsets[n] for n in self.sequence_names], device=device)
 
-    def sparse_fields(self, features: Features) -> torch.Tensor:
-        """Sparse field embeddings ``[B, F_sparse, d]`` (one gather)."""
-        if self.lookup_once:
-            return self._batch_rows(features)[0]
-        return self.table(features.sparse + self.sparse_offsets)
-
-    def fields(self, features: Features) -> torch.Tensor:
-        """Sparse then dense field embeddings ``[B, F, d]``."""
-        dense = features.dense.unsqueeze(-1) * self.dense_weight + self.dense_bias  # [B, F_dense, d]
-        return torch.cat([self.sparse_fields(features), dense], dim=1)
-
-    def sequence(self, features: Features, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """A history's item embeddings ``[B, L, d]`` and its validity mask ``[B, L]`` (False = padding)."""
-        ids = features.sequences[name]
-        if self.lookup_once:
-            history = self._batch_rows(features)[1]
-            assert history is not None
-            return history[:, self.sequence_names.index(name), : ids.shape[1]], ids > 0
-        return self.table(ids + self.sequence_offsets[name]), ids > 0
-
-    def sequences(self, features: Features) -> tuple[torch.Tensor, torch.Tensor]:
-        """All histories stacked: embeddings ``[B, M, L, d]`` and mask ``[B, M, L]``; L is the longest
-        history's length, shorter ones are padded (mask False)."""
-        ids = self._stacked_ids(features)  # [B, M, L]
-        if self.lookup_once:
-            history = self._batch_rows(features)[1]
-            assert history is not None
-            return history, ids > 0
-        return self.table(ids + self._history_offsets(ids.device).view(1, -1, 1)), ids > 0
+    def _dense(self, features: Features) -> torch.Tensor:
+        """Dense field embeddings ``[B, F_dense, d]``."""
+        return features.dense.unsqueeze(-1) * self.dense_weight + self.dense_bias
 
     def mean_pooled_sequences(self, features: Features) -> torch.Tensor:
         """Each history mean-pooled over its valid positions: ``[B, S, d]`` (zeros for an empty one)."""
-        pooled = []
-        for name in self.sequence_names:
-            emb, mask = self.sequence(features, name)  # [B, L, d], [B, L]
-            weights = mask.unsqueeze(-1).to(emb.dtype)
-            pooled.append((emb * weights).sum(1) / weights.sum(1).clamp_min(1.0))
-        # the batch size as a tensor dimension, not an int: an exporter keeps it symbolic
-        return torch.stack(pooled, dim=1) if pooled else features.dense.new_zeros(features.dense.shape[0], 0, self.dim)
+        return self._mean_pooled(self.embed(features))
 
-    def attention_pooled_sequences(self, features: Features, sparse_fields: torch.Tensor) -> torch.Tensor:
-        """Each history pooled by target attention against its candidate: ``[B, S, d]``.
-        sparse_fields: the sparse field embeddings ``[B, F_sparse, d]``."""
-        assert self.attention is not None and self.history_targets is not None
-        history, mask = self.sequences(features)  # [B, S, L, d], [B, S, L]
-        pooled, _ = self.attention(history, mask, self.history_targets(sparse_fields))  # [B, S, d]
+    def _mean_pooled(self, batch: EmbeddedBatch) -> torch.Tensor:
+        if batch.history is None or batch.mask is None:
+            # the batch size as a tensor dimension, not an int: an exporter keeps it symbolic
+            return batch.fields.new_zeros(batch.fields.shape[0], 0, self.dim)
+        weights = batch.mask.unsqueeze(-1).to(batch.history.dtype)  # [B, S, L, 1]
+        return (batch.history * weights).sum(2) / weights.sum(2).clamp_min(1.0)  # [B, S, d]
+
+    def pooled(self, batch: EmbeddedBatch) -> torch.Tensor:
+        """Each history of ``batch`` pooled as ``sequence_pooling`` says: ``[B, S, d]``."""
+        if self.attention is None or batch.history is None or batch.mask is None:
+            return self._mean_pooled(batch)
+        assert self.history_targets is not None
+        pooled, _ = self.attention(batch.history, batch.mask, self.history_targets(batch.sparse))  # [B, S, d]
         return pooled
 
     def all_fields(self, features: Features) -> torch.Tensor:
         """Fields plus pooled histories (``sequence_pooling``): ``[B, F + S, d]``; the input of models
         without a sequence module of their own."""
-        fields = self.fields(features)  # [B, F, d]
-        if self.attention is None:
-            return torch.cat([fields, self.mean_pooled_sequences(features)], dim=1)
-        pooled = self.attention_pooled_sequences(features, fields[:, : self.num_sparse])  # [B, S, d]
-        return torch.cat([fields, pooled], dim=1)
+        batch = self.embed(features)
+        return torch.cat([batch.fields, self.pooled(batch)], dim=1)
 
     @property
     def num_all_fields(self) -> int:

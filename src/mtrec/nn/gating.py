@@ -1,13 +1,11 @@
-"""Element-wise scaling gates and masked softmax gates.
+"""Element-wise scaling gates.
 
-- :class:`ScaledSigmoidGates`: ``n`` gates ``delta = scale * sigmoid(W2 act(W1 x + b1) + b2)``, values in
-  ``(0, scale)``, that re-weight a representation element by element. With ``activation=True`` this is
-  PEPNet's Gate Neural Unit (Chang et al., KDD 2023: ReLU hidden layer, ``scale`` = gamma = 2); with
-  ``activation=False`` the two linear maps compose to one of rank ``hidden``, HoME's low-rank feature gate
-  (``2 * sigmoid(x A B)``). A gate of 1 leaves its element unchanged, so a gate can amplify (up to
-  ``scale``) as well as suppress.
-- :func:`masked_softmax`: a softmax gate restricted to the experts its mask allows (HoME's hierarchy
-  mask); masked experts get weight exactly 0.
+:class:`ScaledSigmoidGates`: ``n`` gates ``delta = scale * sigmoid(W2 act(W1 x + b1) + b2)``, values in
+``(0, scale)``, that re-weight a representation element by element. With ``activation=True`` this is
+PEPNet's Gate Neural Unit (Chang et al., KDD 2023: ReLU hidden layer, ``scale`` = gamma = 2); with
+``activation=False`` the two linear maps compose to one of rank ``hidden``, HoME's low-rank feature gate
+(``2 * sigmoid(x A B)``). A gate of 1 leaves its element unchanged, so a gate can amplify (up to
+``scale``) as well as suppress.
 """
 
 from __future__ import annotations
@@ -45,9 +43,3 @@ class ScaledSigmoidGates(RecordingBlock):
         self.record(ELEMENT_GATES, gates)
         return gates
 
-
-def masked_softmax(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Softmax over the last axis of ``logits`` ``[G, B, E]`` among the experts ``mask`` ``[G, E]`` (bool)
-    allows; the others get weight 0. Every row of ``mask`` must allow at least one expert."""
-    blocked = torch.finfo(logits.dtype).min
-    return torch.softmax(logits.masked_fill(~mask.unsqueeze(1), blocked), dim=-1)  # [G, B, E]

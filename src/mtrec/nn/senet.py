@@ -8,12 +8,14 @@ independent SENets (one per task, say) run as one batched matmul.
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 
 from mtrec.nn.mlp import ParallelMLP
 from mtrec.nn.recording import FIELD_WEIGHTS, RecordingBlock
 
-SENET_MODES = ("field", "bit")
+SENetMode = Literal["field", "bit"]
 
 
 class SENet(RecordingBlock):
@@ -23,10 +25,10 @@ class SENet(RecordingBlock):
     ``max(1, summary_width // reduction)``.
     """
 
-    def __init__(self, n: int, num_fields: int, dim: int, mode: str = "field", reduction: int = 2) -> None:
+    def __init__(self, n: int, num_fields: int, dim: int, mode: SENetMode = "field", reduction: int = 2) -> None:
         super().__init__()
-        if mode not in SENET_MODES:
-            raise ValueError(f"SENet mode must be one of {SENET_MODES}, got {mode!r}")
+        if mode not in get_args(SENetMode):
+            raise ValueError(f"SENet mode must be one of {get_args(SENetMode)}, got {mode!r}")
         if reduction < 1:
             raise ValueError(f"SENet reduction must be >= 1, got {reduction}")
         self.mode = mode

@@ -80,10 +80,11 @@ class FixedWeighting(WeightingStrategy):
         weights = weights or {}
         unknown = sorted(set(weights) - set(task_names))
         if unknown:
-            raise WeightingConfigError(f"fixed weighting names unknown task(s) {unknown}; tasks: {task_names}")
+            raise WeightingConfigError(f"train.weighting_options.weights: names unknown task(s) {unknown}; "
+                                       f"tasks: {task_names}")
         values = {t: weights.get(t, 1.0) for t in task_names}
         if not any(values.values()):
-            raise WeightingConfigError(f"weighting_options.weights: every task weight is 0, so nothing would "
+            raise WeightingConfigError(f"train.weighting_options.weights: every task weight is 0, so nothing would "
                                        f"be learned: {values}")
         self.register_buffer("weights", torch.tensor([float(w) for w in values.values()]))
 

@@ -165,10 +165,8 @@ class Sharded(Replicated):
             stacked = block.table
             assert isinstance(stacked, nn.Embedding)
             # each rank's rows get the sum of the ranks' gradients: scaled to DDP's average
+            # FeatureEmbedding looks a forward pass's rows up in one call, so one fused update per table
             block.table = ShardedTables(block.tables, stacked.weight.detach(), 1.0 / self.ctx.world_size)
-            block.lookup_once = True  # one lookup (so one fused update) per table per forward pass
-        model.register_forward_pre_hook(self._forget_rows)
-        model.register_forward_hook(self._forget_rows)
 
     # ---- sharding -------------------------------------------------------------------------------
     def _constraints(self, dims: dict[str, int]) -> dict[str, ParameterConstraints]:
@@ -216,11 +214,6 @@ class Sharded(Replicated):
         )
         self.plan = self._describe(plan)
         return self.dmp
-
-    def _forget_rows(self, *_: Any) -> None:
-        """Around every forward pass of the model: its feature embeddings look their batch up anew."""
-        for block in self.blocks.values():
-            block.forget_rows()
 
     @staticmethod
     def _describe(plan: ShardingPlan) -> dict[str, Any]:
