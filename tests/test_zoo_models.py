@@ -195,3 +195,19 @@ def test_zoo_options_are_checked_against_their_typed_signature(name: str, option
     with pytest.raises(ModelConfigError) as error:
         create_model(name, tiny_dataset(rows=20).schema, **options)
     assert f"model '{name}': {message}" in str(error.value)
+
+
+def test_expert_levels_record_every_gate_over_all_their_experts(data) -> None:  # type: ignore[no-untyped-def]
+    from mtrec.nn.recording import EXPERT_WEIGHTS, recording
+
+    torch.manual_seed(0)
+    model = create_model("ple", data.schema, num_task_experts=2, num_shared_experts=1, expert_sizes=(8,))
+    with recording(model) as records:
+        model(batch_of(data).features)
+    weights = {r.block: r.values for r in records.records if r.kind == EXPERT_WEIGHTS}
+    task_gates = weights["extraction.levels.0.task_gates"]  # [T, B, 2*2 + 1]
+    assert task_gates.shape == (2, 64, 5)
+    torch.testing.assert_close(task_gates.sum(-1), torch.ones(2, 64))
+    assert torch.all(task_gates[0, :, 2:4] == 0) and torch.all(task_gates[1, :, 0:2] == 0)  # other task's
+    assert torch.all(task_gates[0, :, [0, 1, 4]] > 0) and torch.all(task_gates[1, :, [2, 3, 4]] > 0)
+    assert weights["extraction.levels.0.shared_gate"].shape == (1, 64, 5)

@@ -175,6 +175,9 @@ class ExpertLevel(nn.Module):
       (:class:`~mtrec.nn.normalized.NormalizedParallelMLP`, HoME) instead of ReLU MLPs;
       ``feature_gate_rank`` > 0: each expert reads its input through its own low-rank feature gate
       ``x * 2 sigmoid(x A_e B_e)`` (HoME).
+
+    Under :func:`~mtrec.nn.recording.recording` the task gates record their weights over all the level's
+    experts (0 for an expert a gate does not see), the shared gate its own.
     """
 
     residual_weights: torch.Tensor
