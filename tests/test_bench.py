@@ -144,10 +144,13 @@ def test_demo_runs_through_the_bench_runner(tmp_path: Path, tiny_dir: Path) -> N
     from mtrec.bench.demo import run_demo
     from mtrec.training.config import TrainConfig
 
-    table = run_demo(tmp_path / "demo", data=str(tiny_dir), models=["mmoe"],
-                     train=TrainConfig(epochs=1, batch_size=64, num_threads=1, prefetch=0), log=lambda _: None)
-    assert "| mmoe |" in table
-    assert (tmp_path / "demo" / "results.md").is_file() and (tmp_path / "demo" / "auc.png").is_file()
+    result = run_demo(tmp_path / "demo", data=str(tiny_dir), models=["mmoe"],
+                      train=TrainConfig(epochs=1, batch_size=64, num_threads=1, prefetch=0), log=lambda _: None)
+    assert "| mmoe |" in result.table
+    assert result.report == tmp_path / "demo" / "results.md" and (tmp_path / "demo" / "auc.png") in result.plots
+    report = result.report.read_text()
+    assert "## What the table shows" in report and result.summary.strip() in report
+    assert report.index("## What the table shows") < report.index("| mmoe |")
 
 
 def test_an_interrupted_run_is_resumed(tmp_path: Path, tiny_dir: Path) -> None:
@@ -209,3 +212,23 @@ def test_bad_selection_is_one_line(args: list[str], message: str, tmp_path: Path
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_demo_summary_says_where_the_headline_models_stand() -> None:
+    from mtrec.bench.demo import summary
+
+    def run(model: str, click: float, conversion: float, best_epoch: int, epochs_run: int) -> dict[str, Any]:
+        return {"model": model, "registry_name": model, "tasks": ["click", "conversion"], "seed": 0,
+                "best_epoch": best_epoch, "epochs_run": epochs_run,
+                "test": {"click": {"auc": click}, "conversion": {"auc": conversion}},
+                "oracle": {"click": {"auc": 0.82}, "conversion": {"auc": 0.86}}}
+
+    runs = [run("mmoe", 0.770, 0.810, 2, 4), run("dcrnn", 0.780, 0.805, 3, 5), run("dtrn", 0.760, 0.800, 1, 3),
+            run("ple", 0.775, 0.815, 4, 5)]
+    text = summary(runs, "synthetic:conflict:100000")
+    assert "3 of 4 runs stopped early" in text
+    assert "click dcrnn (0.7800, 0.0400 below the oracle); conversion ple (0.8150, 0.0450 below the oracle)" in text
+    assert "dcrnn ranks 1st of 4 on click (0.7800), 3rd of 4 on conversion (0.8050)" in text
+    assert "dtrn ranks 4th of 4 on click (0.7600), 4th of 4 on conversion (0.8000); its best validation " \
+           "epoch was 1" in text
+    assert "On `conflict`" in text and "On `conflict`" not in summary(runs, "synthetic:easy:1000")

@@ -182,7 +182,7 @@ def _seeds(text: str | None) -> list[int] | None:
 @cli.command()
 @click.option("--out", type=click.Path(path_type=Path), default=Path("reports/demo"), show_default=True)
 @click.option("--data", help="data spec  [default: synthetic:conflict:100000]")
-@click.option("--epochs", type=int, help="at most this many epochs (early stopping, patience 1)  [default: 4]")
+@click.option("--epochs", type=int, help="at most this many epochs (early stopping, patience 1)  [default: 10]")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--models", "model_names",
               help="comma-separated models, or 'all' (every registered model)  "
@@ -200,11 +200,13 @@ def demo(out: Path, data: str | None, epochs: int | None, seed: int, model_names
         ALL if model_names.strip() == ALL else [m.strip() for m in model_names.split(",")]
     given = {k: v for k, v in {"epochs": epochs, "precision": precision}.items() if v is not None}
     train = TrainConfig.parse({**DEMO_TRAIN, **given, "seed": seed}, where="command line")
-    table = run_demo(out, data=data or DEMO_DATA, models=chosen, train=train)
-    click.echo(table)
-    click.echo(f"report written to {out}/results.md (plot: {out}/auc.png)")
-    if (out / "request.json").is_file():
-        click.echo(f"raw inputs for `mtrec predict` and `mtrec serve`: {out}/sample.csv, {out}/request.json")
+    result = run_demo(out, data=data or DEMO_DATA, models=chosen, train=train)
+    click.echo(result.table)
+    click.echo(result.summary)
+    click.echo(f"report: {result.report}")
+    click.echo(f"plots: {', '.join(map(str, result.plots))}")
+    if result.samples:
+        click.echo(f"raw inputs for `mtrec predict` and `mtrec serve`: {', '.join(map(str, result.samples))}")
 
 
 @cli.command("export")
