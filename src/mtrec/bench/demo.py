@@ -39,14 +39,15 @@ DEMO_TRAIN = {"epochs": 10, "batch_size": 256, "patience": 1, "num_threads": 1}
 # (docs/synthetic.md) against what each model can represent.
 PRESET_NOTES = {
     "conflict": (
-        "On `conflict` what drives conversion partly opposes what drives click, so a model gains by keeping "
-        "some parameters per task beyond the towers (PLE's task experts, DCRNN's task-specific recurrence "
-        "steps), while Shared-Bottom makes one representation serve both tasks. DTRN's distinctive part, a "
-        "transformer per task over the behaviour histories that attends to the candidate, has nothing to "
-        "select here: this preset's history effects depend on the mean of each history, which every model's "
-        "mean pooling already carries, so DTRN's extra task-specific capacity mostly fits noise sooner. The "
-        "`interests` preset, where which history items matter depends on the candidate, is the one built to "
-        "show that part (docs/dtrn.md)."
+        "On `conflict` what drives conversion partly opposes what drives click. Over three seeds "
+        "(docs/baselines.md) the hard-sharing models (Shared-Bottom, MMoE) lose on click against PLE, whose "
+        "task-specific experts keep part of each task apart, and DCRNN, whose tasks continue the shared "
+        "cross recurrence with parameters of their own; one seed may reorder models that close. DTRN "
+        "builds each task's bottom from the behaviour histories, with a "
+        "transformer per task that attends to the candidate; on this preset the histories act only through "
+        "their mean, which every model's mean pooling already carries, so that machinery has little to gain "
+        "here, and DTRN is the slowest model per sample. The `interests` preset, where which history items "
+        "matter depends on the candidate, is the one built for it (docs/dtrn.md)."
     ),
 }
 
