@@ -188,6 +188,53 @@ def _(t: Path, w: World, mp: pytest.MonkeyPatch) -> Case:
                 [str(run), "finished run", "--resume", "--overwrite"], run)
 
 
+# ---- a device this machine lacks (the checks as on a build without CUDA or MPS, whatever this machine has) ----
+def no_cuda_or_mps(mp: pytest.MonkeyPatch) -> None:
+    mp.setattr(torch.version, "cuda", None)
+    mp.setattr(torch.backends.mps, "is_built", lambda: False)
+
+
+DEVICE_ARGV: dict[str, tuple[Callable[[Path, World], list[str]], list[str]]] = {
+    "train --device cuda": (lambda t, w: train_argv(w.data, t / "run", "--device", "cuda"),
+                            ["--device: cuda", "no CUDA", "install a PyTorch build with CUDA", "use cpu"]),
+    "train --device cuda:7": (lambda t, w: train_argv(w.data, t / "run", "--device", "cuda:7"),
+                              ["--device: cuda:7", "no CUDA"]),
+    "train --device mps": (lambda t, w: train_argv(w.data, t / "run", "--device", "mps"),
+                           ["--device: mps", "no MPS support", "use cpu"]),
+    "train --device tpu": (lambda t, w: train_argv(w.data, t / "run", "--device", "tpu"), ["--device", "'tpu'"]),
+    "bench --device cuda": (lambda t, w: ["bench", str(t / "bench.yaml"), "--out", str(t / "r"), "--device", "cuda"],
+                            ["--device: cuda", "no CUDA"]),
+    "demo --device mps": (lambda t, w: ["demo", "--out", str(t / "demo"), "--device", "mps"],
+                          ["--device: mps", "no MPS support"]),
+}
+
+for _name, (_argv, _expect) in DEVICE_ARGV.items():
+    def _device(t: Path, w: World, mp: pytest.MonkeyPatch, argv: Callable[[Path, World], list[str]] = _argv,
+                expect: list[str] = _expect) -> Case:
+        no_cuda_or_mps(mp)
+        (t / "bench.yaml").write_text(f"models: [mmoe]\ndatasets: [{w.data}]\n")
+        return Case(argv(t, w), expect)
+
+    case(f"device: {_name}")(_device)
+
+for _value in ("cuda", "cuda:7", "mps"):
+    def _train_device(t: Path, w: World, mp: pytest.MonkeyPatch, value: str = _value) -> Case:
+        no_cuda_or_mps(mp)
+        (t / "run.yaml").write_text(f"model: mmoe\ntrain: {{device: '{value}'}}\n")
+        return Case(["train", "--config", str(t / "run.yaml"), "--data", str(w.data), "--out", str(t / "run")],
+                    [f"train.device: {value}", "use cpu"])
+
+    case(f"device: train.device {_value}")(_train_device)
+
+
+@case("device: cuda:7 on a machine with one GPU")
+def _(t: Path, w: World, mp: pytest.MonkeyPatch) -> Case:
+    mp.setattr(torch.version, "cuda", "12.4")
+    mp.setattr(torch.cuda, "device_count", lambda: 1)
+    return Case(train_argv(w.data, t / "run", "--device", "cuda:7"), ["--device: cuda:7", "1 CUDA device(s)",
+                                                                       "cuda:0 to cuda:0"])
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_bad_input_of_training_is_one_clear_line_and_loses_nothing(
     name: str, world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -11,12 +14,15 @@ import torch
 
 from fakes import tiny_dataset
 from mtrec.data.batches import gather_batch
+from mtrec.models import create_model
 from mtrec.objectives.weighting import create_weighting
 from mtrec.training.build import build_run, resolve_config
 from mtrec.training.callbacks import EarlyStopping, TrainerCallback
 from mtrec.training.checkpoint import ArtifactError, load_model
 from mtrec.training.config import RunConfig, TrainConfig
+from mtrec.training.progress import EpochProgress
 from mtrec.training.run import train_run
+from mtrec.training.rundir import RunDirectory
 from mtrec.training.state import TrainState
 from mtrec.training.trainer import FitResult, Trainer
 
@@ -143,3 +149,48 @@ def test_build_run_leaves_its_config_as_it_is() -> None:
     assert model.default_objective[0] == "entire_space" and objective is not None
     resolved = resolve_config(config)
     assert resolved.train.objective == "entire_space" and resolved.model_options and config.train.objective == ""
+
+
+def trainer_on_tiny(tmp_path: Path, log: Callable[[str], None], **train: Any) -> tuple[Trainer, FitResult]:
+    data = tiny_dataset(rows=600)
+    config = TrainConfig(epochs=1, batch_size=64, num_threads=1, prefetch=0, **train)
+    model = create_model("mmoe", data.schema)
+    trainer = Trainer(model, config, RunDirectory(tmp_path / "run"), log=log)
+    return trainer, trainer.fit(data)
+
+
+def test_progress_lines_where_output_is_not_a_terminal(tmp_path: Path) -> None:
+    lines: list[str] = []
+    trainer, _ = trainer_on_tiny(tmp_path, lines.append, progress_seconds=1e-9)
+    progress = [line for line in lines if "samples/s" in line]
+    assert len(progress) == trainer.steps_per_epoch  # stderr is not a terminal under pytest: one per step
+    assert progress[-1].startswith("epoch 0: 360/360 samples (100%)") and "0:00 left" in progress[-1]
+    assert re.search(r"train loss click \d\.\d{4} conversion \d\.\d{4}$", progress[-1])
+    lines.clear()
+    trainer_on_tiny(tmp_path / "quiet", lines.append, progress_seconds=0)
+    assert not [line for line in lines if "samples/s" in line]
+
+
+def test_progress_bar_on_a_terminal_shows_the_running_loss_per_task() -> None:
+    progress = EpochProgress(3, 1000, 0, ["click", "conversion"], 30.0, lambda _: None, enabled=True,
+                             interactive=True)
+    progress.bar.mininterval = 0
+    progress.update(100, lambda: torch.tensor([1.0, 3.0]), steps=2)
+    assert progress.bar.n == 100 and progress.bar.total == 1000 and progress.bar.desc == "epoch 3"
+    assert progress.bar.postfix == "click 0.5000 conversion 1.5000"
+    progress.close()
+
+
+@pytest.mark.parametrize(("minutes", "checkpoints"), [(0.0, 1), (1e-9, 6)])  # 6 steps in the epoch
+def test_checkpoints_are_also_written_by_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, minutes: float,
+                                              checkpoints: int) -> None:
+    written: list[int] = []
+    write = RunDirectory.write_resume
+
+    def counted(self: RunDirectory, state: dict[str, Any]) -> None:
+        written.append(state["progress"]["global_step"])
+        write(self, state)
+
+    monkeypatch.setattr(RunDirectory, "write_resume", counted)
+    trainer, _ = trainer_on_tiny(tmp_path, quiet, checkpoint_every=0, checkpoint_minutes=minutes)
+    assert trainer.steps_per_epoch == 6 and written == list(range(7 - checkpoints, 7))

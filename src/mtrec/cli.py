@@ -70,6 +70,19 @@ def _run_config(
     return RunConfig.from_dict(raw, where=str(config_file) if config_file else "command line")
 
 
+_DEVICE = click.option("--device", help="auto (CUDA when available), cpu, mps, cuda or cuda:N  [default: the "
+                                         "config's train.device, auto]")
+
+
+def _checked_device(device: str | None) -> str | None:
+    """``--device`` if this machine has it (one line saying what to install or use instead if not)."""
+    if device is None:
+        return None
+    from mtrec.devices import check_device
+
+    return check_device(device, "--device")
+
+
 @cli.command()
 @click.option("--model", "model", help="registered model name (see `mtrec models`)")
 @click.option("--data", help="synthetic, synthetic:PRESET[:ROWS], or a prepared dataset directory")
@@ -83,10 +96,11 @@ def _run_config(
 @click.option("--resume", is_flag=True,
               help="continue from the run directory's last checkpoint (resume.safetensors); start fresh if none")
 @click.option("--overwrite", is_flag=True, help="replace the finished run in --out (refused without it)")
+@_DEVICE
 def train(
     model: str | None, data: str | None, out: Path, epochs: int | None, seed: int | None,
     batch_size: int | None, lr: float | None, config_file: Path | None, precision: str | None, resume: bool,
-    overwrite: bool,
+    overwrite: bool, device: str | None,
 ) -> None:
     """Train one model and write its run directory (metrics.json, model.safetensors, plots).
 
@@ -98,7 +112,7 @@ def train(
 
     config = _run_config(model, data, config_file,
                          {"epochs": epochs, "seed": seed, "batch_size": batch_size, "lr": lr,
-                          "precision": precision})
+                          "precision": precision, "device": _checked_device(device)})
     try:
         metrics = train_run(config, out, resume=resume, overwrite=overwrite)
     except WeightingConfigError as exc:  # options checked against the data's tasks, once it is read
@@ -143,8 +157,9 @@ def prepare(config_file: Path, out: Path, raw: Path | None, chunk_rows: int | No
 @click.option("--datasets", "only_datasets", metavar="LABELS",
               help="train only these datasets' runs now, comma-separated labels (others are not prepared)")
 @PRECISION
+@_DEVICE
 def bench(config_file: Path, out: Path | None, max_runs: int | None, only_models: str | None,
-          only_seeds: str | None, only_datasets: str | None, precision: str | None) -> None:
+          only_seeds: str | None, only_datasets: str | None, precision: str | None, device: str | None) -> None:
     """Train models x datasets x seeds from a bench config and write the report (resumable)."""
     from mtrec.bench.report import comparison_table, table_metrics
     from mtrec.bench.runner import load_bench_config, run_bench
@@ -152,6 +167,8 @@ def bench(config_file: Path, out: Path | None, max_runs: int | None, only_models
     config = load_bench_config(config_file)
     if precision is not None:  # over the bench's train section (a model's own train: still wins)
         config.train = {**config.train, "precision": precision}
+    if device is not None:  # not a setting that decides a result: finished runs still count
+        config.train = {**config.train, "device": _checked_device(device)}
     out = out or Path("reports") / "bench" / config.name
     command = shlex.join(["mtrec", "bench", str(config_file), "--out", str(out)])
     results = run_bench(config, out, command=command, max_runs=max_runs, only_models=_labels(only_models),
@@ -188,8 +205,9 @@ def _seeds(text: str | None) -> list[int] | None:
               help="comma-separated models, or 'all' (every registered model)  "
                    "[default: shared_bottom,mmoe,ple,esmm,dcrnn,dtrn]")
 @PRECISION
+@_DEVICE
 def demo(out: Path, data: str | None, epochs: int | None, seed: int, model_names: str | None,
-         precision: str | None) -> None:
+         precision: str | None, device: str | None) -> None:
     """Train the headline models (DCRNN, DTRN) and the key baselines on synthetic data and print the
     comparison with the oracle."""
     from mtrec.bench.demo import DEMO_DATA, DEMO_MODELS, DEMO_TRAIN, run_demo
@@ -198,7 +216,8 @@ def demo(out: Path, data: str | None, epochs: int | None, seed: int, model_names
 
     chosen = DEMO_MODELS if model_names is None else \
         ALL if model_names.strip() == ALL else [m.strip() for m in model_names.split(",")]
-    given = {k: v for k, v in {"epochs": epochs, "precision": precision}.items() if v is not None}
+    given = {k: v for k, v in {"epochs": epochs, "precision": precision, "device": _checked_device(device)}.items()
+             if v is not None}
     train = TrainConfig.parse({**DEMO_TRAIN, **given, "seed": seed}, where="command line")
     result = run_demo(out, data=data or DEMO_DATA, models=chosen, train=train)
     click.echo(result.table)

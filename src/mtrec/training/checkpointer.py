@@ -13,11 +13,13 @@ them. Threads, prefetch, device and checkpoint cadence do not decide a result.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from mtrec import collectives
 from mtrec.training.build import resolve_config
 from mtrec.training.checkpoint import CONFIG, weights_problem
 from mtrec.training.config import ConfigError, RunConfig, TrainConfig
@@ -69,6 +71,22 @@ class Checkpointer:
     def __init__(self, run_dir: RunDirectory | None, config: TrainConfig) -> None:
         self.run_dir = run_dir
         self.config = config
+        self.saved_at = time.monotonic()  # when the last checkpoint was written (or training began)
+
+    def due(self, trainer: Trainer, state: TrainState) -> bool:
+        """Whether a checkpoint is due after this step: every ``train.checkpoint_every`` steps, or
+        ``train.checkpoint_minutes`` after the last one. Ranks decide the time together (a collective,
+        every ``nonfinite_check_every`` steps), so that all of them write the same checkpoint."""
+        cfg = self.config
+        if cfg.checkpoint_every and state.global_step % cfg.checkpoint_every == 0:
+            return True
+        distributed = trainer.dist.enabled
+        if not cfg.checkpoint_minutes or (distributed and state.global_step % cfg.nonfinite_check_every):
+            return False
+        due = time.monotonic() - self.saved_at >= 60 * cfg.checkpoint_minutes
+        if distributed:
+            return bool(collectives.all_reduce_(torch.tensor([int(due)], device=trainer.device), "max").item())
+        return due
 
     def last_checkpoint(self) -> Path | None:
         """The resume checkpoint a run could continue from now, if there is one."""
@@ -80,6 +98,7 @@ class Checkpointer:
     def save(self, trainer: Trainer, state: TrainState) -> None:
         """Write the resume checkpoint of ``trainer`` at ``state`` (the caller has checked that nothing
         non-finite goes in it). A collective."""
+        self.saved_at = time.monotonic()
         if self.run_dir is None:  # the same on every rank
             return
         common = {

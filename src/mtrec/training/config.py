@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
 
 from mtrec.data.source import check_spec
+from mtrec.devices import DEVICE
 from mtrec.errors import UserError
 from mtrec.io import atomic_write_text, json_text, read_mapping
 from mtrec.models import model_options
@@ -21,8 +21,6 @@ from mtrec.typed import ConfigModel, Count, NonNegative, NonNegativeFloat, Rate,
 class ConfigError(UserError, ValueError):
     """A configuration file or value that cannot be used."""
 
-
-DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
 class TrainConfig(ConfigModel):
@@ -52,6 +50,11 @@ class TrainConfig(ConfigModel):
     # resume checkpoint (resume.safetensors) every this many optimizer steps, and at each epoch end;
     # 0: at epoch ends only
     checkpoint_every: NonNegative = 1000
+    # also every this many minutes of training (0: by steps and epoch ends only)
+    checkpoint_minutes: NonNegativeFloat = 5.0
+    # where output is not a terminal (a log file, a job scheduler), one progress line every this many
+    # seconds within an epoch instead of a progress bar (0: none)
+    progress_seconds: NonNegativeFloat = 30.0
     # a non-finite loss: "stop" the run with an error naming the step and task, or "skip" the batch
     on_nonfinite: Literal["stop", "skip"] = "stop"
     # with "stop", the loss flags are read every this many steps (and before every checkpoint), so
@@ -76,6 +79,8 @@ class TrainConfig(ConfigModel):
     @field_validator("device")
     @classmethod
     def _device(cls, value: str) -> str:
+        """A device name (whether this machine has it is checked when a run starts: a saved run stays
+        readable on another machine)."""
         if not DEVICE.match(value):
             raise ValueError(f"must be auto, cpu, mps, cuda or cuda:N, got {value!r}")
         return value

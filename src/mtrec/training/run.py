@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from mtrec.data.dataset import PreparedDataset
 from mtrec.data.source import is_synthetic, load_data
+from mtrec.devices import check_device
 from mtrec.locks import locked_directory
 from mtrec.training import distributed
 from mtrec.training.build import build_run, resolve_config
@@ -71,6 +72,7 @@ def train_run(
     Launched by ``torchrun``, joins the process group and trains data-parallel. Returns the metrics
     written to ``metrics.json``.
     """
+    check_device(config.train.device, "train.device")
     run_dir = RunDirectory(Path(out_dir))
     with distributed.process_group(config.train.device) as ctx:
         run_dir.check()

@@ -45,6 +45,7 @@ from mtrec.training.nonfinite import TOTAL, all_finite_everywhere
 from mtrec.training.optimizers import build_optimizers
 from mtrec.training.placement import create_placement
 from mtrec.training.precision import FP32, Precision, choose_precision
+from mtrec.training.progress import EpochProgress
 from mtrec.training.rundir import RunDirectory
 from mtrec.training.selection import ModelSelection
 from mtrec.training.state import TrainState
@@ -144,6 +145,7 @@ class Trainer:
         self.selection = ModelSelection(config.select, self.placement)
         self.scorer = Scorer(self.objective, self.model, model.registry_name)
         self.steps_per_epoch = 0
+        self.epoch_rows = 0  # train rows of an epoch (all ranks)
 
     # ---- one step -----------------------------------------------------------------------------
     def _step(self, batch: Batch, state: TrainState) -> dict[str, torch.Tensor] | None:
@@ -171,9 +173,14 @@ class Trainer:
         self.loss_step.train()
         local_loss = torch.zeros(len(self.model.task_names), device=self.device)  # [T] since last fold
         timed_rows, start, session_steps = 0, time.perf_counter(), 0
-        progress = tqdm(batches, total=self.steps_per_epoch, initial=state.step, desc=f"epoch {state.epoch}",
-                        leave=False, unit="batch", disable=None if self.dist.is_main else True)
-        for batch in progress:
+        progress = EpochProgress(state.epoch, self.epoch_rows, min(state.step * cfg.batch_size, self.epoch_rows),
+                                 self.model.task_names, cfg.progress_seconds, self.log, self.dist.is_main)
+
+        def loss_sum() -> torch.Tensor:  # [T] the epoch's so far
+            folded = torch.tensor([state.epoch_loss.get(t, 0.0) for t in self.model.task_names])
+            return folded + local_loss.cpu()
+
+        for batch in batches:
             if first_epoch and session_steps == WARMUP_STEPS:
                 timed_rows, start = 0, time.perf_counter()
             step_start = time.perf_counter()
@@ -191,14 +198,15 @@ class Trainer:
                 state.epoch_trained_steps += 1
             timed_rows += batch.step_rows
             state.step, state.global_step, session_steps = state.step + 1, state.global_step + 1, session_steps + 1
+            progress.update(batch.step_rows, loss_sum, state.epoch_trained_steps)
             for callback in self.callbacks:
                 callback.on_step_end(self, state, terms)
             if cfg.on_nonfinite == "stop" and state.global_step % cfg.nonfinite_check_every == 0:
                 self._check_losses()
-            if cfg.checkpoint_every and state.global_step % cfg.checkpoint_every == 0 \
-                    and state.step < self.steps_per_epoch:
+            if self.checkpointer.due(self, state) and state.step < self.steps_per_epoch:
                 self._fold_loss(state, local_loss)
                 self._checkpoint(state)
+        progress.close()
         self._fold_loss(state, local_loss)
         if self.device.type == "cuda":
             torch.cuda.synchronize()
@@ -272,7 +280,7 @@ class Trainer:
             dataset, "train", cfg.batch_size, shuffle=True, seed=cfg.seed, prefetch=cfg.prefetch,
             rank=self.dist.rank, world_size=self.dist.world_size,
         )
-        self.steps_per_epoch = len(batches)
+        self.steps_per_epoch, self.epoch_rows = len(batches), dataset.split_size("train")
         state = TrainState(stopper=EarlyStopping(cfg.patience))
         if self.writer is not None:
             self.writer.remove_stale_temporaries()  # left by a killed run
