@@ -109,8 +109,8 @@ def test_mismatched_dataset_is_named(tiny_dir: Path, tmp_path: Path) -> None:
 def test_demo_trains_the_headline_models_and_key_baselines_unless_told(
     args: list[str], models: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The default demo is the short one (headline models and key baselines, early stopping after one
-    epoch without improvement, one thread); ``--models all`` keeps every registered model."""
+    """The default demo is the short one (headline models and key baselines, batch 256, early stopping at
+    the first epoch without improvement, one thread); ``--models all`` keeps every registered model."""
     import mtrec.bench.demo
     from mtrec.bench.runner import BenchConfig
 
@@ -121,4 +121,5 @@ def test_demo_trains_the_headline_models_and_key_baselines_unless_told(
     (config,) = seen
     assert [m.name for m in config.model_entries()] == models
     assert [d.spec for d in config.datasets] == ["synthetic:conflict:100000"]
-    assert config.train["epochs"] == 4 and config.train["patience"] == 1 and config.train["num_threads"] == 1
+    assert config.train["epochs"] == 10 and config.train["patience"] == 0 and config.train["num_threads"] == 1
+    assert config.train["batch_size"] == 256

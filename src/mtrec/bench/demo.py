@@ -89,9 +89,10 @@ def run_demo(
     results = run_bench(config, out, log=log)
     runs = results["runs"]
     table = comparison_table(runs, table_metrics(runs))
-    text = summary(runs, data)
     report = out / "results.md"
-    atomic_write_text(report, _with_summary(report.read_text(), text))
+    text = summary(runs, data) if runs else "No run has finished.\n"
+    if runs:
+        atomic_write_text(report, _with_summary(report.read_text(), text))
     samples = write_samples(load_data(data), out)
     return DemoResult(table=table, summary=text, report=report, plots=sorted(out.glob("*.png")), samples=samples)
 
