@@ -55,7 +55,7 @@ def _run_config(
     raw: dict[str, Any] = read_config_file(config_file) if config_file else {}
     if model:
         raw["model"] = model
-    if data:
+    if data is not None:  # --data "" is an empty spec, refused by the config, not the default data
         raw["data"] = data
     if "model" not in raw:
         raise ConfigError("no model given: pass --model NAME or a config file with 'model:'")

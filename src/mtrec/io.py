@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import socket
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -46,32 +47,90 @@ _Loader.add_implicit_resolver(
 )
 
 
+YAML_NODES = 1_000_000  # values a YAML document may hold once its aliases are expanded
+CONFIG_BYTES = 16 << 20  # the largest file read_mapping reads unless told otherwise
+
+
+def _expanded_size(root: yaml.Node) -> int:
+    """The values ``root`` holds with every alias expanded (shared nodes counted at each use), computed
+    without expanding; ValueError where it passes :data:`YAML_NODES` or an alias refers to itself."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        children = ([n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode)
+                    else list(node.value) if isinstance(node, yaml.SequenceNode) else [])
+        if done:
+            open_nodes.discard(id(node))
+            sizes[id(node)] = 1 + sum(sizes[id(c)] for c in children)
+            if sizes[id(node)] > YAML_NODES:
+                mark = node.start_mark
+                raise ValueError(f"line {mark.line + 1}, column {mark.column + 1}: its aliases expand to more "
+                                 f"than {YAML_NODES:,} values (an alias bomb?)")
+            continue
+        if id(node) in sizes:
+            continue
+        if id(node) in open_nodes:
+            raise ValueError(f"line {node.start_mark.line + 1}: an alias refers to the value that holds it")
+        open_nodes.add(id(node))
+        stack.append((node, True))
+        stack.extend((c, False) for c in children if id(c) not in sizes)
+    return sizes[id(root)]
+
+
 def load_yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_Loader)
+    """A YAML document (:class:`_Loader`); ValueError where its aliases expand beyond :data:`YAML_NODES`
+    values (a few hundred bytes of nested aliases can stand for billions)."""
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _expanded_size(node)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
 
 
 def _refuse_constant(name: str) -> float:
     raise ValueError(f"{name} is not valid JSON (use null for a missing number)")
 
 
-def read_mapping(path: str | Path, what: str, error: type[Exception] = ValueError) -> dict[str, Any]:
-    """The mapping at the top of a ``.json`` file (read as strict JSON) or any other file (read as YAML).
-
-    Raises ``error`` with a message naming the file and the problem: not found (``what`` names the kind
-    of file, e.g. "dataset config"), not readable, not valid JSON/YAML (with the parser's line and
-    column), or not a mapping at the top level.
-    """
-    path = Path(path)
+def _read_text(path: Path, what: str, error: type[Exception], max_bytes: int | None) -> str:
+    """The UTF-8 text of a regular file of at most ``max_bytes`` bytes; ``error`` naming it otherwise."""
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        with open(path, "rb") as fh:
+            info = os.fstat(fh.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise error(f"{what} {path} is not a regular file")
+            if max_bytes is not None and info.st_size > max_bytes:
+                raise error(f"{what} {path} is {info.st_size:,} bytes, more than a {what} may be "
+                            f"({max_bytes:,})")
+            data = fh.read()
     except FileNotFoundError:
         raise error(f"{what} not found: {path}") from None
     except IsADirectoryError:
         raise error(f"{what} expected, found a directory: {path}") from None
-    except UnicodeDecodeError as exc:
-        raise error(f"{path}: not UTF-8 text (byte {exc.start}): is it a {what}?") from None
     except OSError as exc:
         raise error(f"{what} {path}: cannot read ({exc.strerror or exc})") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: not UTF-8 text (byte {exc.start}): is it a {what}?") from None
+
+
+def read_mapping(path: str | Path, what: str, error: type[Exception] = ValueError,
+                 max_bytes: int | None = CONFIG_BYTES) -> dict[str, Any]:
+    """The mapping at the top of a ``.json`` file (read as strict JSON) or any other file (read as YAML).
+
+    Raises ``error`` with a message naming the file and the problem: not found (``what`` names the kind
+    of file, e.g. "dataset config"), not a regular file (a FIFO, a device), larger than ``max_bytes``,
+    not readable, not valid JSON/YAML (with the parser's line and column; aliases that expand too far),
+    or not a mapping at the top level.
+    """
+    path = Path(path)
+    text = _read_text(path, what, error, max_bytes)
     kind = "JSON" if path.suffix == ".json" else "YAML"
     try:
         data = json.loads(text, parse_constant=_refuse_constant) if kind == "JSON" else load_yaml(text)
@@ -126,17 +185,25 @@ def check_output_file(path: str | Path, what: str = "output file") -> Path:
     path = Path(os.path.abspath(path))
     if path.is_dir():
         raise PathError(f"{what} {path} is a directory; give a file name")
+    _check_regular(path, what)
     if path.exists() and not os.access(path, os.W_OK):
         raise PathError(f"{what} {path}: not writable (permission denied)")
     _check_parent(path, what)
     return path
 
 
+def _check_regular(path: Path, what: str) -> None:
+    """PathError if ``path`` exists and is not a regular file (a FIFO, a device node, a socket): writing
+    there would replace it with a file."""
+    if path.exists() and not path.is_file():
+        raise PathError(f"{what} {path} is not a regular file (a device, FIFO or socket); give a file name")
+
+
 def check_output_dir(path: str | Path, what: str = "output directory") -> Path:
     """``path`` as an absolute path, if a directory can be created or written there; PathError if not."""
     path = Path(os.path.abspath(path))
     if path.exists() and not path.is_dir():
-        raise PathError(f"{what} {path} is a file, not a directory")
+        raise PathError(f"{what} {path} is {'a file' if path.is_file() else 'not a regular file'}, not a directory")
     if path.is_dir():
         if not os.access(path, os.W_OK | os.X_OK):
             raise PathError(f"{what} {path}: not writable (permission denied)")
@@ -240,6 +307,8 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Call ``write(tmp_path)`` then move the finished file to ``path`` atomically. An OS error (no space,
     no permission, a parent that is a file) is a PathError naming ``path``; the old file is kept."""
     path = Path(os.path.abspath(path))
+    if not path.is_dir():
+        _check_regular(path, "output file")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(path.parent, path.name)

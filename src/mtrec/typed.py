@@ -18,6 +18,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import re
+import reprlib
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from functools import cache
@@ -49,9 +50,23 @@ def _path(loc: tuple[int | str, ...]) -> str:
     return path
 
 
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxdict, _SHORT.maxlist, _SHORT.maxtuple, _SHORT.maxset = 2, 4, 6, 6, 4
+_SHORT.maxstring, _SHORT.maxother, _SHORT.maxlong = 80, 60, 40
+
+
+_MESSAGE_CHARS = 400
+
+
+def short_repr(value: Any) -> str:
+    """``repr(value)`` cut to a few dozen characters (nested and long values elided with ``...``), computed
+    without walking all of a huge value: an error line never prints a huge offending value."""
+    return _SHORT.repr(value)
+
+
 def _message(error: Mapping[str, Any]) -> str:
     kind, ctx = str(error.get("type", "")), dict(error.get("ctx") or {})
-    got = f", got {error['input']!r}" if "input" in error and kind != "missing" else ""
+    got = f", got {short_repr(error['input'])}" if "input" in error and kind != "missing" else ""
     if kind == "extra_forbidden":
         return "unknown key"
     if kind == "missing":
@@ -98,6 +113,8 @@ def error_line(exc: ValidationError, where: str = "", prefix: str = "", cls: typ
     if first.get("type") == "extra_forbidden" and (keys := _keys(cls, loc)):
         close = difflib.get_close_matches(str(loc[-1]), keys, n=1)
         message += (f" (did you mean {close[0]!r}?)" if close else "") + f"; expected one of {keys}"
+    if len(message) > _MESSAGE_CHARS:  # a validator's own message may quote a long value
+        message = message[:_MESSAGE_CHARS] + "..."
     more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
     head = f"{where}: " if where else ""
     return f"{head}{key}: {message}{more}" if key else f"{head}{message}{more}"

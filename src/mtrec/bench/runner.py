@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import torch
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 from tqdm.auto import tqdm
 
 from mtrec.bench.report import (
@@ -48,6 +48,7 @@ from mtrec.bench.report import (
 from mtrec.data.dataset import SPLITS, PreparedDataset
 from mtrec.data.source import check_spec, is_synthetic, load_data
 from mtrec.io import atomic_write_text, json_text
+from mtrec.locks import locked_directory
 from mtrec.models import ModelConfigError, list_models, model_options
 from mtrec.training.config import ConfigError, RunConfig, TrainConfig, TrainOverrides, read_config_file
 from mtrec.training.run import train_run
@@ -55,6 +56,14 @@ from mtrec.training.rundir import METRICS, RunDirectory, finished_metrics, start
 from mtrec.typed import ConfigModel, NonNegative, validate
 
 ALL = "all"
+PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # one path component, never '.', '..' or a path
+
+
+def _plain_name(name: str) -> str:
+    if not PLAIN_NAME.match(name):
+        raise ValueError(f"must be a plain name (letters, digits, '_', '.', '-'; it names the report directory "
+                         f"reports/bench/NAME), got {name!r}")
+    return name
 
 
 @dataclass(frozen=True)
@@ -154,7 +163,7 @@ class BenchFile(ConfigModel):
     A model written as a string is ``{name: ...}`` (``all`` or an fnmatch pattern expands over the
     registry); a dataset written as a string is ``{config: ...}`` (``.yaml``/``.yml``) or ``{data: ...}``."""
 
-    name: str | None = None
+    name: Annotated[str, AfterValidator(_plain_name)] | None = None  # names reports/bench/NAME: no path
     models: Annotated[list[ModelItem], Field(min_length=1)] = Field(default_factory=lambda: [ModelItem(name=ALL)])
     model_options: dict[str, Any] = Field(default_factory=dict)  # given to every model that takes the option
     datasets: Annotated[list[DatasetItem], Field(min_length=1)]
@@ -286,8 +295,17 @@ def run_bench(
     ``max_runs`` trains at most that many runs now; ``only_models`` (labels), ``only_seeds`` and
     ``only_datasets`` (labels) train only those runs now; a dataset not selected is not prepared either.
     The report then covers every finished run of the config and says how many are pending; run again
-    to continue (e.g. seed 0 of every model first, then the other seeds)."""
+    to continue (e.g. seed 0 of every model first, then the other seeds). ``out_dir`` is locked while the
+    bench runs (:mod:`mtrec.locks`): a second bench into it is refused."""
     out = Path(out_dir)
+    with locked_directory(out, "bench report directory"):
+        return _run_locked(config, out, command, log, max_runs, only_models, only_seeds, only_datasets)
+
+
+def _run_locked(config: BenchConfig, out: Path, command: str | None, log: Callable[[str], None],
+                max_runs: int | None, only_models: Collection[str] | None, only_seeds: Collection[int] | None,
+                only_datasets: Collection[str] | None) -> dict[str, Any]:
+    """:func:`run_bench` in the locked report directory ``out``."""
     models = config.model_entries()
     _check_shared_options(config, models)
     _check_selection(config, models, only_models, only_seeds, only_datasets)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
+import numpy as np
 from pydantic import (
     AfterValidator,
     BeforeValidator,
@@ -32,7 +33,7 @@ from mtrec.data.dataset import SPLITS, DatasetError
 from mtrec.data.formats import format_names, raw_format
 from mtrec.features.schema import TASK_LOSSES
 from mtrec.io import read_mapping
-from mtrec.typed import STRICT, ConfigModel, Count, NonNegative, error_line, validate
+from mtrec.typed import STRICT, ConfigModel, Count, NonNegative, error_line, short_repr, validate
 
 
 class DatasetConfigError(DatasetError):
@@ -54,7 +55,7 @@ def _strings(value: Any) -> tuple[str, ...]:
         return (str(value),)
     if isinstance(value, list | tuple) and all(isinstance(v, scalar) and not isinstance(v, bool) for v in value):
         return tuple(str(v) for v in value)
-    raise ValueError(f"expected a string or a list of strings, got {value!r}")
+    raise ValueError(f"expected a string or a list of strings, got {short_repr(value)}")
 
 
 def _one_character(value: str) -> str:
@@ -73,6 +74,7 @@ Strings = Annotated[tuple[str, ...], BeforeValidator(_strings)]
 OneCharacter = Annotated[str, AfterValidator(_one_character)]
 NonEmpty = Annotated[str, AfterValidator(_non_empty)]
 GLOB = "*?["
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 class Section(ConfigModel):
@@ -203,13 +205,19 @@ class SparseConfig(FeatureEntry):
         return self.table or self.name
 
 
+def _float32(value: float) -> float:
+    if abs(value) > FLOAT32_MAX:
+        raise ValueError(f"must be within float32's range (|value| <= {FLOAT32_MAX:.3g}), got {value:g}")
+    return value
+
+
 class DenseConfig(FeatureEntry):
     """A numeric feature: optional signed log1p, then standardisation with train mean/std; missing
-    values become ``fill`` (after the transform; 0 = the train mean when standardised)."""
+    values become ``fill`` (after the transform, so a float32 value; 0 = the train mean when standardised)."""
 
     log1p: bool = False
     standardize: bool = True
-    fill: float = 0.0
+    fill: Annotated[float, AfterValidator(_float32)] = 0.0
 
 
 class SequenceConfig(NamedSection):

@@ -47,6 +47,7 @@ from mtrec.io import (
     is_inside,
     json_text,
 )
+from mtrec.resources import check_disk
 
 SPLITS = ("train", "valid", "test")
 MARKER = "complete.json"
@@ -360,6 +361,7 @@ class DatasetWriter:
                  oracle: bool = False) -> None:
         self.directory = d = Path(directory)
         self.num_rows = n = num_rows
+        check_disk(d, layout_bytes(schema, n, oracle), "the prepared dataset", DatasetError)
         schema.save(d / "schema.json")
         (d / "splits").mkdir(exist_ok=True)
         blocks = {"sparse": (np.int32, (n, len(schema.sparse))), "dense": (np.float32, (n, len(schema.dense))),

@@ -18,7 +18,7 @@ import json
 import math
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +44,14 @@ from mtrec.features.encoders import (
 from mtrec.features.schema import DatasetSchema, DenseFeature, SequenceFeature, SparseFeature, TaskSpec
 from mtrec.features.vocab import Vocabulary
 from mtrec.io import atomic_replace_dir, json_text
+from mtrec.locks import locked_directory
+from mtrec.resources import check_memory
 
 PREPARE_FILE = "prepare.json"
 DROPPED = -1
 _UNIFORM_BLOCK = 1 << 16  # rows per seeded block of the random split (chunk-size independent)
 _MOMENT_BLOCK = 1 << 16  # rows per block of the dense moment sums (chunk-size independent)
+_SEQUENCE_CELL_BYTES = 24  # memory per (row, position) of a history while a chunk is encoded (ids, positions, masks)
 
 
 # ---- input files ------------------------------------------------------------------------------------------
@@ -171,7 +174,8 @@ class SplitAssigner:
             values = text
         out = np.full(chunk.num_rows, DROPPED, dtype=np.int8)
         for i, split in enumerate(SPLITS):
-            lo, hi = self.split.ranges[split]
+            lo, hi = (b if numeric or b is None else _typed_bound(b, values.type, chunk, f"split.{split}.{key}")
+                      for b, key in zip(self.split.ranges[split], ("from", "to"), strict=True))
             inside = np.ones(chunk.num_rows, dtype=bool)
             if numeric:
                 if lo is not None:
@@ -185,6 +189,18 @@ class SplitAssigner:
                     inside &= np.asarray(pc.less(values, hi).to_numpy(zero_copy_only=False), bool)
             out[inside] = i
         return out
+
+
+def _typed_bound(bound: str, kind: pa.DataType, chunk: Chunk, key: str) -> pa.Scalar:
+    """A range bound written as text, as a value of the split column's type (a Parquet date or timestamp,
+    a number) to compare with; DataFormatError naming the key where it is not one."""
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        return pa.scalar(bound, kind)
+    try:
+        return pa.scalar(bound).cast(kind)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise DataFormatError(f"{chunk.path}: {key} {bound!r} cannot be compared with the split column's "
+                              f"{kind} values ({' '.join(str(exc).split())[:120]})") from None
 
 
 def count_rows(files: list[InputFile], config: DatasetConfig, layout: ColumnLayout,
@@ -376,9 +392,10 @@ class BlockMoments:
             self._fold(np.concatenate(self.pending))
             self.pending, self.pending_rows = [], 0
         count = np.maximum(self.count, 1)
-        mean = np.where(self.count > 0, self.total / count, 0.0)
-        var = np.maximum(self.squares / count - mean * mean, 0.0)
-        std = np.sqrt(var)
+        with np.errstate(over="ignore", invalid="ignore"):  # values too large to square: std inf (refused later)
+            mean = np.where(self.count > 0, self.total / count, 0.0)
+            var = np.maximum(self.squares / count - mean * mean, 0.0)
+            std = np.where(np.isfinite(var), np.sqrt(var), np.inf)
         return self.count, mean, np.where(std > 1e-12, std, 1.0)
 
 
@@ -389,6 +406,7 @@ class FitState:
     split_rows: np.ndarray  # [3]
     positives: np.ndarray  # [3, T]
     dropped: int = 0
+    largest: dict[str, tuple[float, Chunk]] = field(default_factory=dict)  # dense feature -> (|value|, its row)
 
 
 def _fit_chunk(state: FitState, chunk: Chunk, splits: np.ndarray, config: DatasetConfig,
@@ -414,10 +432,15 @@ def _fit_chunk(state: FitState, chunk: Chunk, splits: np.ndarray, config: Datase
                                                                                s.keep), s.max_len, strip)
         state.counters[s.table_name].update(value_counts(tokens.filter(pa.array(train[rows]))))
     if config.dense:
-        block = np.empty((int(train.sum()), len(config.dense)), dtype=np.float64)
+        rows = np.flatnonzero(train)
+        block = np.empty((rows.shape[0], len(config.dense)), dtype=np.float64)
         for j, d in enumerate(config.dense):
             raw = _parse_dense(chunk, columns[d.name], d.name, d.column, config)[train]
             block[:, j] = signed_log1p(raw) if d.log1p else raw
+            if np.isfinite(raw).any():
+                at = int(np.nanargmax(np.abs(raw)))
+                if d.name not in state.largest or abs(raw[at]) > state.largest[d.name][0]:
+                    state.largest[d.name] = (abs(float(raw[at])), chunk.row(int(rows[at])))
         state.moments.add(block)
 
 
@@ -442,8 +465,10 @@ def build_encoders(config: DatasetConfig, state: FitState) -> FeatureEncoders:
     _, mean, std = state.moments.finish()
     for j, d in enumerate(config.dense):
         if d.standardize and not (math.isfinite(mean[j]) and math.isfinite(std[j])):
-            raise DataFormatError(f"{config.origin}: dense feature {d.name!r}: its values are too large to "
-                                  f"standardise (train mean {mean[j]:g}, std {std[j]:g}); give it 'log1p: true'")
+            value, row = state.largest[d.name]
+            raise DataFormatError(f"{row.where(0)}, column {d.column!r}: dense feature {d.name!r}: values as large as "
+                                  f"{value:g} are too large to standardise (train mean {mean[j]:g}, std "
+                                  f"{std[j]:g}); give it 'log1p: true' or 'standardize: false'")
     dense = {
         d.name: DenseTransform(log1p=d.log1p, mean=float(mean[j]) if d.standardize else 0.0,
                                std=float(std[j]) if d.standardize else 1.0, fill=d.fill)
@@ -492,13 +517,22 @@ def prepare_dataset(
     ``out_dir`` must be new or empty, or (with ``overwrite``) an earlier prepared dataset, and hold no
     input (:func:`mtrec.data.dataset.check_replaceable`). Raises DatasetConfigError for a config that
     does not fit the files, DataFormatError naming the file, line and column of bad raw data, and
-    DatasetError for an empty split or an output directory that may not be written."""
+    DatasetError for an empty split or an output directory that may not be written (or that another
+    process is writing: ``out_dir`` is locked while it is prepared, :mod:`mtrec.locks`)."""
     config_file = None if isinstance(config, DatasetConfig) else Path(config)
     if not isinstance(config, DatasetConfig):
         config = load_dataset_config(config)
-    chunk_rows = chunk_rows or config.source.chunk_rows
     files = input_files(config, raw)
-    out = check_replaceable(out_dir, overwrite, (*(f.path for f in files), *([config_file] if config_file else [])))
+    inputs = (*(f.path for f in files), *([config_file] if config_file else []))
+    out = check_replaceable(out_dir, overwrite, inputs)
+    with locked_directory(out, "prepared dataset directory"):
+        check_replaceable(out, overwrite, inputs)  # again, under the lock: another process may have written it
+        return _prepare(config, files, out, chunk_rows or config.source.chunk_rows, progress, log)
+
+
+def _prepare(config: DatasetConfig, files: list[InputFile], out: Path, chunk_rows: int, progress: bool,
+             log: Callable[[str], None]) -> PreparedDataset:
+    """The two passes of :func:`prepare_dataset` into the checked and locked directory ``out``."""
     layout = read_layout(files[0].path, config.source)
     for f in files[1:]:
         other = read_layout(f.path, config.source)
@@ -506,6 +540,9 @@ def prepare_dataset(
             raise DataFormatError(f"{f.path} has columns {list(other.columns)}, but {files[0].path} has "
                                   f"{list(layout.columns)}: all raw files of a dataset need the same columns")
     resolved = config.resolve(list(layout.columns), layout.groups, where=str(files[0].path))
+    for i, s in enumerate(resolved.sequences):
+        check_memory(chunk_rows * s.max_len * _SEQUENCE_CELL_BYTES, f"{config.origin}: features.sequences[{i}]"
+                     f".max_len {s.max_len:,} (chunks of {chunk_rows:,} rows)", DatasetConfigError)
     include = physical_columns(resolved, layout)
     total = count_rows(files, resolved, layout, chunk_rows) if resolved.split.kind == "permutation" else None
     divided = {f.path: count_rows([f], resolved, layout, chunk_rows) for f in files if f.parts}
@@ -542,7 +579,8 @@ def prepare_dataset(
                     sparse, dense, sequences = encoders.encode(columns, schema)
                 except EncodingError as exc:  # pass 1 parsed only chunks with train rows
                     where = chunk.where(exc.row) if exc.row is not None else str(chunk.path)
-                    raise DataFormatError(f"{where}: {exc}") from None
+                    column = {f.name: f.column for f in resolved.single_column}.get(exc.feature)
+                    raise DataFormatError(f"{where}{f', column {column!r}' if column else ''}: {exc}") from None
                 labels = read_labels(chunk, resolved, keep)
                 if not keep.all():  # rows outside every range of a column split
                     sparse, dense, labels, splits = sparse[keep], dense[keep], labels[keep], splits[keep]

@@ -44,7 +44,9 @@ if TYPE_CHECKING:
     from mtrec.data.config import SourceConfig
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
-_BLOCK_BYTES = 1 << 20  # the streaming reader reads ahead a few dozen blocks: keep them small
+# the streaming reader reads ahead a few dozen blocks: keep them small; a record longer than a block is read
+# again from its row with the next size
+_BLOCK_SIZES = (1 << 20, 1 << 24)
 
 
 class DataFormatError(DatasetError):
@@ -83,6 +85,11 @@ class Chunk:
         """Rows ``start`` to ``start + rows`` of this chunk, as a chunk whose errors name the same lines."""
         lines = None if self.lines is None else self.lines[start : start + rows]
         return replace(self, table=self.table.slice(start, rows), first_row=self.first_row + start, lines=lines)
+
+    def row(self, row: int) -> Chunk:
+        """Row ``row`` as a chunk without columns (holding no data): what names its place in an error later."""
+        one = self.slice(row, 1)
+        return replace(one, table=one.table.select([]))
 
     def where(self, row: int) -> str:
         """``file, line L`` (CSV; 1-based physical line; a row built from a log: its event's line) or
@@ -174,14 +181,14 @@ def _first_line(path: Path) -> str:
     try:
         with pa.input_stream(str(path), compression="detect") as stream:
             data = b""
-            while b"\n" not in data:
+            while b"\n" not in data and b"\r" not in data:  # a line ends with LF, CR LF or CR alone
                 block = stream.read(1 << 16)
                 if not block:
                     break
                 data += block
     except (OSError, pa.ArrowException) as exc:
         raise DataFormatError(f"{path}: cannot read ({exc})") from exc
-    line = data.split(b"\n", 1)[0].rstrip(b"\r")
+    line = re.split(b"\r|\n", data, maxsplit=1)[0]
     try:
         return line.decode("utf-8-sig")  # a byte-order mark (Excel's UTF-8 CSV) is not part of the header
     except UnicodeDecodeError as exc:
@@ -268,17 +275,29 @@ def _csv_batches(path: Path, source: SourceConfig, layout: ColumnLayout, include
         invalid.append(row)
         return "error"
 
-    read = pa_csv.ReadOptions(column_names=list(layout.names), skip_rows=1 if source.header else 0,
-                              use_threads=False, block_size=_BLOCK_BYTES)
     parse = pa_csv.ParseOptions(delimiter=source.separator, quote_char=source.quote or False,
                                 invalid_row_handler=on_invalid)
     convert = pa_csv.ConvertOptions(include_columns=include, column_types={n: pa.string() for n in include},
                                     strings_can_be_null=False, quoted_strings_can_be_null=False)
     last: pa.RecordBatch | None = None
+    done = 0  # data rows yielded
     try:
-        reader = pa_csv.open_csv(str(path), read_options=read, parse_options=parse, convert_options=convert)
-        for last in reader:
-            yield last
+        for block in _BLOCK_SIZES:
+            read = pa_csv.ReadOptions(column_names=list(layout.names), skip_rows=1 if source.header else 0,
+                                      skip_rows_after_names=done, use_threads=False, block_size=block)
+            try:
+                for last in pa_csv.open_csv(str(path), read_options=read, parse_options=parse,
+                                            convert_options=convert):
+                    done += last.num_rows
+                    yield last
+                break
+            except pa.ArrowInvalid as exc:
+                if "straddling" not in str(exc) or invalid:
+                    raise
+                if block == _BLOCK_SIZES[-1]:  # a record longer than the largest block
+                    raise DataFormatError(f"{path}, line {physical_line(path, source, done)}: a record longer "
+                                          f"than {block >> 20} MiB (one line of text, or a quoted field that is "
+                                          f"never closed); is the separator {source.separator!r} right?") from None
     except pa.ArrowInvalid as exc:
         if invalid:
             row = invalid[0]

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mtrec.data.dataset import DatasetError, PreparedDataset
+from mtrec.resources import check_memory
 
 SYNTHETIC = "synthetic"
 
@@ -29,12 +30,13 @@ def _synthetic(spec: str) -> tuple[str, int | None]:
             rows = int(parts[2])
         except ValueError:
             raise DatasetError(f"data spec {spec!r}: ROWS must be an integer, got {parts[2]!r}") from None
-    from mtrec.data.synthetic import resolve_config
+    from mtrec.data.synthetic import generation_bytes, resolve_config
 
     try:
-        resolve_config(preset, rows)
+        config = resolve_config(preset, rows)
     except ValueError as exc:
         raise DatasetError(f"data spec {spec!r}: {exc}") from None
+    check_memory(generation_bytes(config), f"data spec {spec!r}: ROWS {config.rows:,}", DatasetError)
     return preset, rows
 
 

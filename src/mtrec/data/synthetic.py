@@ -86,7 +86,7 @@ from typing import Any
 
 import numpy as np
 
-from mtrec.data.dataset import PreparedDataset
+from mtrec.data.dataset import PreparedDataset, layout_bytes
 from mtrec.features.encoders import DenseTransform, FeatureEncoders, SequenceFormat
 from mtrec.features.schema import (
     FIRST_ID,
@@ -522,6 +522,14 @@ def resolve_config(preset: str, rows: int | None = None) -> SyntheticConfig:
             raise ValueError(f"rows must be >= 100 so that every split is non-empty, got {rows}")
         config = replace(config, rows=rows)
     return config
+
+
+GENERATION_FACTOR = 10  # peak memory of a generation / the bytes of its columns (measured: ~10 at 200k rows)
+
+
+def generation_bytes(config: SyntheticConfig) -> int:
+    """About the peak memory :func:`generate` takes for ``config`` (its columns and the draws behind them)."""
+    return GENERATION_FACTOR * layout_bytes(synthetic_schema(config), config.rows, oracle=True)
 
 
 def make_synthetic(preset: str = "easy", rows: int | None = None, seed: int = 0) -> PreparedDataset:

@@ -163,6 +163,20 @@ def signed_log1p(x: np.ndarray) -> np.ndarray:
     return np.sign(x) * np.log1p(np.abs(x))
 
 
+def _first_unparsed(text: pa.Array) -> int:
+    """The first row of ``text`` that Arrow cannot read as a number (one exists), found by halving: the
+    rows Arrow refuses (``" 5.0 "``, ``1_000``, non-ASCII digits) are not all the ones Python refuses."""
+    start, length = 0, len(text)
+    while length > 1:
+        half = length // 2
+        try:
+            pc.cast(text.slice(start, half), pa.float64())
+            start, length = start + half, length - half
+        except pa.ArrowInvalid:
+            length = half
+    return start
+
+
 def parse_numbers(values: RawColumn, missing_values: Iterable[str] = (), feature: str = "",
                   strip: bool = True) -> np.ndarray:
     """A raw column -> float64 ``[N]`` with NaN where missing (None, NaN, empty, or a missing token).
@@ -181,13 +195,9 @@ def parse_numbers(values: RawColumn, missing_values: Iterable[str] = (), feature
         try:
             arr = pc.cast(text, pa.float64())
         except pa.ArrowInvalid:
-            for row, v in enumerate(text.to_pylist()):
-                try:
-                    float(v) if v is not None else None
-                except ValueError:
-                    raise EncodingError(f"dense feature {feature!r}: {v!r} is not a number", feature,
-                                        row, v) from None
-            raise
+            row = _first_unparsed(text)
+            v = text[row].as_py()
+            raise EncodingError(f"dense feature {feature!r}: {v!r} is not a number", feature, row, v) from None
     elif pa.types.is_null(arr.type):
         return np.full(len(arr), np.nan)
     else:
@@ -436,7 +446,7 @@ class FeatureEncoders:
 
     @classmethod
     def load(cls, path: str | Path) -> FeatureEncoders:
-        data = read_mapping(path, "feature encoders file")
+        data = read_mapping(path, "feature encoders file", max_bytes=None)  # vocabularies can be large
         try:
             return cls.from_dict(data)
         except ValueError as exc:
