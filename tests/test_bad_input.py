@@ -3,7 +3,10 @@
 Every CLI case must exit with status 2 and print exactly one line, ``error: ...``, naming what is wrong and
 where (file, line, column, option or config key), with no traceback; and it must leave every input byte
 for byte as it was and delete nothing: each file under the case's directory and under the shared inputs
-is hashed before and after, and the only new files allowed are under the case's output path. The HTTP
+is hashed before and after, and the only new files allowed are under the case's output path. A case's outcome (exit
+status, traceback, lines, inputs changed, files written outside its output) is also appended as one JSON
+line to the file ``$MTREC_BATTERY_LOG`` names, when set: ``benchmarks/bad_input_battery.py`` counts them
+per family. The HTTP
 cases must answer with their status code and the service's error shape (``error``: one line naming the
 field, ``detail``: the problems). Further tests below check what users expect of files as common tools
 write them (a byte-order mark, Spark's ``_SUCCESS``, pandas' ``True``/``False``, Parquet booleans).
@@ -14,6 +17,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import os
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -647,9 +651,18 @@ def check_case(case: Case, t: Path, world: World, capfd: pytest.CaptureFixture[s
     changed, nothing written outside its output."""
     before = snapshot(t, world.root)
     capfd.readouterr()
-    status = main_status(case.argv)
+    try:
+        status = main_status(case.argv)
+    except BaseException:  # an exception escaped main: a traceback
+        record_outcome(status=None, traceback=True, lines=0, lost=[], stray=[])
+        raise
     err = capfd.readouterr().err
     lines = [line for line in err.splitlines() if line.strip()]
+    after = snapshot(t, world.root)
+    changed = [str(p) for p, digest in before.items() if after.get(p) != digest]
+    new = [p for p in after if p not in before and not (case.out and (p == case.out or case.out in p.parents))]
+    record_outcome(status=status, traceback="Traceback" in err, lines=len(lines), lost=changed,
+                   stray=[str(p) for p in new])
     assert status == 2, err
     assert "Traceback" not in err
     assert len(lines) == 1 and lines[0].startswith("error: "), err
@@ -657,11 +670,20 @@ def check_case(case: Case, t: Path, world: World, capfd: pytest.CaptureFixture[s
         assert part in lines[0], f"{part!r} not in {lines[0]!r}"
     for part in case.absent:
         assert part not in lines[0], f"{part!r} in {lines[0]!r}"
-    after = snapshot(t, world.root)
-    changed = [str(p) for p, digest in before.items() if after.get(p) != digest]
     assert not changed, f"inputs changed or deleted: {changed}"
-    new = [p for p in after if p not in before and not (case.out and (p == case.out or case.out in p.parents))]
     assert not new, f"files written outside the output: {new}"
+
+
+BATTERY_LOG = "MTREC_BATTERY_LOG"
+
+
+def record_outcome(**outcome: Any) -> None:
+    """Append the running case's outcome (and its test id) to ``$MTREC_BATTERY_LOG`` if it is set."""
+    path = os.environ.get(BATTERY_LOG)
+    if path:
+        test = os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" (", 1)[0]
+        with open(path, "a") as fh:
+            fh.write(json.dumps({"test": test, **outcome}) + "\n")
 
 
 # ---- the service -----------------------------------------------------------------------------------------
@@ -739,6 +761,7 @@ def _text(t: Path, text: str, encoding: str = "utf-8") -> Path:
 WRITERS: dict[str, Callable[[Path, World], Path]] = {
     "Excel: UTF-8 with a byte-order mark, CRLF": lambda t, w: _text(t, csv_text(w.rows).replace("\n", "\r\n"),
                                                                      "utf-8-sig"),
+    "classic Mac OS: CR line endings": lambda t, w: _text(t, csv_text(w.rows).replace("\n", "\r")),
     "pandas: labels True/False": lambda t, w: _text(t, csv_text(
         [{**r, "click": str(r["click"] == "1"), "conversion": str(r["conversion"] == "1")} for r in w.rows])),
     "pandas: labels 1.0/0.0": lambda t, w: _text(t, csv_text(

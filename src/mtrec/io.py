@@ -100,14 +100,15 @@ def _refuse_constant(name: str) -> float:
 def _read_text(path: Path, what: str, error: type[Exception], max_bytes: int | None) -> str:
     """The UTF-8 text of a regular file of at most ``max_bytes`` bytes; ``error`` naming it otherwise."""
     try:
+        info = os.stat(path)  # before opening: opening a FIFO would wait for a writer
+        if stat.S_ISDIR(info.st_mode):
+            raise IsADirectoryError(path)
+        if not stat.S_ISREG(info.st_mode):
+            raise error(f"{what} {path} is not a regular file (a device, FIFO or socket)")
+        if max_bytes is not None and info.st_size > max_bytes:
+            raise error(f"{what} {path} is {info.st_size:,} bytes, more than a {what} may be ({max_bytes:,})")
         with open(path, "rb") as fh:
-            info = os.fstat(fh.fileno())
-            if not stat.S_ISREG(info.st_mode):
-                raise error(f"{what} {path} is not a regular file")
-            if max_bytes is not None and info.st_size > max_bytes:
-                raise error(f"{what} {path} is {info.st_size:,} bytes, more than a {what} may be "
-                            f"({max_bytes:,})")
-            data = fh.read()
+            data = fh.read(max_bytes + 1 if max_bytes is not None else -1)
     except FileNotFoundError:
         raise error(f"{what} not found: {path}") from None
     except IsADirectoryError:

@@ -383,8 +383,9 @@ class BlockMoments:
 
     def _fold(self, block: np.ndarray) -> None:
         self.count += (~np.isnan(block)).sum(axis=0)
-        self.total += np.nansum(block, axis=0)
-        self.squares += np.nansum(block * block, axis=0)
+        with np.errstate(over="ignore"):  # inf sums: values too large to standardise, refused by the caller
+            self.total += np.nansum(block, axis=0)
+            self.squares += np.nansum(block * block, axis=0)
 
     def finish(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(count, mean, std)`` per column; mean 0 / std 1 where a column has no value."""
