@@ -224,6 +224,8 @@ def demo(out: Path, data: str | None, epochs: int | None, seed: int, model_names
     click.echo(result.summary)
     click.echo(f"report: {result.report}")
     click.echo(f"plots: {', '.join(map(str, result.plots))}")
+    if result.inspect_reports:
+        click.echo(f"inside each model (mtrec inspect): {', '.join(map(str, result.inspect_reports))}")
     if result.samples:
         click.echo(f"raw inputs for `mtrec predict` and `mtrec serve`: {', '.join(map(str, result.samples))}")
 

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from mtrec.bench.report import comparison_table, table_metrics
 from mtrec.bench.runner import ALL, BenchConfig, DatasetEntry, ModelEntry, run_bench
 from mtrec.data.source import load_data
+from mtrec.inspect.report import inspect_run
 from mtrec.io import atomic_write_text
 from mtrec.serving.samples import write_samples
 from mtrec.training.config import TrainConfig
@@ -35,6 +36,7 @@ HEADLINE_MODELS = ("dcrnn", "dtrn")
 # demo model reaches. One torch thread: on a 2-core machine shared with other jobs, two threads trained
 # Shared-Bottom 5x slower than one (docs/performance.md).
 DEMO_TRAIN = {"epochs": 10, "batch_size": 256, "patience": 0, "num_threads": 1}
+DEMO_INSPECT_ROWS = 5000  # test rows each model's inspect report reads (seconds per model)
 
 # Why the models of DEMO_MODELS stand where they do on a preset: what the preset's labels depend on
 # (docs/synthetic.md) against what each model can represent.
@@ -62,6 +64,7 @@ class DemoResult:
     report: Path  # results.md
     plots: list[Path]  # auc.png and the learning curves
     samples: list[Path]  # raw inputs for predict and serve (sample.csv, request.json); empty without encoders
+    inspect_reports: list[Path]  # each model's `mtrec inspect` report (inspect.md in its run directory)
 
 
 def run_demo(
@@ -75,7 +78,8 @@ def run_demo(
     write ``results.json``, ``results.md`` (with :func:`summary`), ``auc.png``, the learning curves and
     one run directory per model under ``out_dir``, and (when the data has encoders, as synthetic data
     does) raw inputs for ``predict`` and ``serve``: ``sample.csv`` and ``request.json``
-    (:mod:`mtrec.serving.samples`)."""
+    (:mod:`mtrec.serving.samples`), and each model's ``mtrec inspect`` report in its run directory's
+    ``inspect/``."""
     out = Path(out_dir)
     train = train or TrainConfig.model_validate(DEMO_TRAIN)
     settings = {k: v for k, v in train.model_dump().items() if k != "seed"}
@@ -94,7 +98,10 @@ def run_demo(
     if runs:
         atomic_write_text(report, _with_summary(report.read_text(), text))
     samples = write_samples(load_data(data), out)
-    return DemoResult(table=table, summary=text, report=report, plots=sorted(out.glob("*.png")), samples=samples)
+    inspected = [inspect_run(Path(r["run_dir"]), Path(r["run_dir"]) / "inspect", rows=DEMO_INSPECT_ROWS, log=log)
+                 for r in runs]
+    return DemoResult(table=table, summary=text, report=report, plots=sorted(out.glob("*.png")), samples=samples,
+                      inspect_reports=[r.out / "inspect.md" for r in inspected])
 
 
 def _with_summary(markdown: str, text: str) -> str:

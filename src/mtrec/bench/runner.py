@@ -17,7 +17,9 @@ A bench config (YAML)::
 The report directory holds ``results.json`` (every run's metrics, the settings and the machine),
 ``results.md`` (mean ± std per task and metric, parameter counts, train samples/s), ``auc.png`` (test AUC
 per model and task with error bars) and ``learning_curves_<dataset>.png``; each run's own directory is
-``runs/<dataset>/<model>/seed<k>``. A run whose ``metrics.json`` exists with the same resolved config is not
+``runs/<dataset>/<model>/seed<k>``, with its TensorBoard curves under ``tensorboard/`` when the
+``tensorboard`` package is installed (``train: {log_to: []}`` turns them off): ``tensorboard --logdir OUT``
+shows one run per model, dataset and seed. A run whose ``metrics.json`` exists with the same resolved config is not
 redone (a setting added to mtrec since counts as unchanged at its default), and a run interrupted half
 way continues from its last checkpoint, so an interrupted benchmark resumes where it stopped.
 """
@@ -53,6 +55,7 @@ from mtrec.models import ModelConfigError, list_models, model_options
 from mtrec.training.config import ConfigError, RunConfig, TrainConfig, TrainOverrides, read_config_file
 from mtrec.training.run import train_run
 from mtrec.training.rundir import METRICS, RunDirectory, finished_metrics, started_with
+from mtrec.training.tensorboard import available as tensorboard_available
 from mtrec.typed import ConfigModel, NonNegative, validate
 
 ALL = "all"
@@ -105,7 +108,8 @@ class BenchConfig:
         return self.models
 
     def train_config(self, seed: int, entry: ModelEntry | None = None) -> TrainConfig:
-        return TrainConfig(**{**self.train, **(entry.train if entry else {}), "seed": seed})
+        curves = {"log_to": ["tensorboard"]} if tensorboard_available() else {}
+        return TrainConfig(**{**curves, **self.train, **(entry.train if entry else {}), "seed": seed})
 
     def options_for(self, entry: ModelEntry) -> dict[str, Any]:
         """Shared options the model takes, then its own options (checked by the registry)."""

@@ -3,8 +3,8 @@
 One module per section: :mod:`~mtrec.inspect.utilization` (expert gates), :mod:`~mtrec.inspect.fields`
 (per-task field weights, conditional LayerNorms), :mod:`~mtrec.inspect.cross` (Cross-RNN steps),
 :mod:`~mtrec.inspect.importance` (permutation importance), :mod:`~mtrec.inspect.calibration`,
-:mod:`~mtrec.inspect.relations` (task correlations), :mod:`~mtrec.inspect.conflict` (gradient conflict
-logged while training); :mod:`~mtrec.inspect.report` runs them and writes the report. The model-internal
-sections read what the model's blocks record (:mod:`mtrec.nn.recording`), never the model's class: a
-model without such blocks has no such section.
+:mod:`~mtrec.inspect.relations` (task correlations), and the gradient conflict logged while training
+(:mod:`mtrec.training.gradient_conflict`); :mod:`~mtrec.inspect.report` runs them and writes the
+report. The model-internal sections read what the model's blocks record (:mod:`mtrec.nn.recording`),
+never the model's class: a model without such blocks has no such section.
 """

@@ -22,12 +22,13 @@ from mtrec.data.batches import gather_batch
 from mtrec.data.dataset import DatasetError, PreparedDataset
 from mtrec.data.source import load_data
 from mtrec.features.inputs import Features
-from mtrec.inspect import calibration, conflict, cross, fields, importance, relations, utilization
+from mtrec.inspect import calibration, cross, fields, importance, relations, utilization
 from mtrec.io import atomic_write_text, check_output_dir, json_text
 from mtrec.nn.recording import recording
 from mtrec.objectives.scorer import Scorer
 from mtrec.training.checkpoint import load_model
 from mtrec.training.config import RunConfig
+from mtrec.training.gradient_conflict import read_conflict
 from mtrec.training.plots import plot_gradient_conflict
 from mtrec.training.rundir import HISTORY
 
@@ -241,12 +242,12 @@ def _relations(report: Report, result: relations.Relations) -> None:
 def _conflict(report: Report, run_dir: Path) -> None:
     path = run_dir / HISTORY
     history = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
-    result = conflict.read_conflict(history)
+    result = read_conflict(history)
     if result is None:
         return
     report.data["gradient_conflict"] = result.to_json()
     plot_gradient_conflict(result.steps, result.cosines, report.out / "gradient_conflict.png")
-    report.summary.append("gradient conflict " + conflict.summary(result))
+    report.summary.append("gradient conflict " + result.summary())
     report.section("Gradient conflict during training", "Cosine between the task gradients on the shared "
-                   "parameters, as logged while training (`train.log_gradient_conflict`).\n\n- "
-                   + conflict.summary(result), ["gradient_conflict.png"])
+                   "parameters, as logged while training (`train.log_gradient_conflict`); below 0 the tasks "
+                   "pull the shared parameters apart.\n\n- " + result.summary(), ["gradient_conflict.png"])

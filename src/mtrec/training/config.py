@@ -75,6 +75,13 @@ class TrainConfig(ConfigModel):
     # it fast: CUDA with bf16, a CPU with AMX or AVX512-BF16; else fp32), "fp32", "bf16", or "fp16" (CUDA
     # only, with a gradient scaler). Weights, optimizer state, losses and metrics stay float32
     precision: PrecisionSetting = "auto"
+    # every log_every steps, the cosine between each two tasks' gradients on the shared parameters (measured
+    # on a fixed probe batch of train rows) goes into history.jsonl (gradient_cosine) and gradient_conflict.png
+    log_gradient_conflict: bool = False
+    # live curves: "tensorboard" writes TensorBoard event files under the run directory's tensorboard/
+    log_to: list[Literal["tensorboard"]] = Field(default_factory=list)
+    # steps between gradient-conflict measurements and between TensorBoard's per-step scalars
+    log_every: Count = 50
 
     @field_validator("device")
     @classmethod
@@ -107,6 +114,9 @@ class TrainConfig(ConfigModel):
         if self.compile:
             raise ValueError(f"compile: true cannot be used with train.embedding_sharding: {self.embedding_sharding}: "
                              f"TorchRec's sharded tables are not compiled")
+        if self.log_gradient_conflict:
+            raise ValueError(f"log_gradient_conflict: true cannot be used with train.embedding_sharding: "
+                             f"{self.embedding_sharding}: the probe's backward would need every rank's tables")
         if self.embedding_optimizer == "adam":
             raise ValueError(f"embedding_sharding: {self.embedding_sharding} needs train.embedding_optimizer "
                              f"adagrad or sgd: sharded tables are updated by fbgemm's fused kernels, which have "

@@ -23,9 +23,11 @@ from mtrec.training import distributed
 from mtrec.training.build import build_run, resolve_config
 from mtrec.training.callbacks import TrainerCallback
 from mtrec.training.checkpointer import check_resumable
-from mtrec.training.config import RunConfig
+from mtrec.training.config import RunConfig, TrainConfig
+from mtrec.training.gradient_conflict import GradientConflictLogger
 from mtrec.training.rundir import RunDirectory
 from mtrec.training.state import TrainState
+from mtrec.training.tensorboard import TensorBoardLogger
 from mtrec.training.trainer import Trainer
 
 
@@ -36,6 +38,19 @@ def oracle_metrics(dataset: PreparedDataset) -> dict[str, dict[str, float]] | No
     from mtrec.metrics.oracle import oracle_auc
 
     return {task: {"auc": value} for task, value in oracle_auc(dataset, "test").items()}
+
+
+def monitors(cfg: TrainConfig, run_dir: RunDirectory, dataset: PreparedDataset, resume: bool,
+             is_main: bool) -> list[TrainerCallback]:
+    """The callbacks the train settings ask for: gradient conflict (``log_gradient_conflict``), then
+    TensorBoard (``log_to``; it logs the conflict measured before it). A fresh run's TensorBoard starts
+    anew; a resumed one adds to it."""
+    watchers: list[TrainerCallback] = []
+    if cfg.log_gradient_conflict:
+        watchers.append(GradientConflictLogger(dataset, cfg.log_every, cfg.seed))
+    if "tensorboard" in cfg.log_to and is_main:
+        watchers.append(TensorBoardLogger(run_dir, cfg.log_every, resume))
+    return watchers
 
 
 def count_parameters(model: torch.nn.Module) -> int:
@@ -102,7 +117,9 @@ def _train(
     model, objective, weighting = build_run(config, dataset.schema)  # checks every option before writing
     params = count_parameters(model)  # before the trainer: sharded tables leave each rank only its part
     describe = RunDescription(run_dir, dataset, config)
-    trainer = Trainer(model, cfg, run_dir, log, parts=(objective, weighting), callbacks=[describe, *callbacks])
+    watchers = monitors(cfg, run_dir, dataset, resume, ctx.is_main)
+    trainer = Trainer(model, cfg, run_dir, log, parts=(objective, weighting),
+                      callbacks=[describe, *watchers, *callbacks])
     ranks = f" on {ctx.world_size} processes" if ctx.enabled else ""
     log(f"training {config.model} ({params:,} parameters, objective {cfg.objective}) on "
         f"{config.data}: {dataset.split_size('train'):,} train rows{ranks}")

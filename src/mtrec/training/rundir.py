@@ -3,8 +3,10 @@
 A run directory holds ``config.json`` (resolved), ``schema.json``, ``model.safetensors`` (the selected
 weights), ``history.jsonl`` (one line per epoch), ``resume.safetensors`` (what ``--resume`` continues
 from; a run with sharded embedding tables adds each rank's ``resume-shard{r}of{W}-step{S}.safetensors``),
-``metrics.json``, ``learning_curves.png`` and ``roc.png``; for data prepared from raw files (or
-synthetic data, which carries its raw-value encoders) also ``encoders.json``. Only rank 0 holds a
+``metrics.json``, ``learning_curves.png`` and ``roc.png`` (with ``train.log_gradient_conflict`` also
+``gradient_conflict.png``; with ``train.log_to: [tensorboard]`` TensorBoard's event files under
+``tensorboard/``, written by its SummaryWriter); for data prepared from raw files (or synthetic data,
+which carries its raw-value encoders) also ``encoders.json``. Only rank 0 holds a
 :class:`RunDirectory` as its writer; other ranks write nothing, except each rank's own checkpoint file
 of a sharded run.
 """
@@ -36,12 +38,14 @@ from mtrec.training.config import ConfigError, RunConfig
 from mtrec.training.resume import RESUME, load_resume, save_resume
 
 HISTORY = "history.jsonl"
+TENSORBOARD = "tensorboard"
 METRICS = "metrics.json"
 TIMING = "timing.json"  # the benchmark's wall time of the run
 # what a run directory holds (timing.json: the benchmark's); a run never writes over anything else
 RUN_FILES = re.compile(r"^(config\.json|schema\.json|model\.safetensors|resume\.safetensors|history\.jsonl|"
                        r"metrics\.json|encoders\.json|timing\.json|learning_curves\.png|roc\.png|"
                        r"resume-shard\d+of\d+-step\d+\.safetensors|"
+                       r"gradient_conflict\.png|tensorboard/events\.out\.tfevents\.[\w.-]+|"
                        r"inspect/[\w.-]+\.(md|json|png))$")  # inspect/: the default of `mtrec inspect`
 
 
@@ -137,6 +141,17 @@ class RunDirectory:
             if path != keep and RUN_FILES.match(path.name):
                 path.unlink(missing_ok=True)
 
+    # ---- live curves (mtrec.training.tensorboard) -----------------------------------------------
+    @property
+    def tensorboard_path(self) -> Path:
+        return self.path / TENSORBOARD
+
+    def remove_tensorboard(self) -> None:
+        """A fresh run starts its curves anew: delete the event files an earlier run wrote here."""
+        for path in self.tensorboard_path.glob("events.out.tfevents.*"):
+            if RUN_FILES.match(f"{TENSORBOARD}/{path.name}"):
+                path.unlink(missing_ok=True)
+
     # ---- results -------------------------------------------------------------------------------
     def write_metrics(self, metrics: dict[str, Any]) -> None:
         atomic_write_text(self.path / METRICS, json_text(metrics, indent=2) + "\n")
@@ -150,6 +165,12 @@ class RunDirectory:
         binary = [t.name for t in schema.tasks if t.is_binary]
         if binary:
             plot_roc({t: probs[t] for t in binary}, labels, masks, self.path / "roc.png")
+
+    def write_gradient_conflict(self, steps: np.ndarray, cosines: dict[str, np.ndarray]) -> None:
+        """``gradient_conflict.png``: each task pair's gradient cosine ``[S]`` by step ``[S]``."""
+        from mtrec.training.plots import plot_gradient_conflict
+
+        plot_gradient_conflict(steps, cosines, self.path / "gradient_conflict.png")
 
 
 def started_with(path: Path, config: RunConfig) -> bool:
