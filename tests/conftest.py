@@ -16,6 +16,15 @@ __all__ = ["require_shared_data", "tiny_dataset", "tiny_schema"]
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def scoring_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Scoring graphs exported by the tests go to a temporary cache (not the user's ~/.cache)."""
+    path = tmp_path_factory.mktemp("scoring_cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MTREC_CACHE_DIR", str(path))
+        yield path
+
+
 @pytest.fixture
 def tiny() -> PreparedDataset:
     return tiny_dataset()

@@ -329,7 +329,7 @@ def test_predict_names_the_missing_column_and_the_bad_value(run_dir: Path, tmp_p
     write_csv(tmp_path / "bad.csv", rows, FEATURES)
     assert run_cli(["predict", str(run_dir), "--input", str(tmp_path / "bad.csv"), "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert "bad.csv, line 8, feature 'price'" in err and "twelve" in err
+    assert "bad.csv, line 8, column 'price'" in err and "twelve" in err
     assert not out.exists() and not list(tmp_path.glob(".out.csv.*"))  # nothing partial left behind
 
 
@@ -357,7 +357,7 @@ def test_predict_scores_the_first_chunk_in_growing_slices_with_the_same_output(
 
     rows[40]["price"] = "twelve"  # in the second slice of the first chunk: data row 40 is on line 42
     bad = write_csv(tmp_path / "bad.csv", rows, FEATURES)
-    with pytest.raises(ScoringInputError, match=r"bad\.csv, line 42, feature 'price'.*twelve"):
+    with pytest.raises(ScoringInputError, match=r"bad\.csv, line 42, column 'price'.*twelve"):
         score_file(small, bad, tmp_path / "bad_out.csv", chunk_rows=100, progress=False)
 
 

@@ -152,7 +152,7 @@ def test_a_raw_export_of_a_run_without_encoders_names_the_way_out(run_dir: Path,
                                                                  capsys: pytest.CaptureFixture[str]) -> None:
     bare = tmp_path / "bare"
     bare.mkdir()
-    for name in ("model.safetensors", "schema.json", "config.json"):
+    for name in ("model.safetensors", "schema.json", "config.json", "metrics.json"):
         (bare / name).write_bytes((run_dir / name).read_bytes())
     assert run_cli(["export", str(bare), "--out", str(tmp_path / "m.onnx")]) == 2
     err = capsys.readouterr().err
@@ -176,16 +176,20 @@ def test_predict_takes_an_exported_model_file_and_scores_as_the_run(run_dir: Pat
             np.testing.assert_allclose(got[task].to_numpy(), expected[task].to_numpy(), atol=1e-6, err_msg=kind)
 
 
-def test_a_runs_graph_is_exported_once_then_loaded_without_torch(run_dir: Path, tmp_path: Path) -> None:
-    """The first load keeps the checked graph as RUN/scoring.onnx; a later load in a fresh process reads it
-    and imports neither torch nor onnx; changed weights are exported again; a file of that name that mtrec
-    did not write is never replaced."""
+def test_a_runs_graph_is_exported_once_then_loaded_without_torch(run_dir: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first load keeps the checked graph in the cache directory under the run's fingerprint; a later
+    load in a fresh process reads it and imports neither torch nor onnx; changed files are exported again
+    under another name; the run directory is never written."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("MTREC_CACHE_DIR", str(cache))
     run = tmp_path / "run"
     run.mkdir()
-    for name in ("model.safetensors", "schema.json", "config.json", "encoders.json"):
+    for name in ("model.safetensors", "schema.json", "config.json", "encoders.json", "metrics.json"):
         (run / name).write_bytes((run_dir / name).read_bytes())
     first = Predictor.from_run(run)
-    assert (run / "scoring.onnx").is_file() and "kept in" in first.describe()
+    kept = list(cache.glob("*.onnx"))
+    assert len(kept) == 1 and "kept in" in first.describe()
     columns = {f: [r[f] for r in raw_rows(30, seed=2)] for f in FEATURES}
     probe = ("import json, sys\nfrom mtrec.serving.predictor import Predictor\n"
              f"p = Predictor.from_run({str(run)!r})\n"
@@ -198,14 +202,11 @@ def test_a_runs_graph_is_exported_once_then_loaded_without_torch(run_dir: Path, 
     assert second["heavy"] == [] and "exported before" in second["how"]
     np.testing.assert_allclose(second["click"], first.predict(columns)["click"], atol=1e-7)
 
-    stamp = (run / "scoring.onnx").stat().st_mtime_ns
     (run / "config.json").write_text((run / "config.json").read_text() + "\n")  # the run's files changed
     assert "kept in" in Predictor.from_run(run).describe()
-    assert (run / "scoring.onnx").stat().st_mtime_ns != stamp
-
-    (run / "scoring.onnx").write_bytes(b"a file the user put here")
-    assert "kept in" not in Predictor.from_run(run).describe()
-    assert (run / "scoring.onnx").read_bytes() == b"a file the user put here"
+    assert len(list(cache.glob("*.onnx"))) == 2
+    assert sorted(p.name for p in run.iterdir()) == ["config.json", "encoders.json", "metrics.json",
+                                                     "model.safetensors", "schema.json"]
 
 
 def test_an_absent_device_is_one_line_naming_what_to_use(run_dir: Path, tmp_path: Path,

@@ -230,6 +230,10 @@ def demo(out: Path, data: str | None, epochs: int | None, seed: int, model_names
         click.echo(f"raw inputs for `mtrec predict` and `mtrec serve`: {', '.join(map(str, result.samples))}")
 
 
+_UNFINISHED = click.option("--allow-unfinished", is_flag=True,
+                           help="use a run whose training did not finish (no metrics.json): its last checkpoint")
+
+
 @cli.command("export")
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="ONNX file to write")
@@ -242,14 +246,19 @@ def demo(out: Path, data: str | None, epochs: int | None, seed: int, model_names
 @click.option("--inputs", type=click.Choice(["raw", "ids"]), default="raw", show_default=True,
               help="raw: the model takes raw values by column name, the encoders inside the graph (stands alone); "
                    "ids: it takes the encoded ids and values")
-def export_cmd(run_dir: Path, out: Path, exporter: str, tolerance: float, rows: int, inputs: str) -> None:
+@_UNFINISHED
+def export_cmd(run_dir: Path, out: Path, exporter: str, tolerance: float, rows: int, inputs: str,
+               allow_unfinished: bool) -> None:
     """Export a run's model to ONNX (task predictions as named outputs, dynamic batch, the schema and encoders
     in its metadata), after a parity check against eager PyTorch; exits non-zero and writes nothing if they
     differ by more than --tolerance."""
+    from mtrec.export.model_file import check_finished
     from mtrec.export.onnx import export_run
     from mtrec.io import check_output_file
 
     check_output_file(out, "ONNX file")
+    if not allow_unfinished:
+        check_finished(run_dir)
     result = export_run(run_dir, out, exporter=exporter, tolerance=tolerance, rows=rows,  # type: ignore[arg-type]
                         log=click.echo, inputs=inputs)  # type: ignore[arg-type]
     click.echo(f"parity ok; wrote {result.path} ({result.inputs} inputs, {result.exporter} exporter, "
@@ -302,14 +311,18 @@ _THREADS = click.option("--threads", type=POSITIVE, default=1, show_default=True
 @_BACKEND
 @_THREADS
 @_DEVICE
+@_UNFINISHED
 def predict(run_dir: Path, input_file: Path, out: Path, keep: tuple[str, ...], chunk_rows: int, separator: str,
-            dataset_config: Path | None, backend: str, threads: int, device: str) -> None:
+            dataset_config: Path | None, backend: str, threads: int, device: str, allow_unfinished: bool) -> None:
     """Score a raw CSV/Parquet file with a run's model, or a model file from `mtrec export` (streamed, with a
     progress bar; written atomically)."""
+    from mtrec.export.model_file import check_finished
     from mtrec.serving.batch import check_paths, score_file
     from mtrec.serving.predictor import Predictor
 
     check_paths(input_file, out)
+    if not allow_unfinished:
+        check_finished(run_dir)
     predictor = Predictor.load(run_dir, backend=backend, threads=threads, device=device)  # type: ignore[arg-type]
     result = score_file(predictor, input_file, out, keep=keep, chunk_rows=chunk_rows, separator=separator,
                         dataset_config=dataset_config)
@@ -331,12 +344,17 @@ def predict(run_dir: Path, input_file: Path, out: Path, keep: tuple[str, ...], c
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="serving processes, each loading the run (for machines with more cores)")
 @click.option("--access-log/--no-access-log", default=False, show_default=True)
+@_UNFINISHED
 def serve(run_dir: Path, host: str, port: int, max_candidates: int, backend: str, threads: int, device: str,
-          inference_workers: int, workers: int, access_log: bool) -> None:
+          inference_workers: int, workers: int, access_log: bool, allow_unfinished: bool) -> None:
     """Serve a run's model, or a model file from `mtrec export`, over HTTP: POST /v1/score, GET /healthz,
     GET /metrics, OpenAPI at /docs and /openapi.json."""
+    from mtrec.export.model_file import check_finished
     from mtrec.serving.app import ServeSettings
     from mtrec.serving.app import serve as run_server
+
+    if not allow_unfinished:
+        check_finished(run_dir)
 
     settings = ServeSettings(str(run_dir), backend=backend, threads=threads, max_candidates=max_candidates,
                              inference_workers=inference_workers, device=device)

@@ -260,8 +260,8 @@ def feature_columns(chunk: Chunk, columns: FeatureColumns, layout: ColumnLayout)
 def _check_scalar(chunk: Chunk, column: str, what: str, allow_list: bool) -> None:
     """Refuse a (Parquet) column of nested values where one value per row is read, naming its type."""
     kind = chunk.table.schema.field(column).type
-    nested = pa.types.is_nested(kind) and not (allow_list and (
-        pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)))
+    listed = pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)
+    nested = pa.types.is_nested(kind) and not (allow_list and listed and not pa.types.is_nested(kind.value_type))
     if nested:
         need = "a list of tokens or a text" if allow_list else "one value"
         raise DataFormatError(f"{chunk.path}, column {column!r} ({what}): holds {kind} values; {what} needs "

@@ -43,6 +43,7 @@ SEQUENCE_PREFIX = "seq__"
 InputKind = Literal["raw", "ids"]
 INPUT_KINDS: tuple[InputKind, ...] = ("raw", "ids")
 RUN_FILES = ("model.safetensors", "config.json", "schema.json")  # what decides a run's scoring graph
+FINISHED_FILE = "metrics.json"  # written when a training run ends
 
 
 class ModelFileError(UserError, ValueError):
@@ -211,6 +212,15 @@ def load_encoders(run_dir: Path, schema: DatasetSchema, required: bool = True) -
     except ValueError as exc:
         raise ModelFileError(f"{path}: not usable with the run's schema ({exc})") from exc
     return encoders
+
+
+def check_finished(path: Path) -> None:
+    """ModelFileError if ``path`` is a run directory whose training did not finish (no ``metrics.json``):
+    its weights are then whatever checkpoint was last written, not the model training selects."""
+    if path.is_dir() and (path / RUN_FILES[0]).is_file() and not (path / FINISHED_FILE).is_file():
+        raise ModelFileError(f"{path}: the training did not finish (no {FINISHED_FILE}): its weights are a "
+                             f"checkpoint taken mid-training; finish it (mtrec train ... --resume), or pass "
+                             f"--allow-unfinished to use them anyway")
 
 
 def run_fingerprint(run_dir: Path) -> str:

@@ -25,15 +25,17 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from itertools import repeat
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Annotated, Any, Literal, TypeAlias
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from pydantic import Field
 
 from mtrec.features.schema import OOV_ID, DatasetSchema, SequenceFeature, SparseFeature
 from mtrec.features.vocab import Vocabulary
 from mtrec.io import atomic_write_text, json_text, read_mapping
+from mtrec.typed import ConfigModel, validate
 
 ENCODERS_FILE = "encoders.json"
 FORMAT = "mtrec-feature-encoders"
@@ -303,6 +305,36 @@ def sequence_tokens(values: RawColumn | np.ndarray, fmt: SequenceFormat, max_len
     return flat.filter(pa.array(kept)), rows[kept], position[kept], n
 
 
+# ---- the JSON form ---------------------------------------------------------------------------------------
+FiniteNumber = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class _DenseSpec(ConfigModel):
+    log1p: bool = False
+    mean: FiniteNumber = 0.0
+    std: Annotated[float, Field(gt=0.0, allow_inf_nan=False)] = 1.0
+    fill: FiniteNumber = 0.0
+
+
+class _SequenceSpec(ConfigModel):
+    separator: Annotated[str, Field(min_length=1)] | None = None
+    pad_values: list[str] = Field(default_factory=list)
+    keep: Literal["first", "last"] = "first"
+
+
+class EncodersFile(ConfigModel):
+    """``encoders.json`` (the format is specified in docs/serving.md), checked strictly: unknown keys,
+    values of another type, a non-finite number or a ``std`` <= 0 are errors."""
+
+    format: Literal["mtrec-feature-encoders"]
+    version: Literal[1]
+    strip: bool = False
+    missing_values: list[str] = Field(default_factory=list)
+    vocabularies: dict[str, list[str]]
+    dense: dict[str, _DenseSpec] = Field(default_factory=dict)
+    sequences: dict[str, _SequenceSpec] = Field(default_factory=dict)
+
+
 # ---- the encoders --------------------------------------------------------------------------------------
 @dataclass
 class FeatureEncoders:
@@ -325,9 +357,15 @@ class FeatureEncoders:
     def check(self, schema: DatasetSchema) -> None:
         """Raise ValueError if the schema has a feature these encoders cannot encode."""
         embedded: list[SparseFeature | SequenceFeature] = [*schema.sparse, *schema.sequences]
+        sizes = schema.table_sizes()
         for f in embedded:
             if f.table_name not in self.vocabularies:
                 raise ValueError(f"no vocabulary for feature {f.name!r} (table {f.table_name!r})")
+            vocab = self.vocabularies[f.table_name]
+            if vocab.size > sizes[f.table_name]:  # its last ids would index past the embedding table
+                raise ValueError(f"vocabulary {f.table_name!r} has {len(vocab.index)} values (ids up to "
+                                 f"{vocab.size - 1}), more than the schema's vocab_size {sizes[f.table_name]} "
+                                 f"for feature {f.name!r}")
         for d in schema.dense:
             if d.name not in self.dense:
                 raise ValueError(f"no transform for dense feature {d.name!r}")
@@ -421,24 +459,24 @@ class FeatureEncoders:
         return json_text(self.to_dict(), indent=1, ensure_ascii=False) + "\n"
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> FeatureEncoders:
-        if data.get("format") != FORMAT:
-            raise ValueError(f"not a feature-encoders description (format {data.get('format')!r})")
+    def from_dict(cls, data: Mapping[str, Any], where: str = "") -> FeatureEncoders:
+        """Encoders from their JSON form, every field checked (:class:`EncodersFile`); ValueError naming the
+        first key that is wrong (prefixed with ``where``, the file)."""
+        if not isinstance(data, Mapping) or data.get("format") != FORMAT:
+            found = data.get("format") if isinstance(data, Mapping) else type(data).__name__
+            raise ValueError(f"{where + ': ' if where else ''}not a feature-encoders description (format {found!r})")
         if data.get("version") != VERSION:
-            raise ValueError(f"feature encoders version {data.get('version')!r} is not supported "
-                             f"(this mtrec reads version {VERSION})")
-        try:
-            return cls(
-                vocabularies={t: Vocabulary.from_list(list(v)) for t, v in data["vocabularies"].items()},
-                dense={name: DenseTransform(**t) for name, t in data["dense"].items()},
-                sequences={name: SequenceFormat(s.get("separator"), tuple(s.get("pad_values", ())),
-                                                s.get("keep", "first"))
-                           for name, s in data["sequences"].items()},
-                missing_values=tuple(data.get("missing_values", ())),
-                strip=bool(data.get("strip", False)),
-            )
-        except (KeyError, TypeError, AttributeError) as exc:
-            raise ValueError(f"not a valid feature-encoders description: {exc!r}") from exc
+            raise ValueError(f"{where + ': ' if where else ''}feature encoders version {data.get('version')!r} is not "
+                             f"supported (this mtrec reads version {VERSION})")
+        spec = validate(EncodersFile, data, where, ValueError)
+        return cls(
+            vocabularies={t: Vocabulary.from_list(v) for t, v in spec.vocabularies.items()},
+            dense={name: DenseTransform(t.log1p, t.mean, t.std, t.fill) for name, t in spec.dense.items()},
+            sequences={name: SequenceFormat(s.separator, tuple(s.pad_values), s.keep)
+                       for name, s in spec.sequences.items()},
+            missing_values=tuple(spec.missing_values),
+            strip=spec.strip,
+        )
 
     def save(self, path: str | Path) -> None:
         """Write ``encoders.json`` atomically."""
@@ -447,7 +485,4 @@ class FeatureEncoders:
     @classmethod
     def load(cls, path: str | Path) -> FeatureEncoders:
         data = read_mapping(path, "feature encoders file", max_bytes=None)  # vocabularies can be large
-        try:
-            return cls.from_dict(data)
-        except ValueError as exc:
-            raise ValueError(f"{path}: {exc}") from exc
+        return cls.from_dict(data, where=str(path))

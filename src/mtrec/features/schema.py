@@ -20,6 +20,7 @@ from mtrec.io import atomic_write_text, json_text, read_mapping
 PADDING_ID = 0
 OOV_ID = 1
 FIRST_ID = 2  # the first id of a known value
+SCHEMA_KEYS = frozenset({"sparse", "dense", "sequences", "tasks", "user_id", "metadata"})  # to_dict's keys
 
 
 class SchemaError(UserError, ValueError):
@@ -192,6 +193,10 @@ class DatasetSchema:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DatasetSchema:
+        unknown = sorted(set(data) - SCHEMA_KEYS)
+        if unknown:
+            raise SchemaError(f"unknown key(s) {unknown} (a feature kind or field this mtrec does not know); "
+                              f"a schema has {sorted(SCHEMA_KEYS)}")
         try:
             return cls(
                 sparse=tuple(SparseFeature(**f) for f in data.get("sparse", [])),
@@ -209,4 +214,8 @@ class DatasetSchema:
 
     @classmethod
     def load(cls, path: str | Path) -> DatasetSchema:
-        return cls.from_dict(read_mapping(path, "schema file", SchemaError))
+        data = read_mapping(path, "schema file", SchemaError)
+        try:
+            return cls.from_dict(data)
+        except SchemaError as exc:
+            raise SchemaError(f"{path}: {exc}") from None

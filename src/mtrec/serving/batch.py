@@ -101,6 +101,9 @@ def _check_columns(path: Path, layout: ColumnLayout, features: FeatureColumns, k
                 "one column per feature, named as in schema.json (or pass the dataset config for the raw layout)")
         raise ScoringInputError(f"{path}: missing column(s) for {wanted}; the input needs {hint}; "
                                 f"its columns: {list(layout.columns)}")
+    twice = sorted({k for k in keep if keep.count(k) > 1})
+    if twice:
+        raise ScoringInputError(f"--keep {twice[0]!r} given twice: each output column is named once")
     absent = [k for k in keep if k not in layout.names]
     if absent:
         raise ScoringInputError(f"{path}: --keep column(s) {absent} not found; its columns: {list(layout.columns)}")
@@ -190,7 +193,10 @@ def score_file(
             return predictor.encode(feature_columns(chunk, features, layout))
         except EncodingError as exc:
             where = chunk.where(exc.row) if exc.row is not None else str(source)
-            raise ScoringInputError(f"{where}, feature {exc.feature!r}: {exc}") from exc
+            column = features.single.get(exc.feature) or ", ".join(features.sequences.get(exc.feature, ()))
+            raise ScoringInputError(f"{where}, column {column!r}: {exc}") from exc
+        except DatasetError:  # a column of the wrong kind (DataFormatError): it names the file and column
+            raise
         except ValueError as exc:
             raise ScoringInputError(f"{chunk.where(0)} (chunk of {chunk.num_rows} rows): {exc}") from exc
 

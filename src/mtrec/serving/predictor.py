@@ -12,9 +12,9 @@ one of two runtimes:
 
 - ``onnx``: ONNX Runtime on the run's scoring graph. The first time a run is scored, its model is exported
   from the loaded weights (:func:`mtrec.export.onnx.export_checked`, parity-checked against eager
-  PyTorch) and kept as ``RUN/scoring.onnx``, tagged with a SHA-256 of ``model.safetensors``,
-  ``config.json`` and ``schema.json``; later loads whose files match the tag read that graph directly,
-  without importing PyTorch (a run directory that cannot be written is exported in memory each time);
+  PyTorch) and kept in a cache directory (:func:`cache_dir`) under the SHA-256 of ``model.safetensors``,
+  ``config.json`` and ``schema.json``; later loads of the same files read that graph directly, without
+  importing PyTorch. The run directory itself is never written.
 - ``torch``: the model runs eagerly in PyTorch (inference mode).
 
 A model file taking raw values gets its inputs as :func:`mtrec.export.model_file.raw_feeds` makes them
@@ -23,6 +23,7 @@ A model file taking raw values gets its inputs as :func:`mtrec.export.model_file
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -42,7 +43,7 @@ from mtrec.export.model_file import (
     run_fingerprint,
 )
 from mtrec.features.encoders import FeatureEncoders, RawColumn
-from mtrec.features.schema import DatasetSchema
+from mtrec.features.schema import DatasetSchema, SchemaError
 
 if TYPE_CHECKING:
     from mtrec.objectives.scorer import Scorer
@@ -51,7 +52,6 @@ Backend = Literal["onnx", "torch"]
 BACKENDS: tuple[Backend, ...] = ("onnx", "torch")
 DEFAULT_BACKEND: Backend = "onnx"
 DEFAULT_BATCH_SIZE = 8192
-CACHE_FILE = "scoring.onnx"
 _CACHE_TAG = "mtrec_run_sha256"
 
 
@@ -95,13 +95,21 @@ class TorchRunner:
         return [t.cpu().numpy() for t in outputs]
 
 
+def cache_dir() -> Path:
+    """Where exported scoring graphs are kept: ``$MTREC_CACHE_DIR``, else ``$XDG_CACHE_HOME/mtrec/scoring``,
+    else ``~/.cache/mtrec/scoring`` (any file there may be deleted at any time)."""
+    if os.environ.get("MTREC_CACHE_DIR"):
+        return Path(os.environ["MTREC_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mtrec" / "scoring"
+
+
 def cached_export(run_dir: Path, threads: int = 1, providers: list[Any] | None = None) -> tuple[ModelFile, str]:
     """The run's scoring graph (see the module docstring) and how it was obtained, in words."""
-    cache = run_dir / CACHE_FILE
     try:
         fingerprint = run_fingerprint(run_dir)
     except OSError:  # a missing or unreadable file: load_model below names it
         fingerprint = ""
+    cache = cache_dir() / f"{fingerprint}.onnx"
     if fingerprint and cache.is_file():
         try:
             cached = open_model_file(cache, threads, providers)
@@ -121,14 +129,24 @@ def cached_export(run_dir: Path, threads: int = 1, providers: list[Any] | None =
     props = metadata(model.schema, encoders, model.name, "ids", **{_CACHE_TAG: fingerprint})
     data = with_metadata(checked.onnx_model, props)
     how = f"{checked.exporter} export, parity {checked.parity.max_abs_diff:.1g}"
-    ours = not cache.exists() or (cache.is_file() and _is_cache(cache))
-    if fingerprint and ours:
+    if fingerprint:
         try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(cache, data)
             how += f", kept in {cache}"
-        except OSError:  # a read-only run directory: export again next time
+        except OSError:  # no writable cache: export again next time
             pass
     return open_model_file(data, threads, providers, name=str(cache)), how
+
+
+def run_schema(run_dir: Path) -> DatasetSchema:
+    """The run's ``schema.json``; ModelFileError naming the directory or the file when it is not usable."""
+    if not run_dir.is_dir():
+        raise ModelFileError(f"run directory not found: {run_dir}")
+    try:
+        return DatasetSchema.load(run_dir / "schema.json")
+    except SchemaError as exc:
+        raise ModelFileError(f"{run_dir}: not a valid mtrec run ({exc})") from None
 
 
 def torch_device_for(device: str) -> str:
@@ -144,14 +162,6 @@ def torch_device_for(device: str) -> str:
     if kind not in ("cpu", "cuda"):
         raise ModelFileError(f"--device {device!r}: expected cpu, cuda, cuda:N or auto")
     return device
-
-
-def _is_cache(path: Path) -> bool:
-    """Whether ``path`` is a scoring graph this module wrote (only such a file is ever replaced)."""
-    try:
-        return _CACHE_TAG in open_model_file(path).props
-    except ModelFileError:
-        return False
 
 
 class Predictor:
@@ -213,9 +223,9 @@ class Predictor:
                        batch_size)
         if backend != "onnx":
             raise ValueError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}")
-        graph, how = cached_export(run_dir, threads, providers_for(device))
-        encoders = load_encoders(run_dir, graph.schema)
+        encoders = load_encoders(run_dir, run_schema(run_dir))  # a tampered file is refused before any work
         assert encoders is not None
+        graph, how = cached_export(run_dir, threads, providers_for(device))
         return cls(OnnxRunner(graph.session, graph.schema.task_names), graph.schema, encoders, graph.model_name,
                    backend, batch_size, how=how)
 
