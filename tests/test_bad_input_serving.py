@@ -168,6 +168,23 @@ def _(t: Path, w: World, mp: pytest.MonkeyPatch) -> Case:
                 ["in.csv, line 9", "column 'activity'", "'lots'"], out=t / "o.csv")
 
 
+for _label, _token in (("spaces around it", " 5.0 "), ("an underscore", "1_000"),
+                       ("fullwidth digits", "\uff15\uff10"), ("a no-break space", "5\u00a0")):
+    @case(f"predict: a dense value with {_label}")
+    def _(t: Path, w: World, mp: pytest.MonkeyPatch, token: str = _token) -> Case:
+        source = scoring_file(t, w, "price", token)
+        return Case(predict_argv(w.run, source, t / "o.csv"),
+                    ["in.csv, line 5", "column 'price'", repr(token)], out=t / "o.csv")
+
+
+@case("predict: CR-only line endings with a bad value")
+def _(t: Path, w: World, mp: pytest.MonkeyPatch) -> Case:
+    source = scoring_file(t, w, "activity", "lots", row=6)
+    source.write_bytes(source.read_bytes().replace(b"\n", b"\r"))
+    return Case(predict_argv(w.run, source, t / "o.csv"), ["in.csv, line 8", "column 'activity'", "'lots'"],
+                out=t / "o.csv")
+
+
 # ---- options and layouts predict must refuse --------------------------------------------------------------------
 @case("predict: --keep twice")
 def _(t: Path, w: World, mp: pytest.MonkeyPatch) -> Case:
@@ -196,6 +213,14 @@ def test_an_unfinished_run_is_scored_when_asked(world: World, tmp_path: Path) ->
     run = unfinished(tmp_path, world)
     assert main_status(predict_argv(run, world.scoring, tmp_path / "o.csv", "--allow-unfinished")) == 0
     assert (tmp_path / "o.csv").is_file()
+
+
+def test_a_cr_only_file_scores_as_the_same_file_with_line_feeds(world: World, tmp_path: Path) -> None:
+    source = tmp_path / "cr.csv"
+    source.write_bytes(world.scoring.read_bytes().replace(b"\n", b"\r"))
+    assert main_status(predict_argv(world.run, source, tmp_path / "cr_out.csv")) == 0
+    assert main_status(predict_argv(world.run, world.scoring, tmp_path / "lf_out.csv")) == 0
+    assert (tmp_path / "cr_out.csv").read_text() == (tmp_path / "lf_out.csv").read_text()
 
 
 # ---- the service -----------------------------------------------------------------------------------------------
