@@ -40,16 +40,26 @@ BUILT_IN: dict[str, BuiltIn] = {
                               "shared experts"),
     "aitm": BuiltIn("aitm", "AITM (Xi et al., KDD 2021): each conversion step's tower receives information "
                             "transferred from the step before"),
+    "apg": BuiltIn("apg", "APG (Yan et al., NeurIPS 2022): task towers whose layer weights are generated per "
+                          "example from a condition, in low-rank form"),
     "cgc": BuiltIn("ple", "CGC: PLE with a single extraction level"),
+    "cross_stitch": BuiltIn("cross_stitch", "Cross-Stitch (Misra et al., CVPR 2016): one column per task, mixed "
+                                            "after every hidden layer by learned cross-stitch units"),
+    "dbmtl": BuiltIn("dbmtl", "DBMTL (Wang et al., 2019): task towers chained as a Bayesian network, each task "
+                              "conditioned on the tasks before it"),
     "dcrnn": BuiltIn("dcrnn", "DCRNN (Zhou & Yu, 2023): a cross network run as an RNN, partial parameter sharing, "
                               "tasks continuing the recurrence in order"),
     "dcrnn_hard": BuiltIn("dcrnn", "DCRNN with hard sharing: one cross recurrence whose final state every task "
                                    "reads"),
+    "dselect_k": BuiltIn("dselect_k", "DSelect-k (Hazimeh et al., NeurIPS 2021): MMoE whose gates select k experts "
+                                      "through a smooth-step binary encoding"),
     "dtrn": BuiltIn("dtrn", "DTRN (Liu et al., CIKM 2023): a task-specific bottom representation per task "
                             "(interest module over behaviour histories, field refinement), one tower per task"),
     "dtrn_mmoe": BuiltIn("dtrn", "DTRN with MMoE on top: shared experts over each task's refined input"),
     "esmm": BuiltIn("esmm", "ESMM (Ma et al., SIGIR 2018): conversion learned over the entire exposure space "
                             "as pCTCVR = pCTR x pCVR"),
+    "hmoe": BuiltIn("hmoe", "HMoE (Li et al., CIKM 2020): MMoE whose task outputs are mixed again in the label "
+                            "space, other tasks' under stop-gradient"),
     "home": BuiltIn("home", "HoME (Wang et al., 2024): a hierarchy of normalised multi-gate experts over task "
                             "groups"),
     "mmoe": BuiltIn("mmoe", "MMoE (Ma et al., KDD 2018): shared experts mixed by one gate per task"),
@@ -58,10 +68,16 @@ BUILT_IN: dict[str, BuiltIn] = {
                                 "gates over prior features"),
     "ple": BuiltIn("ple", "PLE (Tang et al., RecSys 2020): progressive layered extraction with shared and "
                           "task-specific experts"),
+    "poso": BuiltIn("poso", "POSO (Dai et al., 2021): MMoE whose experts are scaled by a gate on the user's "
+                            "personalisation code"),
     "shared_bottom": BuiltIn("shared_bottom", "Shared-Bottom (Caruana, 1997): one shared bottom MLP, one tower "
                                               "per task"),
     "single_task": BuiltIn("single_task", "Single-task baseline: one independent network per task, nothing "
                                           "shared"),
+    "snr_aver": BuiltIn("snr", "SNR-Aver (Ma et al., AAAI 2019): sub-networks routed to each task by hard-concrete "
+                               "gates, as a gated sum"),
+    "snr_trans": BuiltIn("snr", "SNR-Trans (Ma et al., AAAI 2019): sub-networks routed to each task by "
+                                "hard-concrete gates, each connection a transformation"),
     "stem": BuiltIn("stem", "STEM-Net (Su et al., AAAI 2024): shared and task-specific embeddings with "
                             "all-forward, task-specific-backward gates"),
 }

@@ -34,29 +34,13 @@ from torch import nn
 
 from mtrec.features.inputs import Features
 from mtrec.features.schema import DatasetSchema
-from mtrec.models._registry import ModelConfigError, register_model
+from mtrec.models._fields import default_persona, sparse_field_indices
+from mtrec.models._registry import register_model
 from mtrec.models.base import MultiTaskModel
 from mtrec.nn.embedding import FeatureEmbedding
 from mtrec.nn.gating import ScaledSigmoidGates
 from mtrec.nn.mlp import ParallelLinear
 from mtrec.typed import Count, Dropout, Rate, Sizes
-
-
-def _field_indices(schema: DatasetSchema, names: Sequence[str], option: str) -> list[int]:
-    """Positions of sparse features ``names`` among the fields; an unknown name is an error naming it."""
-    index = {f.name: i for i, f in enumerate(schema.sparse)}
-    unknown = [n for n in names if n not in index]
-    if unknown:
-        raise ModelConfigError(f"pepnet: {option} {unknown} are not sparse features; sparse features: "
-                               f"{sorted(index)}")
-    return [index[n] for n in names]
-
-
-def default_persona(schema: DatasetSchema) -> list[str]:
-    """The user id and the item ids that histories target; every sparse field if there are none."""
-    names = [schema.user_id] if schema.user_id else []
-    names += [s.target for s in schema.sequences if s.target and s.target not in names]
-    return names or [f.name for f in schema.sparse]
 
 
 @register_model("pepnet")
@@ -79,10 +63,10 @@ class PEPNet(MultiTaskModel):
         super().__init__(schema)
         T = len(self.task_names)
         persona = list(persona_features) if persona_features is not None else default_persona(schema)
-        self.register_buffer("domain_index", torch.tensor(_field_indices(schema, domain_features, "domain_features"),
-                                                         dtype=torch.long), persistent=False)
-        self.register_buffer("persona_index", torch.tensor(_field_indices(schema, persona, "persona_features"),
-                                                          dtype=torch.long), persistent=False)
+        domain = sparse_field_indices(schema, domain_features, "pepnet", "domain_features")
+        self.register_buffer("domain_index", torch.tensor(domain, dtype=torch.long), persistent=False)
+        persona_index = sparse_field_indices(schema, persona, "pepnet", "persona_features")
+        self.register_buffer("persona_index", torch.tensor(persona_index, dtype=torch.long), persistent=False)
         self.embedding = FeatureEmbedding(schema, embedding_dim, sequence_pooling)
         F, d = self.embedding.num_all_fields, embedding_dim
         self.epnet = ScaledSigmoidGates(1, (len(domain_features) + F) * d, gate_hidden, F, gamma)
