@@ -136,7 +136,7 @@ def choose_precision(setting: str, device: torch.device) -> Precision:
     if setting == "bf16":
         note = f"the CPU has {', '.join(found)}" if found else \
             "the CPU has no bf16 instructions, so bf16 is emulated and slower than fp32"
-        return Precision("bf16", f"train.precision: bf16 ({note})", kind)
+        return Precision("bf16", f"train.precision: bf16; {note}", kind)
     if found:
         return Precision("bf16", f"auto: the CPU has {', '.join(found)}", kind)
     return Precision("fp32", f"auto: the CPU has no bf16 instructions ({' or '.join(CPU_BF16_FLAGS)}), "
