@@ -1,0 +1,237 @@
+"""``mtrec tune``: the search space is checked like a run config, studies are seeded, resumable and pruned at
+epoch granularity, every trial is a normal run directory, and a shared PostgreSQL storage lets two processes
+work on one study."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import yaml
+
+from mtrec.training.config import RunConfig
+from mtrec.training.nonfinite import NonFiniteLossError
+from mtrec.tune import TuneError, load_tune_config, tune
+from mtrec.tune.study import PruningCallback, epoch_score, run_score
+from procs import child_env
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+CONFIG = """
+model: mmoe
+data: synthetic:easy:1500
+trials: 3
+seed: 0
+train: {epochs: 2, batch_size: 256, num_threads: 1}
+model_options: {num_experts: 2, expert_sizes: [16], tower_sizes: [8]}
+space:
+  lr: {low: 1e-3, high: 3e-2, log: true}
+  embedding_dim: {choices: [4, 8]}
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "tune.yaml") -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def rows(out: Path) -> list[dict[str, str]]:
+    with open(out / "trials.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# ---- the search space ----------------------------------------------------------------------------------
+@pytest.mark.parametrize(("space", "expected"), [
+    ("{}", "space: name at least one parameter to search"),
+    ("{num_layers: {low: 1, high: 3}}", "space.num_layers: unknown parameter"),
+    ("{lr: {low: 0.1, high: 0.01}}", "low 0.1 is above high 0.01"),
+    ("{lr: {low: 0.0, high: 0.1, log: true}}", "a log range needs low > 0"),
+    ("{lr: {low: 0.01}}", "needs both 'low' and 'high'"),
+    ("{lr: {choices: [0.1], low: 0.1, high: 1.0}}", "either 'choices' or a range"),
+    ("{dropout: {low: 0.0, high: 1.5}}", "space.dropout: the value 1.5 is refused"),
+    ("{dropout: {choices: [0.1, 1.0]}}", "space.dropout: the value 1.0 is refused"),
+    ("{epochs: {choices: [1, 2]}, lr: {low: 1e-3, high: 1e-2}}", "space.epochs: contradictory"),
+    ("{seed: {choices: [0, 1]}}", "space.seed: the seed is not searched"),
+])
+def test_a_bad_space_is_one_line_naming_the_key(tmp_path: Path, space: str, expected: str) -> None:
+    text = CONFIG.split("space:")[0] + f"space: {space}\n"
+    with pytest.raises(TuneError) as info:
+        load_tune_config(write(tmp_path, text))
+    message = str(info.value)
+    assert expected in message and "\n" not in message and "tune.yaml" in message
+
+
+def test_the_space_sorts_names_into_model_options_and_train_settings(tmp_path: Path) -> None:
+    config = load_tune_config(write(tmp_path, CONFIG))
+    run = config.run_config({"lr": 0.02, "embedding_dim": 4})
+    assert run.train.lr == 0.02 and run.train.epochs == 2
+    assert run.model_options["embedding_dim"] == 4 and run.model_options["num_experts"] == 2
+
+
+# ---- scores and pruning --------------------------------------------------------------------------------
+def test_scores_follow_the_selection_keys() -> None:
+    history = [{"epoch": 0, "valid_score": {"a": 0.6, "b": 0.7}}, {"epoch": 1, "valid_score": {"a": 0.8, "b": 0.5}}]
+    assert epoch_score(history[1]) == pytest.approx(0.65)
+    assert run_score(history) == pytest.approx((0.8 + 0.7) / 2)  # each key's own best epoch
+
+
+def test_the_pruning_callback_reports_each_epoch_and_stops_when_told() -> None:
+    class Trial:
+        def __init__(self) -> None:
+            self.reported: list[tuple[float, int]] = []
+
+        def report(self, value: float, step: int) -> None:
+            self.reported.append((value, step))
+
+        def should_prune(self) -> bool:
+            return len(self.reported) >= 2
+
+    trial = Trial()
+    callback = PruningCallback(trial)
+    callback.on_epoch_end({"epoch": 0, "valid_score": {"mean": 0.6}})
+    with pytest.raises(optuna.TrialPruned):
+        callback.on_epoch_end({"epoch": 1, "valid_score": {"mean": 0.55}})
+    assert trial.reported == [(0.6, 0), (0.55, 1)]
+
+
+# ---- a study end to end --------------------------------------------------------------------------------
+def test_a_study_writes_runs_best_config_table_and_plots_and_continues(tmp_path: Path) -> None:
+    config = write(tmp_path, CONFIG)
+    out = tmp_path / "study"
+    study, written = tune(config, out, log=lambda _: None)
+    assert {p.name for p in written} == {"trials.csv", "best.yaml", "history.png", "importances.png"}
+    table = rows(out)
+    assert [r["number"] for r in table] == ["0", "1", "2"]
+    assert all(r["state"] in ("COMPLETE", "PRUNED") for r in table)
+    for r in table:  # every trial is a normal run directory
+        assert (out / r["run_dir"] / "config.json").is_file()
+    best = yaml.safe_load((out / "best.yaml").read_text())
+    run = RunConfig.from_dict(best)  # what `mtrec train --config` reads
+    assert run.model == "mmoe" and run.train.lr == pytest.approx(study.best_trial.params["lr"])
+    assert (out / "study.db").is_file()
+    # a second invocation with more trials continues the same study
+    study, _ = tune(config, out, trials=4, log=lambda _: None)
+    assert [r["number"] for r in rows(out)] == ["0", "1", "2", "3"]
+    assert len(study.trials) == 4
+
+
+def test_the_sampler_is_seeded(tmp_path: Path) -> None:
+    config = write(tmp_path, CONFIG.replace("trials: 3", "trials: 2"))
+    params = [[t.params for t in tune(config, tmp_path / f"s{i}", log=lambda _: None)[0].trials] for i in range(2)]
+    assert params[0] == params[1]
+
+
+def test_a_study_killed_mid_trial_continues(tmp_path: Path) -> None:
+    config = write(tmp_path, CONFIG.replace("trials: 3", "trials: 1"))
+    out = tmp_path / "study"
+    tune(config, out, log=lambda _: None)
+    # a process killed during trial 1 leaves it RUNNING in the storage
+    storage = optuna.storages.RDBStorage(f"sqlite:///{out / 'study.db'}")
+    optuna.load_study(study_name="mmoe", storage=storage).ask()
+    messages: list[str] = []
+    study, _ = tune(config, out, trials=2, log=messages.append)
+    states = [t.state.name for t in study.trials]
+    assert states[1] == "FAIL" and states.count("COMPLETE") + states.count("PRUNED") == 2
+    assert any("left running" in m for m in messages)
+
+
+def test_a_diverging_trial_is_pruned_and_recorded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mtrec.training.run as run_module
+
+    def diverge(*args: Any, **kwargs: Any) -> None:
+        raise NonFiniteLossError("non-finite loss of task 'click' at epoch 0 step 3; stopped before writing")
+
+    monkeypatch.setattr(run_module, "train_run", diverge)
+    out = tmp_path / "study"
+    study, written = tune(write(tmp_path, CONFIG.replace("trials: 3", "trials: 2")), out, log=lambda _: None)
+    assert [t.state.name for t in study.trials] == ["PRUNED", "PRUNED"]
+    assert all("non-finite loss of task 'click'" in r["pruned_because"] for r in rows(out))
+    assert not (out / "best.yaml").exists() and {p.name for p in written} == {"trials.csv"}
+
+
+def test_a_study_is_continued_only_with_its_own_config(tmp_path: Path) -> None:
+    out = tmp_path / "study"
+    tune(write(tmp_path, CONFIG.replace("trials: 3", "trials: 1")), out, log=lambda _: None)
+    other = write(tmp_path, CONFIG.replace("trials: 3", "trials: 1").replace("[4, 8]", "[4, 16]"), "other.yaml")
+    with pytest.raises(TuneError, match="started with other settings"):
+        tune(other, out, log=lambda _: None)
+
+
+def test_an_unreachable_storage_is_one_line(tmp_path: Path) -> None:
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"postgresql://nobody@127.0.0.1:{port}/study"
+    with pytest.raises(TuneError) as info:
+        tune(write(tmp_path, CONFIG), tmp_path / "study", storage=url, log=lambda _: None)
+    assert f"--storage {url}: cannot be used" in str(info.value) and "\n" not in str(info.value)
+
+
+# ---- several processes on one PostgreSQL study ---------------------------------------------------------
+def _postgres_binaries() -> Path | None:
+    for candidate in (shutil.which("initdb"), *sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))):
+        if candidate and Path(candidate).is_file():
+            return Path(candidate).parent
+    return None
+
+
+@pytest.fixture
+def postgres() -> Iterator[str]:
+    """A throw-away PostgreSQL server on a free loopback port; its URL. Its folder is made directly under the
+    temporary directory, which the server's own user (when the test runs as root) can reach."""
+    bin_dir = _postgres_binaries()
+    if bin_dir is None:
+        pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl) on this machine: apt-get install postgresql")
+    root = Path(tempfile.mkdtemp(prefix="mtrec-pg-"))
+    data = root / "data"
+    user_prefix: list[str] = []
+    if os.geteuid() == 0:  # the server refuses to run as root
+        if shutil.which("runuser") is None or subprocess.run(["id", "postgres"], capture_output=True).returncode:
+            pytest.skip("running as root without a 'postgres' user to run the PostgreSQL server as")
+        shutil.chown(root, "postgres")
+        root.chmod(0o700)
+        user_prefix = ["runuser", "-u", "postgres", "--"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    subprocess.run([*user_prefix, str(bin_dir / "initdb"), "-D", str(data), "-U", "tune", "--auth=trust"],
+                   check=True, capture_output=True, timeout=120)
+    subprocess.run([*user_prefix, str(bin_dir / "pg_ctl"), "-D", str(data), "-w", "-l", str(root / "log"),
+                    "-o", f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "start"],
+                   check=True, capture_output=True, timeout=120)
+    try:
+        subprocess.run([*user_prefix, str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "tune",
+                        "study"], check=True, capture_output=True, timeout=60)
+        yield f"postgresql://tune@127.0.0.1:{port}/study"
+    finally:
+        subprocess.run([*user_prefix, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+                       capture_output=True, timeout=60)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_two_processes_share_one_study_through_postgresql(tmp_path: Path, postgres: str) -> None:
+    config = write(tmp_path, CONFIG.replace("trials: 3", "trials: 4"))
+    code = ("import sys; from mtrec.tune import tune; "
+            "tune(sys.argv[1], sys.argv[2], storage=sys.argv[3], log=lambda _: None)")
+    workers = [subprocess.Popen([sys.executable, "-c", code, config, str(tmp_path / f"w{i}"), postgres],
+                                env=child_env(), stderr=subprocess.PIPE, text=True) for i in range(2)]
+    for w in workers:
+        _, err = w.communicate(timeout=300)
+        assert w.returncode == 0, err
+    study = optuna.load_study(study_name="mmoe", storage=postgres)
+    finished = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
+    assert len(finished) >= 4  # each worker stops once the study holds 4 (one may finish a last one)
+    assert all(rows(tmp_path / f"w{i}") for i in range(2))  # both wrote the shared table
+    ran_here = [len(list((tmp_path / f"w{i}" / "trials").glob("*"))) for i in range(2)]
+    assert sum(ran_here) == len(study.trials)  # each trial ran in exactly one of the two processes
