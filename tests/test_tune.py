@@ -19,6 +19,7 @@ import optuna
 import pytest
 import yaml
 
+from mtrec.cli import main
 from mtrec.training.config import RunConfig
 from mtrec.training.nonfinite import NonFiniteLossError
 from mtrec.tune import TuneError, load_tune_config, tune
@@ -99,9 +100,9 @@ def test_the_pruning_callback_reports_each_epoch_and_stops_when_told() -> None:
 
     trial = Trial()
     callback = PruningCallback(trial)
-    callback.on_epoch_end({"epoch": 0, "valid_score": {"mean": 0.6}})
+    callback.on_epoch_end(None, None, {"epoch": 0, "valid_score": {"mean": 0.6}})
     with pytest.raises(optuna.TrialPruned):
-        callback.on_epoch_end({"epoch": 1, "valid_score": {"mean": 0.55}})
+        callback.on_epoch_end(None, None, {"epoch": 1, "valid_score": {"mean": 0.55}})
     assert trial.reported == [(0.6, 0), (0.55, 1)]
 
 
@@ -235,3 +236,24 @@ def test_two_processes_share_one_study_through_postgresql(tmp_path: Path, postgr
     assert all(rows(tmp_path / f"w{i}") for i in range(2))  # both wrote the shared table
     ran_here = [len(list((tmp_path / f"w{i}" / "trials").glob("*"))) for i in range(2)]
     assert sum(ran_here) == len(study.trials)  # each trial ran in exactly one of the two processes
+
+
+# ---- the command line ----------------------------------------------------------------------------------
+@pytest.mark.parametrize(("text", "expected"), [
+    (CONFIG.split("space:")[0] + "space: {}\n", "space: name at least one parameter to search"),
+    (CONFIG.replace("embedding_dim: {choices", "num_layers: {choices"), "space.num_layers: unknown parameter"),
+    (CONFIG.replace("low: 1e-3, high: 3e-2", "low: 3e-2, high: 1e-3"), "low 0.03 is above high 0.001"),
+])
+def test_the_command_refuses_a_bad_config_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                      text: str, expected: str) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["tune", write(tmp_path, text), "--out", str(tmp_path / "study")])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and expected in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "study").exists()  # nothing written
+
+
+def test_the_command_runs_a_study(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    main(["tune", write(tmp_path, CONFIG), "--out", str(tmp_path / "study"), "--trials", "2"])
+    out = capsys.readouterr().out
+    assert "2 finished trials" in out and (tmp_path / "study" / "best.yaml").is_file()

@@ -230,6 +230,24 @@ def demo(out: Path, data: str | None, epochs: int | None, seed: int, model_names
         click.echo(f"raw inputs for `mtrec predict` and `mtrec serve`: {', '.join(map(str, result.samples))}")
 
 
+@cli.command()
+@click.argument("config_file", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="study directory (study.db, best.yaml, trials.csv, plots, trials/NNNN run directories)")
+@click.option("--trials", type=POSITIVE, help="finished trials the study should hold (default: the config's trials)")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="stop starting trials after S seconds")
+@click.option("--storage", help="a database URL shared by several machines (postgresql://...); default: OUT/study.db")
+def tune(config_file: Path, out: Path, trials: int | None, timeout: float | None, storage: str | None) -> None:
+    """Search a model's hyper-parameters with Optuna (seeded TPE, epoch-level pruning); resumable."""
+    from mtrec.tune import tune as run_tune
+
+    study, written = run_tune(str(config_file), out, trials, timeout, storage, log=click.echo)
+    finished = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
+    best = f"best validation score {study.best_value:.4f} (trial {study.best_trial.number})" \
+        if any(t.state.name == "COMPLETE" for t in finished) else "no trial completed"
+    click.echo(f"{len(finished)} finished trials, {best}; wrote {', '.join(p.name for p in written)} to {out}")
+
+
 _UNFINISHED = click.option("--allow-unfinished", is_flag=True,
                            help="use a run whose training did not finish (no metrics.json): its last checkpoint")
 

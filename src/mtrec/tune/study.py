@@ -20,11 +20,15 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from mtrec.training.callbacks import TrainerCallback
 from mtrec.tune.space import Parameter, TuneConfig, TuneError
+
+if TYPE_CHECKING:
+    from mtrec.training.state import TrainState
+    from mtrec.training.trainer import Trainer
 
 STUDY_DB = "study.db"
 TRIALS_DIR = "trials"
@@ -60,13 +64,13 @@ def suggest(trial: Any, name: str, parameter: Parameter) -> Any:
                                step=None if parameter.step is None else float(parameter.step), log=parameter.log)
 
 
-@dataclass
-class PruningCallback:
+class PruningCallback(TrainerCallback):
     """Reports each epoch's validation score to the trial and stops the run when the pruner says so."""
 
-    trial: Any
+    def __init__(self, trial: Any) -> None:
+        self.trial = trial
 
-    def on_epoch_end(self, row: dict[str, Any]) -> None:
+    def on_epoch_end(self, trainer: Trainer | None, state: TrainState | None, row: dict[str, Any]) -> None:
         import optuna
 
         score = epoch_score(row)
