@@ -181,7 +181,7 @@ def test_an_unreachable_storage_is_one_line(tmp_path: Path) -> None:
 
 # ---- several processes on one PostgreSQL study ---------------------------------------------------------
 def _postgres_binaries() -> Path | None:
-    for candidate in (shutil.which("initdb"), *sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))):
+    for candidate in (*sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb")), shutil.which("initdb")):
         if candidate and Path(candidate).is_file():
             return Path(candidate).parent
     return None
@@ -212,9 +212,7 @@ def postgres() -> Iterator[str]:
                     "-o", f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "start"],
                    check=True, capture_output=True, timeout=120)
     try:
-        subprocess.run([*user_prefix, str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "tune",
-                        "study"], check=True, capture_output=True, timeout=60)
-        yield f"postgresql://tune@127.0.0.1:{port}/study"
+        yield f"postgresql://tune@127.0.0.1:{port}/postgres"  # the database every new cluster has
     finally:
         subprocess.run([*user_prefix, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
                        capture_output=True, timeout=60)

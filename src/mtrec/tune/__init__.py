@@ -60,8 +60,7 @@ def tune(
     config = load_tune_config(config_path)
     directory = check_output_dir(out, "tune output directory")
     check_own_dir(directory, OURS, "a tune output directory")
-    directory.mkdir(parents=True, exist_ok=True)
-    with locked_directory(directory, "mtrec tune"):
+    with locked_directory(directory, "tune output directory"):
         _check_same_study(directory, config)
         study = run_study(config, directory, trials, timeout, storage, log)
         return study, write_report(study, config, directory)

@@ -80,6 +80,7 @@ def write_report(study: Any, config: TuneConfig, out: Path) -> list[Path]:
     completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.simplefilter("ignore", UserWarning)  # e.g. "importances will be equal" with few trials
         if completed:
             axes = optuna_plots.plot_optimization_history(study)
             axes.set_title(f"{config.model}: validation score by trial")

@@ -18,6 +18,7 @@ A trial whose loss or weights become non-finite is pruned and recorded (``pruned
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 
 STUDY_DB = "study.db"
 TRIALS_DIR = "trials"
+CREATE_TRIES = 3  # attempts at creating a new database's tables (processes starting together race)
 HEARTBEAT_S = 60  # a shared-storage trial whose process sent no heartbeat for 2x this is marked failed
 
 
@@ -81,18 +83,30 @@ class PruningCallback(TrainerCallback):
 
 def open_storage(url: str | None, out: Path) -> Any:
     """The study's storage: SQLite in ``out`` by default, else the given database URL (TuneError if it
-    cannot be reached)."""
+    cannot be reached). Processes starting together on a new database race to create its tables; the loser
+    of that race tries again."""
     import optuna
     import sqlalchemy.exc
 
     shared = url is not None
     url = url or f"sqlite:///{(out / STUDY_DB).resolve()}"
-    try:
-        return optuna.storages.RDBStorage(
-            url, heartbeat_interval=HEARTBEAT_S if shared else None, grace_period=2 * HEARTBEAT_S if shared else None)
-    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TuneError(f"--storage {url}: cannot be used ({reason})") from None
+    attempt = 0
+    while True:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # the heartbeat
+                return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S if shared else None,
+                                                  grace_period=2 * HEARTBEAT_S if shared else None)
+        except sqlalchemy.exc.IntegrityError:
+            attempt += 1
+            if attempt < CREATE_TRIES:
+                time.sleep(attempt)
+                continue
+            raise TuneError(f"--storage {url}: cannot create the study's tables (other processes keep "
+                            f"creating them); start the processes again") from None
+        except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise TuneError(f"--storage {url}: cannot be used ({reason})") from None
 
 
 def fail_orphans(study: Any) -> int:
