@@ -255,3 +255,42 @@ def test_the_command_runs_a_study(tmp_path: Path, capsys: pytest.CaptureFixture[
     main(["tune", write(tmp_path, CONFIG), "--out", str(tmp_path / "study"), "--trials", "2"])
     out = capsys.readouterr().out
     assert "2 finished trials" in out and (tmp_path / "study" / "best.yaml").is_file()
+
+
+# ---- tuned models in a benchmark -----------------------------------------------------------------------
+def _studies(tmp_path: Path, trials: dict[str, int]) -> Path:
+    root = tmp_path / "tuned"
+    for model, n in trials.items():
+        text = CONFIG.replace("model: mmoe", f"model: {model}").replace(
+            "model_options: {num_experts: 2, expert_sizes: [16], tower_sizes: [8]}", "model_options: {}")
+        tune(write(tmp_path, text, f"{model}.yaml"), root / model, trials=n, log=lambda _: None)
+    return root
+
+
+def test_a_bench_trains_each_model_with_its_tuned_configuration(tmp_path: Path) -> None:
+    from mtrec.bench.runner import parse_bench_config, run_bench
+
+    root = _studies(tmp_path, {"mmoe": 2, "shared_bottom": 2})
+    config = parse_bench_config({"models": ["mmoe", "shared_bottom"], "datasets": ["synthetic:easy:1500"],
+                                 "seeds": [0], "train": {"epochs": 1, "num_threads": 1}, "tuned": str(root)})
+    results = run_bench(config, tmp_path / "bench", log=lambda _: None)
+    for run in results["runs"]:
+        best = yaml.safe_load((root / run["model"] / "best.yaml").read_text())
+        used = RunConfig.load(Path(run["run_dir"]) / "config.json")
+        assert used.train.lr == pytest.approx(best["train"]["lr"])  # searched: the study's choice
+        assert used.model_options["embedding_dim"] == best["model_options"]["embedding_dim"]
+        assert used.train.epochs == 1  # fixed: the bench's
+    report = (tmp_path / "bench" / "results.md").read_text()
+    assert "the same budget for every model (2 finished trials each" in report
+
+
+def test_a_bench_refuses_unequal_or_missing_studies(tmp_path: Path) -> None:
+    from mtrec.bench.runner import parse_bench_config
+    from mtrec.training.config import ConfigError
+
+    root = _studies(tmp_path, {"mmoe": 2, "shared_bottom": 1})
+    bench = {"models": ["mmoe", "shared_bottom"], "datasets": ["synthetic:easy:1500"], "tuned": str(root)}
+    with pytest.raises(ConfigError, match=r"unequal budgets \(mmoe 2, shared_bottom 1 finished trials\)"):
+        parse_bench_config(bench)
+    with pytest.raises(ConfigError, match="ple is not a finished study"):
+        parse_bench_config({**bench, "models": ["mmoe", "ple"]})

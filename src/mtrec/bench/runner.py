@@ -99,6 +99,7 @@ class BenchConfig:
     train: dict[str, Any] = field(default_factory=dict)
     model_options: dict[str, Any] = field(default_factory=dict)
     origin: str = "bench config"
+    tuned: dict[str, TunedModel] = field(default_factory=dict)  # per model label, with tuned: DIR
 
     def model_entries(self) -> list[ModelEntry]:
         """The models to run (``all``: the registry's models now)."""
@@ -108,14 +109,52 @@ class BenchConfig:
         return self.models
 
     def train_config(self, seed: int, entry: ModelEntry | None = None) -> TrainConfig:
+        """The bench's train settings (TensorBoard curves where available), the model's own, then its tuned
+        ones; the seed given."""
         curves = {"log_to": ["tensorboard"]} if tensorboard_available() else {}
-        return TrainConfig(**{**curves, **self.train, **(entry.train if entry else {}), "seed": seed})
+        tuned = self.tuned[entry.label].train if entry and entry.label in self.tuned else {}
+        return TrainConfig(**{**curves, **self.train, **(entry.train if entry else {}), **tuned, "seed": seed})
 
     def options_for(self, entry: ModelEntry) -> dict[str, Any]:
-        """Shared options the model takes, then its own options (checked by the registry)."""
+        """Shared options the model takes, then its own options, then its tuned ones (checked by the registry)."""
         accepted = model_options(entry.name)
         shared = {k: v for k, v in self.model_options.items() if k in accepted}
-        return model_options(entry.name, {**shared, **entry.options})
+        tuned = self.tuned[entry.label].options if entry.label in self.tuned else {}
+        return model_options(entry.name, {**shared, **entry.options, **tuned})
+
+
+@dataclass(frozen=True)
+class TunedModel:
+    """What a model's study chose: the searched model options and train settings of its best trial, and the
+    study's budget (finished trials)."""
+
+    study: str
+    options: dict[str, Any]
+    train: dict[str, Any]
+    trials: int
+
+
+def _tuned_models(directory: Path, config: BenchConfig, where: str) -> dict[str, TunedModel]:
+    """Each model's tuned settings from ``directory/<label>`` (a study of ``mtrec tune``), refusing a model
+    without a study, a study of another model and studies of unequal budgets."""
+    from mtrec.tune.results import read_study
+
+    if len(config.datasets) != 1:
+        raise ConfigError(f"{where}: a bench with tuned models has one dataset (its studies were tuned on it), "
+                          f"got {len(config.datasets)}")
+    tuned = {}
+    for entry in config.model_entries():
+        study = directory / _safe(entry.label)
+        best, trials = read_study(study, where)
+        if best.model != entry.name:
+            raise ConfigError(f"{where}: {study} tuned model {best.model!r}, not {entry.name!r} ({entry.label})")
+        searched_options, searched_train = best.searched
+        tuned[entry.label] = TunedModel(str(study), searched_options, searched_train, trials)
+    budgets = {label: t.trials for label, t in tuned.items()}
+    if len(set(budgets.values())) > 1:
+        raise ConfigError(f"{where}: the studies have unequal budgets ({', '.join(f'{k} {v}' for k, v in budgets.items())} "
+                          f"finished trials): continue them with the same --trials so every model is tuned alike")
+    return tuned
 
 
 def _safe(label: str) -> str:
@@ -173,6 +212,7 @@ class BenchFile(ConfigModel):
     datasets: Annotated[list[DatasetItem], Field(min_length=1)]
     seeds: Annotated[list[NonNegative], Field(min_length=1)] = Field(default_factory=lambda: [0])
     train: TrainOverrides = Field(default_factory=dict)
+    tuned: str | None = None  # a directory of `mtrec tune` studies, one per model label (docs/tune.md)
 
     _models = _entries("models", lambda name: {"name": name})
     _datasets = _entries("datasets", lambda item: {"config": item} if item.endswith((".yaml", ".yml"))
@@ -227,6 +267,8 @@ def parse_bench_config(data: Any, origin: str = "bench config") -> BenchConfig:
         model_options=parsed.model_options,
         origin=origin,
     )
+    if parsed.tuned is not None:
+        config.tuned = _tuned_models(Path(parsed.tuned), config, f"{origin}: tuned")
     for entry in config.model_entries():  # every model's options, checked now rather than at its turn
         try:
             config.options_for(entry)
@@ -360,7 +402,9 @@ def _run_locked(config: BenchConfig, out: Path, command: str | None, log: Callab
         "machine": machine_info(),
         "settings": {"train": config.train, "seeds": config.seeds, "model_options": config.model_options,
                      "models": {m.label: {"model": m.name, "options": m.options, "train": m.train}
-                                for m in models}},
+                                for m in models},
+                     "tuned": {label: {"study": t.study, "trials": t.trials, "options": t.options, "train": t.train}
+                               for label, t in config.tuned.items()}},
         "datasets": datasets,
         "total_run_s": sum(r["wall_s"] or 0.0 for r in runs),
         "pending_runs": pending,
@@ -427,6 +471,12 @@ def write_report(results: dict[str, Any], out: Path) -> str:
         "loading included, evaluation excluded).",
         "",
     ]
+    tuned = settings.get("tuned") or {}
+    if tuned:
+        budget = sorted({t["trials"] for t in tuned.values()})
+        lines += [f"Tuned: each model trains with the best configuration of its own study, the same budget for "
+                  f"every model ({', '.join(map(str, budget))} finished trials each; `mtrec tune`, docs/tune.md): "
+                  + "; ".join(f"{label}: {t['options']} {t['train']}" for label, t in tuned.items()), ""]
     own = {label: m for label, m in settings["models"].items()
            if m["options"] or m.get("train") or label != m["model"]}
     if own:

@@ -16,11 +16,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from mtrec.tune.results import TUNE_JSON
 from mtrec.tune.space import TuneConfig, TuneError, load_tune_config
 
 __all__ = ["TuneConfig", "TuneError", "load_tune_config", "tune"]
 
-TUNE_JSON = "tune.json"
 OURS = re.compile(r"^(tune\.json|study\.db(-journal|-wal|-shm)?|best\.yaml|trials\.csv|history\.png|"
                   r"importances\.png|trials/\d{4}/[^/]+)$")
 

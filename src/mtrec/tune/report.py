@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import warnings
 from pathlib import Path
 from typing import Any
 
+from mtrec.tune.results import BEST, TRIALS_CSV
 from mtrec.tune.space import TuneConfig
 
-BEST = "best.yaml"
-TRIALS_CSV = "trials.csv"
 HISTORY_PNG = "history.png"
 IMPORTANCES_PNG = "importances.png"
 
@@ -67,7 +67,7 @@ def write_report(study: Any, config: TuneConfig, out: Path) -> list[Path]:
     from optuna.trial import TrialState
     from optuna.visualization import matplotlib as optuna_plots
 
-    from mtrec.io import atomic_write_text, json_safe
+    from mtrec.io import atomic_write_text, json_text
 
     written = [out / TRIALS_CSV]
     atomic_write_text(out / TRIALS_CSV, trials_table(study, config))
@@ -75,7 +75,7 @@ def write_report(study: Any, config: TuneConfig, out: Path) -> list[Path]:
     if best is not None:
         header = (f"# the best of {len(study.trials)} trials of model {config.model} on {config.data} "
                   f"(trial {study.best_trial.number}, validation score {study.best_value:.4f})\n")
-        atomic_write_text(out / BEST, header + yaml.safe_dump(json_safe(best), sort_keys=False))
+        atomic_write_text(out / BEST, header + yaml.safe_dump(json.loads(json_text(best)), sort_keys=False))
         written.append(out / BEST)
     completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     with warnings.catch_warnings():
