@@ -152,8 +152,9 @@ def _tuned_models(directory: Path, config: BenchConfig, where: str) -> dict[str,
         tuned[entry.label] = TunedModel(str(study), searched_options, searched_train, trials)
     budgets = {label: t.trials for label, t in tuned.items()}
     if len(set(budgets.values())) > 1:
-        raise ConfigError(f"{where}: the studies have unequal budgets ({', '.join(f'{k} {v}' for k, v in budgets.items())} "
-                          f"finished trials): continue them with the same --trials so every model is tuned alike")
+        shown = ", ".join(f"{k} {v}" for k, v in budgets.items())
+        raise ConfigError(f"{where}: the studies have unequal budgets ({shown} finished trials): continue them "
+                          f"with the same --trials so every model is tuned alike")
     return tuned
 
 
