@@ -133,13 +133,21 @@ Builder = Callable[[Path, World, pytest.MonkeyPatch], Case]
 CASES: dict[str, Builder] = {}
 
 
-def case(name: str) -> Callable[[Builder], Builder]:
-    def add(build: Builder) -> Builder:
-        assert name not in CASES
-        CASES[name] = build
-        return build
+def registrar(cases: dict[str, Builder]) -> Callable[[str], Callable[[Builder], Builder]]:
+    """The ``@case(name)`` decorator of a battery file: adds a builder to ``cases`` under a new name."""
 
-    return add
+    def case(name: str) -> Callable[[Builder], Builder]:
+        def add(build: Builder) -> Builder:
+            assert name not in cases, name
+            cases[name] = build
+            return build
+
+        return add
+
+    return case
+
+
+case = registrar(CASES)
 
 
 def raw_variant(t: Path, w: World, edit: Callable[[list[dict[str, str]]], None] | None = None,
@@ -313,18 +321,20 @@ DATASET_CONFIG_EDITS = {
 }
 
 
-def _dataset_config_case(edit: str) -> Builder:
+def config_edit_case(old: str, new: str, expect: list[str]) -> Builder:
+    """A case: ``prepare`` with the shared dataset config, ``old`` replaced by ``new``; the error line names
+    the config file and holds ``expect``."""
+
     def build(t: Path, w: World, mp: pytest.MonkeyPatch) -> Case:
-        (old, new), key, value = DATASET_CONFIG_EDITS[edit]
         assert old in CONFIG
         config = write_config(t / "shop.yaml", w.raw, CONFIG.replace(old, new, 1))
-        return Case(prepare_argv(config, t / "out"), ["shop.yaml", key, value])
+        return Case(prepare_argv(config, t / "out"), ["shop.yaml", *expect])
 
     return build
 
 
-for _edit in DATASET_CONFIG_EDITS:
-    case(f"prepare: config {_edit}")(_dataset_config_case(_edit))
+for _edit, ((_old, _new), _key, _value) in DATASET_CONFIG_EDITS.items():
+    case(f"prepare: config {_edit}")(config_edit_case(_old, _new, [_key, _value]))
 
 
 @case("prepare: config not YAML")

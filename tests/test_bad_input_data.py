@@ -28,23 +28,25 @@ from procs import child_env
 from rawdata import FEATURES, raw_rows
 from test_bad_input import (
     CONFIG,
+    Builder,
     Case,
     World,
     build_world,
     check_built,
     check_case,
+    config_edit_case,
     csv_text,
     main_status,
     predict_argv,
     prepare_argv,
     raw_variant,
+    registrar,
     setter,
     train_argv,
     write_config,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-Builder = Callable[[Path, World, pytest.MonkeyPatch], Case]
 CASES: dict[str, Builder] = {}
 
 
@@ -53,21 +55,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     return build_world(tmp_path_factory)
 
 
-def case(name: str) -> Callable[[Builder], Builder]:
-    def add(build: Builder) -> Builder:
-        assert name not in CASES
-        CASES[name] = build
-        return build
-
-    return add
-
-
-def config_variant(t: Path, w: World, old: str, new: str) -> Path:
-    """The shared dataset config with ``old`` replaced by ``new``."""
-    assert old in CONFIG
-    return write_config(t / "shop.yaml", w.raw, CONFIG.replace(old, new, 1))
-
-
+case = registrar(CASES)
 # ---- yaml: config files that attack the reader ------------------------------------------------------------
 def alias_bomb(depth: int = 9) -> str:
     """About 600 bytes of YAML whose aliases expand to 9**depth strings: anchors ``&l0 .. &l{depth-1}``."""
@@ -153,10 +141,8 @@ def _(t: Path, w: World, mp: pytest.MonkeyPatch) -> Case:
     return Case(prepare_argv(config, t / "out"), ["raw.csv, line 6", "column 'price'", "'1e39'", "out of range"])
 
 
-@case("values: fill: 1e300")
-def _(t: Path, w: World, mp: pytest.MonkeyPatch) -> Case:
-    config = config_variant(t, w, "dense: [price, activity]", "dense: [{name: price, fill: 1e300}, activity]")
-    return Case(prepare_argv(config, t / "out"), ["shop.yaml", "features.dense[0].fill", "1e+300"])
+case("values: fill: 1e300")(config_edit_case("dense: [price, activity]", "dense: [{name: price, fill: 1e300}, "
+                                               "activity]", ["features.dense[0].fill", "1e+300"]))
 
 
 @case("values: Parquet price 1.7e308")
@@ -231,10 +217,8 @@ def _(t: Path, w: World, mp: pytest.MonkeyPatch) -> Case:
                 ["synthetic:easy:1000000000000", "ROWS", "memory"])
 
 
-@case("sizes: sequence max_len 1000000000")
-def _(t: Path, w: World, mp: pytest.MonkeyPatch) -> Case:
-    config = config_variant(t, w, "max_len: 5,", "max_len: 1000000000,")
-    return Case(prepare_argv(config, t / "out"), ["shop.yaml", "features.sequences[0].max_len", "memory"])
+case("sizes: sequence max_len 1000000000")(config_edit_case("max_len: 5,", "max_len: 1000000000,",
+                                                           ["features.sequences[0].max_len", "memory"]))
 
 
 # ---- disk: a file system without room ----------------------------------------------------------------------------
@@ -294,7 +278,15 @@ def _(t: Path, w: World, mp: pytest.MonkeyPatch) -> Case:
 @case("paths: prepare --out names a FIFO")
 def _(t: Path, w: World, mp: pytest.MonkeyPatch) -> Case:
     os.mkfifo(t / "data")
-    return Case(prepare_argv(w.config, t / "data"), ["data", "not a regular file, not a directory"])
+    return Case(prepare_argv(w.config, t / "data"), ["data", "a device, FIFO or socket, not a directory"])
+
+
+@case("paths: bench --out names a FIFO")
+def _(t: Path, w: World, mp: pytest.MonkeyPatch) -> Case:
+    os.mkfifo(t / "report")
+    (t / "bench.yaml").write_text("models: [mmoe]\ndatasets: [synthetic]\n")
+    return Case(["bench", str(t / "bench.yaml"), "--out", str(t / "report")],
+                ["bench report directory", "report", "not a directory"])
 
 
 @case("paths: train --data ''")

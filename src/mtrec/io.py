@@ -204,7 +204,8 @@ def check_output_dir(path: str | Path, what: str = "output directory") -> Path:
     """``path`` as an absolute path, if a directory can be created or written there; PathError if not."""
     path = Path(os.path.abspath(path))
     if path.exists() and not path.is_dir():
-        raise PathError(f"{what} {path} is {'a file' if path.is_file() else 'not a regular file'}, not a directory")
+        raise PathError(f"{what} {path} is {'a file' if path.is_file() else 'a device, FIFO or socket'}, not a "
+                        f"directory")
     if path.is_dir():
         if not os.access(path, os.W_OK | os.X_OK):
             raise PathError(f"{what} {path}: not writable (permission denied)")

@@ -49,7 +49,7 @@ from mtrec.bench.report import (
 )
 from mtrec.data.dataset import SPLITS, PreparedDataset
 from mtrec.data.source import check_spec, is_synthetic, load_data
-from mtrec.io import atomic_write_text, json_text
+from mtrec.io import atomic_write_text, check_output_dir, json_text
 from mtrec.locks import locked_directory
 from mtrec.models import ModelConfigError, list_models, model_options
 from mtrec.training.config import ConfigError, RunConfig, TrainConfig, TrainOverrides, read_config_file
@@ -344,7 +344,7 @@ def run_bench(
     The report then covers every finished run of the config and says how many are pending; run again
     to continue (e.g. seed 0 of every model first, then the other seeds). ``out_dir`` is locked while the
     bench runs (:mod:`mtrec.locks`): a second bench into it is refused."""
-    out = Path(out_dir)
+    out = check_output_dir(out_dir, "bench report directory")
     with locked_directory(out, "bench report directory"):
         return _run_locked(config, out, command, log, max_runs, only_models, only_seeds, only_datasets)
 
