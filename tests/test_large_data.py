@@ -20,10 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from numpy.lib.format import open_memmap
 
 from fakes import tiny_dataset, tiny_schema
-from mtrec.data.dataset import seal
+from mtrec.data.dataset import DatasetWriter
 from procs import child_env
 
 LIMIT = 640 * 2**20  # bytes of private memory the child may map
@@ -35,24 +34,20 @@ def write_large(path: Path, rows: int, seq_len: int, chunk: int = 20_000) -> Non
     """A prepared dataset of ``rows`` rows written chunk by chunk (one random chunk, tiled)."""
     schema = tiny_schema(seq_len=seq_len)
     block = tiny_dataset(rows=chunk, seed=0)
-    columns = {"sparse.npy": block.sparse.astype(np.int32), "dense.npy": block.dense, "labels.npy": block.labels}
-    for s in schema.sequences:  # longer histories made of the block's ids
-        columns[f"seq__{s.name}.npy"] = np.resize(block.sequences[s.name], (chunk, seq_len)).astype(np.int32)
-    path.mkdir(parents=True)
-    schema.save(path / "schema.json")
-    for name, src in columns.items():
-        out = open_memmap(path / name, mode="w+", dtype=src.dtype, shape=(rows, *src.shape[1:]))
-        for start in range(0, rows, chunk):
-            n = min(chunk, rows - start)
-            out[start : start + n] = src[:n]
-        out.flush()
-        del out
-    (path / "splits").mkdir()
+    sequences = {s.name: np.resize(block.sequences[s.name], (chunk, seq_len)).astype(np.int32)
+                 for s in schema.sequences}  # longer histories made of the block's ids
     idx = np.arange(rows)
-    np.save(path / "splits" / "train.npy", idx[idx % TRAIN_EVERY == 0])
-    np.save(path / "splits" / "valid.npy", idx[idx % TRAIN_EVERY == 1][::8])
-    np.save(path / "splits" / "test.npy", idx[idx % TRAIN_EVERY == 2][::8])
-    seal(path)  # complete: loadable
+    splits = {"train": idx[idx % TRAIN_EVERY == 0], "valid": idx[idx % TRAIN_EVERY == 1][::8],
+              "test": idx[idx % TRAIN_EVERY == 2][::8]}
+    path.mkdir(parents=True)
+    writer = DatasetWriter(path, schema, rows, {split: len(rows_) for split, rows_ in splits.items()})
+    for start in range(0, rows, chunk):
+        n = min(chunk, rows - start)
+        writer.write_rows(start, block.sparse[:n], block.dense[:n], {k: v[:n] for k, v in sequences.items()},
+                          block.labels[:n])
+    for split, rows_ in splits.items():
+        writer.add_split_rows(split, rows_)
+    writer.finish()  # complete: loadable
 
 
 def limited(cmd: list[str]) -> subprocess.CompletedProcess[str]:
