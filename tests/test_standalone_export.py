@@ -224,3 +224,44 @@ def test_an_absent_device_is_one_line_naming_what_to_use(run_dir: Path, tmp_path
                                           str(tmp_path / "o.csv"), "--device", "cuda"]), capsys.readouterr().err)[1]
     assert run_cli(["predict", str(run_dir), "--input", str(source), "--out", str(tmp_path / "o.csv"),
                     "--device", "auto"]) == 0
+
+
+def test_an_int8_model_states_its_test_auc_and_scores_close_to_float32(
+        run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    int8 = tmp_path / "int8.onnx"
+    assert run_cli(["export", str(run_dir), "--out", str(int8), "--quantize", "int8"]) == 0
+    printed = capsys.readouterr().out
+    assert "int8 against float32 on" in printed and "test split" in printed and "AUC" in printed
+    props = {p.key: p.value for p in onnx.load(str(int8)).metadata_props}
+    assert props["mtrec_quantized"] == "int8" and props["mtrec_inputs"] == "raw"
+    stated = json.loads(props["mtrec_quantized_parity"])["tasks"]["click"]
+    assert abs(stated["auc_diff"]) <= 0.005 and "MatMulInteger" in {n.op_type for n in onnx.load(str(int8)).graph.node}
+    source = write_csv(tmp_path / "rows.csv", raw_rows(200, seed=4), FEATURES)
+    for model, out in ((int8, "int8.csv"), (run_dir, "fp32.csv")):
+        assert run_cli(["predict", str(model), "--input", str(source), "--out", str(tmp_path / out)]) == 0
+    got, expected = pa_csv.read_csv(tmp_path / "int8.csv"), pa_csv.read_csv(tmp_path / "fp32.csv")
+    np.testing.assert_allclose(got["click"].to_numpy(), expected["click"].to_numpy(), atol=0.02)
+
+
+def reversed_scores(onnx_model: bytes) -> bytes:
+    """A model answering 1 - p for every task: its AUC is 1 - the original's."""
+    model = onnx.load_from_string(onnx_model)
+    one = onnx.numpy_helper.from_array(np.ones(1, dtype=np.float32), "reversed/one")
+    model.graph.initializer.append(one)
+    for output in model.graph.output:
+        for node in model.graph.node:
+            node.output[:] = [f"{o}/kept" if o == output.name else o for o in node.output]
+        model.graph.node.append(onnx.helper.make_node("Sub", ["reversed/one", f"{output.name}/kept"], [output.name]))
+    return model.SerializeToString()
+
+
+def test_a_quantized_model_beyond_the_auc_tolerance_is_not_written(
+        run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from mtrec.export import onnx as onnx_export
+
+    monkeypatch.setattr(onnx_export, "quantize_int8", reversed_scores)
+    out = tmp_path / "int8.onnx"
+    assert run_cli(["export", str(run_dir), "--out", str(out), "--quantize", "int8", "--inputs", "ids"]) == 1
+    err = capsys.readouterr().err
+    assert "test AUC differs" in err and "--auc-tolerance" in err and "nothing was written" in err
+    assert not out.exists()

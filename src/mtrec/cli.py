@@ -264,9 +264,13 @@ _UNFINISHED = click.option("--allow-unfinished", is_flag=True,
 @click.option("--inputs", type=click.Choice(["raw", "ids"]), default="raw", show_default=True,
               help="raw: the model takes raw values by column name, the encoders inside the graph (stands alone); "
                    "ids: it takes the encoded ids and values")
+@click.option("--quantize", type=click.Choice(["int8"]),
+              help="int8: dynamic quantization of the MatMul/Gemm weights (ONNX Runtime), checked as test AUC")
+@click.option("--auc-tolerance", type=click.FloatRange(min=0, max=1), default=0.005, show_default=True,
+              help="with --quantize: largest allowed |test AUC difference| from the float32 model, per task")
 @_UNFINISHED
 def export_cmd(run_dir: Path, out: Path, exporter: str, tolerance: float, rows: int, inputs: str,
-               allow_unfinished: bool) -> None:
+               quantize: str | None, auc_tolerance: float, allow_unfinished: bool) -> None:
     """Export a run's model to ONNX (task predictions as named outputs, dynamic batch, the schema and encoders
     in its metadata), after a parity check against eager PyTorch; exits non-zero and writes nothing if they
     differ by more than --tolerance."""
@@ -278,8 +282,10 @@ def export_cmd(run_dir: Path, out: Path, exporter: str, tolerance: float, rows: 
     if not allow_unfinished:
         check_finished(run_dir)
     result = export_run(run_dir, out, exporter=exporter, tolerance=tolerance, rows=rows,  # type: ignore[arg-type]
-                        log=click.echo, inputs=inputs)  # type: ignore[arg-type]
-    click.echo(f"parity ok; wrote {result.path} ({result.inputs} inputs, {result.exporter} exporter, "
+                        log=click.echo, inputs=inputs, quantize=quantize,  # type: ignore[arg-type]
+                        auc_tolerance=auc_tolerance)
+    kind = f", {quantize}" if quantize else ""
+    click.echo(f"parity ok; wrote {result.path} ({result.inputs} inputs{kind}, {result.exporter} exporter, "
                f"{result.size_bytes / 1e6:.2f} MB)")
 
 

@@ -18,12 +18,13 @@ export instead of reaching production.
 from __future__ import annotations
 
 import io
+import json
 import logging
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -41,8 +42,10 @@ from mtrec.export.model_file import (
     onnx_session,
     output_names,
 )
+from mtrec.export.quantize import Quantization, QuantizedParity, quantize_int8, quantized_parity
 from mtrec.export.scoring import ScoringModule, feature_inputs
 from mtrec.export.standalone import RAW_OPSET, StandaloneError, raw_input_parity, standalone_model, with_metadata
+from mtrec.features.encoders import FeatureEncoders
 from mtrec.features.inputs import Features
 from mtrec.features.schema import OOV_ID, PADDING_ID, DatasetSchema, SchemaError
 from mtrec.io import atomic_write_bytes
@@ -53,6 +56,8 @@ from mtrec.training.config import RunConfig
 Exporter = Literal["auto", "torchscript", "dynamo"]
 EXPORTERS: tuple[Exporter, ...] = ("auto", "torchscript", "dynamo")
 DEFAULT_TOLERANCE = 1e-4
+DEFAULT_AUC_TOLERANCE = 0.005  # largest |test AUC difference| of a quantized model, per task
+QUANTIZED_PARITY_ROWS = 100_000  # test rows scored by both models for the quantized AUC parity
 OPSET = 18
 _EXAMPLE_ROWS = 8  # > 1, so that no exporter specialises the batch axis to a constant 1
 
@@ -89,20 +94,28 @@ def random_features(schema: DatasetSchema, rows: int, seed: int = 0) -> Features
     return Features(torch.from_numpy(sparse.astype(np.int64)), torch.from_numpy(dense), sequences)
 
 
+def run_test_rows(schema: DatasetSchema, config: RunConfig, rows: int) -> tuple[Any, np.ndarray, str]:
+    """The run's data and up to ``rows`` rows of its test split (its valid split if it has no test rows),
+    described; ``(None, [], reason)`` when the data can't be loaded or no longer matches the run."""
+    try:
+        dataset = load_data(config.data)
+    except (DatasetError, SchemaError, OSError, ValueError, KeyError, ImportError) as exc:
+        return None, np.zeros(0, dtype=np.int64), f"the run's data {config.data!r} is not available ({exc})"
+    if dataset.schema != schema:
+        return None, np.zeros(0, dtype=np.int64), f"the run's data {config.data!r} no longer matches the run's schema"
+    split = "test" if dataset.split_size("test") else "valid"
+    index = np.asarray(dataset.splits[split][:rows])
+    return dataset, index, f"{len(index)} rows of the {split} split of {config.data}"
+
+
 def _run_data_batches(
     schema: DatasetSchema, config: RunConfig, rows: int, batch_size: int
 ) -> tuple[list[Features], str]:
     """Batches of the run's own test rows, or ``([], reason)`` when its data can't be loaded."""
-    try:
-        dataset = load_data(config.data)
-    except (DatasetError, SchemaError, OSError, ValueError, KeyError, ImportError) as exc:
-        return [], f"the run's data {config.data!r} is not available ({exc})"
-    if dataset.schema != schema:
-        return [], f"the run's data {config.data!r} no longer matches the run's schema"
-    split = "test" if dataset.split_size("test") else "valid"
-    index = np.asarray(dataset.splits[split][:rows])
-    batches = [gather_batch(dataset, index[i : i + batch_size]).features for i in range(0, len(index), batch_size)]
-    return batches, f"{len(index)} rows of the {split} split of {config.data}"
+    dataset, index, source = run_test_rows(schema, config, rows)
+    if dataset is None:
+        return [], source
+    return [gather_batch(dataset, index[i : i + batch_size]).features for i in range(0, len(index), batch_size)], source
 
 
 def parity_batches(
@@ -276,6 +289,7 @@ class ExportResult:
     size_bytes: int
     inputs: str = "ids"
     raw_parity: float | None = None  # max |raw-input model - id-input model| on the parity rows
+    quantized: QuantizedParity | None = None
 
 
 def export_run(
@@ -286,10 +300,14 @@ def export_run(
     rows: int = 2048,
     log: Callable[[str], None] = print,
     inputs: InputKind = "raw",
+    quantize: Quantization | None = None,
+    auc_tolerance: float = DEFAULT_AUC_TOLERANCE,
 ) -> ExportResult:
     """Export the model of ``run_dir`` to ``out`` (.onnx) after checking parity: a model that takes raw values
-    (``inputs="raw"``, :mod:`mtrec.export.standalone`) or the scoring graph's ids (``"ids"``). Raises
-    ParityError (and writes nothing) when ONNX Runtime and eager PyTorch differ by more than ``tolerance``."""
+    (``inputs="raw"``, :mod:`mtrec.export.standalone`) or the scoring graph's ids (``"ids"``), in float32 or
+    quantized (``quantize="int8"``, :mod:`mtrec.export.quantize`). Raises ParityError (and writes nothing)
+    when ONNX Runtime and eager PyTorch differ by more than ``tolerance``, or a quantized model's test AUC
+    differs from the float32 model's by more than ``auc_tolerance`` for some task."""
     if inputs not in INPUT_KINDS:
         raise ExportError(f"unknown input kind {inputs!r}; choose one of {list(INPUT_KINDS)}")
     model, config = load_model(run_dir)
@@ -322,5 +340,34 @@ def export_run(
                               f"{tolerance:g}; nothing was written to {out}")
     else:
         onnx_model = with_metadata(checked.onnx_model, metadata(model.schema, encoders, config.model, "ids"))
+    quantized = None
+    if quantize is not None:
+        onnx_model, quantized = _quantized(onnx_model, model.schema, config, encoders, inputs == "raw",
+                                           auc_tolerance, log, out)
     atomic_write_bytes(Path(out), onnx_model)
-    return ExportResult(Path(out), checked.exporter, report, len(onnx_model), inputs, raw_parity)
+    return ExportResult(Path(out), checked.exporter, report, len(onnx_model), inputs, raw_parity, quantized)
+
+
+def _quantized(onnx_model: bytes, schema: DatasetSchema, config: RunConfig, encoders: FeatureEncoders | None,
+               raw: bool, auc_tolerance: float, log: Callable[[str], None], out: str | Path
+               ) -> tuple[bytes, QuantizedParity]:
+    """The int8 model of ``onnx_model`` and its parity on the run's test split (ParityError beyond
+    ``auc_tolerance``; ExportError without the run's labelled data)."""
+    dataset, index, source = run_test_rows(schema, config, QUANTIZED_PARITY_ROWS)
+    if dataset is None or not len(index):
+        raise ExportError(f"--quantize int8 states its parity as test AUC, but {source}; nothing was written "
+                          f"to {out}")
+    quantized = quantize_int8(onnx_model)
+    parity = quantized_parity(onnx_model, quantized, dataset, index, schema, encoders, raw, source)
+    log(f"int8 against float32 on {parity.source}:")
+    for task, m in parity.per_task.items():
+        aucs = (f"AUC {m['auc_fp32']:.5f} -> {m['auc_quantized']:.5f} ({m['auc_diff']:+.5f}), "
+                if "auc_diff" in m else "")
+        log(f"  {task}: {aucs}max abs difference {m['max_abs_diff']:.3g}")
+    if parity.worst_auc_diff > auc_tolerance:
+        raise ParityError(f"the int8 model's test AUC differs from the float32 model's by "
+                          f"{parity.worst_auc_diff:.5f} > --auc-tolerance {auc_tolerance:g}; nothing was written "
+                          f"to {out}")
+    summary = {task: {k: round(v, 6) for k, v in m.items()} for task, m in parity.per_task.items()}
+    return with_metadata(quantized, {"mtrec_quantized": "int8", "mtrec_quantized_parity": json.dumps(
+        {"rows": parity.rows, "source": parity.source, "tasks": summary})}), parity

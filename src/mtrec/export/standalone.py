@@ -274,9 +274,10 @@ def raw_input_parity(id_model: bytes, raw_model: bytes, batches: Sequence[Featur
 
 
 def with_metadata(onnx_model: bytes, props: Mapping[str, str]) -> bytes:
-    """A serialized model with ``props`` as its ``metadata_props``."""
+    """A serialized model with ``props`` added to its ``metadata_props`` (a key already there takes the new
+    value)."""
     model = onnx.load_from_string(onnx_model)
-    helper.set_model_props(model, dict(props))
+    helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props}, **props})
     return bytes(model.SerializeToString())
 
 
@@ -295,5 +296,10 @@ def standalone_model(id_model: bytes, schema: DatasetSchema, encoders: FeatureEn
     front = raw_input_graph(schema, encoders, wanted)
     front.ir_version = scoring.ir_version
     merged = compose.merge_models(front, scoring, io_map=[(n, n) for n in wanted])
+    versions: dict[str, int] = {}
+    for opset in merged.opset_import:  # merge_models lists a domain once per graph: keep one import each
+        versions[opset.domain] = max(versions.get(opset.domain, 0), opset.version)
+    del merged.opset_import[:]
+    merged.opset_import.extend(helper.make_opsetid(domain, version) for domain, version in versions.items())
     helper.set_model_props(merged, metadata(schema, encoders, model_name, "raw"))
     return bytes(merged.SerializeToString())
