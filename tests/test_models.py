@@ -127,7 +127,8 @@ def test_every_model_learns_and_serves_a_regression_task(name: str, data) -> Non
     with torch.no_grad():
         outputs = model(batch.features)
         predictions = objective.predictions(outputs)
-    assert torch.equal(predictions["spend"], outputs["spend"])  # the value itself, no sigmoid
+    # the value itself (no sigmoid), observed after click: expected per impression, times p(click)
+    torch.testing.assert_close(predictions["spend"], outputs["spend"] * torch.sigmoid(outputs["click"]))
 
 
 def test_variants_are_entrypoints_over_their_base_class() -> None:

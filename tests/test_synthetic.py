@@ -62,7 +62,9 @@ def test_shapes_ids_and_padding(presets: dict[str, PreparedDataset], name: str) 
         assert not (valid[:, 1:] & ~valid[:, :-1]).any()
 
 
-@pytest.mark.parametrize("name", list(PRESETS))
+# the value presets raise click and conversion rates so that their value task has enough rows to learn from
+# (their own checks are in test_task_types.py)
+@pytest.mark.parametrize("name", [name for name, config in PRESETS.items() if config.value is None])
 def test_rates_and_oracle_auc_like_real_logs(presets: dict[str, PreparedDataset], name: str) -> None:
     data = presets[name]
     click, conversion = data.labels[:, 0], data.labels[:, 1]

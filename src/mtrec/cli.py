@@ -119,10 +119,12 @@ def train(
         raise WeightingConfigError(f"{config_file or 'command line'}: {exc}") from None
     if not _is_main_process():
         return
+    from mtrec.metrics import format_metrics
+
     for task, m in metrics["test"].items():
-        oracle = (metrics.get("oracle") or {}).get(task, {}).get("auc")
-        extra = f"  (oracle {oracle:.4f})" if oracle is not None else ""
-        click.echo(f"test {task}: AUC {m['auc']:.4f}  logloss {m['logloss']:.4f}{extra}")
+        oracle = (metrics.get("oracle") or {}).get(task)
+        extra = f"  (oracle {format_metrics(oracle)})" if oracle else ""
+        click.echo(f"test {task}: {format_metrics(m)}{extra}")
     click.echo(f"train samples/s {metrics['train_samples_per_s']:,.0f}; run written to {out}")
 
 
@@ -325,7 +327,8 @@ _THREADS = click.option("--threads", type=POSITIVE, default=1, show_default=True
 @click.option("--input", "input_file", type=click.Path(path_type=Path), required=True,
               help="CSV or Parquet file, one column per feature, raw values")
 @click.option("--out", type=click.Path(path_type=Path), required=True,
-              help="output CSV, or Parquet if it ends in .parquet: one probability column per task")
+              help="output CSV, or Parquet if it ends in .parquet: one column per task (a probability; a value "
+                   "task's expected value in its label's units)")
 @click.option("--keep", multiple=True, help="input column to copy to the output (repeatable), e.g. an id")
 @click.option("--chunk-rows", type=POSITIVE, default=65_536, show_default=True, help="rows read and scored at a time")
 @click.option("--separator", default=",", show_default=True, help="CSV field separator (without --dataset-config)")

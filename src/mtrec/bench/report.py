@@ -14,7 +14,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
+from mtrec.metrics import is_value_task, score_name, task_score
 from mtrec.training.plots import epoch_axis, save_figure
+
+VALUE_TABLE = ("gini", "spearman", "rmse", "r2")  # a value task's columns
 
 
 def _defined(values: list[float | None]) -> np.ndarray:
@@ -55,30 +58,39 @@ def hit_the_limit(run: dict[str, Any]) -> bool:
 
 
 def table_metrics(runs: list[dict[str, Any]]) -> tuple[str, ...]:
-    """The metrics to tabulate: AUC, GAUC where the runs report it (data with a user id), logloss."""
+    """The metrics to tabulate for a binary task: AUC, GAUC where the runs report it (data with a user id),
+    logloss. A value task has :data:`VALUE_TABLE`'s."""
     has_gauc = any("gauc" in m for r in runs for m in r["test"].values())
     return ("auc", "gauc", "logloss") if has_gauc else ("auc", "logloss")
 
 
+def task_columns(runs: list[dict[str, Any]], metrics: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(task, metric) per column of a dataset's table: ``metrics`` for a binary task, :data:`VALUE_TABLE`
+    for a value task (told apart by the first run's test metrics)."""
+    first = runs[0]
+    return [(t, m) for t in first["tasks"]
+            for m in (VALUE_TABLE if is_value_task(first["test"][t]) else metrics)]
+
+
 def comparison_table(runs: list[dict[str, Any]], metrics: tuple[str, ...] = ("auc", "logloss")) -> str:
     """A Markdown table per dataset: one row per model (mean ± std over seeds), the oracle row first
-    where the data has one. "at limit" counts the model's runs that the epoch limit ended (best epoch =
+    where the data has one. ``metrics``: the columns of a binary task (a value task's are
+    :data:`VALUE_TABLE`). "at limit" counts the model's runs that the epoch limit ended (best epoch =
     last, :func:`hit_the_limit`): their numbers are not those of converged training."""
     lines: list[str] = []
     by_data: dict[str, list[tuple[str, list[dict[str, Any]]]]] = defaultdict(list)
     for (data, model), group in group_runs(runs).items():
         by_data[data].append((model, group))
     for data, models in by_data.items():
-        tasks = models[0][1][0]["tasks"]
-        header = ["model", *[f"{t} {m}" for t in tasks for m in metrics], "params", "train samples/s", "seeds",
-                  "at limit"]
+        columns = task_columns(models[0][1], metrics)
+        header = ["model", *[f"{t} {m}" for t, m in columns], "params", "train samples/s", "seeds", "at limit"]
         lines += [f"### {data}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         oracle = models[0][1][0].get("oracle")
         if oracle:
-            cells = [f"{oracle[t]['auc']:.4f}" if m == "auc" else "" for t in tasks for m in metrics]
+            cells = [f"{oracle[t][m]:.4f}" if m in oracle.get(t, {}) else "" for t, m in columns]
             lines.append("| **oracle** | " + " | ".join(cells) + " |  |  |  |  |")
         for model, group in models:
-            cells = [mean_std([r["test"][t].get(m, math.nan) for r in group]) for t in tasks for m in metrics]
+            cells = [mean_std([r["test"][t].get(m, math.nan) for r in group]) for t, m in columns]
             speed = float(np.median([r["train_samples_per_s"] for r in group]))
             limit = sum(hit_the_limit(r) for r in group)
             lines.append(f"| {model} | " + " | ".join(cells) + f" | {group[0]['params']:,} | {speed:,.0f} | "
@@ -93,9 +105,10 @@ def plot_auc_bars(runs: list[dict[str, Any]], path: Path) -> None:
 
 
 def auc_bars_figure(runs: list[dict[str, Any]]) -> Figure:
-    """Test AUC per model (the mean over seeds, with the sample std as error bars where a model has several
-    seeds): one row of panels per dataset (named on the left), one panel per task, each with its own scale
-    so that small differences show; the oracle as a dashed line where known."""
+    """Test score per model, AUC of a binary task and R² of a value task (:func:`~mtrec.metrics.task_score`;
+    the mean over seeds, with the sample std as error bars where a model has several seeds): one row of
+    panels per dataset (named on the left), one panel per task, each with its own scale so that small
+    differences show; the oracle as a dashed line where known."""
     groups = group_runs(runs)
     rows: list[tuple[str, list[tuple[str, list[dict[str, Any]]]]]] = []
     for data in dict.fromkeys(d for d, _ in groups):
@@ -108,23 +121,25 @@ def auc_bars_figure(runs: list[dict[str, Any]]) -> Figure:
         for ax in row_axes[len(tasks):]:
             ax.set_visible(False)
         for i, (ax, task) in enumerate(zip(row_axes, tasks, strict=False)):
-            spread = [_spread([r["test"][task]["auc"] for r in g]) for _, g in models]
+            spread = [_spread([task_score(r["test"][task]) for r in g]) for _, g in models]
+            name = score_name(models[0][1][0]["test"][task])
             x = np.arange(len(models))
             several = any(len(g) > 1 for _, g in models)
             ax.bar(x, [m for m, _ in spread], 0.7, yerr=[s for _, s in spread] if several else None, capsize=3,
                    color=f"C{i % 10}")
             values = [v for m, sd in spread if not math.isnan(m) for v in (m - sd, m + sd)]
             oracle = models[0][1][0].get("oracle")
-            if oracle:
-                ax.axhline(oracle[task]["auc"], color="black", linestyle="--", linewidth=1, label="oracle")
-                values.append(oracle[task]["auc"])
+            if oracle and oracle.get(task) and not math.isnan(task_score(oracle[task])):
+                ax.axhline(task_score(oracle[task]), color="black", linestyle="--", linewidth=1, label="oracle")
+                values.append(task_score(oracle[task]))
                 ax.legend(fontsize=8)
             if values:
                 pad = max(0.002, 0.25 * (max(values) - min(values)))
-                ax.set_ylim(max(0.0, min(values) - pad), min(1.0, max(values) + pad))
+                ax.set_ylim(min(values) - pad if name == "R²" else max(0.0, min(values) - pad),
+                            min(1.0, max(values) + pad))
             ax.set_xticks(x, [m for m, _ in models], rotation=35, ha="right")
-            ax.set(title=f"{task}: test AUC" + (" (mean ± std)" if several else ""),
-                   ylabel=f"{_wrapped(data)}\nAUC" if i == 0 else "AUC")
+            ax.set(title=f"{task}: test {name}" + (" (mean ± std)" if several else ""),
+                   ylabel=f"{_wrapped(data)}\n{name}" if i == 0 else name)
             ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return fig
@@ -150,8 +165,9 @@ def plot_learning_curves_by_model(
 def learning_curves_by_model_figure(
     histories: dict[str, list[list[dict[str, Any]]]], tasks: list[str], title: str = ""
 ) -> Figure:
-    """Validation AUC per task and total train loss by epoch, one line per model (mean over its seeds at
-    each epoch that every still-running seed reached; runs stopped early contribute up to their stop).
+    """Validation score per task (AUC of a binary task, R² of a value task) and total train loss by epoch,
+    one line per model (mean over its seeds at each epoch that every still-running seed reached; runs
+    stopped early contribute up to their stop).
 
     histories: model -> one ``history.jsonl`` row list per seed."""
     fig, axes = plt.subplots(1, len(tasks) + 1, figsize=(4.6 * (len(tasks) + 1), 4.0), squeeze=False)
@@ -160,14 +176,15 @@ def learning_curves_by_model_figure(
         epochs = max(len(h) for h in seeds)
         x = np.arange(epochs)
         for ax, task in zip(axes[0], tasks, strict=False):
-            y = [_spread([h[e]["valid"][task]["auc"] for h in seeds if e < len(h)])[0] for e in range(epochs)]
+            y = [_spread([task_score(h[e]["valid"][task]) for h in seeds if e < len(h)])[0] for e in range(epochs)]
             ax.plot(x, y, **style)
         loss = [_spread([sum(h[e]["train_loss"].values()) for h in seeds if e < len(h)])[0]
                 for e in range(epochs)]
         axes[0][-1].plot(x, loss, **style)
     for ax, task in zip(axes[0], tasks, strict=False):
-        ax.set(title=f"validation AUC, {task}", ylabel="AUC")
-    axes[0][-1].set(title="train loss (sum over tasks)", ylabel="BCE")
+        name = score_name(next(iter(histories.values()))[0][0]["valid"][task])
+        ax.set(title=f"validation {name}, {task}", ylabel=name)
+    axes[0][-1].set(title="train loss (sum over tasks)", ylabel="loss")
     for ax in axes[0]:
         epoch_axis(ax)
         ax.grid(alpha=0.3)

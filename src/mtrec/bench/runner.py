@@ -15,13 +15,14 @@ A bench config (YAML)::
     train: {epochs: 10, batch_size: 1024, lr: 0.001, num_threads: 1}
 
 The report directory holds ``results.json`` (every run's metrics, the settings and the machine),
-``results.md`` (mean ± std per task and metric, parameter counts, train samples/s), ``auc.png`` (test AUC
-per model and task with error bars) and ``learning_curves_<dataset>.png``; each run's own directory is
-``runs/<dataset>/<model>/seed<k>``, with its TensorBoard curves under ``tensorboard/`` when the
-``tensorboard`` package is installed (``train: {log_to: []}`` turns them off): ``tensorboard --logdir OUT``
-shows one run per model, dataset and seed. A run whose ``metrics.json`` exists with the same resolved config is not
-redone (a setting added to mtrec since counts as unchanged at its default), and a run interrupted half
-way continues from its last checkpoint, so an interrupted benchmark resumes where it stopped.
+``results.md`` (mean ± std per task and metric, parameter counts, train samples/s), ``auc.png`` (test AUC,
+or R² of a value task, per model and task with error bars) and ``learning_curves_<dataset>.png``; each
+run's own directory is ``runs/<dataset>/<model>/seed<k>``, with its TensorBoard curves under
+``tensorboard/`` when the ``tensorboard`` package is installed (``train: {log_to: []}`` turns them off):
+``tensorboard --logdir OUT`` shows one run per model, dataset and seed. A run whose ``metrics.json`` exists
+with the same resolved config is not redone (a setting added to mtrec since counts as unchanged at its
+default), and a run interrupted half way continues from its last checkpoint, so an interrupted benchmark
+resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -462,7 +463,8 @@ def write_report(results: dict[str, Any], out: Path) -> str:
         f"{_resumed_note(runs)}).",
         "",
         f"Same settings for every model: up to {train.epochs} epochs with early stopping on the mean "
-        f"validation AUC (patience {train.patience}; the best validation epoch is tested), batch "
+        f"validation score (train.select {train.select}, see README.md; patience {train.patience}; the best "
+        f"validation epoch is tested), batch "
         f"{train.batch_size}, Adam lr {train.lr} (weight decay {train.weight_decay}), task weighting "
         f"{train.weighting}, seeds {', '.join(map(str, settings['seeds']))}; shared model options "
         f"{settings['model_options'] or 'none'} (model defaults otherwise).",
@@ -499,7 +501,8 @@ def write_report(results: dict[str, Any], out: Path) -> str:
     limited = sum(hit_the_limit(r) for r in runs)
     lines += ["", f"Runs ended by the epoch limit (best validation epoch = last, so not converged): {limited} of "
                   f"{len(runs)}" + (" (column 'at limit')." if limited else "."),
-              "", comparison_table(runs, table_metrics(runs)), "![test AUC per model and task](auc.png)", ""]
+              "", comparison_table(runs, table_metrics(runs)),
+              "![test AUC (binary) or R² (value) per model and task](auc.png)", ""]
     plot_auc_bars(runs, out / "auc.png")
     for label in results["datasets"]:
         histories: dict[str, list[list[dict[str, Any]]]] = {}

@@ -270,9 +270,9 @@ class LabelConfig(Section):
 
 class TaskConfig(NamedSection):
     """A task: its label, the task it is observed after, and its type. A ``regression`` task's label is a
-    numeric column (``log1p``: learned and predicted as ``log(1 + value)``), its ``loss`` ``mse`` or
-    ``huber``; a ``binary`` task's is 0/1 (see :class:`LabelConfig`). ``label`` defaults to the column
-    named like the task; a string names the column."""
+    numeric column (``log1p``: learned as ``log(1 + value)``, predicted in the label's units), its
+    ``loss`` ``mse``, ``huber`` or ``ziln``; a ``binary`` task's is 0/1 (see :class:`LabelConfig`).
+    ``label`` defaults to the column named like the task; a string names the column."""
 
     name: str
     label: LabelConfig
@@ -294,6 +294,8 @@ class TaskConfig(NamedSection):
                              f"got {self.loss!r}")
         if self.log1p and self.type != "regression":
             raise ValueError("log1p is only for a regression task")
+        if self.log1p and self.loss == "ziln":
+            raise ValueError("loss ziln models the logarithm of the value itself; drop log1p")
         if self.type == "regression" and self.label.positive:
             raise ValueError("a regression task's label is a numeric column, not positive values")
         return self

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from mtrec.data.config import DatasetConfig, DatasetConfigError, SplitConfig, TaskConfig, load_dataset_config
 from mtrec.data.dataset import SPLITS, DatasetWriter, PreparedDataset, check_replaceable
+from mtrec.data.label_stats import ValueSummary
 from mtrec.data.readers import Chunk, ColumnLayout, DataFormatError, iter_chunks, read_layout, resolve_paths
 from mtrec.features.encoders import (
     DenseTransform,
@@ -335,7 +336,8 @@ def read_labels(chunk: Chunk, config: DatasetConfig, keep: np.ndarray) -> np.nda
 
 def regression_labels(chunk: Chunk, task: TaskConfig, text: pa.ChunkedArray, keep: np.ndarray) -> np.ndarray:
     """A regression task's values ``[n]`` (``log1p``-transformed if the task says so): finite numbers, at
-    least 0 for ``log1p``; a DataFormatError names the first other value (on the ``keep`` rows)."""
+    least 0 for ``log1p`` and the ``ziln`` loss; a DataFormatError names the first other value (on the
+    ``keep`` rows)."""
     column = task.label.column
     try:
         values = parse_numbers(text, feature=column)
@@ -343,11 +345,11 @@ def regression_labels(chunk: Chunk, task: TaskConfig, text: pa.ChunkedArray, kee
         where = chunk.where(exc.row) if exc.row is not None else str(chunk.path)
         raise DataFormatError(f"{where}, column {column!r} (label of regression task {task.name!r}): "
                               f"not a number: {exc}") from None
-    bad = np.flatnonzero(~np.isfinite(values) & keep) if not task.log1p else \
-        np.flatnonzero(~(np.isfinite(values) & (values >= 0)) & keep)
+    nonnegative = task.log1p or task.loss == "ziln"
+    bad = np.flatnonzero(~(np.isfinite(values) & ((values >= 0) | (not nonnegative))) & keep)
     if bad.size:
         row = int(bad[0])
-        need = "a finite number >= 0 (log1p)" if task.log1p else "a finite number"
+        need = f"a finite number >= 0 ({'log1p' if task.log1p else 'ziln'})" if nonnegative else "a finite number"
         raise DataFormatError(f"{chunk.where(row)}, column {column!r} (label of regression task {task.name!r}): "
                               f"expected {need}, found {text[row].as_py()!r}")
     return np.log1p(values) if task.log1p else values
@@ -405,9 +407,10 @@ class FitState:
     counters: dict[str, Counter[str]]
     moments: BlockMoments
     split_rows: np.ndarray  # [3]
-    positives: np.ndarray  # [3, T]
+    positives: np.ndarray  # [3, T] (binary tasks)
     dropped: int = 0
     largest: dict[str, tuple[float, Chunk]] = field(default_factory=dict)  # dense feature -> (|value|, its row)
+    values: dict[str, list[ValueSummary]] = field(default_factory=dict)  # value task -> one per split
 
 
 def _fit_chunk(state: FitState, chunk: Chunk, splits: np.ndarray, config: DatasetConfig,
@@ -418,6 +421,11 @@ def _fit_chunk(state: FitState, chunk: Chunk, splits: np.ndarray, config: Datase
         in_split = splits == i
         state.split_rows[i] += int(in_split.sum())
         state.positives[i] += labels[in_split].sum(axis=0).astype(np.int64)
+        for j, task in enumerate(config.tasks):
+            if task.type == "regression":
+                values = labels[in_split, j]
+                summaries = state.values.setdefault(task.name, [ValueSummary(k) for k in range(len(SPLITS))])
+                summaries[i].add(np.expm1(values) if task.log1p else values)
     state.dropped += int((~keep).sum())
     train = splits == 0
     if not train.any():
@@ -487,7 +495,8 @@ def build_schema(config: DatasetConfig, encoders: FeatureEncoders) -> DatasetSch
         sequences=tuple(
             SequenceFeature(s.name, sizes[s.table_name], s.max_len, s.behaviour, s.table, s.target)
             for s in config.sequences),
-        tasks=tuple(TaskSpec(t.name, t.observed_after, t.type, t.loss) for t in config.tasks),
+        tasks=tuple(TaskSpec(t.name, t.observed_after, t.type, t.loss, "log1p" if t.log1p else "")
+                    for t in config.tasks),
         user_id=config.user_id,
         metadata={"dataset": config.name, "prepared_from": "raw files (mtrec prepare)"},
     )
@@ -629,5 +638,7 @@ def _provenance(config: DatasetConfig, files: list[InputFile], state: FitState) 
         "rows": {s: int(n) for s, n in zip(SPLITS, state.split_rows, strict=True)},
         "dropped_rows": state.dropped,
         "positives": {t.name: {s: int(state.positives[i, j]) for i, s in enumerate(SPLITS)}
-                      for j, t in enumerate(config.tasks)},
+                      for j, t in enumerate(config.tasks) if t.type == "binary"},
+        "values": {task: {s: summary.to_dict() for s, summary in zip(SPLITS, summaries, strict=True)}
+                   for task, summaries in state.values.items()},
     }

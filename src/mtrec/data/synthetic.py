@@ -71,6 +71,21 @@ impressions. With it (the ``esmm`` preset), ``p_conversion`` is the probability 
 click*: ``conversion = click * Bernoulli(p_conversion)``, its rate among clicks is ``conversion_rate``, and
 the schema marks the task ``observed_after="click"``. The oracle block holds ``[p_click, p_conversion]``.
 
+Value presets (``value``, ``value-mse``, ``value-huber``): the ``esmm`` setting plus a third task,
+``spend``, a regression task observed after conversion (:class:`ValueTask`). Given a conversion, a
+payment happens with probability ``q`` and its amount is lognormal (drawn from their own random stream,
+so the binary tasks are those of the same config without it)::
+
+    q       = sigmoid(b_pay + pay_logit_std * z(user_t + item_t + activity))         b_pay: pay_rate
+    mu      = log_mean + amount_std * z(price + 0.5 item_t + 0.5 user_t)
+    spend   = conversion * Bernoulli(q) * exp(mu + sigma * N(0, 1))                  0 without a payment
+
+Most rows are 0 (no conversion, or a conversion without payment), and more than half of the converted
+rows too. The oracle of ``spend`` is its expected value per impression, ``p_click * p_conversion * q *
+exp(mu + sigma^2 / 2)``, what the model predicts for a value task observed after another. The presets
+differ only in the task's loss: ``ziln`` (``value``), ``mse`` on the raw value (``value-mse``), ``huber``
+on ``log1p`` of it (``value-huber``).
+
 Why a linear model falls short: ``cross``, ``context`` and ``seq_*`` are interactions (user side x item
 latent, hour x device, price x age, history x target category) and ``recency^2`` is non-linear in a raw
 feature; a logistic regression on one-hot ids, dense values and bag-of-items histories sees only their
@@ -131,6 +146,19 @@ class TaskWeights:
 
 
 @dataclass(frozen=True)
+class ValueTask:
+    """The ``spend`` task of the value presets (see the module docstring): its generator and its loss."""
+
+    pay_rate: float = 0.35  # P(spend > 0 | conversion), in expectation over converted rows
+    pay_logit_std: float = 1.5
+    log_mean: float = 3.0  # mean log amount
+    amount_std: float = 0.8  # spread of mu over rows
+    sigma: float = 0.8  # the lognormal's sigma given the features
+    loss: str = "ziln"
+    transform: str = ""
+
+
+@dataclass(frozen=True)
 class SyntheticConfig:
     """Every knob of the generator. Presets are instances of this class (see :data:`PRESETS`).
 
@@ -163,6 +191,7 @@ class SyntheticConfig:
     click_logit_std: float = 1.5  # sigma_click: spread of the true click logit (sets its oracle AUC)
     conversion_logit_std: float = 1.7  # sigma_conversion
     conversion_after_click: bool = False  # conversion observed only after a click (ESMM-style)
+    value: ValueTask | None = None  # a spend task observed after conversion (the value presets)
     split_fractions: tuple[float, float, float] = (0.70, 0.15, 0.15)
     description: str = field(default="", compare=False)
 
@@ -202,12 +231,24 @@ PRESETS: dict[str, SyntheticConfig] = {
         description="conversion observed only after a click (selection bias); its label is 1 only "
         "where click is 1 and its oracle is the probability given a click",
     ),
+    **{name: SyntheticConfig(
+        rows=60_000,
+        task_correlation=0.6,
+        conversion_after_click=True,
+        click_rate=0.25,
+        conversion_rate=0.3,
+        value=ValueTask(loss=loss, transform=transform),
+        description=f"esmm plus spend, a zero-heavy value task observed after conversion (lognormal amounts, "
+        f"about 97 % zeros), learned by {loss}{' on log1p' if transform else ''}; oracle: its expected value",
+    ) for name, loss, transform in (("value", "ziln", ""), ("value-mse", "mse", ""),
+                                    ("value-huber", "huber", "log1p"))},
 }
 
 
 # ---- schema --------------------------------------------------------------------------------------
 def synthetic_schema(config: SyntheticConfig, metadata: dict[str, Any] | None = None) -> DatasetSchema:
-    """The schema shared by every preset (only ``conversion.observed_after`` differs)."""
+    """The schema shared by every preset (only ``conversion.observed_after`` and the value presets'
+    ``spend`` task differ)."""
 
     def size(n: int) -> int:
         return n + FIRST_ID
@@ -241,10 +282,13 @@ def synthetic_schema(config: SyntheticConfig, metadata: dict[str, Any] | None = 
         )
         for b in HISTORY_BEHAVIOURS
     )
-    tasks = (
+    tasks: tuple[TaskSpec, ...] = (
         TaskSpec("click"),
         TaskSpec("conversion", observed_after="click" if config.conversion_after_click else None),
     )
+    if config.value is not None:
+        tasks = (*tasks, TaskSpec("spend", observed_after="conversion", type="regression",
+                                  loss=config.value.loss, transform=config.value.transform))
     return DatasetSchema(
         sparse=sparse,
         dense=dense,
@@ -549,8 +593,9 @@ class _Simulation:
     dense: np.ndarray  # float32 [N, F_dense]
     sequences: dict[str, np.ndarray]  # name -> int32 [N, L]
     components: list[np.ndarray]  # per task: z-scored components [N, 12] (TaskWeights order)
-    logits: np.ndarray  # [N, T] true logits, intercepts included
+    logits: np.ndarray  # [N, 2] true logits of click and conversion, intercepts included
     labels: np.ndarray  # float32 [N, T]
+    value_oracle: np.ndarray | None  # [N] the value task's expected value per row (value presets)
     splits: dict[str, np.ndarray]
 
 
@@ -559,6 +604,9 @@ def generate(config: SyntheticConfig, seed: int = 0, preset: str = "custom") -> 
     sim = _simulate(config, seed)
     metadata = {"generator": "mtrec.data.synthetic", "preset": preset, "seed": seed, "config": asdict(config)}
     schema = synthetic_schema(config, metadata)
+    oracle = _sigmoid(sim.logits)
+    if sim.value_oracle is not None:
+        oracle = np.concatenate([oracle, sim.value_oracle[:, None]], axis=1)
     return PreparedDataset(
         schema=schema,
         sparse=sim.sparse,
@@ -566,7 +614,7 @@ def generate(config: SyntheticConfig, seed: int = 0, preset: str = "custom") -> 
         sequences=sim.sequences,
         labels=sim.labels,
         splits=sim.splits,
-        oracle=_sigmoid(sim.logits).astype(np.float32),
+        oracle=oracle.astype(np.float32),
         encoders=synthetic_encoders(schema),
     )
 
@@ -650,6 +698,11 @@ def _simulate(cfg: SyntheticConfig, seed: int) -> _Simulation:
     if cfg.conversion_after_click:
         conversion &= click
     labels = np.stack([click, conversion], axis=1).astype(np.float32)
+    value_oracle = None
+    if cfg.value is not None:
+        spend, value_oracle = _spend(cfg.value, components_per_task[1], price, activity, conversion,
+                                     p_click * p_conv, np.random.default_rng([seed, 3]))
+        labels = np.concatenate([labels, spend[:, None].astype(np.float32)], axis=1)
 
     sparse = np.stack(
         [
@@ -683,4 +736,22 @@ def _simulate(cfg: SyntheticConfig, seed: int) -> _Simulation:
         logits=np.stack([logits[0] + b_click, logits[1] + b_conv], axis=1),
         labels=labels,
         splits=splits,
+        value_oracle=value_oracle,
     )
+
+
+def _spend(cfg: ValueTask, components: np.ndarray, price: np.ndarray, activity: np.ndarray, conversion: np.ndarray,
+           p_conversion: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The value task's labels ``[N]`` (stored as they are, or ``log1p`` of them for that transform) and its
+    expected value per row ``[N]`` (see the module docstring). ``components``: the conversion task's
+    z-scored components ``[N, 12]``; ``p_conversion``: ``p(click and conversion)`` per row."""
+    item, user = components[:, 0], components[:, 1]
+    pay_logit = cfg.pay_logit_std * _zscore(user + item + activity)
+    b_pay = _solve_intercept(pay_logit, cfg.pay_rate, weight=p_conversion)
+    q = _sigmoid(pay_logit + b_pay)
+    mu = cfg.log_mean + cfg.amount_std * _zscore(price + 0.5 * item + 0.5 * user)
+    paid = conversion & (rng.random(len(q)) < q)
+    amount = np.exp(mu + cfg.sigma * rng.standard_normal(len(q)))
+    spend = np.where(paid, amount, 0.0)
+    expected = p_conversion * q * np.exp(mu + 0.5 * cfg.sigma**2)
+    return (np.log1p(spend) if cfg.transform == "log1p" else spend), expected

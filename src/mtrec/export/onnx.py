@@ -200,7 +200,8 @@ def check_parity(
     model: Scorer, onnx_model: bytes, batches: list[Features], source: str = "",
     tolerance: float = DEFAULT_TOLERANCE,
 ) -> ParityReport:
-    """Score ``batches`` with eager PyTorch and with ONNX Runtime and compare the probabilities."""
+    """Score ``batches`` with eager PyTorch and with ONNX Runtime and compare the outputs: the difference
+    of a probability, relative to the value for a value task's output above 1."""
     schema = model.schema
     session = onnx_session(onnx_model)
     graph_inputs = {i.name for i in session.get_inputs()}
@@ -227,7 +228,8 @@ def check_parity(
                 problems.append(f"task {task!r}: eager PyTorch itself gives non-finite probabilities "
                                 f"(batch of {len(features)} rows; a model bug, e.g. on empty histories)")
                 continue
-            diff = np.abs(g.astype(np.float64) - e.astype(np.float64))
+            # absolute below 1 (probabilities), relative above (values in their label's units)
+            diff = np.abs(g.astype(np.float64) - e.astype(np.float64)) / np.maximum(1.0, np.abs(e))
             worst = float(diff.max()) if diff.size else 0.0
             per_task[task] = max(per_task[task], worst if np.isfinite(worst) else float("inf"))
     return ParityReport(per_task, sum(len(b) for b in batches), [len(b) for b in batches], source, tolerance,

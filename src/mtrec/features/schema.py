@@ -10,7 +10,7 @@ start at 2; ``vocab_size`` counts all ids including those two.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -73,25 +73,35 @@ class SequenceFeature:
 
 
 TASK_TYPES = ("binary", "regression")
-TASK_LOSSES = {"binary": ("bce",), "regression": ("mse", "huber")}
+TASK_LOSSES = {"binary": ("bce",), "regression": ("mse", "huber", "ziln")}
+#: label transforms of a regression task: applied to the label at preparation, inverted on predictions
+TASK_TRANSFORMS = ("", "log1p")
+#: the model outputs per row of a task learned by this loss (others: 1); ZILN's three are the logit of
+#: ``P(value > 0)``, then the mean and the softplus-inverse scale of the positive part's log
+LOSS_OUTPUTS = {"ziln": ("p", "mu", "sigma")}
 
 
 @dataclass(frozen=True)
 class TaskSpec:
     """A prediction task: ``binary`` (a 0/1 outcome, learned by BCE, evaluated by AUC) or ``regression``
-    (a number, learned by ``mse`` or ``huber`` loss, evaluated by RMSE and MAE).
+    (a value, learned by ``mse``, ``huber`` or ``ziln`` loss, evaluated by RMSE, MAE, R², normalized Gini
+    and Spearman correlation).
 
     ``observed_after`` names the binary task whose positive outcome is needed for this one to be observed
     (a conversion is observed only after a click). Its label column then holds the outcome over all
     impressions (1 only where both happened; 0 where a regression task was not observed); the task is
-    learned and evaluated on the rows where the earlier task is positive, unless the objective learns it
-    in the entire space. ``loss``: empty for the type's default (``bce``, ``mse``).
+    learned on the rows where the earlier task is positive, unless the objective learns it in the entire
+    space. A regression task observed after another is predicted in the entire space: ``p(earlier) *
+    E[value | earlier]``, the value per impression. ``loss``: empty for the type's default (``bce``,
+    ``mse``). ``transform``: ``log1p`` where the label is learned as ``log(1 + value)``; predictions are
+    always given back in the label's own units (``expm1`` of the head's output).
     """
 
     name: str
     observed_after: str | None = None
     type: str = "binary"
     loss: str = ""
+    transform: str = ""
 
     @property
     def is_binary(self) -> bool:
@@ -100,6 +110,23 @@ class TaskSpec:
     @property
     def loss_name(self) -> str:
         return self.loss or TASK_LOSSES[self.type][0]
+
+    @property
+    def head_names(self) -> tuple[str, ...]:
+        """The names of the task's model outputs: the task's own name, then ``<task>:<part>`` for each
+        further output its loss needs (``spend``, ``spend:mu``, ``spend:sigma`` for ZILN)."""
+        parts = LOSS_OUTPUTS.get(self.loss_name, ("",))
+        return (self.name, *(f"{self.name}:{part}" for part in parts[1:]))
+
+    @property
+    def output_units(self) -> str:
+        """What the task's served output is, for users (OpenAPI, docs, the CLI)."""
+        if self.is_binary:
+            given = f" given {self.observed_after!r}" if self.observed_after else ""
+            return f"probability of {self.name!r}{given}, in [0, 1]"
+        per = f"expected per row (p({self.observed_after!r}) times the value given it)" \
+            if self.observed_after else "expected value"
+        return f"{per} of {self.name!r}, in the label's own units"
 
 
 @dataclass(frozen=True)
@@ -136,6 +163,17 @@ class DatasetSchema:
                 return t
         raise KeyError(f"unknown task {name!r}; the schema has {self.task_names}")
 
+    def describe_outputs(self) -> str:
+        """Each task's served output, for users: ``click: probability of 'click', in [0, 1]; spend: ...``."""
+        return "; ".join(f"{t.name}: {t.output_units}" for t in self.tasks)
+
+    def with_output_heads(self) -> DatasetSchema:
+        """The schema a model is built on: every task, then an extra regression task for each further output
+        a task's loss needs (``spend:mu`` and ``spend:sigma`` for a ZILN task, see
+        :attr:`TaskSpec.head_names`); ``self`` where no task needs one."""
+        extra = tuple(TaskSpec(head, type="regression") for t in self.tasks for head in t.head_names[1:])
+        return replace(self, tasks=(*self.tasks, *extra)) if extra else self
+
     def table_sizes(self) -> dict[str, int]:
         """Embedding table name -> number of rows (the largest vocabulary among features using it)."""
         sizes: dict[str, int] = {}
@@ -160,6 +198,12 @@ class DatasetSchema:
             if t.loss and t.loss not in TASK_LOSSES[t.type]:
                 raise SchemaError(f"task {t.name!r}: a {t.type} task's loss must be one of "
                                   f"{list(TASK_LOSSES[t.type])}, got {t.loss!r}")
+            if t.transform not in TASK_TRANSFORMS or (t.transform and t.is_binary):
+                raise SchemaError(f"task {t.name!r}: transform must be one of {list(TASK_TRANSFORMS)} (and empty "
+                                  f"for a binary task), got {t.transform!r}")
+            if t.transform and t.loss_name == "ziln":
+                raise SchemaError(f"task {t.name!r}: loss ziln models the logarithm of the value itself; "
+                                  f"drop transform {t.transform!r}")
             if t.observed_after is not None and t.observed_after not in task_names[:i]:
                 raise SchemaError(
                     f"task {t.name!r}: observed_after={t.observed_after!r} must name an earlier task "

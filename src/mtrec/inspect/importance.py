@@ -19,7 +19,7 @@ import torch
 from mtrec.features.inputs import Features
 from mtrec.features.schema import DatasetSchema
 from mtrec.inspect.plots import heatmap
-from mtrec.metrics import auc, regression_metrics
+from mtrec.metrics import auc, value_metrics
 
 Predict = Callable[[Features], dict[str, np.ndarray]]
 
@@ -53,7 +53,7 @@ def task_quality(schema: DatasetSchema, predictions: dict[str, np.ndarray], labe
     for task in schema.tasks:
         keep = masks[task.name] > 0
         y, p = labels[task.name][keep], predictions[task.name][keep]
-        result[task.name] = auc(y, p) if task.is_binary else -regression_metrics(y, p)["rmse"]
+        result[task.name] = auc(y, p) if task.is_binary else -value_metrics(y, p)["rmse"]
     return result
 
 

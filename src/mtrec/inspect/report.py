@@ -25,7 +25,7 @@ from mtrec.features.inputs import Features
 from mtrec.inspect import calibration, cross, fields, importance, relations, utilization
 from mtrec.io import atomic_write_text, check_output_dir, json_text
 from mtrec.nn.recording import recording
-from mtrec.objectives.scorer import Scorer
+from mtrec.objectives.scorer import Scorer, prediction_targets
 from mtrec.training.checkpoint import load_model
 from mtrec.training.config import RunConfig
 from mtrec.training.gradient_conflict import read_conflict
@@ -72,8 +72,10 @@ def load_sample(config: RunConfig, schema_of_run: Any, data: str | None, split: 
     if len(index) > rows:
         index = np.random.default_rng(seed).choice(index, rows, replace=False)
     batch = gather_batch(dataset, index)
-    labels = {t: v.numpy() for t, v in batch.labels.items()}
-    masks = {t: v.numpy() for t, v in batch.masks.items()}
+    # in the units the scorer predicts (a value task's label units; every row of one observed after another)
+    targets, counted = prediction_targets(schema_of_run, batch.labels, batch.masks, batch.row_weights())
+    labels = {t: v.numpy() for t, v in targets.items()}
+    masks = {t: v.numpy() for t, v in counted.items()}
     return Sample(batch.features, labels, masks), f"{len(index):,} rows of the {split} split of {spec}"
 
 

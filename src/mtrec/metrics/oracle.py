@@ -14,6 +14,7 @@ import numpy as np
 from mtrec.data.dataset import PreparedDataset
 from mtrec.features.schema import FIRST_ID
 from mtrec.metrics.ranking import auc
+from mtrec.metrics.values import value_metrics
 
 
 def _split_rows(dataset: PreparedDataset, split: str) -> np.ndarray:
@@ -34,15 +35,28 @@ def observed_rows(dataset: PreparedDataset, task: str, rows: np.ndarray) -> np.n
 
 
 def oracle_auc(dataset: PreparedDataset, split: str = "test") -> dict[str, float]:
-    """AUC of the true probabilities per task on ``split`` ("all" for every row), each task on its observed
-    rows. NaN where a task has a single class there. ValueError if the dataset has no oracle."""
+    """AUC of the true probabilities per binary task on ``split`` ("all" for every row), each task on its
+    observed rows. NaN where a task has a single class there. ValueError if the dataset has no oracle."""
+    return {task: m["auc"] for task, m in oracle_metrics(dataset, split).items() if "auc" in m}
+
+
+def oracle_metrics(dataset: PreparedDataset, split: str = "test") -> dict[str, dict[str, float]]:
+    """The oracle's metrics per task on ``split``, as a model's are computed: AUC of a binary task's true
+    probabilities on its observed rows; the value metrics (:func:`~mtrec.metrics.value_metrics`) of a value
+    task's true expected value per row (the synthetic value presets' ``spend``), on every row (the value 0
+    where it was not observed). ValueError if the dataset has no oracle."""
     if dataset.oracle is None:
         raise ValueError("this dataset has no oracle block (only synthetic datasets carry true probabilities)")
     rows = _split_rows(dataset, split)
     result = {}
-    for t, name in enumerate(dataset.schema.task_names):
-        obs = observed_rows(dataset, name, rows)
-        result[name] = auc(np.asarray(dataset.labels[obs, t]), np.asarray(dataset.oracle[obs, t]))
+    for t, spec in enumerate(dataset.schema.tasks):
+        if spec.is_binary:
+            obs = observed_rows(dataset, spec.name, rows)
+            result[spec.name] = {"auc": auc(np.asarray(dataset.labels[obs, t]), np.asarray(dataset.oracle[obs, t]))}
+            continue
+        labels = np.asarray(dataset.labels[rows, t], dtype=np.float64)
+        labels = np.expm1(labels) if spec.transform == "log1p" else labels
+        result[spec.name] = value_metrics(labels, np.asarray(dataset.oracle[rows, t]))
     return result
 
 
@@ -72,9 +86,9 @@ def raw_feature_matrix(dataset: PreparedDataset, rows: np.ndarray) -> Any:
 def logistic_regression_auc(
     dataset: PreparedDataset, split: str = "test", c: float = 0.1, max_train_rows: int | None = None
 ) -> dict[str, float]:
-    """Test AUC per task of an L2 logistic regression on :func:`raw_feature_matrix` (no crosses), fitted
-    on the train split (each task on its observed rows, at most ``max_train_rows`` of them): the linear
-    baseline the synthetic data is designed to defeat."""
+    """Test AUC per binary task of an L2 logistic regression on :func:`raw_feature_matrix` (no crosses),
+    fitted on the train split (each task on its observed rows, at most ``max_train_rows`` of them): the
+    linear baseline the synthetic data is designed to defeat."""
     from sklearn.linear_model import LogisticRegression
 
     train = _split_rows(dataset, "train")
@@ -83,6 +97,8 @@ def logistic_regression_auc(
     evaluate = _split_rows(dataset, split)
     result = {}
     for t, name in enumerate(dataset.schema.task_names):
+        if not dataset.schema.tasks[t].is_binary:
+            continue
         fit_rows = observed_rows(dataset, name, train)
         eval_rows = observed_rows(dataset, name, evaluate)
         y = np.asarray(dataset.labels[fit_rows, t])

@@ -1,4 +1,4 @@
-"""Vectorized AUC, GAUC and logloss (NumPy), checked against scikit-learn in the tests.
+"""Vectorized AUC, GAUC and logloss of binary tasks (NumPy), checked against scikit-learn in the tests.
 
 AUC is the Mann-Whitney statistic with average ranks for ties: ``(R_pos - P(P+1)/2) / (P N)``.
 GAUC is the impression-weighted mean of per-user AUCs over users with both classes.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 
-def _tied_ranks(keys: np.ndarray, order: np.ndarray) -> np.ndarray:
+def tied_ranks(keys: np.ndarray, order: np.ndarray) -> np.ndarray:
     """1-based ranks of a sorted sequence with ties averaged. ``keys[order]`` must be sorted;
     returns the rank of each position in ``order``."""
     sorted_keys = keys[order]
@@ -29,7 +29,7 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float:
     if n_pos == 0 or n_neg == 0:
         return float("nan")
     order = np.argsort(scores, kind="mergesort")
-    ranks = _tied_ranks(scores, order)
+    ranks = tied_ranks(scores, order)
     rank_sum = ranks[labels[order]].sum()
     return float((rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
@@ -66,41 +66,3 @@ def logloss(labels: np.ndarray, probs: np.ndarray, eps: float = 1e-7) -> float:
     y = np.asarray(labels, dtype=np.float64)
     p = np.clip(np.asarray(probs, dtype=np.float64), eps, 1 - eps)
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log1p(-p)))
-
-
-def regression_metrics(labels: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
-    """RMSE, MAE and R² (``1 - MSE / variance of the labels``; NaN for constant labels) of predictions."""
-    y = np.asarray(labels, dtype=np.float64)
-    error = np.asarray(predictions, dtype=np.float64) - y
-    mse = float(np.mean(error**2)) if y.size else float("nan")
-    variance = float(np.var(y)) if y.size else 0.0
-    return {"rmse": mse**0.5, "mae": float(np.mean(np.abs(error))) if y.size else float("nan"),
-            "r2": 1.0 - mse / variance if variance > 0 else float("nan")}
-
-
-def task_score(metrics: dict[str, float]) -> float:
-    """One task's higher-is-better validation figure: AUC for a binary task, R² for a regression task."""
-    return metrics["auc"] if "auc" in metrics else metrics["r2"]
-
-
-def evaluate_tasks(
-    probs: dict[str, np.ndarray],
-    labels: dict[str, np.ndarray],
-    masks: dict[str, np.ndarray],
-    users: np.ndarray | None = None,
-    regression: frozenset[str] = frozenset(),
-) -> dict[str, dict[str, float]]:
-    """Per task, over the task's observed rows: AUC, logloss (and GAUC with ``users``) of a binary task's
-    probabilities; RMSE, MAE and R² of a regression task's (named in ``regression``) predicted values."""
-    result: dict[str, dict[str, float]] = {}
-    for task, p in probs.items():
-        keep = masks[task] > 0
-        y, s = labels[task][keep], p[keep]
-        if task in regression:
-            result[task] = {**regression_metrics(y, s), "rows": float(keep.sum())}
-            continue
-        metrics = {"auc": auc(y, s), "logloss": logloss(y, s), "rows": float(keep.sum())}
-        if users is not None:
-            metrics["gauc"] = gauc(y, s, users[keep])
-        result[task] = metrics
-    return result

@@ -178,9 +178,15 @@ def model_options(name: str, overrides: dict[str, Any] | None = None) -> dict[st
 
 
 def create_model(name: str, schema: DatasetSchema, **options: Any) -> MultiTaskModel:
-    """Build the registered model ``name`` for ``schema`` with the given options."""
+    """Build the registered model ``name`` for ``schema`` with the given options (wrapped in
+    :class:`~mtrec.models.heads.OutputHeads` where a task's loss reads several outputs per row)."""
+    from mtrec.models.heads import with_output_heads
+
+    heads = schema.with_output_heads()
     try:
-        model = model_class(name)(schema, **model_options(name, options))
+        model = model_class(name)(heads, **model_options(name, options))
+        if heads is not schema:
+            model = with_output_heads(schema, model)
     except ModelConfigError:
         raise
     except ValueError as exc:  # a block refusing an option value

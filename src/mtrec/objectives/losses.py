@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from mtrec.data.batches import Batch
 from mtrec.features.schema import DatasetSchema, TaskSpec
+from mtrec.objectives.values import ziln_loss
 
 
 def step_mean(per_row: torch.Tensor, batch: Batch, task: str | None = None) -> torch.Tensor:
@@ -32,10 +33,13 @@ def step_mean(per_row: torch.Tensor, batch: Batch, task: str | None = None) -> t
 
 
 def per_row_loss(task: TaskSpec, output: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-    """The task's loss per row ``[B]``: BCE on the logit (binary), squared error or Huber loss (delta 1)
-    on the predicted value (regression)."""
+    """The task's loss per row ``[B]``: BCE on the logit (binary); squared error or Huber loss (delta 1)
+    of the head's output against the stored (transformed) label, or the ZILN negative log-likelihood of
+    the value from the head's ``[B, 3]`` output (regression)."""
     if task.is_binary:
         return F.binary_cross_entropy_with_logits(output, label, reduction="none")
+    if task.loss_name == "ziln":
+        return ziln_loss(output, label)
     if task.loss_name == "huber":
         return F.huber_loss(output, label, reduction="none")
     return F.mse_loss(output, label, reduction="none")

@@ -5,12 +5,15 @@ An objective owns both sides of that contract, so that no model overrides a loss
 - :meth:`Objective.losses`: named scalar loss terms for a batch. Task names map to task losses (combined by
   the weighting strategy); any other name is an auxiliary term added with weight 1.
 - :meth:`Objective.predictions`: each task's prediction ``[B]`` as it is evaluated and served: the
-  probability of a binary task given the task it is observed after, the value of a regression task.
+  probability of a binary task given the task it is observed after; the value of a regression task in the
+  label's own units (its transform inverted, :func:`~mtrec.objectives.values.head_value`), and for one
+  observed after another the entire-space expectation ``p(earlier) * E[value | earlier]``.
 
 It is chosen by config (``train.objective``, options in ``train.objective_options``); a model declares its
 default (:attr:`~mtrec.models.base.MultiTaskModel.default_objective`). Binary tasks are learned by BCE on
-their logits, regression tasks by their :attr:`~mtrec.features.schema.TaskSpec.loss` (MSE or Huber) on
-the predicted value. Objectives are ``nn.Module`` so that one with parameters joins the optimizer and
+their logits, regression tasks by their :attr:`~mtrec.features.schema.TaskSpec.loss` (MSE, Huber or
+ZILN) on the rows where they are observed (where the task they are observed after is positive) under
+every objective. Objectives are ``nn.Module`` so that one with parameters joins the optimizer and
 the checkpoint like a weighting strategy.
 """
 
@@ -33,6 +36,7 @@ from mtrec.objectives.losses import (
     step_mean,
 )
 from mtrec.objectives.registry import Registry
+from mtrec.objectives.values import head_value
 from mtrec.typed import checked_options
 
 CALIBRATOR = "calibrator"
@@ -53,8 +57,24 @@ class Objective(nn.Module):
         raise NotImplementedError
 
     def predictions(self, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Per task ``[B]``: sigmoid of a binary task's logit, a regression task's value as it is."""
-        return {t.name: torch.sigmoid(outputs[t.name]) if t.is_binary else outputs[t.name] for t in self.schema.tasks}
+        """Per task ``[B]``: sigmoid of a binary task's logit; a regression task's value in the label's
+        units, times :meth:`reach_probability` of the task it is observed after (if any)."""
+        predictions = {}
+        for task in self.schema.tasks:
+            output = outputs[task.name]
+            if task.is_binary:
+                predictions[task.name] = torch.sigmoid(output)
+                continue
+            value = head_value(task, output)
+            if task.observed_after is not None:
+                value = value * self.reach_probability(outputs, task.observed_after)
+            predictions[task.name] = value
+        return predictions
+
+    def reach_probability(self, outputs: dict[str, torch.Tensor], task: str) -> torch.Tensor:
+        """``p(task and every task it is observed after)`` ``[B]`` of a binary task: the product of the
+        conditionals along its chain, each binary logit read as ``p(task | earlier)``."""
+        return torch.exp(entire_space_log_prob(outputs, self.schema, task))
 
     def _loss(self, outputs: dict[str, torch.Tensor], batch: Batch, task: str, masked: bool) -> torch.Tensor:
         """The task's own loss, over its observed rows (``masked``) or over every real row."""
@@ -100,8 +120,9 @@ class Masked(Objective):
 
 @register_objective("all_rows")
 class AllRows(Objective):
-    """Every task on every impression: a task observed after another learns its stored label (1 only where
-    both happened), so its output is the entire-space probability ``p(conversion and click)``.
+    """Every binary task on every impression: a task observed after another learns its stored label (1 only
+    where both happened), so its output is the entire-space probability ``p(conversion and click)``.
+    Regression tasks are learned on their observed rows.
 
     ``predictions`` divides it by the earlier task's probability (clamped to [0, 1]) to give the
     conditional probability, as evaluated (on clicked rows) and served, comparable with other objectives.
@@ -119,12 +140,16 @@ class AllRows(Objective):
         self.pairs = [(t.name, t.observed_after) for t in schema.tasks if t.observed_after is not None and t.is_binary]
 
     def losses(self, outputs: dict[str, torch.Tensor], batch: Batch) -> dict[str, torch.Tensor]:
-        losses = {t: self._loss(outputs, batch, t, masked=False) for t in self.schema.task_names}
+        losses = {t.name: self._loss(outputs, batch, t.name, masked=not t.is_binary) for t in self.schema.tasks}
         if self.pairs and self.calibrator_weight > 0:
             probs = {t: torch.sigmoid(outputs[t]) for t in self.schema.task_names}
             penalties = [expectation_calibration(probs[later], probs[first], batch) for later, first in self.pairs]
             losses[CALIBRATOR] = self.calibrator_weight * torch.stack(penalties).sum()
         return losses
+
+    def reach_probability(self, outputs: dict[str, torch.Tensor], task: str) -> torch.Tensor:
+        """The sigmoid of the task's logit, which this objective learns in the entire space."""
+        return torch.sigmoid(outputs[task])
 
     def predictions(self, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         entire = super().predictions(outputs)

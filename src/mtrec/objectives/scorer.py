@@ -13,12 +13,14 @@ import torch
 from torch import nn
 
 from mtrec.features.inputs import Features
+from mtrec.features.schema import DatasetSchema
 from mtrec.objectives.objective import Objective
+from mtrec.objectives.values import label_units
 
 
 class Scorer(nn.Module):
     """``features -> {task: prediction [B]}`` in task order (probabilities of binary tasks, values of
-    regression tasks).
+    regression tasks in the label's own units).
 
     ``models``: one model for every task, or a dict task -> the model that task is read from (every task
     of the objective's schema must have one).
@@ -44,6 +46,11 @@ class Scorer(nn.Module):
             return self.objective.predictions(self.models["all"](features))
         return {t: self.objective.predictions(self.models[t](features))[t] for t in self.task_names}
 
+    def targets(self, labels: dict[str, torch.Tensor], masks: dict[str, torch.Tensor],
+                real: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """What :meth:`forward`'s predictions are evaluated against (see :func:`prediction_targets`)."""
+        return prediction_targets(self.schema, labels, masks, real)
+
     def model_state(self) -> dict[str, torch.Tensor]:
         """The weights as a run directory stores them: the model's own names (one model), or
         ``<task>.<name>`` per task (per-task selection)."""
@@ -54,3 +61,20 @@ class Scorer(nn.Module):
     def load_model_state(self, state: dict[str, torch.Tensor]) -> None:
         """Inverse of :meth:`model_state` (strict: every key must fit)."""
         (self.models if self.per_task else self.models["all"]).load_state_dict(state)
+
+
+def prediction_targets(schema: DatasetSchema, labels: dict[str, torch.Tensor], masks: dict[str, torch.Tensor],
+                       real: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """What a scorer's predictions are evaluated against: per task the labels ``[B]`` and the rows they
+    count on ``[B]`` (from a batch's labels and masks, ``real`` 1 on real rows). A binary task's as stored;
+    a regression task's in the label's own units, and for one observed after another (whose prediction is
+    the expected value per row) on every real row, 0 where it was not observed."""
+    target_labels, target_masks = dict(labels), dict(masks)
+    for task in schema.tasks:
+        if task.is_binary:
+            continue
+        value = label_units(task, labels[task.name])
+        if task.observed_after is not None:
+            value, target_masks[task.name] = value * masks[task.name], real
+        target_labels[task.name] = value
+    return target_labels, target_masks

@@ -68,7 +68,8 @@ class ScoreResponse(BaseModel):
     tasks: list[str] = Field(description="task names, in the model's order")
     scores: list[dict[str, float | str | int]] = Field(
         description="one {task: prediction} per candidate, in request order, with the candidate's id first "
-                    "when it gave one")
+                    "when it gave one: a binary task's probability, a value task's expected value in its label's "
+                    "units (see the operation's description)")
 
 
 class Health(BaseModel):
@@ -238,7 +239,8 @@ def create_app(
         "error": {"type": "string"}, "detail": {"type": "array", "items": {"type": "object"}}}}}}}
     operation = {
         "summary": "Score", "operationId": "score",
-        "description": "Each task's probability for every candidate, in request order.",
+        "description": "Each task's score for every candidate, in request order. "
+                       f"{predictor.schema.describe_outputs()}.",
         "requestBody": {"required": True, "content": {"application/json": {
             "schema": {"$ref": ref.format(model="ScoreRequest")}}}},
         "responses": {

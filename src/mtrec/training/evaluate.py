@@ -17,7 +17,8 @@ from mtrec.objectives.scorer import Scorer
 @dataclass
 class Predictions:
     """A split's predictions (probabilities of binary tasks, values of regression tasks), labels and masks
-    per task (each ``[n]``), user ids (or None), and which tasks are regression tasks."""
+    per task (each ``[n]``, as :meth:`Scorer.targets` gives them: in the label's own units), user ids (or
+    None), and which tasks are regression tasks."""
 
     probs: dict[str, np.ndarray]
     labels: dict[str, np.ndarray]
@@ -56,10 +57,11 @@ def predict_split(
     for batch in BatchIterator(dataset, split, batch_size, shuffle=False, rows=rows):
         made += 1
         out = scorer(batch.features.to(device))
+        batch_labels, batch_masks = scorer.targets(batch.labels, batch.masks, batch.row_weights())
         for t in schema.task_names:
             probs[t].append(out[t].float().cpu())
-            labels[t].append(batch.labels[t])
-            masks[t].append(batch.masks[t])
+            labels[t].append(batch_labels[t])
+            masks[t].append(batch_masks[t])
         if user_col is not None:
             users.append(batch.features.sparse[:, user_col])
     if made < min_batches:

@@ -32,12 +32,13 @@ from mtrec.training.trainer import Trainer
 
 
 def oracle_metrics(dataset: PreparedDataset) -> dict[str, dict[str, float]] | None:
-    """Test AUC of the true probabilities per task, when the data has them (synthetic)."""
+    """The test metrics of the true probabilities (binary tasks) and expected values (value tasks), when the
+    data has them (synthetic)."""
     if dataset.oracle is None:
         return None
-    from mtrec.metrics.oracle import oracle_auc
+    from mtrec.metrics.oracle import oracle_metrics as synthetic_oracle
 
-    return {task: {"auc": value} for task, value in oracle_auc(dataset, "test").items()}
+    return synthetic_oracle(dataset, "test")
 
 
 def monitors(cfg: TrainConfig, run_dir: RunDirectory, dataset: PreparedDataset, resume: bool,

@@ -1,8 +1,10 @@
 """Model selection on the validation scores (``train.select``), and the weights it keeps.
 
-``mean`` keeps the weights of the epoch with the best mean validation score over tasks (AUC of a binary
-task, R² of a regression task; tasks with an undefined score skipped); ``per_task`` keeps, for each task,
-the weights of that task's own best epoch, and the task is evaluated and served from them.
+``mean`` keeps the weights of the epoch with the best :func:`~mtrec.metrics.mean_selection_score`: the
+mean validation AUC when every task is binary, else minus the mean over tasks of each task's validation
+loss relative to its first epoch's (metrics on different scales are never averaged); ``per_task`` keeps,
+for each task, the weights of that task's own best epoch (highest AUC of a binary task, R² of a value
+task), and the task is evaluated and served from them.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections.abc import Callable
 
 import torch
 
-from mtrec.metrics import task_score
+from mtrec.metrics import mean_selection_score, task_score
 from mtrec.models import MultiTaskModel
 from mtrec.objectives.objective import Objective
 from mtrec.objectives.scorer import Scorer
@@ -30,13 +32,12 @@ class ModelSelection:
         self.placement = placement
         self.best_states: dict[str, dict[str, torch.Tensor]] = {}  # selection key -> weights of its best epoch
 
-    def scores(self, metrics: dict[str, dict[str, float]]) -> dict[str, float]:
-        """Selection scores by key: ``{"mean": mean task score}`` (tasks with an undefined score skipped),
-        or each task's own score (``per_task``; undefined: -inf)."""
-        scores = {t: task_score(m) for t, m in metrics.items()}
+    def scores(self, metrics: dict[str, dict[str, float]], first: dict[str, dict[str, float]]) -> dict[str, float]:
+        """Selection scores by key: ``{"mean": mean_selection_score}`` (``first``: the first epoch's
+        validation metrics), or each task's own score (``per_task``; undefined: -inf)."""
         if self.select == MEAN:
-            values = [v for v in scores.values() if not math.isnan(v)]
-            return {MEAN: sum(values) / len(values) if values else -math.inf}
+            return {MEAN: mean_selection_score(metrics, first)}
+        scores = {t: task_score(m) for t, m in metrics.items()}
         return {t: -math.inf if math.isnan(v) else v for t, v in scores.items()}
 
     def update(self, improved: list[str], valid: dict[str, dict[str, float]],

@@ -247,7 +247,7 @@ class Trainer:
         train_loss = {t: v / max(state.epoch_trained_steps, 1) for t, v in state.epoch_loss.items()}
         self.guards.check_divergence(state, train_loss)
         valid = self._predict(self.scorer, dataset, "valid").metrics()
-        scores = self.selection.scores(valid)
+        scores = self.selection.scores(valid, first=state.history[0]["valid"] if state.history else valid)
         improved = state.stopper.update(scores, state.epoch)
         row = {
             "epoch": state.epoch, "train_loss": train_loss, "valid": valid, "valid_score": scores,
