@@ -72,17 +72,19 @@ click*: ``conversion = click * Bernoulli(p_conversion)``, its rate among clicks 
 the schema marks the task ``observed_after="click"``. The oracle block holds ``[p_click, p_conversion]``.
 
 Value presets (``value``, ``value-mse``, ``value-huber``): the ``esmm`` setting plus a third task,
-``spend``, a regression task observed after conversion (:class:`ValueTask`). Given a conversion, a
-payment happens with probability ``q`` and its amount is lognormal (drawn from their own random stream,
-so the binary tasks are those of the same config without it)::
+``spend``, a regression task over every impression (:class:`ValueTask`; observed after conversion with
+``after_conversion``). Given a conversion, a payment happens with probability ``q`` and its amount is
+lognormal (drawn from their own random stream, so the binary tasks are those of the same config without
+it)::
 
     q       = sigmoid(b_pay + pay_logit_std * z(user_t + item_t + activity))         b_pay: pay_rate
     mu      = log_mean + amount_std * z(price + 0.5 item_t + 0.5 user_t)
     spend   = conversion * Bernoulli(q) * exp(mu + sigma * N(0, 1))                  0 without a payment
 
-Most rows are 0 (no conversion, or a conversion without payment), and more than half of the converted
-rows too. The oracle of ``spend`` is its expected value per impression, ``p_click * p_conversion * q *
-exp(mu + sigma^2 / 2)``, what the model predicts for a value task observed after another. The presets
+About 97 % of rows are 0 (no conversion, or a conversion without payment), and more than half of the
+converted rows too. The oracle of ``spend`` is its expected value per impression, ``p_click * p_conversion * q *
+exp(mu + sigma^2 / 2)``, what a model predicts for the task (with ``after_conversion`` too: a value task
+observed after another is predicted in the entire space). The presets
 differ only in the task's loss: ``ziln`` (``value``), ``mse`` on the raw value (``value-mse``), ``huber``
 on ``log1p`` of it (``value-huber``).
 
@@ -151,11 +153,12 @@ class ValueTask:
 
     pay_rate: float = 0.35  # P(spend > 0 | conversion), in expectation over converted rows
     pay_logit_std: float = 1.5
-    log_mean: float = 3.0  # mean log amount
+    log_mean: float = 1.0  # mean log amount (amounts of a few units: see ValueTask)
     amount_std: float = 0.8  # spread of mu over rows
     sigma: float = 0.8  # the lognormal's sigma given the features
     loss: str = "ziln"
     transform: str = ""
+    after_conversion: bool = False  # observed after conversion (learned on converted rows only)
 
 
 @dataclass(frozen=True)
@@ -238,8 +241,8 @@ PRESETS: dict[str, SyntheticConfig] = {
         click_rate=0.25,
         conversion_rate=0.3,
         value=ValueTask(loss=loss, transform=transform),
-        description=f"esmm plus spend, a zero-heavy value task observed after conversion (lognormal amounts, "
-        f"about 97 % zeros), learned by {loss}{' on log1p' if transform else ''}; oracle: its expected value",
+        description=f"esmm plus spend, a zero-heavy value task (a payment after some conversions, lognormal "
+        f"amounts; about 97 % zeros), learned by {loss}{' on log1p' if transform else ''}; oracle: its expected value",
     ) for name, loss, transform in (("value", "ziln", ""), ("value-mse", "mse", ""),
                                     ("value-huber", "huber", "log1p"))},
 }
@@ -287,7 +290,8 @@ def synthetic_schema(config: SyntheticConfig, metadata: dict[str, Any] | None = 
         TaskSpec("conversion", observed_after="click" if config.conversion_after_click else None),
     )
     if config.value is not None:
-        tasks = (*tasks, TaskSpec("spend", observed_after="conversion", type="regression",
+        after = "conversion" if config.value.after_conversion else None
+        tasks = (*tasks, TaskSpec("spend", observed_after=after, type="regression",
                                   loss=config.value.loss, transform=config.value.transform))
     return DatasetSchema(
         sparse=sparse,

@@ -10,7 +10,8 @@ label's own units:
   the head's three outputs ``[B, 3]`` are the logit of ``p = P(value > 0)``, the mean ``mu`` and the raw
   scale of ``log(value)`` given ``value > 0``; ``sigma = softplus(raw)``, at least
   :data:`MIN_SIGMA` (the paper's choice of a softplus with a small floor). The value given back is the
-  distribution's mean ``p * exp(mu + sigma**2 / 2)``.
+  distribution's mean ``p * exp(mu + sigma**2 / 2)``. The head starts near ``mu = 0``: values whose
+  logarithm is far from 0 take more steps to fit.
 """
 
 from __future__ import annotations
