@@ -11,7 +11,7 @@ from torch import nn
 from fakes import tiny_dataset
 from mtrec import collectives
 from mtrec.models import create_model
-from mtrec.objectives.gradient_balancing import cagrad_weights, pcgrad_project
+from mtrec.objectives.gradient_balancing import cagrad_weights, gradcraft_project, pcgrad_project
 from mtrec.objectives.weighting import WeightingConfigError, create_weighting
 from mtrec.training.config import TrainConfig
 from mtrec.training.trainer import Trainer
@@ -121,7 +121,7 @@ def test_metabalance_averages_the_norms_over_steps_and_keeps_them_in_its_state()
 
 
 @pytest.mark.parametrize(("name", "options"), [("pcgrad", {}), ("cagrad", {"c": 0.5}),
-                                               ("metabalance", {"relax": 0.7})])
+                                               ("metabalance", {"relax": 0.7}), ("gradcraft", {})])
 def test_ranks_applying_a_strategy_step_exactly_as_one_process(name: str, options: dict[str, float],
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """Three simulated ranks, each with its own share of the step's gradients (their mean is the step's):
@@ -141,7 +141,7 @@ def test_ranks_applying_a_strategy_step_exactly_as_one_process(name: str, option
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["pcgrad", "cagrad", "metabalance"])
+@pytest.mark.parametrize("name", ["pcgrad", "cagrad", "metabalance", "gradcraft"])
 def test_the_trainer_applies_a_gradient_strategy(name: str) -> None:
     data = tiny_dataset(rows=300, seed=7)
     torch.manual_seed(0)
@@ -162,3 +162,35 @@ def test_a_model_that_shares_nothing_is_refused() -> None:
     losses = {t: p.sum() for t, p in zip(data.schema.task_names, model.parameters(), strict=False)}
     with pytest.raises(WeightingConfigError, match="pcgrad needs a model with shared parameters"):
         strategy.combine(losses, model.shared_parameters())
+
+
+def test_gradcraft_aligns_magnitudes_to_the_largest_norm_where_nothing_conflicts() -> None:
+    grads = torch.tensor([[3.0, 4.0, 0.0], [0.0, 0.5, 0.0]])  # norms 5 and 0.5, no conflict
+    torch.testing.assert_close(gradcraft_project(grads), torch.tensor([[3.0, 4.0, 0.0], [0.0, 5.0, 0.0]]))
+    torch.testing.assert_close(step_gradient("gradcraft", grads), torch.tensor([3.0, 9.0, 0.0]))
+
+
+def test_gradcraft_resolves_every_conflict_at_once_where_pcgrad_leaves_the_sum_in_conflict() -> None:
+    """Three tasks whose gradients conflict pairwise: PCGrad's sum can still oppose a task; GradCraft's
+    crafted gradients oppose no task, so neither does their sum (global direction balance)."""
+    torch.manual_seed(0)
+    worst_pcgrad = 0.0
+    for _ in range(200):
+        grads = torch.randn(3, 4) * torch.rand(3, 1) * 10
+        aligned = grads * (grads.norm(dim=1).max() / grads.norm(dim=1)).unsqueeze(1)
+        crafted = gradcraft_project(grads)
+        tolerance = 1e-4 * float(aligned.norm(dim=1).max()) ** 2
+        assert float((crafted @ aligned.T).min()) >= -tolerance  # no crafted g'_i opposes any task
+        assert float((crafted.sum(0) @ grads.T).min()) >= -tolerance
+        worst_pcgrad = min(worst_pcgrad, float((pcgrad_project(grads).sum(0) @ grads.T).min()))
+    assert worst_pcgrad < -1e-3  # PCGrad, one conflict at a time, does not guarantee it
+
+
+def test_gradcraft_projects_off_the_span_of_all_conflicting_gradients() -> None:
+    grads = torch.tensor([[1.0, 1.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]]) * torch.tensor([[1.0], [3 ** 0.5],
+                                                                                              [3 ** 0.5]])
+    crafted = gradcraft_project(grads)  # equal norms; task 0 conflicts with 1 and 2: keep only the z part
+    torch.testing.assert_close(crafted[0], torch.tensor([0.0, 0.0, 1.0]))
+    # task 1 conflicts with task 0 only; projected off it, it would oppose task 2: projected off both
+    torch.testing.assert_close(crafted[1] @ grads[[0, 2]].T, torch.zeros(2), atol=1e-6, rtol=0)
+    assert float(crafted[1] @ grads[1]) > 0
