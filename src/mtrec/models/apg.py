@@ -14,7 +14,8 @@ its logit.
 Choices where the paper leaves room: the condition ``z`` is the flattened field embeddings (every
 feature, the paper's "all features" condition) through one shared ReLU layer of width
 ``condition_dim``; each (task, layer) has its own generator, a linear map from ``z`` to the ``K*K``
-core; ``K = rank`` (8). The paper's over-parameterisation of ``U`` and ``V`` during training is not
+core, added to the identity (``S(z) = I + G(z)``, so a layer starts as the plain low-rank layer ``V U``,
+initialised to keep the activations' scale); ``K = rank`` (8). The paper's over-parameterisation of ``U`` and ``V`` during training is not
 used. Shared: the embeddings and the condition layer. Task-specific: each task's tower (``U``, ``V``,
 ``b`` and generators) and head. Sequences, if the schema has them, are pooled into extra fields.
 """
@@ -39,20 +40,22 @@ from mtrec.typed import Count, Dropout, Layers
 
 class GeneratedLinear(nn.Module):
     """``n`` linear layers whose weights are generated per example: ``forward(h [n, B, in], z [B, c]) ->
-    [n, B, out] = h V S(z) U + b``, ``S(z)`` ``[n, B, K, K]`` a linear map of the condition ``z``."""
+    [n, B, out] = h V S(z) U + b``, ``S(z) = I + G(z)`` ``[n, B, K, K]``, ``G`` a linear map of the
+    condition ``z``."""
 
     def __init__(self, n: int, in_dim: int, out_dim: int, condition_dim: int, rank: int) -> None:
         super().__init__()
         self.rank = rank
-        self.v = nn.Parameter(torch.empty(n, in_dim, rank).uniform_(-1, 1) / math.sqrt(in_dim))
-        self.u = nn.Parameter(torch.empty(n, rank, out_dim).uniform_(-1, 1) / math.sqrt(rank))
+        self.v = nn.Parameter(torch.randn(n, in_dim, rank) / math.sqrt(in_dim))  # keeps the input's scale
+        self.u = nn.Parameter(torch.randn(n, rank, out_dim) * math.sqrt(2.0 / rank))  # He: ReLU follows
         self.bias = nn.Parameter(torch.zeros(n, 1, out_dim))
         self.generator = ParallelLinear(n, condition_dim, rank * rank)
 
     def cores(self, z: torch.Tensor) -> torch.Tensor:
-        """``S(z)`` ``[n, B, K, K]`` for the conditions ``z`` ``[B, c]``."""
+        """``S(z) = I + G(z)`` ``[n, B, K, K]`` for the conditions ``z`` ``[B, c]``."""
         n = self.v.shape[0]
-        return self.generator(z.unsqueeze(0).expand(n, -1, -1)).unflatten(-1, (self.rank, self.rank))
+        generated = self.generator(z.unsqueeze(0).expand(n, -1, -1)).unflatten(-1, (self.rank, self.rank))
+        return generated + torch.eye(self.rank, dtype=generated.dtype, device=generated.device)
 
     def forward(self, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         low = torch.einsum("nbk,nbkj->nbj", torch.bmm(h, self.v), self.cores(z))  # h V S(z) [n, B, K]
