@@ -12,12 +12,13 @@ generated from the example's condition ``z`` (so a layer never forms ``W``: ``h 
 its logit.
 
 Choices where the paper leaves room: the condition ``z`` is the flattened field embeddings (every
-feature, the paper's "all features" condition) through one shared ReLU layer of width
-``condition_dim``; each (task, layer) has its own generator, a linear map from ``z`` to the ``K*K``
-core, added to the identity (``S(z) = I + G(z)``, so a layer starts as the plain low-rank layer ``V U``,
-initialised to keep the activations' scale); ``K = rank`` (8). The paper's over-parameterisation of
-``U`` and ``V`` during training is not used. Shared: the embeddings and the condition layer. Task-specific: each task's tower (``U``, ``V``,
-``b`` and generators) and head. Sequences, if the schema has them, are pooled into extra fields.
+feature, the paper's "all features" condition) through one shared ReLU layer of width ``condition_dim``;
+each (task, layer) has its own generator, a linear map from ``z`` to the ``K*K`` core, added to the
+identity (``S(z) = I + G(z)``, so a layer starts as the plain low-rank layer ``V U``, initialised to keep
+the activations' scale); ``K = rank`` (8). The paper's over-parameterisation of ``U`` and ``V`` during
+training is not used. Shared: the embeddings and the condition layer. Task-specific: each task's tower
+(``U``, ``V``, ``b`` and generators) and head. Sequences, if the schema has them, are pooled into extra
+fields.
 """
 
 from __future__ import annotations
