@@ -116,3 +116,25 @@ def test_train_run_copies_encoders_into_run_dir(tiny_dir: Path, tmp_path: Path) 
                        train=TrainConfig(epochs=1, batch_size=64, num_threads=1, prefetch=0))
     train_run(config, tmp_path / "run", log=lambda _: None)
     assert (tmp_path / "run" / "encoders.json").read_bytes() == (tiny_dir / "encoders.json").read_bytes()
+
+
+@pytest.mark.parametrize("keep", ["first", "last"])
+def test_python_lists_encode_as_arrow_columns_do(keep: str) -> None:
+    """A request's Python lists (dictionary lookups) and a file's columns (Arrow kernels) of the same values
+    give the same ids and inputs: odd types, untrimmed text, missing values, one history object repeated."""
+    shared = ["10", 11, " 12 ", "0", "", "99", 10.0]
+    columns: dict[str, list[object]] = {
+        "city": ["paris", " rome ", 7, 3.0, None, True, "", "nowhere"],
+        "item": [10, "11", 12.0, " 10", None, "x", 11, float("nan")],
+        "price": [1.5, None, 3, -2.0, 0, 1e3, 7.25, None],
+        "hist": [shared, "10|11|0|12", None, shared, [], ["12", 12, "12"], " 11 | 10 ", shared],
+    }
+    encoders = _encoders(keep)
+    as_lists = encoders.encode(columns, _schema())
+    as_arrow = encoders.encode({k: np.array([*v, None], dtype=object)[:-1] for k, v in columns.items()}, _schema())
+    for got, expected in zip(as_lists[:2], as_arrow[:2], strict=True):
+        np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(as_lists[2]["hist"], as_arrow[2]["hist"])
+    with pytest.raises(EncodingError, match="'price': inf is not a finite number") as error:
+        encoders.encode({**columns, "price": [1.0, float("inf"), *columns["price"][2:]]}, _schema())
+    assert error.value.row == 1
