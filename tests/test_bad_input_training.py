@@ -235,6 +235,31 @@ def _(t: Path, w: World, mp: pytest.MonkeyPatch) -> Case:
                                                                        "cuda:0 to cuda:0"])
 
 
+# ---- sizes beyond this machine's memory, refused before anything is allocated --------------------------------
+HUGE_OPTIONS = {"embedding_dim: 1000000000": "model_options.embedding_dim = 1000000000",
+                "expert_sizes: [1000000000]": "model_options.expert_sizes = [1000000000]",
+                "num_experts: 1000000": "model_options.num_experts = 1000000"}
+
+for _option, _key in HUGE_OPTIONS.items():
+    def _huge(t: Path, w: World, mp: pytest.MonkeyPatch, option: str = _option, key: str = _key) -> Case:
+        (t / "run.yaml").write_text(f"model: mmoe\nmodel_options: {{{option}}}\n")
+        return Case(["train", "--config", str(t / "run.yaml"), "--data", str(w.data), "--out", str(t / "run")],
+                    ["model 'mmoe'", key, "of memory; this machine has"])
+
+    case(f"huge: {_option}")(_huge)
+
+
+@case("huge: a run directory's schema.json with vocab_size 1e12")
+def _(t: Path, w: World, mp: pytest.MonkeyPatch) -> Case:
+    run = run_copy(t, w)
+    schema = json.loads((run / "schema.json").read_text())
+    schema["sparse"][0]["vocab_size"] = 10**12
+    (run / "schema.json").write_text(json.dumps(schema))
+    name = schema["sparse"][0]["name"]
+    return Case(["export", str(run), "--out", str(t / "m.onnx")],
+                [str(run), f"feature {name!r} vocab_size = {10**12}", "of memory; this machine has"])
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_bad_input_of_training_is_one_clear_line_and_loses_nothing(
     name: str, world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]

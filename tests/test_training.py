@@ -14,12 +14,13 @@ import torch
 
 from fakes import tiny_dataset
 from mtrec.data.batches import gather_batch
-from mtrec.models import create_model
+from mtrec.models import create_model, list_models
 from mtrec.objectives.weighting import create_weighting
 from mtrec.training.build import build_run, resolve_config
 from mtrec.training.callbacks import EarlyStopping, TrainerCallback
 from mtrec.training.checkpoint import ArtifactError, load_model
-from mtrec.training.config import RunConfig, TrainConfig
+from mtrec.training.config import ConfigError, RunConfig, TrainConfig
+from mtrec.training.footprint import check_fits, model_bytes
 from mtrec.training.progress import EpochProgress
 from mtrec.training.run import train_run
 from mtrec.training.rundir import RunDirectory
@@ -194,3 +195,27 @@ def test_checkpoints_are_also_written_by_time(tmp_path: Path, monkeypatch: pytes
     monkeypatch.setattr(RunDirectory, "write_resume", counted)
     trainer, _ = trainer_on_tiny(tmp_path, quiet, checkpoint_every=0, checkpoint_minutes=minutes)
     assert trainer.steps_per_epoch == 6 and written == list(range(7 - checkpoints, 7))
+
+
+def test_footprint_counts_what_each_model_allocates_and_leaves_the_rng_alone() -> None:
+    schema = tiny_dataset().schema
+    for name in list_models():
+        torch.manual_seed(0)
+        estimate = model_bytes(name, schema, {})
+        after = torch.rand(1)
+        torch.manual_seed(0)
+        model = create_model(name, schema)
+        assert estimate == sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()]), name
+        torch.manual_seed(0)
+        assert torch.equal(after, torch.rand(1))
+
+
+def test_a_model_beyond_the_machines_memory_names_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    schema = tiny_dataset().schema
+    size = model_bytes("mmoe", schema, {})
+    monkeypatch.setattr("mtrec.resources.machine_memory", lambda: 5 * size)
+    monkeypatch.setattr("mtrec.training.footprint.machine_memory", lambda: 5 * size)
+    check_fits("mmoe", schema, {}, copies=5)
+    with pytest.raises(ConfigError, match=r"model 'mmoe' \(5 copies .* model_options.tower_sizes = \[4096\]\) "
+                                          r"needs about .* MiB of memory; this machine has"):
+        check_fits("mmoe", schema, {"tower_sizes": [4096]}, copies=5)

@@ -14,6 +14,7 @@ from mtrec.models import MultiTaskModel, create_model, model_class, model_option
 from mtrec.objectives.objective import Objective, ObjectiveConfigError, create_objective
 from mtrec.objectives.weighting import WeightingStrategy, create_weighting
 from mtrec.training.config import ConfigError, RunConfig, TrainConfig
+from mtrec.training.footprint import TRAINING_COPIES, check_fits
 
 
 def resolved_train(train: TrainConfig, model: type[MultiTaskModel]) -> TrainConfig:
@@ -47,9 +48,12 @@ def objective_and_weighting(model: MultiTaskModel, train: TrainConfig) -> tuple[
     return objective, weighting
 
 
-def build_run(config: RunConfig, schema: DatasetSchema) -> tuple[MultiTaskModel, Objective, WeightingStrategy]:
+def build_run(config: RunConfig, schema: DatasetSchema, copies: int = TRAINING_COPIES
+              ) -> tuple[MultiTaskModel, Objective, WeightingStrategy]:
     """The untrained model of ``config`` on data of ``schema``, its objective and its weighting strategy
-    (``config`` is left as it is)."""
+    (``config`` is left as it is). Refused first (ConfigError naming the setting) if ``copies`` times the
+    model's size exceeds the memory available (see :mod:`mtrec.training.footprint`)."""
     resolved = resolve_config(config)
+    check_fits(resolved.model, schema, resolved.model_options, copies)
     model = create_model(resolved.model, schema, **resolved.model_options)
     return (model, *objective_and_weighting(model, resolved.train))

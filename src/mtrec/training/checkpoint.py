@@ -64,8 +64,9 @@ def weights_problem(state: dict[str, torch.Tensor], expected: dict[str, torch.Te
 def build_scorer(config: RunConfig, schema: DatasetSchema) -> Scorer:
     """The untrained scorer of a run config: its model (one copy per task with ``select: per_task``) read
     through its objective."""
-    model, objective, _ = build_run(config, schema)
-    if config.train.select == "per_task":
+    per_task = config.train.select == "per_task"
+    model, objective, _ = build_run(config, schema, copies=len(schema.task_names) if per_task else 1)
+    if per_task:
         models = {t: copy.deepcopy(model) for t in schema.task_names}
         return Scorer(objective, models, config.model)
     return Scorer(objective, model, config.model)
