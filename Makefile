@@ -1,5 +1,9 @@
 # The two commands of the README. Each creates .venv with the pinned dependencies if needed.
-PYTHON ?= python3.11  # any CPython 3.11 to 3.13
+# any CPython 3.11 to 3.13
+PYTHON ?= python3.11
+# where torch comes from: empty for the package index (on Linux its build bundles CUDA, gigabytes);
+# https://download.pytorch.org/whl/cpu for the CPU build (about 200 MB)
+TORCH_INDEX ?=
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -10,7 +14,7 @@ TORCHREC_STAMP := $(VENV)/.torchrec
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/pip install --quiet -e '.[serve,dev]'
 	touch $(STAMP)
 
