@@ -226,7 +226,9 @@ def test_demo_summary_says_where_the_headline_models_stand() -> None:
     runs = [run("mmoe", 0.770, 0.810, 2, 4), run("dcrnn", 0.780, 0.805, 3, 5), run("dtrn", 0.760, 0.800, 1, 3),
             run("ple", 0.775, 0.815, 4, 5)]
     text = summary(runs, "synthetic:conflict:100000")
-    assert "3 of 4 runs stopped early" in text
+    assert "3 of 4 runs stopped early on the validation score (the others reached the epoch limit" in text
+    all_stopped = [*runs[:3], runs[3] | {"epochs_run": 6}]  # ple's best epoch 4 no longer its last
+    assert "4 of 4 runs stopped early on the validation score." in summary(all_stopped, "synthetic:easy")
     assert "click dcrnn (0.7800, 0.0400 below the oracle); conversion ple (0.8150, 0.0450 below the oracle)" in text
     assert "dcrnn ranks 1st of 4 on click (0.7800), 3rd of 4 on conversion (0.8050)" in text
     assert "dtrn ranks 4th of 4 on click (0.7600), 4th of 4 on conversion (0.8000); its best validation " \

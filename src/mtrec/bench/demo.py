@@ -116,10 +116,11 @@ def summary(runs: list[dict[str, Any]], data: str) -> str:
     tasks: list[str] = runs[0]["tasks"]
     oracle = runs[0].get("oracle") or {}
     stopped = sum(int(r["best_epoch"]) < int(r["epochs_run"]) - 1 for r in runs)
+    limited = "" if stopped == len(runs) else \
+        " (the others reached the epoch limit, so their numbers are not those of converged training)"
     sentences = [
         f"Each row is one model trained once (seed {runs[0]['seed']}) on `{data}` and tested on the "
-        f"held-out test rows; {stopped} of {len(runs)} runs stopped early on the validation score (the others "
-        "reached the epoch limit, so their numbers are not those of converged training)."
+        f"held-out test rows; {stopped} of {len(runs)} runs stopped early on the validation score{limited}."
     ]
     ranked = {t: sorted(runs, key=lambda r: _auc(r, t), reverse=True) for t in tasks}
     best = []
