@@ -24,20 +24,22 @@ def save(fig: Any, path: Path) -> None:
 def heatmap(
     values: np.ndarray, rows: list[str], cols: list[str], path: Path, *, title: str, xlabel: str, ylabel: str,
     colorbar: str, fmt: str = ".2f", cmap: str = "viridis", center: float | None = None,
-    spread: np.ndarray | None = None,
+    spread: np.ndarray | None = None, floor: float | None = None,
 ) -> None:
     """``values`` ``[len(rows), len(cols)]`` as a labelled heatmap with a colour bar and, when small
     enough, each cell's value (``± spread`` when given, same shape); ``center``: a diverging colour scale
-    symmetric around this value."""
+    symmetric around this value; ``floor``: the colour scale's lowest value (default: the smallest value)."""
     height, width = values.shape
     cell_width = 0.55 if spread is None else 1.0
     fig, ax = plt.subplots(figsize=(min(2.5 + cell_width * width, 18), min(1.6 + 0.45 * height, 14)))
     finite = values[np.isfinite(values)]
-    low = high = None
+    low, high = floor, None
     if center is not None and finite.size:
         reach = float(np.max(np.abs(finite - center))) or 1.0
         low, high = center - reach, center + reach
-    image = ax.imshow(values, cmap=cmap, aspect="auto", vmin=low, vmax=high)
+    colours = matplotlib.colormaps[cmap].copy()
+    colours.set_bad("whitesmoke")  # NaN cells: nothing to show
+    image = ax.imshow(values, cmap=colours, aspect="auto", vmin=low, vmax=high)
     ax.set_xticks(range(width), cols, rotation=45 if max(map(len, cols), default=0) > 3 else 0, ha="right")
     ax.set_yticks(range(height), rows)
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)

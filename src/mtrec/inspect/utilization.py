@@ -70,11 +70,22 @@ class UtilizationCollector:
         return levels
 
 
+def expert_labels(level: LevelUtilization) -> list[str]:
+    """``expert e``, with ``(dead)``, or ``(<gate> only)`` when exactly one of several gates mixes it."""
+    labels = []
+    for e in range(level.mean_weight.shape[1]):
+        reached = [g for g, w in zip(level.gates, level.mean_weight[:, e], strict=True) if w > 0]
+        own = f"\n({reached[0]} only)" if len(reached) == 1 and len(level.gates) > 1 else ""
+        labels.append(f"expert {e}" + (" (dead)" if e in level.dead else own))
+    return labels
+
+
 def plot_level(level: LevelUtilization, path: Path) -> None:
-    experts = [f"expert {e}" + (" (dead)" if e in level.dead else "") for e in range(level.mean_weight.shape[1])]
-    heatmap(level.mean_weight, level.gates, experts, path,
-            title=f"expert utilization, {level.level}: mean gate weight (each row sums to 1)",
-            xlabel="expert", ylabel="task / gate", colorbar="mean gate weight")
+    """The level's tasks × experts heatmap; an expert a gate cannot mix (weight exactly 0) is blank."""
+    shown = np.where(level.mean_weight > 0, level.mean_weight, np.nan)
+    heatmap(shown, level.gates, expert_labels(level), path,
+            title=f"expert utilization, {level.level}\nmean gate weight (each row sums to 1; blank: not in that "
+                  "gate's mixture)", xlabel="expert", ylabel="task / gate", colorbar="mean gate weight", floor=0.0)
 
 
 def summary(level: LevelUtilization) -> str:
