@@ -37,8 +37,7 @@ def heatmap(
     if center is not None and finite.size:
         reach = float(np.max(np.abs(finite - center))) or 1.0
         low, high = center - reach, center + reach
-    colours = matplotlib.colormaps[cmap].copy()
-    colours.set_bad("whitesmoke")  # NaN cells: nothing to show
+    colours = matplotlib.colormaps[cmap].with_extremes(bad="whitesmoke")  # NaN cells: nothing to show
     image = ax.imshow(values, cmap=colours, aspect="auto", vmin=low, vmax=high)
     ax.set_xticks(range(width), cols, rotation=45 if max(map(len, cols), default=0) > 3 else 0, ha="right")
     ax.set_yticks(range(height), rows)
