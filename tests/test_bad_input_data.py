@@ -234,9 +234,10 @@ def _(t: Path, w: World, mp: pytest.MonkeyPatch) -> Case:
 
 
 def test_prepare_into_a_file_size_limit_is_one_line_not_a_signal(world: World, tmp_path: Path) -> None:
-    """A file system that fills up half way through a column block: with ``RLIMIT_FSIZE`` (no mount needed)
-    writes past the limit fail like writes to a full disk. Through a memory map this was SIGBUS (exit 135,
-    no message); with plain writes it is one line and exit 2, and no temporary is left."""
+    """A file system that fills up half way through a column block, made with ``RLIMIT_FSIZE`` (no mount
+    needed): writes past the limit fail as writes to a full disk do. The blocks are written with plain
+    writes (a full disk under a memory map is SIGBUS, exit 135, no message), so it is one line, exit 2,
+    and no temporary is left."""
     rows = raw_rows(4000, seed=3)
     (tmp_path / "raw.csv").write_text(csv_text(rows))
     config = write_config(tmp_path / "shop.yaml", tmp_path / "raw.csv")
