@@ -23,7 +23,7 @@ from mtrec.serving.app import create_app
 from mtrec.serving.predictor import Predictor
 from rawdata import FEATURES
 from servers import serving
-from test_bad_input import Builder, Case, World, build_world, check_built, csv_text, main_status
+from test_bad_input import Builder, Case, World, build_world, check_built, csv_text, main_status, registrar
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -34,15 +34,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
 
 
 CASES: dict[str, Builder] = {}
-
-
-def case(name: str) -> Callable[[Builder], Builder]:
-    def add(build: Builder) -> Builder:
-        assert name not in CASES
-        CASES[name] = build
-        return build
-
-    return add
+case = registrar(CASES)
 
 
 def run_copy(t: Path, w: World) -> Path:
