@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import onnx
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -194,6 +195,19 @@ def _(t: Path, w: World, mp: pytest.MonkeyPatch) -> Case:
                 ["in.parquet", "'hist_click'", "holds list<", "list<element"])
 
 
+@case("predict: a model file whose metadata names other features than its graph takes")
+def _(t: Path, w: World, mp: pytest.MonkeyPatch) -> Case:
+    assert main_status(["export", str(w.run), "--out", str(t / "m.onnx")]) == 0
+    model = onnx.load(str(t / "m.onnx"))
+    for prop in model.metadata_props:
+        if prop.key == "mtrec_schema":
+            schema = json.loads(prop.value)
+            schema["sparse"][2].update(name="renamed", table="category")  # the graph takes 'category'
+            prop.value = json.dumps(schema)
+    onnx.save(model, str(t / "m.onnx"))
+    return Case(predict_argv(t / "m.onnx", w.scoring, t / "o.csv"), ["m.onnx", "does not match the schema"])
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_bad_input_of_scoring_is_one_clear_line_and_loses_nothing(
     name: str, world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
@@ -234,3 +248,4 @@ def test_a_history_of_lists_of_lists_is_a_422_naming_the_field(client: httpx.Cli
     response = client.post("/v1/score", json={"user": user, "candidates": [{"item_id": "i4", "category": "c4",
                                                                             "price": 9.5}]})
     assert response.status_code == 422 and response.json()["error"].startswith("user.hist_click")
+

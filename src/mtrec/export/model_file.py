@@ -190,6 +190,12 @@ def open_model_file(source: Path | bytes, threads: int = 1, providers: list[Any]
     inputs = props.get("mtrec_inputs")
     if inputs not in INPUT_KINDS:
         raise ModelFileError(f"{path}: mtrec_inputs {inputs!r} in its metadata is not one of {list(INPUT_KINDS)}")
+    expected = input_names(schema) if inputs == "ids" else schema.feature_names
+    unknown = sorted({i.name for i in session.get_inputs()} - set(expected))
+    absent = sorted(set(schema.task_names) - {o.name for o in session.get_outputs()})
+    if unknown or absent:
+        raise ModelFileError(f"{path}: its graph does not match the schema in its metadata (inputs the schema "
+                             f"does not name: {unknown}; tasks without an output: {absent})")
     return ModelFile(session, schema, encoders, props.get("mtrec_model", "model"), inputs, props)
 
 
