@@ -71,3 +71,8 @@ def with_regression_task(data: PreparedDataset) -> PreparedDataset:
     labels = np.asarray(data.labels)
     spend = labels[:, 0] * np.exp(0.5 * np.asarray(data.dense)[:, 0])
     return dataclasses.replace(data, schema=schema, labels=np.concatenate([labels, spend[:, None]], axis=1))
+
+
+def with_scenario(data: PreparedDataset) -> PreparedDataset:
+    """``data`` whose ``category`` feature is the scenario (six scenario values, ids 2 to 7)."""
+    return dataclasses.replace(data, schema=dataclasses.replace(data.schema, scenario="category"))

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from mtrec.data.dataset import PreparedDataset
-from mtrec.features.inputs import Features
+from mtrec.features.inputs import Features, features_of
 from mtrec.features.schema import DatasetSchema
 
 
@@ -113,7 +113,8 @@ def gather_batch(dataset: PreparedDataset, rows: np.ndarray, padding: int = 0) -
     labels = torch.from_numpy(np.asarray(dataset.labels[rows], dtype=np.float32))
     real = torch.ones(len(rows), dtype=torch.float32)
     real[len(rows) - padding :] = 0.0
-    features = Features(
+    features = features_of(
+        schema,
         sparse=torch.from_numpy(dataset.sparse[rows].astype(np.int64)),
         dense=torch.from_numpy(np.asarray(dataset.dense[rows], dtype=np.float32)),
         sequences={

@@ -504,6 +504,7 @@ class DatasetFile(Section):
     tasks: Annotated[list[TaskConfig], Field(min_length=1)]
     split: SplitConfig
     user_id: str | None = None
+    scenario: str | None = None
     ignore: Strings = ()
     min_count: Count = 1
 
@@ -515,6 +516,9 @@ class DatasetFile(Section):
         if self.user_id is not None and self.user_id not in features.sparse_names:
             raise ValueError(f"user_id: user_id {self.user_id!r} must name a sparse feature"
                              f"{_suggest(self.user_id, features.sparse_names)}")
+        if self.scenario is not None and self.scenario not in features.sparse_names:
+            raise ValueError(f"scenario: scenario {self.scenario!r} must name a sparse feature (its values are "
+                             f"the scenarios){_suggest(self.scenario, features.sparse_names)}")
         names = [t.name for t in self.tasks]
         if len(set(names)) != len(names):
             raise ValueError(f"tasks: task names must be unique; got {names}")
@@ -539,6 +543,7 @@ class DatasetConfig:
     user_id: str | None = None
     ignore: tuple[str, ...] = ()
     min_count: int = 1
+    scenario: str | None = None
     patterns: dict[str, tuple[SparseConfig | DenseConfig, ...]] = field(default_factory=dict)
     origin: str = "dataset config"
     raw: dict[str, Any] = field(default_factory=dict, compare=False)
@@ -652,6 +657,7 @@ def parse_dataset_config(data: Any, origin: str = "dataset config") -> DatasetCo
         dense=tuple(f for f in features.dense if f.pattern is None),
         sequences=tuple(features.sequences),
         user_id=parsed.user_id,
+        scenario=parsed.scenario,
         ignore=parsed.ignore,
         min_count=parsed.min_count,
         patterns={kind: entries for kind, entries in patterns.items() if entries},

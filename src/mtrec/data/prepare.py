@@ -498,6 +498,7 @@ def build_schema(config: DatasetConfig, encoders: FeatureEncoders) -> DatasetSch
         tasks=tuple(TaskSpec(t.name, t.observed_after, t.type, t.loss, "log1p" if t.log1p else "")
                     for t in config.tasks),
         user_id=config.user_id,
+        scenario=config.scenario,
         metadata={"dataset": config.name, "prepared_from": "raw files (mtrec prepare)"},
     )
 

@@ -88,6 +88,19 @@ observed after another is predicted in the entire space). The presets
 differ only in the task's loss: ``ziln`` (``value``), ``mse`` on the raw value (``value-mse``), ``huber``
 on ``log1p`` of it (``value-huber``).
 
+Scenarios (the ``scenarios`` preset, :class:`Scenarios`): each row belongs to one of K scenarios, drawn
+from their own random stream with probabilities ``shares`` and stored as the sparse feature ``scenario``
+(raw values ``s0``, ``s1``...; the schema's scenario). The scenarios share the world and every component;
+they differ in the weights of the ``conflicting`` components, scaled in scenario k by ``factors[k]`` (a
+negative factor: what raises a task there lowers it elsewhere), and in the target rates, scaled by
+``rates[k]`` (an intercept solved per scenario and task)::
+
+    logit_t(row in scenario k) = b_t,k + sigma_t * z(sum_c w_t,k[c] * z(component_c))
+    w_t,k[c] = factors[k] * w_t[c]  for c in conflicting,   w_t[c] otherwise
+
+A model that ignores the scenario learns the shares-weighted mean of the conflicting weights; the oracle
+AUC is reported per scenario (:func:`mtrec.metrics.oracle.oracle_metrics_by_scenario`).
+
 Why a linear model falls short: ``cross``, ``context`` and ``seq_*`` are interactions (user side x item
 latent, hour x device, price x age, history x target category) and ``recency^2`` is non-linear in a raw
 feature; a logistic regression on one-hot ids, dense values and bag-of-items histories sees only their
@@ -98,7 +111,7 @@ factorisation or MLP model learns from ~100k training rows.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, astuple, dataclass, field, replace
+from dataclasses import asdict, astuple, dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
@@ -162,6 +175,26 @@ class ValueTask:
 
 
 @dataclass(frozen=True)
+class Scenarios:
+    """The scenarios of the ``scenarios`` preset (see the module docstring): one entry per scenario in
+    ``shares`` (fraction of rows), ``factors`` (scale of the ``conflicting`` components' weights) and
+    ``rates`` (scale of each task's target rate)."""
+
+    shares: tuple[float, ...] = (0.5, 0.3, 0.2)
+    factors: tuple[float, ...] = (1.0, -1.0, 0.2)
+    rates: tuple[float, ...] = (1.0, 0.6, 1.5)
+    conflicting: tuple[str, ...] = ("cross", "context", "hist_click")
+
+    def weight_rows(self, weights: TaskWeights) -> np.ndarray:
+        """The task's component weights in each scenario ``[K, 12]``."""
+        names = [f.name for f in fields(TaskWeights)]
+        scale = np.ones((len(self.shares), len(names)))
+        for name in self.conflicting:
+            scale[:, names.index(name)] = self.factors
+        return scale * weights.as_array()[None, :]
+
+
+@dataclass(frozen=True)
 class SyntheticConfig:
     """Every knob of the generator. Presets are instances of this class (see :data:`PRESETS`).
 
@@ -195,6 +228,7 @@ class SyntheticConfig:
     conversion_logit_std: float = 1.7  # sigma_conversion
     conversion_after_click: bool = False  # conversion observed only after a click (ESMM-style)
     value: ValueTask | None = None  # a spend task observed after conversion (the value presets)
+    scenarios: Scenarios | None = None  # a scenario column and per-scenario weights (the scenarios preset)
     split_fractions: tuple[float, float, float] = (0.70, 0.15, 0.15)
     description: str = field(default="", compare=False)
 
@@ -245,6 +279,15 @@ PRESETS: dict[str, SyntheticConfig] = {
         f"amounts; about 97 % zeros), learned by {loss}{' on log1p' if transform else ''}; oracle: its expected value",
     ) for name, loss, transform in (("value", "ziln", ""), ("value-mse", "mse", ""),
                                     ("value-huber", "huber", "log1p"))},
+    "scenarios": SyntheticConfig(
+        task_correlation=0.5,
+        click=TaskWeights(cross=0.8, context=0.5, hist_click=0.6, hist_cart=0.1),
+        conversion=TaskWeights(cross=0.6, context=0.4, dense=0.6, hist_click=0.4, hist_buy=0.3),
+        scenarios=Scenarios(),
+        description="three scenarios (50/30/20 % of rows, column 'scenario') sharing the item, user, price and "
+        "buy-history effects; the cross, context and click-history effects are reversed in s1 and weak in s2, "
+        "and the rates differ",
+    ),
 }
 
 
@@ -256,7 +299,7 @@ def synthetic_schema(config: SyntheticConfig, metadata: dict[str, Any] | None = 
     def size(n: int) -> int:
         return n + FIRST_ID
 
-    sparse = (
+    sparse: tuple[SparseFeature, ...] = (
         SparseFeature("user_id", size(config.n_users)),
         SparseFeature("age_bucket", size(N_AGE)),
         SparseFeature("gender", size(N_GENDER)),
@@ -268,6 +311,8 @@ def synthetic_schema(config: SyntheticConfig, metadata: dict[str, Any] | None = 
         SparseFeature("hour", size(N_HOURS)),
         SparseFeature("device", size(N_DEVICES)),
     )
+    if config.scenarios is not None:
+        sparse = (*sparse, SparseFeature("scenario", size(len(config.scenarios.shares))))
     dense = (
         DenseFeature("price"),
         DenseFeature("user_activity"),
@@ -300,13 +345,14 @@ def synthetic_schema(config: SyntheticConfig, metadata: dict[str, Any] | None = 
         tasks=tasks,
         user_id="user_id",
         metadata=dict(metadata or {}),
+        scenario=None if config.scenarios is None else "scenario",
     )
 
 
 # ---- raw values ----------------------------------------------------------------------------------
 # the raw text of value k (id k + FIRST_ID) of each categorical feature is PREFIX + str(k): u17, i3, ...
 RAW_PREFIXES = {"user_id": "u", "age_bucket": "age", "gender": "g", "city": "city", "item_id": "i",
-                "item_category": "c", "brand": "b", "price_bucket": "p", "hour": "", "device": "d"}
+                "item_category": "c", "brand": "b", "price_bucket": "p", "hour": "", "device": "d", "scenario": "s"}
 HISTORY_SEPARATOR = "|"
 
 
@@ -638,6 +684,8 @@ def _simulate(cfg: SyntheticConfig, seed: int) -> _Simulation:
     cat = world.item_cat[item]
     age = world.user_age[user]
     price_bucket = world.item_price_bucket[item]
+    scenario = None if cfg.scenarios is None else \
+        np.random.default_rng([seed, 4]).choice(len(cfg.scenarios.shares), n, p=np.asarray(cfg.scenarios.shares))
 
     # histories as of the impression: a prefix of the user's history (between half and all of it)
     sequences: dict[str, np.ndarray] = {}
@@ -690,12 +738,16 @@ def _simulate(cfg: SyntheticConfig, seed: int) -> _Simulation:
         )  # [N, 12]
         components = (components - components.mean(0)) / np.maximum(components.std(0), 1e-12)
         components_per_task.append(components)
-        score = components @ weights.as_array()  # [N]
+        if cfg.scenarios is None or scenario is None:
+            score = components @ weights.as_array()  # [N]
+        else:
+            score = np.einsum("nc,nc->n", components, cfg.scenarios.weight_rows(weights)[scenario])
         logits.append(sigmas[t] * _zscore(score))
 
-    b_click = _solve_intercept(logits[0], rates[0])
+    b_click = _intercepts(logits[0], rates[0], cfg.scenarios, scenario)
     p_click = _sigmoid(logits[0] + b_click)
-    b_conv = _solve_intercept(logits[1], rates[1], weight=p_click if cfg.conversion_after_click else None)
+    b_conv = _intercepts(logits[1], rates[1], cfg.scenarios, scenario,
+                         weight=p_click if cfg.conversion_after_click else None)
     p_conv = _sigmoid(logits[1] + b_conv)
     click = rng.random(n) < p_click
     conversion = rng.random(n) < p_conv
@@ -720,6 +772,7 @@ def _simulate(cfg: SyntheticConfig, seed: int) -> _Simulation:
             price_bucket,
             hour,
             device,
+            *([] if scenario is None else [scenario]),
         ],
         axis=1,
     ).astype(np.int32) + np.int32(FIRST_ID)
@@ -742,6 +795,18 @@ def _simulate(cfg: SyntheticConfig, seed: int) -> _Simulation:
         splits=splits,
         value_oracle=value_oracle,
     )
+
+
+def _intercepts(logit: np.ndarray, rate: float, scenarios: Scenarios | None, scenario: np.ndarray | None,
+                weight: np.ndarray | None = None) -> float | np.ndarray:
+    """The intercept hitting ``rate`` (:func:`_solve_intercept`); with scenarios, one per scenario k hitting
+    ``rate * rates[k]`` on its rows, given per row ``[N]``."""
+    if scenarios is None or scenario is None:
+        return _solve_intercept(logit, rate, weight)
+    per_scenario = np.array([
+        _solve_intercept(logit[scenario == k], rate * r, None if weight is None else weight[scenario == k])
+        for k, r in enumerate(scenarios.rates)])
+    return per_scenario[scenario]
 
 
 def _spend(cfg: ValueTask, components: np.ndarray, price: np.ndarray, activity: np.ndarray, conversion: np.ndarray,

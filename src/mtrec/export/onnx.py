@@ -46,7 +46,7 @@ from mtrec.export.quantize import Quantization, QuantizedParity, quantize_int8, 
 from mtrec.export.scoring import ScoringModule, feature_inputs
 from mtrec.export.standalone import RAW_OPSET, StandaloneError, raw_input_parity, standalone_model, with_metadata
 from mtrec.features.encoders import FeatureEncoders
-from mtrec.features.inputs import Features
+from mtrec.features.inputs import Features, features_of
 from mtrec.features.schema import OOV_ID, PADDING_ID, DatasetSchema, SchemaError
 from mtrec.io import atomic_write_bytes
 from mtrec.objectives.scorer import Scorer
@@ -91,7 +91,7 @@ def random_features(schema: DatasetSchema, rows: int, seed: int = 0) -> Features
         lengths[: min(rows, 2)] = [0, s.max_len][: min(rows, 2)]
         ids[np.arange(s.max_len)[None, :] >= lengths[:, None]] = PADDING_ID
         sequences[s.name] = torch.from_numpy(ids.astype(np.int64))
-    return Features(torch.from_numpy(sparse.astype(np.int64)), torch.from_numpy(dense), sequences)
+    return features_of(schema, torch.from_numpy(sparse.astype(np.int64)), torch.from_numpy(dense), sequences)
 
 
 def run_test_rows(schema: DatasetSchema, config: RunConfig, rows: int) -> tuple[Any, np.ndarray, str]:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from mtrec.export.model_file import output_names
-from mtrec.features.inputs import Features
+from mtrec.features.inputs import Features, features_of
 from mtrec.features.schema import DatasetSchema
 from mtrec.objectives.scorer import Scorer
 
@@ -42,6 +42,7 @@ class ScoringModule(nn.Module):
         self.task_names = output_names(scorer.schema)
 
     def forward(self, sparse: torch.Tensor, dense: torch.Tensor, *sequences: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        features = Features(sparse, dense, dict(zip(self.sequence_names, sequences, strict=True)))
+        features = features_of(self.scorer.schema, sparse, dense,
+                                dict(zip(self.sequence_names, sequences, strict=True)))
         predictions = self.scorer(features)
         return tuple(predictions[task] for task in self.task_names)

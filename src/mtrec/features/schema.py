@@ -20,7 +20,7 @@ from mtrec.io import atomic_write_text, json_text, read_mapping
 PADDING_ID = 0
 OOV_ID = 1
 FIRST_ID = 2  # the first id of a known value
-SCHEMA_KEYS = frozenset({"sparse", "dense", "sequences", "tasks", "user_id", "metadata"})  # to_dict's keys
+SCHEMA_KEYS = frozenset({"sparse", "dense", "sequences", "tasks", "user_id", "scenario", "metadata"})  # to_dict's keys
 
 
 class SchemaError(UserError, ValueError):
@@ -131,7 +131,13 @@ class TaskSpec:
 
 @dataclass(frozen=True)
 class DatasetSchema:
-    """Everything a model needs to know about a dataset."""
+    """Everything a model needs to know about a dataset.
+
+    ``scenario`` names the sparse feature whose values are the dataset's scenarios (countries, app
+    surfaces: the domains of multi-scenario learning), or None. It is an ordinary sparse feature (its
+    vocabulary, encoding and embedding are a sparse feature's), which models also receive as
+    :attr:`Features.scenario <mtrec.features.inputs.Features.scenario>`; metrics are reported per scenario.
+    """
 
     sparse: tuple[SparseFeature, ...] = ()
     dense: tuple[DenseFeature, ...] = ()
@@ -139,6 +145,7 @@ class DatasetSchema:
     tasks: tuple[TaskSpec, ...] = ()
     user_id: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    scenario: str | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -156,6 +163,17 @@ class DatasetSchema:
     def embedded_features(self) -> list[SparseFeature | SequenceFeature]:
         """Features that index an embedding table: sparse then sequence features."""
         return [*self.sparse, *self.sequences]
+
+    @property
+    def scenario_column(self) -> int | None:
+        """The scenario's column in the sparse block, or None without a scenario."""
+        return None if self.scenario is None else [f.name for f in self.sparse].index(self.scenario)
+
+    @property
+    def scenario_count(self) -> int:
+        """The number of scenario ids (padding and out-of-vocabulary included); 0 without a scenario."""
+        column = self.scenario_column
+        return 0 if column is None else self.sparse[column].vocab_size
 
     def task(self, name: str) -> TaskSpec:
         for t in self.tasks:
@@ -223,6 +241,8 @@ class DatasetSchema:
                 raise SchemaError(f"sequence {s.name!r}: target {s.target!r} is not a sparse feature")
         if self.user_id is not None and self.user_id not in sparse_names:
             raise SchemaError(f"user_id {self.user_id!r} must name a sparse feature")
+        if self.scenario is not None and self.scenario not in sparse_names:
+            raise SchemaError(f"scenario {self.scenario!r} must name a sparse feature")
 
     # ---- JSON ----------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -232,6 +252,7 @@ class DatasetSchema:
             "sequences": [asdict(f) for f in self.sequences],
             "tasks": [asdict(t) for t in self.tasks],
             "user_id": self.user_id,
+            "scenario": self.scenario,
             "metadata": self.metadata,
         }
 
@@ -249,6 +270,7 @@ class DatasetSchema:
                 tasks=tuple(TaskSpec(**t) for t in data["tasks"]),
                 user_id=data.get("user_id"),
                 metadata=dict(data.get("metadata", {})),
+                scenario=data.get("scenario"),
             )
         except (KeyError, TypeError) as exc:
             raise SchemaError(f"not a valid schema description: {exc}") from exc

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mtrec.features.inputs import Features
+from mtrec.features.inputs import Features, features_of
 from mtrec.features.schema import DatasetSchema
 from mtrec.inspect.plots import heatmap
 from mtrec.metrics import auc, value_metrics
@@ -70,7 +70,7 @@ def permuted(features: Features, schema: DatasetSchema, field: int, order: torch
     else:
         name = schema.sequences[field - n_sparse - n_dense].name
         sequences[name] = sequences[name][order]
-    return Features(sparse, dense, sequences)
+    return features_of(schema, sparse, dense, sequences)
 
 
 def permutation_importance(

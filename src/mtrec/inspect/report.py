@@ -81,7 +81,8 @@ def load_sample(config: RunConfig, schema_of_run: Any, data: str | None, split: 
 
 def rows_of(features: Features, start: int, stop: int) -> Features:
     return Features(features.sparse[start:stop], features.dense[start:stop],
-                    {k: v[start:stop] for k, v in features.sequences.items()})
+                    {k: v[start:stop] for k, v in features.sequences.items()},
+                    None if features.scenario is None else features.scenario[start:stop])
 
 
 def batched(scorer: Scorer, each: Callable[[], None] | None = None) -> importance.Predict:

@@ -14,6 +14,7 @@ import numpy as np
 from mtrec.data.dataset import PreparedDataset
 from mtrec.features.schema import FIRST_ID
 from mtrec.metrics.ranking import auc
+from mtrec.metrics.scenarios import per_scenario, scenario_names
 from mtrec.metrics.values import value_metrics
 
 
@@ -47,16 +48,37 @@ def oracle_metrics(dataset: PreparedDataset, split: str = "test") -> dict[str, d
     where it was not observed). ValueError if the dataset has no oracle."""
     if dataset.oracle is None:
         raise ValueError("this dataset has no oracle block (only synthetic datasets carry true probabilities)")
+    return _oracle_on(dataset, dataset.oracle, _split_rows(dataset, split))
+
+
+def oracle_metrics_by_scenario(dataset: PreparedDataset, split: str = "test") -> dict[str, dict[str, dict[str, float]]]:
+    """The oracle's metrics (:func:`oracle_metrics`) over each scenario's rows of ``split``: ``{scenario: {task:
+    metrics}}``, scenarios named by their raw values; empty for a dataset without a scenario. ValueError if the
+    dataset has no oracle."""
+    column = dataset.schema.scenario_column
+    if column is None:
+        return {}
+    oracle = dataset.oracle
+    if oracle is None:
+        raise ValueError("this dataset has no oracle block (only synthetic datasets carry true probabilities)")
     rows = _split_rows(dataset, split)
+    ids = np.asarray(dataset.sparse[rows, column])
+    return per_scenario(ids, scenario_names(dataset.schema, dataset.encoders),
+                        lambda mask: _oracle_on(dataset, oracle, rows[mask]))
+
+
+def _oracle_on(dataset: PreparedDataset, oracle: np.ndarray, rows: np.ndarray) -> dict[str, dict[str, float]]:
+    """The oracle's metrics per task on ``rows`` (see :func:`oracle_metrics`); ``oracle``: the dataset's
+    oracle block ``[N, T]``."""
     result = {}
     for t, spec in enumerate(dataset.schema.tasks):
         if spec.is_binary:
             obs = observed_rows(dataset, spec.name, rows)
-            result[spec.name] = {"auc": auc(np.asarray(dataset.labels[obs, t]), np.asarray(dataset.oracle[obs, t]))}
+            result[spec.name] = {"auc": auc(np.asarray(dataset.labels[obs, t]), np.asarray(oracle[obs, t]))}
             continue
         labels = np.asarray(dataset.labels[rows, t], dtype=np.float64)
         labels = np.expm1(labels) if spec.transform == "log1p" else labels
-        result[spec.name] = value_metrics(labels, np.asarray(dataset.oracle[rows, t]))
+        result[spec.name] = value_metrics(labels, np.asarray(oracle[rows, t]))
     return result
 
 

@@ -156,6 +156,7 @@ def gather_predictions(local: Predictions, device: torch.device) -> Predictions:
         masks={t: all_gather_rows(v, device) for t, v in local.masks.items()},
         users=None if local.users is None else all_gather_rows(local.users, device),
         regression=local.regression,
+        scenarios=None if local.scenarios is None else all_gather_rows(local.scenarios, device),
     )
 
 

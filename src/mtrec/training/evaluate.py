@@ -11,6 +11,7 @@ import torch
 from mtrec.data.batches import BatchIterator, gather_batch
 from mtrec.data.dataset import PreparedDataset
 from mtrec.metrics import evaluate_tasks
+from mtrec.metrics.scenarios import per_scenario
 from mtrec.objectives.scorer import Scorer
 
 
@@ -18,16 +19,31 @@ from mtrec.objectives.scorer import Scorer
 class Predictions:
     """A split's predictions (probabilities of binary tasks, values of regression tasks), labels and masks
     per task (each ``[n]``, as :meth:`Scorer.targets` gives them: in the label's own units), user ids (or
-    None), and which tasks are regression tasks."""
+    None), which tasks are regression tasks, and scenario ids ``[n]`` (or None)."""
 
     probs: dict[str, np.ndarray]
     labels: dict[str, np.ndarray]
     masks: dict[str, np.ndarray]
     users: np.ndarray | None
     regression: frozenset[str] = frozenset()
+    scenarios: np.ndarray | None = None
 
     def metrics(self) -> dict[str, dict[str, float]]:
         return evaluate_tasks(self.probs, self.labels, self.masks, self.users, self.regression)
+
+    def metrics_by_scenario(self, names: dict[int, str]) -> dict[str, dict[str, dict[str, float]]]:
+        """``{scenario: {task: metrics}}`` over each scenario's rows (``names``: scenario id -> raw value);
+        empty without scenario ids."""
+        if self.scenarios is None:
+            return {}
+
+        def on(rows: np.ndarray) -> dict[str, dict[str, float]]:
+            return evaluate_tasks({t: v[rows] for t, v in self.probs.items()},
+                                  {t: v[rows] for t, v in self.labels.items()},
+                                  {t: v[rows] for t, v in self.masks.items()},
+                                  None if self.users is None else self.users[rows], self.regression)
+
+        return per_scenario(self.scenarios, names, on)
 
 
 @torch.no_grad()
@@ -52,6 +68,7 @@ def predict_split(
     labels: dict[str, list[torch.Tensor]] = {t: [] for t in schema.task_names}
     masks: dict[str, list[torch.Tensor]] = {t: [] for t in schema.task_names}
     users: list[torch.Tensor] = []
+    scenarios: list[torch.Tensor] = []
     rows = None if part is None else dataset.splits[split][part]
     made = 0
     for batch in BatchIterator(dataset, split, batch_size, shuffle=False, rows=rows):
@@ -64,6 +81,8 @@ def predict_split(
             masks[t].append(batch_masks[t])
         if user_col is not None:
             users.append(batch.features.sparse[:, user_col])
+        if batch.features.scenario is not None:
+            scenarios.append(batch.features.scenario)
     if made < min_batches:
         filler = gather_batch(dataset, dataset.splits[split][:1]).features.to(device)
         for _ in range(min_batches - made):
@@ -75,7 +94,9 @@ def predict_split(
 
     if not probs[schema.task_names[0]]:  # an empty part
         empty = {t: np.zeros(0, dtype=np.float32) for t in schema.task_names}
-        no_users = np.zeros(0, dtype=np.int64) if user_col is not None else None
-        return Predictions(empty, dict(empty), dict(empty), no_users, regression)
+        no_ids = np.zeros(0, dtype=np.int64)
+        return Predictions(empty, dict(empty), dict(empty), no_ids if user_col is not None else None, regression,
+                           no_ids if schema.scenario is not None else None)
     users_array = torch.cat(users).numpy() if users else None
-    return Predictions(cat(probs), cat(labels), cat(masks), users_array, regression)
+    scenario_array = torch.cat(scenarios).numpy() if scenarios else None
+    return Predictions(cat(probs), cat(labels), cat(masks), users_array, regression, scenario_array)

@@ -19,11 +19,13 @@ from mtrec.data.dataset import PreparedDataset
 from mtrec.data.source import is_synthetic, load_data
 from mtrec.devices import check_device
 from mtrec.locks import locked_directory
+from mtrec.metrics.scenarios import scenario_names
 from mtrec.training import distributed
 from mtrec.training.build import build_run, resolve_config
 from mtrec.training.callbacks import TrainerCallback
 from mtrec.training.checkpointer import check_resumable
 from mtrec.training.config import RunConfig, TrainConfig
+from mtrec.training.evaluate import Predictions
 from mtrec.training.gradient_conflict import GradientConflictLogger
 from mtrec.training.rundir import RunDirectory
 from mtrec.training.state import TrainState
@@ -39,6 +41,17 @@ def oracle_metrics(dataset: PreparedDataset) -> dict[str, dict[str, float]] | No
     from mtrec.metrics.oracle import oracle_metrics as synthetic_oracle
 
     return synthetic_oracle(dataset, "test")
+
+
+def scenario_metrics(dataset: PreparedDataset, test: Predictions) -> dict[str, Any]:
+    """For a dataset with a scenario: the test metrics per (scenario, task), ``test_by_scenario``, and the
+    oracle's, ``oracle_by_scenario``, when the data has one; nothing otherwise."""
+    if dataset.schema.scenario is None:
+        return {}
+    from mtrec.metrics.oracle import oracle_metrics_by_scenario
+
+    found = {"test_by_scenario": test.metrics_by_scenario(scenario_names(dataset.schema, dataset.encoders))}
+    return found if dataset.oracle is None else {**found, "oracle_by_scenario": oracle_metrics_by_scenario(dataset)}
 
 
 def monitors(cfg: TrainConfig, run_dir: RunDirectory, dataset: PreparedDataset, resume: bool,
@@ -149,6 +162,7 @@ def _train(
     }
     if is_synthetic(config.data) or dataset.oracle is not None:
         metrics["oracle"] = oracle_metrics(dataset)
+    metrics.update(scenario_metrics(dataset, result.test_predictions))
     if ctx.is_main:
         run_dir.write_metrics(metrics)
         predictions = result.test_predictions
