@@ -113,3 +113,22 @@ def test_a_run_reports_metrics_per_scenario(tmp_path: Path) -> None:
     rows = sum(m["click"]["rows"] for m in metrics["test_by_scenario"].values())
     assert rows == metrics["test"]["click"]["rows"]
     assert set(metrics["oracle_by_scenario"]) == {"s0", "s1", "s2"}
+
+
+def test_bench_report_has_a_table_per_scenario() -> None:
+    from mtrec.bench.report import scenario_table
+
+    def run(model: str, seed: int, s1_click: float) -> dict:  # type: ignore[type-arg]
+        by_scenario = {"s0": {"click": {"auc": 0.7}}, "s1": {"click": {"auc": s1_click}}}
+        return {"data": "synthetic:scenarios", "model": model, "seed": seed, "tasks": ["click"],
+                "test": {"click": {"auc": 0.7}}, "test_by_scenario": by_scenario,
+                "oracle_by_scenario": {"s0": {"click": {"auc": 0.83}}, "s1": {"click": {"auc": 0.81}}}}
+
+    table = scenario_table([run("star", 0, 0.6), run("star", 1, 0.62), run("mmoe", 0, 0.55)])
+    lines = table.splitlines()
+    assert lines[0] == "### synthetic:scenarios: per scenario"
+    assert lines[2] == "| model | s0 click AUC | s1 click AUC |"
+    assert lines[4] == "| **oracle** | 0.8300 | 0.8100 |"
+    assert lines[5] == "| star | 0.7000 ± 0.0000 | 0.6100 ± 0.0141 |"
+    assert lines[6] == "| mmoe | 0.7000 | 0.5500 |"
+    assert scenario_table([{**run("mmoe", 0, 0.5), "test_by_scenario": {}}]) == ""

@@ -99,6 +99,32 @@ def comparison_table(runs: list[dict[str, Any]], metrics: tuple[str, ...] = ("au
     return "\n".join(lines)
 
 
+def scenario_table(runs: list[dict[str, Any]]) -> str:
+    """A Markdown table per dataset with scenarios (runs whose metrics have ``test_by_scenario``): one row per
+    model, one column per (scenario, task) holding the task's score (AUC, R² of a value task; mean ± std
+    over seeds), the oracle row first where the data has one; empty when no run has scenarios."""
+    lines: list[str] = []
+    by_data: dict[str, list[tuple[str, list[dict[str, Any]]]]] = defaultdict(list)
+    for (data, model), group in group_runs(runs).items():
+        if group[0].get("test_by_scenario"):
+            by_data[data].append((model, group))
+    for data, models in by_data.items():
+        first = models[0][1][0]
+        columns = [(s, t) for s, tasks in first["test_by_scenario"].items() for t in tasks]
+        header = ["model", *[f"{s} {t} {score_name(first['test'][t])}" for s, t in columns]]
+        lines += [f"### {data}: per scenario", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        oracle = first.get("oracle_by_scenario")
+        if oracle:
+            cells = [f"{task_score(oracle[s][t]):.4f}" if t in oracle.get(s, {}) else "" for s, t in columns]
+            lines.append("| **oracle** | " + " | ".join(cells) + " |")
+        for model, group in models:
+            cells = [mean_std([task_score(r["test_by_scenario"][s][t]) if t in r["test_by_scenario"].get(s, {})
+                               else None for r in group]) for s, t in columns]
+            lines.append(f"| {model} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def plot_auc_bars(runs: list[dict[str, Any]], path: Path) -> None:
     """Write :func:`auc_bars_figure` to ``path``."""
     save_figure(auc_bars_figure(runs), path)

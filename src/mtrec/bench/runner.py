@@ -46,6 +46,7 @@ from mtrec.bench.report import (
     hit_the_limit,
     plot_auc_bars,
     plot_learning_curves_by_model,
+    scenario_table,
     table_metrics,
 )
 from mtrec.data.dataset import SPLITS, PreparedDataset
@@ -501,7 +502,7 @@ def write_report(results: dict[str, Any], out: Path) -> str:
     limited = sum(hit_the_limit(r) for r in runs)
     lines += ["", f"Runs ended by the epoch limit (best validation epoch = last, so not converged): {limited} of "
                   f"{len(runs)}" + (" (column 'at limit')." if limited else "."),
-              "", comparison_table(runs, table_metrics(runs)),
+              "", comparison_table(runs, table_metrics(runs)), scenario_table(runs),
               "![test AUC (binary) or R² (value) per model and task](auc.png)", ""]
     plot_auc_bars(runs, out / "auc.png")
     for label in results["datasets"]:
