@@ -138,7 +138,7 @@ def test_two_gloo_processes_train_the_same_weights_as_one(tmp_path: Path) -> Non
 
 @pytest.mark.parametrize(("train", "message"), [
     ({"embedding_sharding": "row_wise"}, r"train.embedding_sharding: must be one of 'none', 'table_wise'"),
-    ({"embedding_sharding": "table_wise"}, "needs train.embedding_optimizer adagrad or sgd"),
+    ({"embedding_sharding": "table_wise", "embedding_optimizer": "adam"}, "needs train.embedding_optimizer adagrad"),
     ({"embedding_sharding": "auto", "embedding_optimizer": "sgd", "weighting": "gradnorm"},
      "gradnorm cannot be used with train.embedding_sharding: auto"),
     ({"embedding_memory_mb": -1}, "train.embedding_memory_mb: must be >= 0"),

@@ -52,6 +52,7 @@ def config(data: Path, model: str, sharding: str, **train: Any) -> dict[str, Any
     return {"model": model, "data": str(data), "model_options": OPTIONS[model],
             "train": {"epochs": 2, "batch_size": 25, "lr": 0.02, "num_threads": 1, "prefetch": 0, "patience": 5,
                       "checkpoint_every": 3, "eval_batch_size": 16, "embedding_optimizer": "adagrad",
+                      "embedding_lr": 0.02,
                       "embedding_sharding": sharding, "precision": "fp32", **train}}
 
 

@@ -33,7 +33,8 @@ if TYPE_CHECKING:
 RUN_SETTINGS = ("model", "data", "model_options")
 # a resumed run keeps these (its checkpoint says which it was started with)
 RESUME_FIXED = ("batch_size", "seed", "lr", "weight_decay", "weighting", "weighting_options", "objective",
-                "objective_options", "select", "embedding_sharding", "embedding_optimizer", "precision")
+                "objective_options", "select", "embedding_sharding", "embedding_optimizer", "embedding_lr",
+                "precision")
 MAY_GROW = ("epochs", "patience")
 TRAIN_SETTINGS = RESUME_FIXED + MAY_GROW
 

@@ -65,8 +65,11 @@ class TrainConfig(ConfigModel):
     embedding_sharding: Literal["none", "table_wise", "column_wise", "auto"] = "none"
     # "auto": each rank's memory budget in MiB for its tables and their optimizer state (0: TorchRec's default)
     embedding_memory_mb: NonNegative = 0
-    # the tables' optimizer: "adam" (the model's Adam), or "adagrad" / "sgd" (their own, as sharded tables need)
-    embedding_optimizer: Literal["adam", "adagrad", "sgd"] = "adam"
+    # the tables' optimizer: "adam" (the model's Adam), or "adagrad" / "sgd" (their own, as sharded tables need);
+    # "auto" (the default): adagrad with sharded tables, else adam (the validated config names the one used)
+    embedding_optimizer: Literal["auto", "adam", "adagrad", "sgd"] = "auto"
+    # the learning rate of the tables' own optimizer (adagrad, sgd); unset: TABLE_LR's for adagrad, train.lr for sgd
+    embedding_lr: Rate | None = None
     # compile the training step's forward (model, objective, weighting) with torch.compile (inductor): the
     # first steps pay the compilation (logged; excluded from the throughput), later ones run fused kernels.
     # Off by default: it pays only on long runs, and not for every model (docs/performance.md)
@@ -108,7 +111,9 @@ class TrainConfig(ConfigModel):
 
     @model_validator(mode="after")
     def _sharding(self) -> TrainConfig:
-        """Settings that sharded tables cannot serve."""
+        """``embedding_optimizer: auto`` made concrete, and settings that sharded tables cannot serve."""
+        if self.embedding_optimizer == "auto":
+            self.embedding_optimizer = "adam" if self.embedding_sharding == "none" else "adagrad"
         if self.embedding_sharding == "none":
             return self
         if self.compile:

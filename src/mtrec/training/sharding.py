@@ -42,7 +42,7 @@ from torchrec.distributed.types import ShardingPlan, ShardingType
 
 from mtrec.models import MultiTaskModel
 from mtrec.training.config import ConfigError, TrainConfig
-from mtrec.training.optimizers import ADAGRAD_EPS, Optimizers
+from mtrec.training.optimizers import ADAGRAD_EPS, Optimizers, table_lr
 from mtrec.training.placement import Replicated, feature_embeddings, tensor_bytes
 from mtrec.training.resume import ResumeError
 from mtrec.training.rundir import RunDirectory
@@ -188,7 +188,8 @@ class Sharded(Replicated):
         dims = {name: block.dim for block in self.blocks.values() for name in block.tables}
         cfg = self.config
         sharder = EmbeddingCollectionSharder(fused_params={
-            "optimizer": FUSED_OPTIMIZERS[cfg.embedding_optimizer], "learning_rate": cfg.lr, "eps": ADAGRAD_EPS,
+            "optimizer": FUSED_OPTIMIZERS[cfg.embedding_optimizer], "learning_rate": table_lr(cfg),
+            "eps": ADAGRAD_EPS,
         })
         # the planner counts the tables' weights only (it is not told of optimizers given as fused
         # parameters): Adagrad's state is as large again
