@@ -78,6 +78,7 @@ def test_config_file_and_flags_combine(tiny_dir: Path, tmp_path: Path) -> None:
         (["--model", "mmoe", "--data", "/no/such/dir"], "neither 'synthetic[:PRESET[:ROWS]]' nor an existing"),
         (["--model", "mmoe", "--data", "synthetic:easy:many"], "ROWS must be an integer"),
         (["--data", "synthetic"], "no model given"),
+        (["--model", "star", "--data", "synthetic:easy:200"], "star is a multi-scenario model: its dataset needs"),
         (["--model", "mmoe", "--data", "synthetic", "--epochs", "0"], "--epochs: must be >= 1, got 0"),
     ],
 )

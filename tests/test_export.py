@@ -10,7 +10,7 @@ import onnx
 import pytest
 import torch
 
-from fakes import scorer, tiny_dataset
+from fakes import scorer, tiny_dataset, with_scenario
 from mtrec.cli import main
 from mtrec.export import onnx as onnx_export
 from mtrec.export.model_file import input_names
@@ -35,7 +35,7 @@ MODELS = list_models()
 
 @pytest.fixture(scope="module")
 def data():  # type: ignore[no-untyped-def]
-    return tiny_dataset(rows=200, seed=3)
+    return with_scenario(tiny_dataset(rows=200, seed=3))  # scenario models need one; others read it as a field
 
 
 @pytest.fixture(scope="module")

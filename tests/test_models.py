@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from fakes import default_objective, tiny_dataset, with_regression_task
+from fakes import default_objective, tiny_dataset, with_regression_task, with_scenario
 from mtrec.data.batches import gather_batch
 from mtrec.models import BUILT_IN, ModelConfigError, create_model, list_models, model_class, model_options
 from mtrec.objectives import create_objective, list_objectives
@@ -25,7 +25,7 @@ def test_the_built_in_table_names_the_module_registering_each_model() -> None:
 
 @pytest.fixture(scope="module")
 def data():  # type: ignore[no-untyped-def]
-    return tiny_dataset(rows=200, seed=1)
+    return with_scenario(tiny_dataset(rows=200, seed=1))  # scenario models need one; others read it as a field
 
 
 def build(name: str, schema):  # type: ignore[no-untyped-def]

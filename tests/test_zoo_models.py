@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from fakes import tiny_dataset, with_regression_task
+from fakes import tiny_dataset, with_regression_task, with_scenario
 from mtrec.data.batches import gather_batch
 from mtrec.models import ModelConfigError, create_model
 from mtrec.models.home import group_of_tasks
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def data():  # type: ignore[no-untyped-def]
-    return tiny_dataset(rows=200, seed=2)
+    return with_scenario(tiny_dataset(rows=200, seed=2))  # scenario models need one; others read it as a field
 
 
 def batch_of(data, rows: int = 64):  # type: ignore[no-untyped-def]

@@ -58,10 +58,14 @@ BUILT_IN: dict[str, BuiltIn] = {
     "dtrn_mmoe": BuiltIn("dtrn", "DTRN with MMoE on top: shared experts over each task's refined input"),
     "esmm": BuiltIn("esmm", "ESMM (Ma et al., SIGIR 2018): conversion learned over the entire exposure space "
                             "as pCTCVR = pCTR x pCVR"),
+    "hinet": BuiltIn("hinet", "HiNet (Zhou et al., SIGIR 2023): a scenario extraction layer (shared, specific and "
+                              "attended experts) under a task extraction layer; needs a scenario"),
     "hmoe": BuiltIn("hmoe", "HMoE (Li et al., CIKM 2020): MMoE whose task outputs are mixed again in the label "
                             "space, other tasks' under stop-gradient"),
     "home": BuiltIn("home", "HoME (Wang et al., 2024): a hierarchy of normalised multi-gate experts over task "
                             "groups"),
+    "m3oe": BuiltIn("m3oe", "M3oE (Zhang et al., SIGIR 2024): shared, scenario and task mixtures of experts fused "
+                            "at two levels; needs a scenario"),
     "mmoe": BuiltIn("mmoe", "MMoE (Ma et al., KDD 2018): shared experts mixed by one gate per task"),
     "omoe": BuiltIn("mmoe", "OMoE: MMoE with one gate whose mixture every task reads"),
     "pepnet": BuiltIn("pepnet", "PEPNet (Chang et al., KDD 2023): embeddings and tower layers personalised by "
@@ -78,6 +82,8 @@ BUILT_IN: dict[str, BuiltIn] = {
                                "gates, as a gated sum"),
     "snr_trans": BuiltIn("snr", "SNR-Trans (Ma et al., AAAI 2019): sub-networks routed to each task by "
                                 "hard-concrete gates, each connection a transformation"),
+    "star": BuiltIn("star", "STAR (Sheng et al., CIKM 2021): star-topology layers (shared weights times scenario "
+                            "weights) over partitioned normalization; needs a scenario"),
     "stem": BuiltIn("stem", "STEM-Net (Su et al., AAAI 2024): shared and task-specific embeddings with "
                             "all-forward, task-specific-backward gates"),
 }

@@ -8,9 +8,9 @@ Built from Gate Neural Units (:class:`~mtrec.nn.gating.ScaledSigmoidGates`):
   ``E_dom`` those of the domain (prior) features, ``delta_dom = GateNU_ep(E_dom ++ sg(E))`` ``[B, F]``
   (one weight per field) and ``O_ep = delta_dom * E``. The gate reads ``E`` under stop-gradient
   (``sg``): its gradient never reaches the embeddings through its input, only the domain features'
-  embeddings, so the gate adapts the embeddings without pulling them toward what suits the gate. With
-  no domain feature (``domain_features=()``, the default, for one-domain data) the gate reads ``sg(E)``
-  alone.
+  embeddings, so the gate adapts the embeddings without pulling them toward what suits the gate.
+  ``domain_features=()`` (the default) takes the dataset's scenario (:attr:`DatasetSchema.scenario`) as the
+  domain feature where it has one; without one (one-domain data) the gate reads ``sg(E)`` alone.
 - **PPNet** (parameter personalisation): from the persona features (``persona_features``; default: the
   user id and the item ids the histories target, else every sparse field) ``P``, each tower layer
   ``l`` has its own Gate NU over ``P ++ sg(O_ep)`` giving one gate per task and unit,
@@ -63,6 +63,8 @@ class PEPNet(MultiTaskModel):
         super().__init__(schema)
         T = len(self.task_names)
         persona = list(persona_features) if persona_features is not None else default_persona(schema)
+        if not domain_features and schema.scenario is not None:
+            domain_features = (schema.scenario,)  # the scenario is the domain
         domain = sparse_field_indices(schema, domain_features, "pepnet", "domain_features")
         self.register_buffer("domain_index", torch.tensor(domain, dtype=torch.long), persistent=False)
         persona_index = sparse_field_indices(schema, persona, "pepnet", "persona_features")
