@@ -14,6 +14,7 @@ from mtrec.models.hinet import HiNet
 from mtrec.models.m3oe import M3oE
 from mtrec.models.pepnet import PEPNet
 from mtrec.models.star import STAR, PartitionedNorm, StarLinear
+from mtrec.nn.recording import recording
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -92,6 +93,10 @@ def test_hinet_attends_to_the_other_scenarios_only(data) -> None:  # type: ignor
     assert torch.allclose(weights.sum(1), torch.ones(4))
     assert weights[torch.arange(4), scenario].abs().max() == 0
     assert (weights.sum(0) > 0).sum() == model.attention.embedding.num_embeddings
+    with recording(model) as records:
+        model(batch_features(data))
+    blocks = {r.block for r in records.records}
+    assert {"shared_gates", "attention", "task_level.0.task_gates"} <= blocks  # what mtrec inspect reads
 
 
 def test_hinet_rows_read_their_own_scenarios_specific_expert(data) -> None:  # type: ignore[no-untyped-def]

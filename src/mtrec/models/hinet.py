@@ -42,12 +42,14 @@ from mtrec.models.base import MultiTaskModel
 from mtrec.nn.embedding import FeatureEmbedding
 from mtrec.nn.experts import Gates, mix, task_levels
 from mtrec.nn.mlp import ParallelMLP, TaskTowers
+from mtrec.nn.recording import EXPERT_WEIGHTS, RecordingBlock
 from mtrec.typed import Count, Dropout, Layers, Sizes
 
 
-class ScenarioAttention(nn.Module):
+class ScenarioAttention(RecordingBlock):
     """HiNet's SAN weights: ``scenario ids [B] -> [B, S]``, each row a softmax over the other scenarios
-    (0 on its own) of the scaled dot product between its scenario's query and each scenario's key."""
+    (0 on its own) of the scaled dot product between its scenario's query and each scenario's key; recorded
+    as one gate's weights over the scenario experts ``[1, B, S]``."""
 
     def __init__(self, n_scenarios: int, dim: int) -> None:
         super().__init__()
@@ -60,7 +62,9 @@ class ScenarioAttention(nn.Module):
         table = self.embedding.weight  # [S, d]
         scores = self.query(table[scenario]) @ self.key(table).t() * self.scale  # [B, S]
         own = nn.functional.one_hot(scenario, table.shape[0]).bool()
-        return torch.softmax(scores.masked_fill(own, float("-inf")), dim=-1)
+        weights = torch.softmax(scores.masked_fill(own, float("-inf")), dim=-1)
+        self.record(EXPERT_WEIGHTS, weights.unsqueeze(0))
+        return weights
 
 
 @register_model("hinet")
