@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from fakes import default_objective, tiny_dataset
+from fakes import default_objective, tiny_dataset, with_scenario
 from mtrec.data.batches import gather_batch
 from mtrec.features.inputs import Features
 from mtrec.models import ModelConfigError, create_model, list_models, model_options
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def data():  # type: ignore[no-untyped-def]
-    return tiny_dataset(rows=200, seed=2)
+    return with_scenario(tiny_dataset(rows=200, seed=2))  # scenario models need one
 
 
 def reads_all_fields(name: str, data, monkeypatch: pytest.MonkeyPatch) -> bool:  # type: ignore[no-untyped-def]

@@ -132,3 +132,15 @@ def test_bench_report_has_a_table_per_scenario() -> None:
     assert lines[5] == "| star | 0.7000 ± 0.0000 | 0.6100 ± 0.0141 |"
     assert lines[6] == "| mmoe | 0.7000 | 0.5500 |"
     assert scenario_table([{**run("mmoe", 0, 0.5), "test_by_scenario": {}}]) == ""
+
+
+def test_bench_skips_scenario_models_on_data_without_a_scenario(tmp_path: Path, tiny_dir: Path) -> None:
+    from mtrec.bench.runner import parse_bench_config, run_bench
+
+    config = {"name": "t", "models": ["shared_bottom", "star"], "model_options": {"embedding_dim": 4},
+              "datasets": [{"data": str(tiny_dir), "label": "tiny"}], "seeds": [0],
+              "train": {"epochs": 1, "batch_size": 64, "num_threads": 1, "prefetch": 0}}
+    logs: list[str] = []
+    results = run_bench(parse_bench_config(config), tmp_path / "out", command="mtrec bench x", log=logs.append)
+    assert [r["model"] for r in results["runs"]] == ["shared_bottom"]
+    assert any("tiny / star: skipped, a multi-scenario model and the data has no scenario" in line for line in logs)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from fakes import tiny_dataset, with_regression_task
+from fakes import tiny_dataset, with_regression_task, with_scenario
 from mtrec.data.batches import gather_batch
 from mtrec.data.dataset import PreparedDataset
 from mtrec.data.prepare import prepare_dataset
@@ -320,7 +320,7 @@ def test_entire_space_value_is_the_parent_probability_times_the_conditional_valu
 
 @pytest.mark.parametrize("name", list_models())
 def test_every_model_gives_a_ziln_task_its_three_outputs(name: str) -> None:
-    data = with_regression_task(tiny_dataset(rows=120, seed=3))
+    data = with_regression_task(with_scenario(tiny_dataset(rows=120, seed=3)))
     schema = dataclasses.replace(data.schema, tasks=(*data.schema.tasks[:2], dataclasses.replace(
         data.schema.tasks[2], loss="ziln")))
     data = dataclasses.replace(data, schema=schema)

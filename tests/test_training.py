@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from fakes import tiny_dataset
+from fakes import tiny_dataset, with_scenario
 from mtrec.data.batches import gather_batch
 from mtrec.models import create_model, list_models
 from mtrec.objectives.weighting import create_weighting
@@ -198,7 +198,7 @@ def test_checkpoints_are_also_written_by_time(tmp_path: Path, monkeypatch: pytes
 
 
 def test_footprint_counts_what_each_model_allocates_and_leaves_the_rng_alone() -> None:
-    schema = tiny_dataset().schema
+    schema = with_scenario(tiny_dataset()).schema  # scenario models need one
     for name in list_models():
         torch.manual_seed(0)
         estimate = model_bytes(name, schema, {})

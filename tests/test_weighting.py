@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from fakes import default_objective, tiny_dataset
+from fakes import default_objective, tiny_dataset, with_scenario
 from mtrec.bench.runner import parse_bench_config, run_bench
 from mtrec.data.batches import Batch, BatchIterator
 from mtrec.models import MultiTaskModel, create_model, list_models
@@ -126,7 +126,7 @@ def test_gradnorm_needs_shared_parameters() -> None:
 
 def shares_with_every_task(name: str, batch: Batch) -> bool:
     torch.manual_seed(0)
-    model = create_model(name, tiny_dataset().schema)
+    model = create_model(name, with_scenario(tiny_dataset()).schema)
     shared = model.shared_parameters()
     if not shared:
         return True
@@ -142,7 +142,7 @@ def shares_with_every_task(name: str, batch: Batch) -> bool:
 
 @pytest.mark.parametrize("name", list_models())
 def test_shared_parameters_are_reached_by_every_task(name: str) -> None:
-    data = tiny_dataset()
+    data = with_scenario(tiny_dataset())  # scenario models need one
     batch = next(iter(BatchIterator(data, "train", 64)))
     assert shares_with_every_task(name, batch), f"{name}.shared_parameters() not reached by every task"
 

@@ -21,6 +21,8 @@ class MultiTaskModel(nn.Module):
     registry_name: str = ""  # set by the registry (a variant's model carries the variant's name)
     #: the objective (name, options) used when ``train.objective`` is not set
     default_objective: ClassVar[tuple[str, dict[str, Any]]] = ("masked", {})
+    #: a multi-scenario model, built only for a dataset with a scenario (:attr:`DatasetSchema.scenario`)
+    needs_scenario: ClassVar[bool] = False
 
     def __init__(self, schema: DatasetSchema) -> None:
         super().__init__()

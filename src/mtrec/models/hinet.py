@@ -69,6 +69,8 @@ class ScenarioAttention(RecordingBlock):
 
 @register_model("hinet")
 class HiNet(MultiTaskModel):
+    needs_scenario = True
+
     def __init__(
         self,
         schema: DatasetSchema,

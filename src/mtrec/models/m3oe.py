@@ -61,6 +61,8 @@ class GroupedExperts(nn.Module):
 
 @register_model("m3oe")
 class M3oE(MultiTaskModel):
+    needs_scenario = True
+
     def __init__(
         self,
         schema: DatasetSchema,

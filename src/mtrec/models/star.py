@@ -107,6 +107,8 @@ class PartitionedNorm(nn.Module):
 
 @register_model("star")
 class STAR(MultiTaskModel):
+    needs_scenario = True
+
     def __init__(
         self,
         schema: DatasetSchema,
