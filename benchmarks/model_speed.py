@@ -44,7 +44,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from mtrec.data.batches import Batch, BatchIterator, gather_batch
 from mtrec.data.source import load_data
-from mtrec.models import create_model, list_models
+from mtrec.models import create_model, list_models, runs_on
 from stepping import train_step
 
 REFERENCE = "mmoe"
@@ -130,6 +130,7 @@ def main() -> None:
     names = list_models() if args.models == "all" else list_models(*args.models.split(","))
     names = [REFERENCE, *[n for n in names if n != REFERENCE]]
     data = load_data(args.data)
+    names = [n for n in names if runs_on(n, data.schema)]  # multi-scenario models need a scenario
     rows = np.asarray(data.splits["train"][: args.steps * args.batch_size])
     in_memory = [gather_batch(data, rows[i : i + args.batch_size]) for i in range(0, len(rows), args.batch_size)]
     steps: dict[str, Callable[[Batch], None]] = {}

@@ -27,7 +27,7 @@ import torch
 from model_speed import CLOCKS, REFERENCE, timed
 from mtrec.data.batches import Batch, BatchIterator, gather_batch
 from mtrec.data.source import load_data
-from mtrec.models import create_model, list_models
+from mtrec.models import create_model, list_models, runs_on
 from mtrec.training.precision import CPU_BF16_FLAGS, choose_precision, cpu_bf16_flags
 from stepping import train_step
 
@@ -78,6 +78,7 @@ def main() -> None:
     names = list_models() if args.models == "all" else list_models(*args.models.split(","))
     names = [REFERENCE, *[n for n in names if n != REFERENCE]]
     data = load_data(args.data)
+    names = [n for n in names if runs_on(n, data.schema)]  # multi-scenario models need a scenario
     rows = np.asarray(data.splits["train"][: args.steps * args.batch_size])
     in_memory = [gather_batch(data, rows[i : i + args.batch_size]) for i in range(0, len(rows), args.batch_size)]
     steps: dict[tuple[str, str], Callable[[Batch], None]] = {}

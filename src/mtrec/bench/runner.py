@@ -53,7 +53,7 @@ from mtrec.data.dataset import SPLITS, PreparedDataset
 from mtrec.data.source import check_spec, is_synthetic, load_data
 from mtrec.io import atomic_write_text, check_output_dir, json_text
 from mtrec.locks import locked_directory
-from mtrec.models import ModelConfigError, list_models, model_class, model_options
+from mtrec.models import ModelConfigError, list_models, model_options, runs_on
 from mtrec.training.config import ConfigError, RunConfig, TrainConfig, TrainOverrides, read_config_file
 from mtrec.training.run import train_run
 from mtrec.training.rundir import METRICS, RunDirectory, finished_metrics, started_with
@@ -373,7 +373,7 @@ def _run_locked(config: BenchConfig, out: Path, command: str | None, log: Callab
         datasets[entry.label] = {"data": spec, "rows": {s: dataset.split_size(s) for s in SPLITS},
                                  "tasks": dataset.schema.task_names}
         for model in models:
-            if model_class(model.name).needs_scenario and dataset.schema.scenario is None:
+            if not runs_on(model.name, dataset.schema):
                 done += len(config.seeds)
                 log(f"{entry.label} / {model.label}: skipped, a multi-scenario model and the data has no scenario")
                 continue

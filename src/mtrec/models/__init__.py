@@ -14,6 +14,7 @@ from mtrec.models._registry import (
     model_options,
     register_model,
     register_variant,
+    runs_on,
 )
 
 if TYPE_CHECKING:
@@ -30,6 +31,7 @@ __all__ = [
     "model_options",
     "register_model",
     "register_variant",
+    "runs_on",
 ]
 
 

@@ -183,6 +183,12 @@ def model_options(name: str, overrides: dict[str, Any] | None = None) -> dict[st
     return {**defaults, **checked}
 
 
+def runs_on(name: str, schema: DatasetSchema) -> bool:
+    """Whether the registered model ``name`` can be built for ``schema``: a multi-scenario model
+    (``needs_scenario``) needs a dataset with a scenario."""
+    return schema.scenario is not None or not model_class(name).needs_scenario
+
+
 def create_model(name: str, schema: DatasetSchema, **options: Any) -> MultiTaskModel:
     """Build the registered model ``name`` for ``schema`` with the given options (wrapped in
     :class:`~mtrec.models.heads.OutputHeads` where a task's loss reads several outputs per row)."""
