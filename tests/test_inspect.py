@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from fakes import tiny_dataset
+from fakes import tiny_dataset, with_scenario
 from mtrec.cli import main
 from mtrec.data.batches import gather_batch
 from mtrec.features.inputs import Features
@@ -27,7 +27,7 @@ INSPECT = Path(__file__).resolve().parents[1] / "src" / "mtrec" / "inspect"
 
 
 def utilization_of(model: torch.nn.Module, rows: int = 64):  # type: ignore[no-untyped-def]
-    data = tiny_dataset(rows=rows)
+    data = with_scenario(tiny_dataset(rows=rows))
     collector = UtilizationCollector()
     with recording(model) as records, torch.no_grad():
         model(gather_batch(data, np.arange(rows)).features)
@@ -35,10 +35,10 @@ def utilization_of(model: torch.nn.Module, rows: int = 64):  # type: ignore[no-u
     return collector.result(data.schema)
 
 
-@pytest.mark.parametrize("name", ["mmoe", "ple", "home", "dtrn_mmoe"])
+@pytest.mark.parametrize("name", ["mmoe", "ple", "home", "dtrn_mmoe", "hinet", "m3oe"])
 def test_utilization_sums_to_one_per_task(name: str) -> None:
     torch.manual_seed(0)
-    levels = utilization_of(create_model(name, tiny_dataset(rows=8).schema))
+    levels = utilization_of(create_model(name, with_scenario(tiny_dataset(rows=8)).schema))  # scenario models need one
     assert levels
     for level in levels:
         np.testing.assert_allclose(level.mean_weight.sum(1), 1.0, atol=1e-6)
