@@ -181,19 +181,22 @@ def test_a_bench_compares_weightings_through_per_model_train_settings(tmp_path: 
         parse_bench_config({"datasets": ["synthetic"], "models": [{"name": "mmoe", "train": {"bogus": 1}}]})
 
 
-@pytest.mark.parametrize(("weighting", "options"), [("gradnorm", {"lr": 0.05}), ("cagrad", {"c": 0.5})])
+@pytest.mark.parametrize(("weighting", "options"), [("gradnorm", {"lr": 0.05}), ("cagrad", {"c": 0.5}),
+                                                  ("multibalance", {"relax": 0.7})])
 def test_a_gradient_strategy_takes_the_same_steps_in_two_gloo_processes_as_in_one(
     tmp_path: Path, weighting: str, options: dict[str, float]
 ) -> None:
     """torchrun, 2 processes: GradNorm and the gradient-level strategies (CAGrad here) average the ranks'
-    task gradients (and losses) first, so their weights and the model follow the one-process run with
-    the same global batch."""
+    task gradients (and losses) first, MultiBalance sums the ranks' squared norms on the representation, so
+    their weights and the model follow the one-process run with the same global batch."""
     data = tiny_dataset(rows=240, seed=5)
     data.save(tmp_path / "data")
+    # fp32: on a CPU with bf16 support precision auto trains in bf16, whose rounding differs by rank count
     config = {"model": "mmoe", "data": str(tmp_path / "data"),
               "model_options": {"expert_sizes": [16], "tower_sizes": [8], "num_experts": 2, "embedding_dim": 4},
               "train": {"epochs": 2, "batch_size": 24, "lr": 0.01, "num_threads": 1, "prefetch": 0,
-                        "eval_batch_size": 16, "weighting": weighting, "weighting_options": options}}
+                        "eval_batch_size": 16, "precision": "fp32", "weighting": weighting,
+                        "weighting_options": options}}
     (tmp_path / "run.json").write_text(json.dumps(config))
     proc = torchrun_train(2, "--config", str(tmp_path / "run.json"), "--out", str(tmp_path / "two"))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 from torch import nn
 
 from mtrec.features.schema import DatasetSchema
+from mtrec.nn.embedding import FeatureEmbedding
 
 
 class MultiTaskModel(nn.Module):
@@ -35,3 +36,10 @@ class MultiTaskModel(nn.Module):
         shared layers above it returns the top one."""
         embedding = getattr(self, "embedding", None)
         return list(embedding.parameters()) if isinstance(embedding, nn.Module) else []
+
+    def shared_representation(self) -> FeatureEmbedding | None:
+        """The feature embedding whose output every task reads: the shared representation a weighting such
+        as MultiBalance balances the task gradients on (:func:`~mtrec.nn.embedding.capturing`); None for a
+        model whose tasks share nothing. Default: the model's ``embedding`` when it shares parameters."""
+        embedding = getattr(self, "embedding", None)
+        return embedding if isinstance(embedding, FeatureEmbedding) and self.shared_parameters() else None

@@ -17,6 +17,7 @@ from torch import nn
 from mtrec.features.inputs import Features
 from mtrec.features.schema import DatasetSchema
 from mtrec.models.base import MultiTaskModel
+from mtrec.nn.embedding import FeatureEmbedding
 
 
 class OutputHeads(MultiTaskModel):
@@ -35,6 +36,9 @@ class OutputHeads(MultiTaskModel):
 
     def shared_parameters(self) -> list[nn.Parameter]:
         return self.inner.shared_parameters()
+
+    def shared_representation(self) -> FeatureEmbedding | None:
+        return self.inner.shared_representation()
 
 
 def with_output_heads(schema: DatasetSchema, inner: MultiTaskModel) -> OutputHeads:

@@ -20,10 +20,17 @@ feature it names as ``target``; :class:`~mtrec.nn.sequence.DINAttentionPooling`)
 history the way a target-attention model does. Every model that reads ``all_fields`` takes
 ``sequence_pooling`` as a constructor option (the registry reads options from constructor signatures)
 and passes it here.
+
+While :func:`capturing` is active (a training step of a weighting that balances on the shared
+representation, see :mod:`mtrec.objectives.multibalance`), :meth:`FeatureEmbedding.embed` also records the
+tensors it returns (fields and histories); outside it (evaluation, prediction, ONNX export) it records
+nothing.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -98,6 +105,7 @@ class FeatureEmbedding(nn.Module):
         if sequence_pooling == "attention" and schema.sequences:
             self.history_targets = HistoryTargets(schema, dim)
             self.attention = DINAttentionPooling(dim, groups=attention_groups)
+        self.captured: list[torch.Tensor] | None = None  # see capturing()
 
     def embed(self, features: Features) -> EmbeddedBatch:
         """Every field and history of ``features``, all rows from one table call."""
@@ -112,7 +120,10 @@ class FeatureEmbedding(nn.Module):
             stacked = ids + self._history_offsets(ids.device).view(1, -1, 1)
             both = self.table(torch.cat([sparse, stacked.flatten(1)], dim=1))  # [B, F_sparse + M*L, d]
             rows, history = both[:, : self.num_sparse], both[:, self.num_sparse :].view(*ids.shape, -1)
-        return EmbeddedBatch(torch.cat([rows, self._dense(features)], dim=1), self.num_sparse, history, mask)
+        fields = torch.cat([rows, self._dense(features)], dim=1)
+        if self.captured is not None:
+            self.captured.extend([fields] if history is None else [fields, history])
+        return EmbeddedBatch(fields, self.num_sparse, history, mask)
 
     def _stacked_ids(self, features: Features) -> torch.Tensor:
         """All histories' ids ``[B, M, L]``, each padded with 0 to the longest length L."""
@@ -156,3 +167,18 @@ class FeatureEmbedding(nn.Module):
     @property
     def num_all_fields(self) -> int:
         return self.num_fields + len(self.sequence_names)
+
+
+@contextmanager
+def capturing(embedding: FeatureEmbedding | None) -> Iterator[list[torch.Tensor]]:
+    """A list that collects every tensor ``embedding.embed`` returns while the context is active (fields
+    ``[B, F, d]``, then histories ``[B, M, L, d]`` where the schema has sequences); stays empty for None."""
+    captured: list[torch.Tensor] = []
+    if embedding is None:
+        yield captured
+        return
+    embedding.captured = captured
+    try:
+        yield captured
+    finally:
+        embedding.captured = None

@@ -1,7 +1,7 @@
 """Objectives (loss terms and the predictions they evaluate and serve) and task-weighting strategies;
 importing the package registers every built-in objective and strategy."""
 
-from mtrec.objectives import escm2, gradient_balancing
+from mtrec.objectives import escm2, gradient_balancing, multibalance
 from mtrec.objectives.objective import (
     Objective,
     ObjectiveConfigError,
@@ -18,6 +18,7 @@ __all__ = [
     "escm2",
     "gradient_balancing",
     "list_objectives",
+    "multibalance",
     "objective_options",
     "register_objective",
 ]

@@ -25,6 +25,8 @@ The ``g_k`` cost one extra backward pass per task through the graph above the sh
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -39,9 +41,9 @@ from mtrec.objectives.weighting import (
 EPS = 1e-12
 
 
-def linear_surrogate(correction: torch.Tensor, params: list[nn.Parameter]) -> torch.Tensor:
-    """A scalar of value 0 whose gradient with respect to ``params`` is ``correction`` ``[P]`` (split and
-    reshaped like the parameters)."""
+def linear_surrogate(correction: torch.Tensor, params: Sequence[torch.Tensor]) -> torch.Tensor:
+    """A scalar of value 0 whose gradient with respect to ``params`` (parameters, or any tensors of the
+    graph) is ``correction`` ``[P]`` (split and reshaped like them)."""
     parts = correction.split([p.numel() for p in params])
     term = torch.stack([(c.view_as(p) * p).sum() for c, p in zip(parts, params, strict=True)]).sum()
     return term - term.detach()
@@ -61,7 +63,8 @@ class GradientBalancing(WeightingStrategy):
         """The shared parameters' update direction ``[P]`` from the step's task gradients ``[T, P]``."""
         raise NotImplementedError
 
-    def combine(self, task_losses: dict[str, torch.Tensor], shared: list[nn.Parameter]) -> torch.Tensor:
+    def combine(self, task_losses: dict[str, torch.Tensor], shared: list[nn.Parameter],
+                representation: Sequence[torch.Tensor] = ()) -> torch.Tensor:
         losses = torch.stack([task_losses[t] for t in self.task_names])  # [T]
         weights = self.loss_weights().to(losses)
         loss = losses @ weights
@@ -183,20 +186,18 @@ class CAGrad(GradientBalancing):
         return mean + self.c * mean.norm() / gw.norm().clamp_min(EPS) * gw
 
 
-@register_weighting("metabalance")
-class MetaBalance(GradientBalancing):
-    """MetaBalance (He, Feng, Cheng, Rahman, Yan & Chen, WWW 2022, "MetaBalance: Improving Multi-Task
-    Recommendations via Adapting Gradient Magnitudes of Auxiliary Tasks").
+class MagnitudeBalancer(WeightingStrategy):
+    """MetaBalance's magnitude rule, shared by :class:`MetaBalance` (on the shared parameters) and
+    :class:`~mtrec.objectives.multibalance.MultiBalance` (on the shared representation).
 
     One task is the target (``main``, default the first), the others auxiliary. Moving averages of the
     gradient norms ``m_k <- beta m_k + (1 - beta) |g_k|`` (started at the first step's norms) set each
-    auxiliary gradient's scale: ``g_a <- (relax * m_main / m_a + 1 - relax) g_a``, and ``d = g_main +
-    sum_a g_a``. ``relax = 1`` brings every auxiliary gradient to the main task's (averaged) norm,
-    ``relax = 0`` leaves them as they are. The losses are summed; the logged weights are the last
-    step's scale factors (1 for the main task).
+    auxiliary task's scale ``s_a = relax * m_main / m_a + 1 - relax`` (``s_main = 1``). ``relax = 1``
+    brings every auxiliary gradient to the main task's (averaged) norm, ``relax = 0`` leaves them as they
+    are. The logged weights are the last step's scales (1 for the main task).
     """
 
-    name = "metabalance"
+    name = ""
     norms: torch.Tensor
     scales: torch.Tensor
 
@@ -204,9 +205,9 @@ class MetaBalance(GradientBalancing):
                  beta: float = 0.9) -> None:
         super().__init__(task_names)
         if main is not None and main not in task_names:
-            raise WeightingConfigError(f"metabalance: main task {main!r} is not a task; tasks: {task_names}")
+            raise WeightingConfigError(f"{self.name}: main task {main!r} is not a task; tasks: {task_names}")
         if not 0 <= relax <= 1 or not 0 <= beta < 1:
-            raise WeightingConfigError(f"metabalance: need 0 <= relax <= 1 and 0 <= beta < 1; got relax={relax}, "
+            raise WeightingConfigError(f"{self.name}: need 0 <= relax <= 1 and 0 <= beta < 1; got relax={relax}, "
                                        f"beta={beta}")
         self.main = task_names.index(main) if main is not None else 0
         self.relax = relax
@@ -215,8 +216,8 @@ class MetaBalance(GradientBalancing):
         self.register_buffer("scales", torch.ones(len(task_names)))
         self.has_norms = False
 
-    def direction(self, grads: torch.Tensor) -> torch.Tensor:
-        norms = grads.norm(dim=1)  # |g_k| [T]
+    def balance(self, norms: torch.Tensor) -> torch.Tensor:
+        """The scales ``s`` ``[T]`` after a step whose task gradients have the norms ``norms`` ``[T]``."""
         if self.has_norms:
             self.norms.mul_(self.beta).add_((1 - self.beta) * norms)
         else:
@@ -225,7 +226,7 @@ class MetaBalance(GradientBalancing):
         scales = self.relax * self.norms[self.main] / self.norms.clamp_min(EPS) + (1 - self.relax)
         scales[self.main] = 1.0
         self.scales.copy_(scales)
-        return scales @ grads
+        return scales
 
     def current_weights(self) -> dict[str, float]:
         return dict(zip(self.task_names, self.scales.tolist(), strict=True))
@@ -235,6 +236,21 @@ class MetaBalance(GradientBalancing):
 
     def set_extra_state(self, state: dict[str, bool]) -> None:
         self.has_norms = bool(state["has_norms"])
+
+
+@register_weighting("metabalance")
+class MetaBalance(MagnitudeBalancer, GradientBalancing):
+    """MetaBalance (He, Feng, Cheng, Rahman, Yan & Chen, WWW 2022, "MetaBalance: Improving Multi-Task
+    Recommendations via Adapting Gradient Magnitudes of Auxiliary Tasks").
+
+    On the shared parameters, ``d = sum_k s_k g_k`` with the scales of :class:`MagnitudeBalancer`: each
+    auxiliary gradient ``g_a`` moved toward the main task's averaged norm. The losses are summed.
+    """
+
+    name = "metabalance"
+
+    def direction(self, grads: torch.Tensor) -> torch.Tensor:
+        return self.balance(grads.norm(dim=1)) @ grads
 
 
 def gradcraft_project(grads: torch.Tensor, tolerance: float = 1e-6) -> torch.Tensor:

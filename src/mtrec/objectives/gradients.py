@@ -1,15 +1,17 @@
-"""Per-task gradients over a set of parameters, averaged over the ranks: what gradient-level weighting
-strategies (GradNorm, PCGrad, CAGrad, MetaBalance) read."""
+"""Per-task gradients over a set of parameters (or of tensors, such as a shared representation), averaged
+over the ranks: what gradient-level weighting strategies (GradNorm, PCGrad, CAGrad, MetaBalance,
+MultiBalance) read."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
-from torch import nn
 
 from mtrec import collectives
 
 
-def flat_gradient(loss: torch.Tensor, params: list[nn.Parameter]) -> torch.Tensor:
+def flat_gradient(loss: torch.Tensor, params: Sequence[torch.Tensor]) -> torch.Tensor:
     """``d loss / d params`` flattened into one vector ``[P]`` (zeros where the loss does not reach); the
     graph is kept for the step's own backward pass."""
     with torch.enable_grad():
@@ -17,7 +19,7 @@ def flat_gradient(loss: torch.Tensor, params: list[nn.Parameter]) -> torch.Tenso
     return torch.cat([(torch.zeros_like(p) if g is None else g).flatten() for g, p in zip(grads, params, strict=True)])
 
 
-def task_gradients(losses: list[torch.Tensor], params: list[nn.Parameter]) -> torch.Tensor:
+def task_gradients(losses: list[torch.Tensor], params: Sequence[torch.Tensor]) -> torch.Tensor:
     """Each loss's flat gradient over ``params``: ``[T, P]``."""
     return torch.stack([flat_gradient(loss, params) for loss in losses])
 

@@ -1,12 +1,16 @@
 """Task-weighting strategies: how per-task losses combine into the one loss that is minimised.
 
 A strategy is an ``nn.Module`` (its learnable parameters join the optimizer; its state is checkpointed)
-chosen in config by name. The trainer calls :meth:`WeightingStrategy.combine` with the task losses and the
-parameters the model declares shared (``shared_parameters()``); a strategy never sees the model itself.
+chosen in config by name. The trainer calls :meth:`WeightingStrategy.combine` with the task losses, the
+parameters the model declares shared (``shared_parameters()``) and, for a strategy that declares
+``reads_representation``, the step's shared representation (the tensors the model's
+``shared_representation()`` returned, see :func:`~mtrec.nn.embedding.capturing`); a strategy never sees
+the model itself.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -26,12 +30,15 @@ class WeightingStrategy(nn.Module):
     """Combines task losses ``{task: scalar}`` into one scalar."""
 
     reads_gradients: ClassVar[bool] = False  # whether combine() takes task gradients (autograd.grad)
+    reads_representation: ClassVar[bool] = False  # whether combine() needs the step's shared representation
 
     def __init__(self, task_names: list[str]) -> None:
         super().__init__()
         self.task_names = list(task_names)
 
-    def combine(self, task_losses: dict[str, torch.Tensor], shared: list[nn.Parameter]) -> torch.Tensor:
+    def combine(self, task_losses: dict[str, torch.Tensor], shared: list[nn.Parameter],
+                representation: Sequence[torch.Tensor] = ()) -> torch.Tensor:
+        """The loss to minimise; ``representation`` is empty unless the strategy ``reads_representation``."""
         raise NotImplementedError
 
     def current_weights(self) -> dict[str, float]:
@@ -65,6 +72,11 @@ def weighting_reads_gradients(name: str) -> bool:
     return name in list_weightings() and _STRATEGIES.get(name).reads_gradients
 
 
+def weighting_reads_representation(name: str) -> bool:
+    """Whether the weighting ``name`` balances on the shared representation (False for an unknown name)."""
+    return name in list_weightings() and _STRATEGIES.get(name).reads_representation
+
+
 def create_weighting(name: str, task_names: list[str], **options: Any) -> WeightingStrategy:
     return _STRATEGIES.get(name)(task_names, **weighting_options(name, options))
 
@@ -88,7 +100,8 @@ class FixedWeighting(WeightingStrategy):
                                        f"be learned: {values}")
         self.register_buffer("weights", torch.tensor([float(w) for w in values.values()]))
 
-    def combine(self, task_losses: dict[str, torch.Tensor], shared: list[nn.Parameter]) -> torch.Tensor:
+    def combine(self, task_losses: dict[str, torch.Tensor], shared: list[nn.Parameter],
+                representation: Sequence[torch.Tensor] = ()) -> torch.Tensor:
         return torch.stack([task_losses[t] for t in self.task_names]) @ self.weights
 
     def current_weights(self) -> dict[str, float]:
@@ -111,7 +124,8 @@ class UncertaintyWeighting(WeightingStrategy):
         super().__init__(task_names)
         self.log_variances = nn.Parameter(torch.full((len(task_names),), float(init_log_variance)))
 
-    def combine(self, task_losses: dict[str, torch.Tensor], shared: list[nn.Parameter]) -> torch.Tensor:
+    def combine(self, task_losses: dict[str, torch.Tensor], shared: list[nn.Parameter],
+                representation: Sequence[torch.Tensor] = ()) -> torch.Tensor:
         losses = torch.stack([task_losses[t] for t in self.task_names])  # [T]
         return (torch.exp(-self.log_variances) * losses + self.log_variances).sum()
 
@@ -159,7 +173,8 @@ class GradNormWeighting(WeightingStrategy):
         self.register_buffer("initial_losses", torch.ones(len(task_names)))
         self.has_initial_losses = False
 
-    def combine(self, task_losses: dict[str, torch.Tensor], shared: list[nn.Parameter]) -> torch.Tensor:
+    def combine(self, task_losses: dict[str, torch.Tensor], shared: list[nn.Parameter],
+                representation: Sequence[torch.Tensor] = ()) -> torch.Tensor:
         losses = torch.stack([task_losses[t] for t in self.task_names])  # [T]
         loss = (self.weights.clone() * losses).sum()
         if torch.is_grad_enabled() and losses.requires_grad:

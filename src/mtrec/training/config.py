@@ -13,7 +13,11 @@ from mtrec.errors import UserError
 from mtrec.io import atomic_write_text, json_text, read_mapping
 from mtrec.models import model_options
 from mtrec.objectives.objective import check_objective_options
-from mtrec.objectives.weighting import weighting_options, weighting_reads_gradients
+from mtrec.objectives.weighting import (
+    weighting_options,
+    weighting_reads_gradients,
+    weighting_reads_representation,
+)
 from mtrec.training.precision import PrecisionSetting
 from mtrec.typed import ConfigModel, Count, NonNegative, NonNegativeFloat, Rate, error_line, validate
 
@@ -107,6 +111,14 @@ class TrainConfig(ConfigModel):
         if weighting_reads_gradients(self.weighting):
             raise ValueError(f"precision: fp16 cannot be used with train.weighting: {self.weighting}: it reads "
                              f"task gradients of the unscaled loss, which fp16 flushes to zero; use bf16")
+        return self
+
+    @model_validator(mode="after")
+    def _compile(self) -> TrainConfig:
+        """Weightings a compiled step cannot serve."""
+        if self.compile and weighting_reads_representation(self.weighting):
+            raise ValueError(f"compile: true cannot be used with train.weighting: {self.weighting}: it records the "
+                             f"shared representation during the forward pass, which a compiled graph does not expose")
         return self
 
     @model_validator(mode="after")

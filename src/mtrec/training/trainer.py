@@ -1,7 +1,8 @@
 """The training loop, and nothing else: batches in, optimizer steps, validation, early stopping.
 
-The trainer calls only the model's ``forward`` and ``shared_parameters``, the objective's ``losses`` and
-the weighting strategy's ``combine``; it never branches on a model's class. Beside the loop:
+The trainer calls only the model's ``forward``, ``shared_parameters`` and ``shared_representation``, the
+objective's ``losses`` and the weighting strategy's ``combine``; it never branches on a model's class.
+Beside the loop:
 :class:`~mtrec.training.checkpointer.Checkpointer` (resume state), :class:`~mtrec.training.selection.
 ModelSelection` (``train.select``: which epoch's weights are kept), :class:`~mtrec.training.guards.Guards`
 (non-finite losses and weights, divergence) and the :class:`~mtrec.training.callbacks.TrainerCallback`
@@ -31,6 +32,7 @@ from mtrec.data.batches import Batch, BatchIterator
 from mtrec.data.dataset import PreparedDataset
 from mtrec.metrics import task_score
 from mtrec.models import MultiTaskModel
+from mtrec.nn.embedding import capturing
 from mtrec.objectives.objective import Objective
 from mtrec.objectives.scorer import Scorer
 from mtrec.objectives.weighting import WeightingStrategy
@@ -83,9 +85,12 @@ class LossStep(nn.Module):
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The scalar loss to minimise, and every named loss term (task losses, auxiliary terms)."""
-        losses = self.objective.losses(self.precision.outputs(self.model, batch.features), batch)
+        source = self.model.shared_representation() if self.weighting.reads_representation else None
+        with capturing(source) as representation:  # the shared representation, for a weighting that reads it
+            outputs = self.precision.outputs(self.model, batch.features)
+        losses = self.objective.losses(outputs, batch)
         task_losses = {t: losses[t] for t in self.model.task_names}
-        loss = self.weighting.combine(task_losses, self.shared)
+        loss = self.weighting.combine(task_losses, self.shared, representation)
         for name, term in losses.items():
             if name not in task_losses:
                 loss = loss + term
