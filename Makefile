@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(BIN)/pip install --quiet -e '.[serve,dev]'
+	$(BIN)/pip install --quiet -e '.[serve,dev,tracking]'
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -24,7 +24,7 @@ setup: $(STAMP)
 # packages TorchRec imports come pinned from the 'torchrec' extra; torchrec itself without its declared
 # dependencies, which name the CUDA fbgemm-gpu (gigabytes). torch stays the pinned CPU build.
 $(TORCHREC_STAMP): $(STAMP)
-	$(BIN)/pip install --quiet -e '.[serve,dev,torchrec]'
+	$(BIN)/pip install --quiet -e '.[serve,dev,tracking,torchrec]'
 	$(BIN)/pip install --quiet --no-deps torchrec==1.8.0
 	touch $(TORCHREC_STAMP)
 
