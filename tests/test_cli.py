@@ -121,6 +121,6 @@ def test_demo_trains_the_headline_models_and_key_baselines_unless_told(
     main(["demo", "--out", str(tmp_path / "demo"), *args])
     (config,) = seen
     assert [m.name for m in config.model_entries()] == models
-    assert [d.spec for d in config.datasets] == ["synthetic:conflict:80000"]
+    assert [d.spec for d in config.datasets] == ["synthetic:conflict:60000"]
     assert config.train["epochs"] == 10 and config.train["patience"] == 0 and config.train["num_threads"] == 1
     assert config.train["batch_size"] == 256

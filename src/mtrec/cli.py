@@ -200,7 +200,7 @@ def _seeds(text: str | None) -> list[int] | None:
 
 @cli.command()
 @click.option("--out", type=click.Path(path_type=Path), default=Path("reports/demo"), show_default=True)
-@click.option("--data", help="data spec  [default: synthetic:conflict:80000]")
+@click.option("--data", help="data spec  [default: synthetic:conflict:60000]")
 @click.option("--epochs", type=int, help="at most this many epochs (early stopping, patience 0)  [default: 10]")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--models", "model_names",

@@ -26,12 +26,12 @@ from mtrec.io import atomic_write_text
 from mtrec.serving.samples import write_samples
 from mtrec.training.config import TrainConfig
 
-DEMO_DATA = "synthetic:conflict:80000"
+DEMO_DATA = "synthetic:conflict:60000"
 DEMO_MODELS = ("shared_bottom", "mmoe", "ple", "esmm", "dcrnn", "dtrn")
 HEADLINE_MODELS = ("dcrnn", "dtrn")
 # The demo's train settings over TrainConfig's defaults, the same for every model. Batch 256 (four times
 # the default's steps per epoch) brings every demo model to its best validation epoch within about three
-# epochs at 80,000 rows; patience 0 stops a run at its first epoch without a better mean validation AUC
+# epochs at 60,000 rows; patience 0 stops a run at its first epoch without a better mean validation AUC
 # (the best epoch is tested), which keeps the demo within minutes; the 10-epoch limit is a guard that no
 # demo model reaches. One torch thread: on a 2-core machine shared with other jobs, two threads trained
 # Shared-Bottom 5x slower than one (docs/performance.md).
