@@ -150,17 +150,16 @@ def run_schema(run_dir: Path) -> DatasetSchema:
 
 
 def torch_device_for(device: str) -> str:
-    """``--device`` for the torch backend, checked: ModelFileError naming what to use instead."""
+    """``--device`` for the torch backend: checked by :func:`mtrec.devices.check_device` (one line saying what
+    to install or use instead), ``auto`` resolved; the torch backend scores on cpu or CUDA."""
     import torch
 
-    kind = device.partition(":")[0]
+    from mtrec.devices import check_device
+
+    if check_device(device) == "mps":
+        raise ModelFileError("--device mps: the torch scoring backend runs on cpu or cuda; use --device cpu")
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise ModelFileError(f"--device {device}: this PyTorch build has no usable CUDA device; install a CUDA "
-                             f"build of torch, or use --device cpu")
-    if kind not in ("cpu", "cuda"):
-        raise ModelFileError(f"--device {device!r}: expected cpu, cuda, cuda:N or auto")
     return device
 
 
