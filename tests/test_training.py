@@ -141,6 +141,23 @@ def test_callbacks_see_every_step_epoch_and_the_result(tmp_path: Path) -> None:
     assert recorder.best_epochs.keys() == {"click", "conversion"}
 
 
+def test_train_fraction_trains_on_a_fixed_subset_of_the_train_rows(tmp_path: Path) -> None:
+    data = tiny_dataset(rows=600)
+    quarter = data.split_rows("train", 0.25)
+    assert len(quarter) == round(0.25 * data.split_size("train"))
+    assert set(quarter) < set(data.splits["train"])
+    np.testing.assert_array_equal(quarter, data.split_rows("train", 0.25))  # the same rows every time
+    logged: list[str] = []
+    recorder = Recorder()
+    config = RunConfig(model="mmoe", data="tiny", train=TrainConfig(
+        epochs=1, batch_size=16, train_fraction=0.25, num_threads=1, prefetch=0))
+    train_run(config, tmp_path / "r", dataset=data, log=logged.append, callbacks=[recorder])
+    assert len(recorder.steps) == -(-len(quarter) // 16)  # one epoch of the subset's batches
+    assert any(f"{len(quarter):,} train rows (0.25 of" in line for line in logged)
+    with pytest.raises(ConfigError, match=r"train\.train_fraction"):
+        TrainConfig.parse({"train_fraction": 0.0})
+
+
 def test_build_run_leaves_its_config_as_it_is() -> None:
     config = RunConfig(model="esmm")
     before = config.model_dump()

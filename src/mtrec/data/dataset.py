@@ -115,6 +115,16 @@ class PreparedDataset:
     def split_size(self, split: str) -> int:
         return int(self.splits[split].shape[0])
 
+    def split_rows(self, split: str, fraction: float = 1.0) -> np.ndarray:
+        """The row indices (int64 [n]) of ``split``; with ``fraction`` < 1 a fixed subset of
+        ``max(1, round(fraction * n))`` of them, drawn by ``numpy.random.default_rng(0)`` and kept in split
+        order, so every run with the same fraction trains on the same rows."""
+        rows = self.splits[split]
+        if fraction >= 1.0:
+            return rows
+        keep = max(1, round(fraction * len(rows)))
+        return np.sort(rows[np.random.default_rng(0).choice(len(rows), size=keep, replace=False)])
+
     # ---- consistency ---------------------------------------------------------------------------
     def check(self) -> None:
         """Raise DatasetError naming the first block that disagrees with the schema."""

@@ -34,7 +34,7 @@ RUN_SETTINGS = ("model", "data", "model_options")
 # a resumed run keeps these (its checkpoint says which it was started with)
 RESUME_FIXED = ("batch_size", "seed", "lr", "weight_decay", "weighting", "weighting_options", "objective",
                 "objective_options", "select", "embedding_sharding", "embedding_optimizer", "embedding_lr",
-                "precision")
+                "precision", "train_fraction")
 MAY_GROW = ("epochs", "patience")
 TRAIN_SETTINGS = RESUME_FIXED + MAY_GROW
 

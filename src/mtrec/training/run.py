@@ -135,8 +135,12 @@ def _train(
     trainer = Trainer(model, cfg, run_dir, log, parts=(objective, weighting),
                       callbacks=[describe, *watchers, *callbacks])
     ranks = f" on {ctx.world_size} processes" if ctx.enabled else ""
+    train_rows = f"{dataset.split_size('train'):,} train rows"
+    if cfg.train_fraction < 1.0:
+        subset = len(dataset.split_rows("train", cfg.train_fraction))
+        train_rows = f"{subset:,} train rows ({cfg.train_fraction:g} of {train_rows})"
     log(f"training {config.model} ({params:,} parameters, objective {cfg.objective}) on "
-        f"{config.data}: {dataset.split_size('train'):,} train rows{ranks}")
+        f"{config.data}: {train_rows}{ranks}")
     result = trainer.fit(dataset, resume=resume)
     metrics: dict[str, Any] = {
         "model": config.model,

@@ -281,11 +281,12 @@ class Trainer:
         """Train, select on valid, evaluate test once. ``resume``: continue from the run directory's
         ``resume.safetensors`` when it exists (else start from the beginning)."""
         cfg = self.config
+        train_rows = dataset.split_rows("train", cfg.train_fraction)
         batches = BatchIterator(
             dataset, "train", cfg.batch_size, shuffle=True, seed=cfg.seed, prefetch=cfg.prefetch,
-            rank=self.dist.rank, world_size=self.dist.world_size,
+            rank=self.dist.rank, world_size=self.dist.world_size, rows=train_rows,
         )
-        self.steps_per_epoch, self.epoch_rows = len(batches), dataset.split_size("train")
+        self.steps_per_epoch, self.epoch_rows = len(batches), len(train_rows)
         state = TrainState(stopper=EarlyStopping(cfg.patience))
         if self.writer is not None:
             self.writer.remove_stale_temporaries()  # left by a killed run
