@@ -11,7 +11,9 @@ towers [32], batch 1024, Adam lr 1e-3. The peer reads each continuous field as o
 Each library's figure is train samples/s over one whole epoch with its own data pipeline and training
 loop: torch-rechub's ``TorchDataset`` + ``DataLoader`` (per-row ``__getitem__``, default collate) and
 ``MTLTrainer.train_one_epoch``; mtrec's ``BatchIterator`` (one gather per column block, prefetch) and the
-trainer's step (``stepping.train_step``). The two alternate for ``--repeats`` epochs each; medians.
+trainer's step (``stepping.train_step``). The two alternate for ``--repeats`` epochs each; medians. mtrec runs
+in fp32 (the peer's precision) and, where ``train.precision: auto`` picks bf16 on this machine (a CPU with
+AMX or AVX512-BF16), also in bf16: both ratios are printed, measured in the same run.
 
     PYTHONPATH=src python benchmarks/peers.py [--config configs/datasets/census_income.yaml] [--repeats 3]
         [--threads 1]
@@ -48,6 +50,7 @@ from mtrec.data.batches import BatchIterator
 from mtrec.data.dataset import PreparedDataset
 from mtrec.data.prepare import prepare_dataset
 from mtrec.models import create_model
+from mtrec.training.precision import FP32, Precision, choose_precision
 from stepping import train_step
 
 PEER = "torch-rechub"
@@ -152,10 +155,10 @@ def peer_accuracy(data: PreparedDataset, name: str, batch_size: int, seed: int, 
         return [float(a) for a in trainer.evaluate(model, test)], best_epoch, epoch + 1
 
 
-def mtrec_epoch(data: PreparedDataset, batch_size: int, seed: int) -> float:
-    """One mtrec MMoE epoch on the train split; samples/s (data loading included)."""
+def mtrec_epoch(data: PreparedDataset, batch_size: int, seed: int, precision: Precision = FP32) -> float:
+    """One mtrec MMoE epoch on the train split in ``precision``; samples/s (data loading included)."""
     torch.manual_seed(seed)
-    step = train_step(create_model("mmoe", data.schema, **SHAPE))
+    step = train_step(create_model("mmoe", data.schema, **SHAPE), precision=precision)
     iterator = BatchIterator(data, "train", batch_size, shuffle=True, seed=seed, prefetch=2)
     samples, start = 0, time.perf_counter()
     for batch in iterator:
@@ -184,21 +187,28 @@ def main() -> None:
         if args.accuracy:
             report_accuracy(data, args)
             return
+        auto = choose_precision("auto", torch.device("cpu"))
+        precisions = [FP32] + ([auto] if auto.mixed else [])
         load_before = os.getloadavg()[0]
-        peer, ours = [], []
+        peer: list[float] = []
+        ours: dict[str, list[float]] = {p.name: [] for p in precisions}
         for r in range(args.repeats):
             peer.append(peer_epoch(data, args.batch_size, seed=r))
-            ours.append(mtrec_epoch(data, args.batch_size, seed=r))
+            for precision in precisions:
+                ours[precision.name].append(mtrec_epoch(data, args.batch_size, seed=r, precision=precision))
         load_after = os.getloadavg()[0]
-    p, m = statistics.median(peer), statistics.median(ours)
+    p = statistics.median(peer)
     print(f"machine: {os.cpu_count()} cores, torch {torch.__version__}, {args.threads} thread(s); load average "
           f"{load_before:.2f} before, {load_after:.2f} after")
     print(f"data: {args.config}, train split {len(data.splits['train']):,} rows; MMoE: embedding 16, 8 experts "
           f"of [64], towers [32], batch {args.batch_size}, Adam 1e-3; one epoch each, {args.repeats} alternating "
           f"repeats (medians)")
-    print(f"{PEER} {PEER_VERSION}: {p:,.0f} train samples/s  (each: {', '.join(f'{v:,.0f}' for v in peer)})")
-    print(f"mtrec:              {m:,.0f} train samples/s  (each: {', '.join(f'{v:,.0f}' for v in ours)})")
-    print(f"ratio mtrec / {PEER}: {m / p:.2f}x")
+    print(f"auto precision here: {auto.name} ({auto.reason})")
+    print(f"{PEER} {PEER_VERSION} (fp32): {p:,.0f} train samples/s  (each: {', '.join(f'{v:,.0f}' for v in peer)})")
+    for name, figures in ours.items():
+        m = statistics.median(figures)
+        print(f"mtrec ({name}): {m:,.0f} train samples/s  (each: {', '.join(f'{v:,.0f}' for v in figures)}); "
+              f"mtrec {name} / {PEER} fp32: {m / p:.2f}x")
 
 
 def report_accuracy(data: PreparedDataset, args: argparse.Namespace) -> None:
