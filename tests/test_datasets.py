@@ -49,6 +49,41 @@ def test_sample_prepares_and_trains(config: str, sample: str, tasks: list[str], 
     assert (tmp_path / "run" / "encoders.json").is_file()
 
 
+COUNTRIES = ("NL", "ES", "FR", "US")
+
+
+def _deal_by_country(sample: Path, raw: Path) -> None:
+    """A test fixture of the per-country layout, not per-country data: the rows of the shared AliExpress
+    sample dealt in turn into ``raw/AliExpress_{NL,ES,FR,US}/{train,test}.csv`` (row i to country i % 4)."""
+    for split in ("train", "test"):
+        header, *rows = (sample / f"aliexpress_{split}_sample.csv").read_text().splitlines()
+        for k, country in enumerate(COUNTRIES):
+            folder = raw / f"AliExpress_{country}"
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"{split}.csv").write_text("\n".join([header, *rows[k::len(COUNTRIES)]]) + "\n")
+
+
+def test_aliexpress_countries_become_scenarios(tmp_path: Path) -> None:
+    """``aliexpress_countries.yaml`` reads each row's country from its file's directory; a STAR run then
+    reports its test metrics per country."""
+    shared = require_shared_data()
+    _deal_by_country(shared / "samples/aliexpress", tmp_path / "raw")
+    data = _prepare("aliexpress_countries.yaml", tmp_path / "raw", tmp_path / "data")
+    assert data.schema.scenario == "country" and data.num_rows == 120
+    encoders = data.load_encoders()
+    assert encoders is not None
+    country = encoders.vocabularies["country"]
+    ids = np.asarray(data.sparse)[:, data.schema.scenario_column]
+    assert [int((ids == country.index[c]).sum()) for c in COUNTRIES] == [30, 30, 30, 30]  # 25 train + 5 test
+    config = RunConfig(model="star", data=str(tmp_path / "data"),
+                       model_options={"embedding_dim": 4, "hidden_sizes": [8], "aux_sizes": [4]},
+                       train=TrainConfig(epochs=1, batch_size=32, num_threads=1, prefetch=0))
+    metrics = train_run(config, tmp_path / "run", log=lambda _: None)
+    by_country = metrics["test_by_scenario"]
+    assert sorted(by_country) == sorted(COUNTRIES)
+    assert [by_country[c]["click"]["rows"] for c in COUNTRIES] == [5, 5, 5, 5]
+
+
 def test_ali_ccp_layout(tmp_path: Path) -> None:
     shared = require_shared_data()
     data = _prepare("ali_ccp.yaml", shared / "samples/ali-ccp", tmp_path / "data")

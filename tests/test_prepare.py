@@ -282,6 +282,71 @@ def test_cli_prepare(tmp_path: Path) -> None:
     assert PreparedDataset.load(tmp_path / "out").num_rows == 60
 
 
+def _country_files(raw: Path) -> Path:
+    """``raw/shop_DE/{train,test}.csv`` and ``raw/shop_FR/{train,test}.parquet``, no column naming the country."""
+    rows = _rows(80)
+    for country, part, suffix in (("DE", rows[:40], ".csv"), ("FR", rows[40:], ".parquet")):
+        (raw / f"shop_{country}").mkdir(parents=True)
+        for split, chunk in (("train", part[:30]), ("test", part[30:])):
+            path = raw / f"shop_{country}" / f"{split}{suffix}"
+            if suffix == ".csv":
+                _write_csv(path, chunk)
+            else:
+                pq.write_table(pa.table({h: [r[i] for r in chunk] for i, h in enumerate(HEADER)}), path)
+    return raw
+
+
+def _country_config(raw: Path, pattern: str = r"shop_([A-Z]+)/") -> dict[str, Any]:
+    config = _config(raw, split={"kind": "files", "train": ["shop_DE/train.csv", "shop_FR/train.parquet"],
+                                 "test": ["shop_DE/test.csv", "shop_FR/test.parquet"], "valid_fraction": 0.2})
+    config["source"]["path_column"] = {"name": "country", "pattern": pattern}
+    config["features"]["sparse"].append("country")
+    config["scenario"] = "country"
+    return config
+
+
+def test_a_column_read_from_each_files_path(tmp_path: Path) -> None:
+    """``source.path_column``: every row of a file gets the value the pattern's group finds in its path
+    (CSV and Parquet files, several files per split)."""
+    data = _prepare(_country_config(_country_files(tmp_path / "raw")), tmp_path / "out")
+    vocab = FeatureEncoders.load(tmp_path / "out" / "encoders.json").vocabularies["country"]
+    assert sorted(vocab.index) == ["DE", "FR"]
+    ids = np.asarray(data.sparse)[:, data.schema.scenario_column]
+    # rows in file order: shop_DE/train (30), shop_FR/train (30), shop_DE/test (10), shop_FR/test (10)
+    expected = ["DE"] * 30 + ["FR"] * 30 + ["DE"] * 10 + ["FR"] * 10
+    np.testing.assert_array_equal(ids, [vocab.index[c] for c in expected])
+    np.testing.assert_array_equal(data.splits["test"], np.arange(60, 80))
+
+
+@pytest.mark.parametrize(("pattern", "message"), [
+    (r"AliExpress_([A-Z]+)/", "shop_DE/train.csv: source.path_column: pattern 'AliExpress_([A-Z]+)/' finds no "
+                              "value of column 'country' in this file's path"),
+    (r"shop_(FR)?", "shop_DE/train.csv: source.path_column: pattern 'shop_(FR)?' finds no value"),
+])
+def test_a_path_without_the_column_value_is_one_line_exit_2(tmp_path: Path, pattern: str, message: str,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    import yaml
+
+    from mtrec.cli import main
+
+    config = tmp_path / "shop.yaml"
+    config.write_text(yaml.safe_dump(_country_config(_country_files(tmp_path / "raw"), pattern)))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["prepare", str(config), "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {tmp_path / 'raw'}/") and message in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_path_column_named_like_a_file_column_is_refused(tmp_path: Path) -> None:
+    config = _country_config(_country_files(tmp_path / "raw"))
+    config["source"]["path_column"]["name"] = "item"
+    with pytest.raises(DataFormatError, match=r"shop_DE/train.csv: source.path_column: column 'item' is also in "
+                                              r"the file"):
+        _prepare(config, tmp_path / "out")
+
+
 # ---- errors ------------------------------------------------------------------------------------------
 def test_unknown_column_is_named_with_a_suggestion(tmp_path: Path) -> None:
     config = _config(_write_csv(tmp_path / "toy.csv", _rows()))
@@ -353,6 +418,13 @@ def test_empty_split_is_reported(tmp_path: Path) -> None:
                 "test": {"from": 25}}}, "overlap"),
     ({"tasks": [{"name": "buy", "observed_after": "click"}, {"name": "click"}]}, "earlier task"),
     ({"user_id": "item_id"}, "user_id 'item_id' must name a sparse feature"),
+    ({"source": {"path": "x", "path_column": {"name": "country", "pattern": "shop_[A-Z]+"}}},
+     r"source.path_column.pattern: needs a group '\(...\)' whose match is the column's value"),
+    ({"source": {"path": "x", "path_column": {"name": "country", "pattern": "shop_([A-Z]+"}}},
+     "source.path_column.pattern: not a valid regular expression"),
+    ({"source": {"path": "x", "path_column": {"name": "", "pattern": "shop_([A-Z]+)"}}},
+     "source.path_column.name: must be a non-empty string"),
+    ({"source": {"path": "x", "path_column": {"pattern": "shop_([A-Z]+)"}}}, "source.path_column.name: missing"),
 ])
 def test_config_validation_errors(change: dict[str, Any], message: str) -> None:
     with pytest.raises(DatasetConfigError, match=message):

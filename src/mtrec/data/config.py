@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -103,12 +104,32 @@ class NamedSection(Section):
 TABULAR = ("auto", "csv", "parquet")
 
 
+def _one_group(pattern: str) -> str:
+    try:
+        compiled = re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"not a valid regular expression ({exc}): {pattern!r}") from None
+    if compiled.groups < 1:
+        raise ValueError(f"needs a group '(...)' whose match is the column's value: {pattern!r}")
+    return pattern
+
+
+class PathColumn(Section):
+    """A column whose value comes from each file's path, not from the file: the first group of
+    ``re.search(pattern, path)`` (the path as read, with ``/`` separators) is its value on every row of
+    that file. A file where the pattern finds no match (or an empty one) is an error."""
+
+    name: NonEmpty
+    pattern: Annotated[str, AfterValidator(_one_group)]
+
+
 class SourceConfig(Section):
     """Where the raw rows are and how to read them.
 
     ``path`` lists files, directories (every file inside, sorted) or glob patterns; relative paths are
     taken from the current directory. For ``split: {kind: files}`` it is the directory the split files
-    are in. ``separator`` is one character (for ``", "`` use ``","`` with ``strip: true``). ``format`` is
+    are in. ``path_column`` adds a column read from each file's path (:class:`PathColumn`).
+    ``separator`` is one character (for ``", "`` use ``","`` with ``strip: true``). ``format`` is
     ``auto`` (by file extension), ``csv``, ``parquet`` or a known raw format (:mod:`mtrec.data.formats`),
     whose module turns its file into rows with ``options`` (defaults where absent); no tabular format
     takes options.
@@ -123,6 +144,7 @@ class SourceConfig(Section):
     strip: bool = False
     missing_values: Strings = ()
     chunk_rows: Count = 262_144
+    path_column: PathColumn | None = None
     options: SerializeAsAny[ConfigModel] | None = None
 
     @model_validator(mode="before")

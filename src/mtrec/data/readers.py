@@ -10,6 +10,9 @@ becomes the W physical columns ``name[0] .. name[W-1]``, grouped under ``name``.
 Files as common tools write them read as expected: a UTF-8 byte-order mark (Excel) is skipped; in a
 directory, hidden files and Hadoop/Spark markers (``.part-0.crc``, ``_SUCCESS``) are not data.
 
+``source.path_column`` adds a column that is not in the file: its value on every row of a file is read
+from the file's path (a country named by the file's directory, say).
+
 A known raw format that is not a table of rows (an event log, :mod:`mtrec.data.formats`) is read as
 headerless text, turned into rows by its format's module and streamed the same way; its rows' errors
 name the log line a row comes from.
@@ -214,7 +217,33 @@ def _unique(names: list[str]) -> ColumnLayout:
     return ColumnLayout(tuple(logical), tuple(physical), {k: tuple(v) for k, v in groups.items()})
 
 
+def path_value(path: Path, source: SourceConfig) -> str:
+    """The value of the ``source.path_column`` column on every row of ``path``: the first group of its
+    pattern's match in the path; DataFormatError naming the file and the key where there is none."""
+    column = source.path_column
+    assert column is not None
+    match = re.search(column.pattern, path.as_posix())
+    if match is None or not match[1]:
+        raise DataFormatError(f"{path}: source.path_column: pattern {column.pattern!r} finds no value of "
+                              f"column {column.name!r} in this file's path")
+    return match[1]
+
+
 def read_layout(path: Path, source: SourceConfig) -> ColumnLayout:
+    """The columns of one raw file (:func:`_file_layout`), then the ``source.path_column`` column, if
+    any, whose value the path must give."""
+    layout = _file_layout(path, source)
+    column = source.path_column
+    if column is None:
+        return layout
+    if column.name in layout.columns:
+        raise DataFormatError(f"{path}: source.path_column: column {column.name!r} is also in the file; give "
+                              f"the column read from the path another name")
+    path_value(path, source)
+    return ColumnLayout((*layout.columns, column.name), (*layout.names, column.name), layout.groups)
+
+
+def _file_layout(path: Path, source: SourceConfig) -> ColumnLayout:
     """The columns of one raw file: from its header, from ``source.columns``, or ``c0 .. c{n-1}``; for
     a known raw format, the columns of the rows its module builds."""
     known = raw_format(source.format)
@@ -350,7 +379,24 @@ def _rechunk(batches: Iterator[pa.RecordBatch], chunk_rows: int) -> Iterator[pa.
 
 def iter_chunks(path: Path, source: SourceConfig, layout: ColumnLayout, include: list[str],
                 chunk_rows: int | None = None) -> Iterator[Chunk]:
-    """Stream the physical columns ``include`` of ``path`` in chunks of ``chunk_rows`` rows."""
+    """Stream the physical columns ``include`` of ``path`` in chunks of ``chunk_rows`` rows; the
+    ``source.path_column`` column (last in ``layout``) holds the value the path gives on every row."""
+    column = source.path_column
+    if column is None or column.name not in layout.names:
+        yield from _file_chunks(path, source, layout, include, chunk_rows)
+        return
+    value = path_value(path, source)
+    in_file = ColumnLayout(layout.columns[:-1], layout.names[:-1], layout.groups)
+    for chunk in _file_chunks(path, source, in_file, [c for c in include if c != column.name], chunk_rows):
+        if column.name in include:
+            chunk = replace(chunk, table=chunk.table.append_column(
+                column.name, pa.array([value] * chunk.num_rows, pa.string())))
+        yield chunk
+
+
+def _file_chunks(path: Path, source: SourceConfig, layout: ColumnLayout, include: list[str],
+                 chunk_rows: int | None) -> Iterator[Chunk]:
+    """The chunks of :func:`iter_chunks` as read from the file (``layout``: the file's own columns)."""
     chunk_rows = chunk_rows or source.chunk_rows
     known = raw_format(source.format)
     if known is not None:
@@ -375,7 +421,7 @@ def _built_chunks(known: RawFormat, path: Path, source: SourceConfig, include: l
     layout = ColumnLayout(known.log_columns, known.log_columns)
 
     def blocks() -> Iterator[LogBlock]:
-        for chunk in iter_chunks(path, log, layout, list(known.log_columns), known.block_rows):
+        for chunk in _file_chunks(path, log, layout, list(known.log_columns), known.block_rows):
             yield LogBlock(chunk.table, chunk.first_row + 1 + np.arange(chunk.num_rows), chunk.where)
 
     options = source.options if source.options is not None else known.options()

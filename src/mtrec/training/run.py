@@ -50,7 +50,7 @@ def scenario_metrics(dataset: PreparedDataset, test: Predictions) -> dict[str, A
         return {}
     from mtrec.metrics.oracle import oracle_metrics_by_scenario
 
-    found = {"test_by_scenario": test.metrics_by_scenario(scenario_names(dataset.schema, dataset.encoders))}
+    found = {"test_by_scenario": test.metrics_by_scenario(scenario_names(dataset.schema, dataset.load_encoders()))}
     return found if dataset.oracle is None else {**found, "oracle_by_scenario": oracle_metrics_by_scenario(dataset)}
 
 
