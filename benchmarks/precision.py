@@ -3,13 +3,11 @@
 Prints the CPU (model name and its bf16 flags, ``amx_bf16`` / ``avx512_bf16``), what ``auto`` picks on it,
 the matrix-product rate of ``[1024, 640] @ [640, 512]`` in fp32 and bf16, then per model: train samples/s
 in fp32 and in bf16 (the trainer's step, ``stepping.train_step``, under each precision), each relative to
-MMoE at the same precision, and bf16 / fp32. Last, each model's arithmetic: the matrix products of one
-training step per sample (forward and backward, counted by ``torch.utils.flop_counter``), relative to MMoE,
-and the GFLOP/s the model-bound figures achieve: a model whose ratio to MMoE in samples/s is near the
-inverse of its ratio in arithmetic is bound by its products, one far below it by everything around them.
-``pipeline`` includes the data pipeline (``BatchIterator``, prefetch), ``model-bound`` steps on batches
-already in memory. The models and precisions take turns within every round so that changing machine load
-hits them alike; figures are medians over the rounds.
+MMoE at the same precision, and bf16 / fp32; last, the GFLOP/s the model-bound figures achieve (the
+matrix products of one step per sample, ``model_speed.step_flops``, times samples/s): a model far below
+MMoE's rate is bound by the work around its products, not by them. ``pipeline`` includes the data pipeline (``BatchIterator``,
+prefetch), ``model-bound`` steps on batches already in memory. The models and precisions take turns within
+every round so that changing machine load hits them alike; figures are medians over the rounds.
 
     PYTHONPATH=src python benchmarks/precision.py [--data synthetic:sequences:60000] [--models mmoe,ple,dcrnn,dtrn]
         [--threads 2] [--steps 20] [--repeats 5] [--clock wall|cpu] [--json FILE]
@@ -27,9 +25,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
-from model_speed import CLOCKS, REFERENCE, timed
+from model_speed import CLOCKS, REFERENCE, step_flops, timed
 from mtrec.data.batches import Batch, BatchIterator, gather_batch
 from mtrec.data.source import load_data
 from mtrec.models import create_model, list_models, runs_on
@@ -66,13 +63,6 @@ def gemm_rate(dtype: torch.dtype, repeats: int = 30, clock: Callable[[], float] 
     return 2 * 1024 * 640 * 512 / best
 
 
-def matmul_flops_per_sample(step: Callable[[Batch], None], batch: Batch) -> float:
-    """FLOPs of the matrix products in one training step on ``batch``, per row (forward and backward)."""
-    with FlopCounterMode(display=False) as counter:
-        step(batch)
-    return counter.get_total_flops() / len(batch)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="synthetic:sequences:60000")
@@ -100,7 +90,7 @@ def main() -> None:
             chosen = choose_precision(kind, torch.device("cpu"))
             steps[name, kind] = train_step(create_model(name, data.schema), precision=chosen)
             steps[name, kind](in_memory[0])  # warm-up
-    flops = {name: matmul_flops_per_sample(steps[name, "fp32"], in_memory[0]) for name in names}
+    flops = {name: step_flops(steps[name, "fp32"], in_memory[0]) for name in names}
     iterator = BatchIterator(data, "train", args.batch_size, shuffle=True, seed=0, prefetch=2)
     pipeline: dict[tuple[str, str], list[float]] = {key: [] for key in steps}
     bound: dict[tuple[str, str], list[float]] = {key: [] for key in steps}
@@ -132,19 +122,17 @@ def main() -> None:
             f32, b16 = med[name, "fp32"][column], med[name, "bf16"][column]
             print(f"| {name} | {f32:,.0f} | {f32 / ref32:.2f} | {b16:,.0f} | {b16 / ref16:.2f} | {b16 / f32:.2f} |")
         print()
-    print("arithmetic (matrix products per sample, forward and backward; GFLOP/s at the model-bound rates):\n")
-    print("| model | MFLOP/sample | x MMoE | fp32 GFLOP/s | bf16 GFLOP/s |")
+    print("| model | MFLOP/sample | x MMoE | fp32 GFLOP/s (model-bound) | bf16 GFLOP/s (model-bound) |")
     print("|---|---:|---:|---:|---:|")
     for name in names:
         achieved = [flops[name] * med[name, kind][1] / 1e9 for kind in PRECISIONS]
         print(f"| {name} | {flops[name] / 1e6:.2f} | {flops[name] / flops[REFERENCE]:.2f} | {achieved[0]:.1f} | "
               f"{achieved[1]:.1f} |")
-    print()
     if args.json:
         args.json.write_text(json.dumps({
             "cpu": cpu_model(), "bf16_flags": cpu_bf16_flags(), "data": args.data, "threads": args.threads,
             "clock": args.clock, "load": [load_before[0], load_after[0]], "gemm_gflops": rate,
-            "matmul_flops_per_sample": flops,
+            "flops_per_sample": flops,
             "pipeline": {f"{n}/{k}": v for (n, k), v in pipeline.items()},
             "model_bound": {f"{n}/{k}": v for (n, k), v in bound.items()},
         }, indent=2))
