@@ -5,9 +5,10 @@ the matrix-product rate of ``[1024, 640] @ [640, 512]`` in fp32 and bf16, then p
 in fp32 and in bf16 (the trainer's step, ``stepping.train_step``, under each precision), each relative to
 MMoE at the same precision, and bf16 / fp32; last, the GFLOP/s the model-bound figures achieve (the
 matrix products of one step per sample, ``model_speed.step_flops``, times samples/s): a model far below
-MMoE's rate is bound by the work around its products, not by them. ``pipeline`` includes the data pipeline (``BatchIterator``,
-prefetch), ``model-bound`` steps on batches already in memory. The models and precisions take turns within
-every round so that changing machine load hits them alike; figures are medians over the rounds.
+MMoE's rate is bound by the work around its products, not by them. ``pipeline`` includes the data pipeline
+(``BatchIterator``, prefetch), ``model-bound`` steps on batches already in memory. The models and precisions
+take turns within every round so that changing machine load hits them alike; figures are medians over the
+rounds.
 
     PYTHONPATH=src python benchmarks/precision.py [--data synthetic:sequences:60000] [--models mmoe,ple,dcrnn,dtrn]
         [--threads 2] [--steps 20] [--repeats 5] [--clock wall|cpu] [--json FILE]
