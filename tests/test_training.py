@@ -144,7 +144,7 @@ def test_callbacks_see_every_step_epoch_and_the_result(tmp_path: Path) -> None:
 def test_train_fraction_trains_on_a_fixed_subset_of_the_train_rows(tmp_path: Path) -> None:
     data = tiny_dataset(rows=600)
     quarter = data.split_rows("train", 0.25)
-    assert len(quarter) == round(0.25 * data.split_size("train"))
+    assert len(quarter) == round(0.25 * data.split_size("train")) == data.split_size("train", 0.25)
     assert set(quarter) < set(data.splits["train"])
     np.testing.assert_array_equal(quarter, data.split_rows("train", 0.25))  # the same rows every time
     logged: list[str] = []

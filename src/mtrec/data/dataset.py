@@ -112,8 +112,10 @@ class PreparedDataset:
     def num_rows(self) -> int:
         return int(self.labels.shape[0])
 
-    def split_size(self, split: str) -> int:
-        return int(self.splits[split].shape[0])
+    def split_size(self, split: str, fraction: float = 1.0) -> int:
+        """How many rows :meth:`split_rows` gives for ``split`` and ``fraction``."""
+        size = int(self.splits[split].shape[0])
+        return size if fraction >= 1.0 else max(1, round(fraction * size))
 
     def split_rows(self, split: str, fraction: float = 1.0) -> np.ndarray:
         """The row indices (int64 [n]) of ``split``; with ``fraction`` < 1 a fixed subset of
@@ -122,7 +124,7 @@ class PreparedDataset:
         rows = self.splits[split]
         if fraction >= 1.0:
             return rows
-        keep = max(1, round(fraction * len(rows)))
+        keep = self.split_size(split, fraction)
         return np.sort(rows[np.random.default_rng(0).choice(len(rows), size=keep, replace=False)])
 
     # ---- consistency ---------------------------------------------------------------------------

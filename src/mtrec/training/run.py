@@ -137,7 +137,7 @@ def _train(
     ranks = f" on {ctx.world_size} processes" if ctx.enabled else ""
     train_rows = f"{dataset.split_size('train'):,} train rows"
     if cfg.train_fraction < 1.0:
-        subset = len(dataset.split_rows("train", cfg.train_fraction))
+        subset = dataset.split_size("train", cfg.train_fraction)
         train_rows = f"{subset:,} train rows ({cfg.train_fraction:g} of {train_rows})"
     log(f"training {config.model} ({params:,} parameters, objective {cfg.objective}) on "
         f"{config.data}: {train_rows}{ranks}")
