@@ -294,3 +294,29 @@ def test_a_bench_refuses_unequal_or_missing_studies(tmp_path: Path) -> None:
         parse_bench_config(bench)
     with pytest.raises(ConfigError, match="ple is not a finished study"):
         parse_bench_config({**bench, "models": ["mmoe", "ple"]})
+
+
+SHIPPED = sorted((Path(__file__).resolve().parents[1] / "configs" / "tune").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_shipped_tune_configs_are_valid(path: Path) -> None:
+    """Every study config under configs/tune parses and its space names only what the model and the trainer
+    take (checked against the model's signature, as ``mtrec tune`` does before the first trial)."""
+    config = load_tune_config(str(path))
+    assert path.stem.endswith(f"_{config.model}")
+
+
+def test_shipped_studies_of_a_dataset_have_equal_budgets() -> None:
+    """The studies of one dataset (configs/tune/<dataset>_<model>.yaml) give every model the same trials,
+    sampler seed, fixed train settings and shared search ranges: the budget the tuned comparison relies on."""
+    by_dataset: dict[str, list[Any]] = {}
+    for path in SHIPPED:
+        config = load_tune_config(str(path))
+        by_dataset.setdefault(path.stem.removesuffix(f"_{config.model}"), []).append(config.file)
+    assert {"census_standard", "taobao_userbehavior"} <= set(by_dataset)
+    for dataset, files in by_dataset.items():
+        for key in ("trials", "seed", "train", "data"):
+            assert len({repr(getattr(f, key)) for f in files}) == 1, (dataset, key)
+        for shared in ("lr", "weight_decay", "dropout"):
+            assert len({repr(f.space[shared]) for f in files}) == 1, (dataset, shared)
