@@ -138,3 +138,21 @@ def test_python_lists_encode_as_arrow_columns_do(keep: str) -> None:
     with pytest.raises(EncodingError, match="'price': inf is not a finite number") as error:
         encoders.encode({**columns, "price": [1.0, float("inf"), *columns["price"][2:]]}, _schema())
     assert error.value.row == 1
+
+
+def test_a_value_repeated_in_every_row_is_encoded_as_distinct_copies_are() -> None:
+    """A request's user feature is one object in every candidate's row (encoded once, then broadcast): the
+    result equals that of the same values as a file's column, and a bad shared value names row 0."""
+    rows = 5
+    shared = {"city": " rome ", "item": 11, "price": 3, "hist": ["10", "0", " 12 "]}
+    same = {name: [value] * rows for name, value in shared.items()}
+    encoders = _encoders()
+    got = encoders.encode(same, _schema())
+    expected = encoders.encode({k: np.array([*v, None], dtype=object)[:-1] for k, v in same.items()}, _schema())
+    for a, b in zip(got[:2], expected[:2], strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(got[2]["hist"], expected[2]["hist"])
+    assert got[0].shape == (rows, 2) and got[2]["hist"].shape == (rows, 3) and got[2]["hist"].flags.writeable
+    with pytest.raises(EncodingError, match="'price'") as error:
+        encoders.encode({**same, "price": ["cheap"] * rows}, _schema())
+    assert error.value.row == 0

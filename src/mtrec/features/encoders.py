@@ -24,6 +24,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from itertools import repeat
+from operator import is_
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeAlias
 
@@ -365,6 +366,11 @@ def history_rows(values: list[Any], fmt: SequenceFormat, max_len: int, vocab: Vo
     return np.stack(rows)[np.asarray(order)] if len(rows) < len(values) else np.stack(rows)
 
 
+def _uniform(values: RawColumn | np.ndarray) -> bool:
+    """Whether ``values`` is a Python list of more than one row holding the same object in every row."""
+    return isinstance(values, list) and len(values) > 1 and all(map(is_, values, repeat(values[0])))
+
+
 def _history_row(value: Any, fmt: SequenceFormat, max_len: int, vocab: Vocabulary, strip: bool) -> np.ndarray:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         tokens: list[Any] = []
@@ -485,6 +491,8 @@ class FeatureEncoders:
         n = next(iter(lengths.values()), 0)
         if any(v != n for v in lengths.values()):
             raise ValueError(f"input columns have different lengths: {lengths}")
+        # a list holding one object in every row (a request's user feature) is encoded once, then broadcast
+        columns = {name: columns[name][:1] if _uniform(columns[name]) else columns[name] for name in needed}
         sparse = np.zeros((n, len(schema.sparse)), dtype=np.int32)  # [N, F_sparse]
         for j, f in enumerate(schema.sparse):
             values, vocab = columns[f.name], self.vocabularies[f.table_name]
@@ -502,7 +510,8 @@ class FeatureEncoders:
         for s in schema.sequences:
             values, fmt, vocab = columns[s.name], self.sequences[s.name], self.vocabularies[s.table_name]
             if isinstance(values, list):
-                sequences[s.name] = history_rows(values, fmt, s.max_len, vocab, self.strip)
+                rows = history_rows(values, fmt, s.max_len, vocab, self.strip)  # [N or 1, L]
+                sequences[s.name] = np.repeat(rows, n, axis=0) if len(rows) < n else rows
                 continue
             tokens, rows, positions, _ = sequence_tokens(values, fmt, s.max_len, self.strip)
             block = np.zeros((n, s.max_len), dtype=np.int32)  # [N, L]
