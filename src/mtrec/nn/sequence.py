@@ -39,13 +39,34 @@ def masked_softmax(scores: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> t
     return torch.softmax(filled, dim=dim) * mask.to(scores.dtype)
 
 
-def conditional_layer_norm(x: torch.Tensor, dim: int, gamma: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
-    """LayerNorm over the last dimension with a given scale and shift: ``norm(x) * gamma + beta``.
+def conditional_layer_norm(x: torch.Tensor, dim: int, valid: ValidPositions, gamma: torch.Tensor,
+                           beta: torch.Tensor) -> torch.Tensor:
+    """LayerNorm of valid positions' rows, each with the scale and shift of its sequence's group:
+    ``norm(x) * gamma[:, group] + beta[:, group]``.
 
-    x: ``[..., dim]``; gamma, beta: anything that broadcasts against it. The result has the broadcast shape.
-    ``dim`` is passed as a Python int (not read from ``x.shape``) so that ONNX tracing sees a constant.
-    """
-    return F.layer_norm(x, (dim,)) * gamma + beta
+    x: ``[K', V, d]`` (rows as ``valid`` orders them, K' = 1 or K); gamma, beta: ``[K, G, d]``, G =
+    ``valid.groups``; ``dim`` = d, a Python int so that ONNX tracing sees a constant. Returns ``[K, V, d]``.
+
+    Eager, the rows of each group are contiguous: one fused multiply-add per group, whose gradients are
+    sums over the group's rows (gathering gamma per row, ``[K, V, d]``, has its gradient scattered back
+    row by row, several times slower on CPU). Traced, compiled or exported (no group sizes), the
+    parameters are gathered per row."""
+    normed = F.layer_norm(x, (dim,))
+    if valid.group_sizes is None:
+        group = torch.remainder(valid.sequence, valid.groups)  # [V]
+        return normed * gamma.index_select(1, group) + beta.index_select(1, group)
+    parts = [torch.addcmul(beta[:, g, None], rows, gamma[:, g, None])  # [K, V_g, d]
+             for g, rows in enumerate(normed.split(valid.group_sizes, dim=-2))]
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-2)
+
+
+def select_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``x[..., index, :]``: rows ``[..., N, d]`` -> ``[..., len(index), d]``. With a single leading slice
+    (``[1, N, d]``) the gather runs along dim 0 of the 2-D rows, whose backward scatter ran twice as fast on
+    CPU as one along dim -2 of the 3-D tensor."""
+    if x.dim() == 3 and x.shape[0] == 1:
+        return x[0].index_select(0, index).unsqueeze(0)
+    return x.index_select(-2, index)
 
 
 LENGTH_CHUNKS = 4  # groups of histories of similar length that self-attention runs on (valid_outputs)
@@ -92,10 +113,12 @@ class MultiHeadSelfAttention(nn.Module):
         # finite, and its outputs are never pooled.
         key_mask = key_mask | ~key_mask.any(-1, keepdim=True)
         bias = torch.zeros(key_mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~key_mask, float("-inf"))
-        bias = bias.expand(-1, heads, -1).reshape(-1, 1, length)  # [N h, 1, L], history-major like q
-        scores = torch.baddbmm(bias, q, k.transpose(1, 2), alpha=head_dim**-0.5)  # [N h, L, L]
-        weights = F.dropout(torch.softmax(scores, dim=-1), self.dropout, self.training)
-        heads_out = torch.bmm(weights, v).view(-1, heads, length, head_dim)  # [N, h, L, dh]
+        bias = bias.expand(-1, heads, -1).reshape(-1, length, 1)  # [N h, L, 1], history-major like q
+        # the scores keys-by-queries, normalised over dim 1: CPU softmax over a last dimension shorter than
+        # its vector width (16 floats) runs element by element, over dim 1 it is vectorized across queries
+        scores = torch.baddbmm(bias, k, q.transpose(1, 2), alpha=head_dim**-0.5)  # [N h, L keys, L queries]
+        weights = F.dropout(torch.softmax(scores, dim=1), self.dropout, self.training)
+        heads_out = torch.bmm(weights.transpose(1, 2), v).view(-1, heads, length, head_dim)  # [N, h, L, dh]
         heads_out = heads_out.transpose(1, 2).reshape(-1, length, dim)  # [N, L, d]
         return self.out(heads_out).view(*lead, length, dim)  # [..., L, d]
 
@@ -106,8 +129,9 @@ class MultiHeadSelfAttention(nn.Module):
         The S histories are sorted by their last valid position and cut into ``chunks`` groups of equal
         count; each group runs on its own histories cut after their longest one's last valid position,
         so that attention's work follows the histories' lengths rather than the padded L (what is cut is
-        padding, which no valid position attends to). A traced or exported model runs the padded layout
-        at once (its shapes may not depend on the data).
+        padding, which no valid position attends to). The groups' inputs are one gather from x and their
+        outputs one gather into the valid rows, so the backward pass scatters each once. A traced or
+        exported model runs the padded layout at once (its shapes may not depend on the data).
         """
         if chunks == 1 or static_shapes():
             return valid.pack(self(x, valid.mask.expand(x.shape[0], -1, -1)))
@@ -115,27 +139,20 @@ class MultiHeadSelfAttention(nn.Module):
         ends = (valid.mask * torch.arange(1, length + 1, device=x.device)).amax(-1)  # [S]: last valid + 1
         ends, order = torch.sort(ends, descending=True, stable=True)
         size = -(-s // chunks)
-        position = torch.full((s * length,), -1, dtype=torch.long, device=x.device)
-        position[valid.flat] = torch.arange(valid.flat.numel(), device=x.device)  # packed index of each
-        position = position.view(s, length)  # [S, L], -1 at padding
-        # one gather into length order, then contiguous groups: the backward pass scatters x's gradient
-        # once, not once per group into a zero tensor of x's size
-        groups = zip(x.index_select(-3, order).split(size, dim=-3), valid.mask.index_select(0, order).split(size),
-                     position.index_select(0, order).split(size), ends[::size].tolist(), strict=True)
-        outputs, places = [], []
-        for histories, group_mask, group_position, end in groups:
-            if end == 0:  # this group and every later one hold padding only
-                break
-            mask = group_mask[:, :end]  # [s_g, l_g]
-            attended = self(histories[..., :end, :], mask.expand(x.shape[0], -1, -1))
-            kept = mask.reshape(-1).nonzero().squeeze(-1)  # the group's valid positions, [v_g]
-            outputs.append(attended.flatten(-3, -2).index_select(-2, kept))  # [K', v_g, d]
-            places.append(group_position[:, :end].reshape(-1).index_select(0, kept))
-        if not outputs:  # no valid position at all
+        # (histories [s_g], length l_g) of each group holding a valid position (a group of padding only has none)
+        groups = [(h, end) for h, end in zip(order.split(size), ends[::size].tolist(), strict=True) if end > 0]
+        if not groups:  # no valid position at all
             return x.new_zeros(*x.shape[:-3], 0, x.shape[-1])
-        place = torch.cat(places)  # [V]: where each output row goes, a permutation of 0..V-1
-        back = torch.empty_like(place).scatter_(0, place, torch.arange(place.numel(), device=x.device))
-        return torch.cat(outputs, dim=-2).index_select(-2, back)  # [K', V, d]
+        steps = torch.arange(length, device=x.device)
+        where = torch.cat([(h.unsqueeze(1) * length + steps[:end]).reshape(-1) for h, end in groups])  # [P]
+        sizes = [h.numel() * end for h, end in groups]  # each group's s_g * l_g positions
+        inputs = select_rows(x.flatten(-3, -2), where).split(sizes, dim=-2)  # [K', s_g * l_g, d] each
+        masks = valid.mask.reshape(-1)[where].split(sizes)
+        outputs = [self(part.unflatten(-2, (h.numel(), end)), mask.view(1, h.numel(), end).expand(x.shape[0], -1, -1))
+                   for part, mask, (h, end) in zip(inputs, masks, groups, strict=True)]  # [K', s_g, l_g, d] each
+        slot = torch.full((s * length,), -1, dtype=torch.long, device=x.device)
+        slot[where] = torch.arange(where.numel(), device=x.device)  # where each attended position's output is
+        return select_rows(torch.cat([out.flatten(-3, -2) for out in outputs], dim=-2), slot[valid.flat])
 
 
 def static_shapes() -> bool:
@@ -147,23 +164,35 @@ def static_shapes() -> bool:
 class ValidPositions:
     """Where the valid (non-padding) positions of S padded sequences of length L are.
 
-    mask: bool ``[S, L]``; flat: ``[V]`` their indices into the S * L positions, in order; sequence:
-    ``[V]`` the sequence each one belongs to. :meth:`pack` and :meth:`unpack` move between the padded
-    layout ``[..., S, L, d]`` and rows ``[..., V, d]`` (any leading dimensions).
+    mask: bool ``[S, L]``; flat: ``[V]`` their indices into the S * L positions; sequence: ``[V]`` the
+    sequence each one belongs to. The S sequences form ``groups`` interleaved groups (sequence s is in
+    group s mod G: laid out as ``[S / G, G]`` flattened, e.g. G behaviour types); the rows are ordered by
+    group, then by position, and ``group_sizes`` counts each group's rows (None where shapes may not depend
+    on the data, :func:`static_shapes`). :meth:`pack` and :meth:`unpack` move between the padded layout
+    ``[..., S, L, d]`` and rows ``[..., V, d]`` (any leading dimensions).
     """
 
     mask: torch.Tensor
     flat: torch.Tensor
     sequence: torch.Tensor
+    groups: int = 1
+    group_sizes: list[int] | None = None
 
     @classmethod
-    def of(cls, mask: torch.Tensor) -> ValidPositions:
-        flat = mask.reshape(-1).nonzero().squeeze(-1)  # [V]
-        return cls(mask, flat, torch.div(flat, mask.shape[-1], rounding_mode="floor"))
+    def of(cls, mask: torch.Tensor, groups: int = 1) -> ValidPositions:
+        s, length = mask.shape
+        if s % groups:
+            raise ValueError(f"{s} sequences do not form {groups} interleaved groups")
+        by_group = mask.view(-1, groups, length).transpose(0, 1)  # [G, S / G, L]
+        index = by_group.reshape(-1).nonzero().squeeze(-1)  # [V], into the [G, S / G, L] layout
+        group, rest = torch.div(index, s // groups * length, rounding_mode="floor"), index % (s // groups * length)
+        sequence = torch.div(rest, length, rounding_mode="floor") * groups + group  # [V]
+        sizes = None if static_shapes() else by_group.sum((1, 2)).tolist()
+        return cls(mask, sequence * length + rest % length, sequence, groups, sizes)
 
     def pack(self, x: torch.Tensor) -> torch.Tensor:
         """``[..., S, L, d] -> [..., V, d]``."""
-        return x.flatten(-3, -2).index_select(-2, self.flat)
+        return select_rows(x.flatten(-3, -2), self.flat)
 
     def unpack(self, rows: torch.Tensor) -> torch.Tensor:
         """``[..., V, d] -> [..., S, L, d]``, zeros at padding."""
@@ -200,11 +229,11 @@ class ConditionalTransformerLayer(nn.Module):
     def forward(
         self, x: torch.Tensor, valid: ValidPositions, gamma: torch.Tensor, beta: torch.Tensor
     ) -> torch.Tensor:
-        """x: padded ``[K', S, L, d]``; gamma, beta: per valid position ``[K, V, 2, d]`` (K' = 1 or K).
-        Returns the valid positions' outputs ``[K, V, d]``."""
+        """x: padded ``[K', S, L, d]`` (K' = 1 or K); gamma, beta: per group of sequences ``[K, G, 2, d]``
+        (:class:`ValidPositions`). Returns the valid positions' outputs ``[K, V, d]``."""
         attended = valid.pack(x) + self.attention.valid_outputs(x, valid)  # [K', V, d]
-        y = conditional_layer_norm(attended, self.dim, gamma[..., 0, :], beta[..., 0, :])  # [K, V, d]
-        return conditional_layer_norm(y + self.ffn(y), self.dim, gamma[..., 1, :], beta[..., 1, :])
+        y = conditional_layer_norm(attended, self.dim, valid, gamma[..., 0, :], beta[..., 0, :])  # [K, V, d]
+        return conditional_layer_norm(y + self.ffn(y), self.dim, valid, gamma[..., 1, :], beta[..., 1, :])
 
 
 class ConditionalTransformer(nn.Module):
@@ -235,9 +264,7 @@ class ConditionalTransformer(nn.Module):
         """x: ``[S, L, d]``, mask ``[S, L]``, gamma/beta ``[K, G, num_layers * 2, d]``. Returns the
         encodings of the valid positions ``[K, V, d]`` (:meth:`ValidPositions.unpack` gives the padded
         ``[K, S, L, d]``) and where those positions are."""
-        valid = ValidPositions.of(mask)
-        group = torch.remainder(valid.sequence, gamma.shape[1])  # [V]: each valid position's column
-        gamma, beta = gamma.index_select(1, group), beta.index_select(1, group)  # [K, V, N, d]
+        valid = ValidPositions.of(mask, gamma.shape[1])
         n = ConditionalTransformerLayer.NORMS
         padded = (x + self.positions[: x.shape[-2]]).unsqueeze(0)  # [1, S, L, d]
         rows = x.new_zeros(0)
