@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import pickle
 import shutil
@@ -285,73 +284,6 @@ def test_torch_backend_gives_the_onnx_probabilities(run_dir: Path, predictor: Pr
     exported = predictor.predict(columns)
     for task in predictor.task_names:
         np.testing.assert_allclose(exported[task], eager[task], atol=1e-5)
-
-
-def _post_together(predictor: Predictor, bodies: list[bytes]) -> tuple[list[tuple[int, Any]], str]:
-    """``bodies`` posted to a new app at once, all queued before its scoring thread starts (so that the thread
-    takes them as one batch): each answer's (status, JSON) and the app's metrics afterwards."""
-    service = create_app(predictor, max_candidates=MAX_CANDIDATES)
-
-    async def post(body: bytes) -> tuple[int, Any]:
-        sent: list[dict[str, Any]] = []
-
-        async def receive() -> dict[str, Any]:
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        async def send(message: dict[str, Any]) -> None:
-            sent.append(message)
-
-        scope = {"type": "http", "method": "POST", "path": "/v1/score",
-                 "headers": [(b"content-length", str(len(body)).encode())]}
-        await service(scope, receive, send)
-        return sent[0]["status"], json.loads(sent[1]["body"])
-
-    async def together() -> list[tuple[int, Any]]:
-        posts = [asyncio.create_task(post(body)) for body in bodies]
-        while service.scorer.waiting < len(bodies):
-            await asyncio.sleep(0.001)
-        service.scorer.start()
-        try:
-            return list(await asyncio.gather(*posts))
-        finally:
-            service.scorer.stop()
-
-    answers = asyncio.run(together())
-    return answers, service.metrics.exposition().decode()
-
-
-def _request(rows: list[dict[str, str]], **candidate_zero: Any) -> bytes:
-    user = {f: as_json_value(f, rows[0][f]) for f in USER_FEATURES}
-    candidates = [{f: as_json_value(f, r[f]) for f in ITEM_FEATURES} for r in rows]
-    candidates[0].update(candidate_zero)
-    return json.dumps({"user": user, "candidates": candidates}).encode()
-
-
-def test_requests_waiting_together_are_encoded_and_scored_as_one_batch(predictor: Predictor) -> None:
-    """Requests of several users queued at once are encoded as one frame and scored in one runtime call; each
-    gets the scores it gets alone."""
-    bodies = [_request(one_user_rows(n, seed=20 + n)) for n in (3, 5, 4)]
-    answers, metrics = _post_together(predictor, bodies)
-    encoder = RequestEncoder(predictor.schema, predictor.encoders, MAX_CANDIDATES)
-    for body, (status, answer) in zip(bodies, answers, strict=True):
-        assert status == 200, answer
-        alone = predictor.score(encoder.encode(encoder.parse(body)))
-        for task in ("click", "conversion"):
-            np.testing.assert_allclose([s[task] for s in answer["scores"]], alone[task], atol=1e-6)
-    assert "mtrec_batch_requests_count 1.0" in metrics and "mtrec_batch_requests_sum 3.0" in metrics
-    assert "mtrec_batch_rows_sum 12.0" in metrics
-
-
-def test_a_request_the_encoders_refuse_fails_alone_in_its_batch(predictor: Predictor) -> None:
-    """A value that passes validation but overflows its dense transform fails its own request (422 naming the
-    field) and not the others queued with it, which are then scored one by one."""
-    bodies = [_request(one_user_rows(3, seed=30)), _request(one_user_rows(4, seed=31), activity=1e300),
-              _request(one_user_rows(3, seed=32))]
-    answers, metrics = _post_together(predictor, bodies)
-    assert [status for status, _ in answers] == [200, 422, 200]
-    assert answers[1][1]["detail"][0]["field"] == "candidates[0].activity"
-    assert [len(a["scores"]) for _, a in (answers[0], answers[2])] == [3, 3]
-    assert "mtrec_batch_requests_count 2.0" in metrics and "mtrec_batch_rows_sum 6.0" in metrics
 
 
 # ---- batch scoring -----------------------------------------------------------------------------------

@@ -15,13 +15,13 @@ candidate list (``max_candidates``), a body that is not JSON (or not UTF-8) and 
 other HTTP errors (an unknown path, a wrong method, with its ``Allow`` header) have the same shape.
 
 ``POST /v1/score`` is a bare ASGI handler in front of the FastAPI app (which serves the rest and the
-OpenAPI schema). Each request is parsed and validated on the event loop
-(:class:`~mtrec.serving.request.RequestEncoder`), then encoded and scored by a
-:class:`~mtrec.serving.batching.BatchingScorer` thread, which encodes the requests waiting at the same
-moment as one frame and scores them in one runtime call while the loop reads the next ones (a serving
-process sets a GIL switch interval of 0.5 ms, so that thread gets the GIL back soon after each call).
-``serve`` runs one such process, or ``workers`` of them (uvicorn's process manager, one listening socket),
-each loading the run itself: they share nothing mutable.
+OpenAPI schema). Each request is parsed, validated and encoded on the event loop
+(:class:`~mtrec.serving.request.RequestEncoder`, vectorized), then scored by a
+:class:`~mtrec.serving.batching.BatchingScorer` thread, which scores the requests waiting at the same
+moment in one runtime call while the loop reads the next ones (a serving process sets a GIL switch
+interval of 0.5 ms, so that thread gets the GIL back soon after each call). ``serve`` runs one such
+process, or ``workers`` of them (uvicorn's process manager, one listening socket), each loading the
+run itself: they share nothing mutable.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from fastapi import FastAPI, Request, Response
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from mtrec.serving.batching import DEFAULT_MAX_ROWS, BatchingScorer, ScoringError
+from mtrec.serving.batching import DEFAULT_MAX_ROWS, BatchingScorer
 from mtrec.serving.metrics import ServiceMetrics
 from mtrec.serving.predictor import Predictor
 from mtrec.serving.request import CANDIDATE_ID, RequestEncoder, RequestError, problem
@@ -124,20 +124,23 @@ class ScoringService:
         """(status, JSON body, candidates scored) for one scoring request."""
         try:
             request = self.encoder.parse(await self._body(scope, receive))
-            probs = await self.scorer.score(request, len(request["candidates"]))  # encoded and scored off the loop
+            feeds = self.encoder.encode(request)
         except _TooLarge as exc:
             return 413, error_body(RequestError([problem(("body",), f"request body over {self.max_body_bytes} "
                                                                     f"bytes ({exc})", "body_too_large")], 413)), 0
         except RequestError as exc:
             return exc.status, error_body(exc), 0
-        except ScoringError as exc:  # the runtime failed on valid input: the model's fault, not the request's
-            log.error("scoring failed", exc_info=exc.__cause__)
-            return 500, error_body(RequestError([problem(("body",), str(exc), "internal_error")], 500)), 0
         except Exception as exc:  # encoding depends on the request's values alone: a failure is bad input
             log.warning("request values could not be encoded", exc_info=True)
             error = RequestError([problem(("body",), f"the request's values could not be encoded "
                                                      f"({type(exc).__name__}: {exc})", "value_error")])
             return 422, error_body(error), 0
+        try:
+            probs = await self.scorer.score(feeds)
+        except Exception as exc:  # the runtime failed on valid input: the model's fault, not the request's
+            log.exception("scoring failed")
+            return 500, error_body(RequestError([problem(("body",), f"scoring failed ({type(exc).__name__})",
+                                                         "internal_error")], 500)), 0
         rows = zip(*(probs[t].tolist() for t in self.tasks), strict=True)  # N rows of T probabilities
         # one {task: probability} per row, built by map (C-level iteration: half the time of a comprehension)
         scores = list(map(dict, map(zip, repeat(self.tasks), rows)))
@@ -194,8 +197,7 @@ def create_app(
         raise ValueError(f"max_candidates and workers must be >= 1, got {max_candidates} and {workers}")
     encoder = RequestEncoder(predictor.schema, predictor.encoders, max_candidates, predictor.encode)
     metrics = ServiceMetrics()
-    scorer = BatchingScorer(predictor, encoder.encode_batch, threads=workers, max_rows=max_batch_rows,
-                            on_batch=metrics.batch)
+    scorer = BatchingScorer(predictor, threads=workers, max_rows=max_batch_rows, on_batch=metrics.batch)
     tasks = predictor.task_names
 
     @asynccontextmanager

@@ -1,15 +1,12 @@
-"""Encoding and scoring off the event loop, with the requests that wait at the same moment encoded and scored
-together.
+"""Scoring off the event loop, with the requests that wait at the same moment scored in one runtime call.
 
-The HTTP app parses and validates each request on its event loop, then hands it to a
+The HTTP app parses and encodes each request on its event loop, then hands the encoded inputs to a
 :class:`BatchingScorer`: ``threads`` scoring threads each take the oldest waiting request and every request
-queued behind it (up to ``max_rows`` rows in all), encode them as one frame (``encode``: the encoders' cost
-is mostly per feature, not per row), run the model once and give each request its own rows back. ONNX
-Runtime and PyTorch release the GIL while they compute, so the event loop keeps reading and validating the
-next requests meanwhile; under load, one call encodes and scores several requests, which costs fewer
-encoder and runtime calls and thread hand-offs than one of each per request. A lone request is scored at
-once (nothing waits for a batch to fill). When a batch cannot be encoded (a value of one request that the
-encoders refuse), each of its requests is encoded and scored on its own, so that only the one at fault fails.
+queued behind it (up to ``max_rows`` rows in all), concatenate them, run the model once and give each
+request its own rows back. ONNX Runtime and PyTorch release the GIL while they compute, so the event loop
+keeps reading, validating and encoding the next requests meanwhile; under load, one call scores several
+requests, which costs fewer runtime calls and thread hand-offs than one call per request. A lone request
+is scored at once (nothing waits for a batch to fill).
 """
 
 from __future__ import annotations
@@ -17,42 +14,33 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from mtrec.serving.predictor import Predictor
 
 DEFAULT_MAX_ROWS = 8192
-Feeds = dict[str, np.ndarray]  # a model's named inputs [N, ...]
-
-
-class ScoringError(RuntimeError):
-    """The runtime failed on encoded input (the model's fault, not the request's); the cause is chained."""
 
 
 @dataclass
 class _Job:
-    request: Any  # one item of what ``encode`` takes
+    feeds: dict[str, np.ndarray]  # named inputs [N, ...]
     rows: int
     future: asyncio.Future[dict[str, np.ndarray]]
     loop: asyncio.AbstractEventLoop
 
 
 class BatchingScorer:
-    """``await scorer.score(request, rows)`` -> ``{task: float32 [rows]}``, encoded and scored in a background
-    thread (see above); raises what ``encode`` raises for that request alone, or :class:`ScoringError`."""
+    """``await scorer.score(feeds)`` -> ``{task: float32 [N]}``, scored in a background thread (see above)."""
 
-    def __init__(self, predictor: Predictor, encode: Callable[[Sequence[Any]], Feeds], threads: int = 1,
-                 max_rows: int = DEFAULT_MAX_ROWS, on_batch: Callable[[int, int], None] | None = None) -> None:
-        """``encode(requests)`` gives the named inputs of all their rows, request after request;
-        ``on_batch(rows, requests)`` is called after each runtime call (the service's metrics)."""
+    def __init__(self, predictor: Predictor, threads: int = 1, max_rows: int = DEFAULT_MAX_ROWS,
+                 on_batch: Callable[[int, int], None] | None = None) -> None:
+        """``on_batch(rows, requests)`` is called after each runtime call (the service's metrics)."""
         if threads < 1 or max_rows < 1:
             raise ValueError(f"threads and max_rows must be >= 1, got {threads} and {max_rows}")
         self.predictor = predictor
-        self.encode = encode
         self.on_batch = on_batch
         self.max_rows = max_rows
         self.count = threads
@@ -72,15 +60,10 @@ class BatchingScorer:
             thread.join()
         self._threads = []
 
-    @property
-    def waiting(self) -> int:
-        """Requests queued and not yet taken by a scoring thread."""
-        return self._queue.qsize()
-
-    async def score(self, request: Any, rows: int) -> dict[str, np.ndarray]:
+    async def score(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[dict[str, np.ndarray]] = loop.create_future()
-        self._queue.put(_Job(request, rows, future, loop))
+        self._queue.put(_Job(feeds, len(next(iter(feeds.values()))), future, loop))
         return await future
 
     def _work(self) -> None:
@@ -99,22 +82,18 @@ class BatchingScorer:
             self._run(jobs)
 
     def _run(self, jobs: list[_Job]) -> None:
-        try:
-            feeds = self.encode([j.request for j in jobs])
-        except Exception as exc:
-            if len(jobs) > 1:  # one request is at fault: each gets its own answer
-                for job in jobs:
-                    self._run([job])
-            else:
-                jobs[0].loop.call_soon_threadsafe(_reject, jobs[0].future, exc)
+        widths = {name: {j.feeds[name].shape[1:] for j in jobs} for name in jobs[0].feeds}
+        if len(jobs) > 1 and any(len(shapes) > 1 for shapes in widths.values()):  # histories of other widths
+            for job in jobs:
+                self._run([job])
             return
         try:
+            feeds = jobs[0].feeds if len(jobs) == 1 else {
+                name: np.concatenate([j.feeds[name] for j in jobs]) for name in jobs[0].feeds}
             probs = self.predictor.score(feeds)
         except Exception as exc:  # the requests' callers report it; this thread keeps serving
             for j in jobs:
-                error = ScoringError(f"scoring failed ({type(exc).__name__})")
-                error.__cause__ = exc
-                j.loop.call_soon_threadsafe(_reject, j.future, error)
+                j.loop.call_soon_threadsafe(_reject, j.future, exc)
             return
         if self.on_batch is not None:
             self.on_batch(sum(j.rows for j in jobs), len(jobs))

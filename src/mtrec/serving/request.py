@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from itertools import chain, repeat
+from itertools import repeat
 from typing import Annotated, Any, Required
 
 import numpy as np
@@ -223,31 +223,6 @@ class RequestEncoder:
     def encode(self, request: dict[str, Any]) -> dict[str, np.ndarray]:
         """A validated request -> named inputs: sparse ``[N, F_sparse]``, dense ``[N, F_dense]``, ``seq__<name>``
         ``[N, L]`` (see :mod:`mtrec.export.scoring`)."""
-        return self.encode_batch([request])
-
-    def encode_batch(self, requests: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
-        """Validated requests -> the named inputs of all their candidates, request after request, encoded
-        as one frame (the encoders' cost is mostly per feature, not per row). RequestError naming the
-        field at fault (``candidates[3].price``, of the first request with a missing feature or a value the
-        encoders refuse; a caller that owes each request its own answer encodes them one by one then)."""
-        frames = [self.frame(request) for request in requests]
-        frame = frames[0] if len(frames) == 1 else {
-            name: list(chain.from_iterable(f[name] for f in frames)) for name in frames[0]}
-        try:
-            return self.feeds(frame)
-        except EncodingError as exc:  # types were validated: a value the transform overflows, say
-            row = exc.row or 0
-            for request in requests:  # the row within its own request
-                candidates: list[dict[str, Any]] = request["candidates"]
-                if row < len(candidates):
-                    break
-                row -= len(candidates)
-            where = ("candidates", row) if exc.feature in candidates[row] else ("user",)
-            raise RequestError([problem(("body", *where, exc.feature), str(exc), "encoding_error")]) from None
-
-    def frame(self, request: dict[str, Any]) -> dict[str, list[Any]]:
-        """A validated request -> its raw values, one row per candidate: feature name -> N values (a feature
-        given under ``user`` is the same object in every row). RequestError naming each missing feature."""
         user: dict[str, Any] = request.get("user") or {}
         candidates: list[dict[str, Any]] = request["candidates"]
         given = set().union(*candidates)  # features at least one candidate gives
@@ -265,7 +240,13 @@ class RequestEncoder:
                 missing.append(problem(("body", "candidates", row, name), _missing(name), "missing"))
         if missing:
             raise RequestError(missing)
-        return frame
+        try:
+            feeds = self.feeds(frame)
+        except EncodingError as exc:  # types were validated: a value the transform overflows, say
+            row = exc.row or 0
+            where = ("candidates", row) if exc.feature in candidates[row] else ("user",)
+            raise RequestError([problem(("body", *where, exc.feature), str(exc), "encoding_error")]) from None
+        return feeds
 
 
 def _missing(name: str) -> str:
