@@ -197,3 +197,26 @@ def test_the_cli_refuses_fp16_on_cpu_in_one_line(tmp_path: Path, capsys: pytest.
     assert exit_info.value.code == 2
     assert err.strip().count("\n") == 0 and "fp16 needs a CUDA device" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_bf16_gives_dtrns_hypernetwork_the_gradients_fp32_gives() -> None:
+    """DTRN's per-(task, behaviour) LayerNorm parameters come from its hypernetwork in bf16 under autocast and
+    serve thousands of history positions each: their gradients must be summed in float32, not accumulated
+    row by row in bf16 (which lost half their size)."""
+    from mtrec.data.source import load_data
+
+    data = load_data("synthetic:conflict:3000")
+    batch = gather_batch(data, data.splits["train"][:1024])
+    torch.manual_seed(0)
+    model = create_model("dtrn", data.schema)
+    grads = {}
+    for bf16 in (False, True):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = model(batch.features)
+        sum(logit.float().square().mean() for logit in logits.values()).backward()
+        grads[bf16] = {name: p.grad.clone() for name, p in model.named_parameters()
+                       if name.startswith("tim.hyper.") and p.grad is not None}
+    assert grads[False], "the hypernetwork got no gradient"
+    for name, exact in grads[False].items():
+        assert torch.linalg.norm(grads[True][name] - exact) < 0.05 * torch.linalg.norm(exact), name
