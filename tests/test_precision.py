@@ -199,11 +199,15 @@ def test_the_cli_refuses_fp16_on_cpu_in_one_line(tmp_path: Path, capsys: pytest.
     assert not (tmp_path / "run").exists()
 
 
-def test_bf16_gives_dtrns_hypernetwork_the_gradients_fp32_gives() -> None:
+@pytest.mark.parametrize("static", [False, True], ids=["eager", "static-shapes"])
+def test_bf16_gives_dtrns_hypernetwork_the_gradients_fp32_gives(static: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """DTRN's per-(task, behaviour) LayerNorm parameters come from its hypernetwork in bf16 under autocast and
     serve thousands of history positions each: their gradients must be summed in float32, not accumulated
-    row by row in bf16 (which lost half their size)."""
+    row by row in bf16 (which lost half their size), eager and as traced or compiled (static shapes)."""
     from mtrec.data.source import load_data
+    from mtrec.nn import sequence
+
+    monkeypatch.setattr(sequence, "static_shapes", lambda: static)
 
     data = load_data("synthetic:conflict:3000")
     batch = gather_batch(data, data.splits["train"][:1024])

@@ -48,13 +48,14 @@ def conditional_layer_norm(x: torch.Tensor, dim: int, valid: ValidPositions, gam
     ``valid.groups``; ``dim`` = d, a Python int so that ONNX tracing sees a constant. Returns ``[K, V, d]``.
 
     Eager, the rows of each group are contiguous: one fused multiply-add per group, whose gradients are
-    sums over the group's rows (gathering gamma per row, ``[K, V, d]``, has its gradient scattered back
-    row by row, several times slower on CPU). Traced, compiled or exported (no group sizes), the
-    parameters are gathered per row."""
+    sums over the group's rows, taken in float32 (gathering gamma per row, ``[K, V, d]``, has its gradient
+    scattered back row by row: several times slower on CPU, and, for bf16 parameters from autocast, summed
+    in bf16, which loses most of it). Traced, compiled or exported (no group sizes), the parameters are
+    gathered per row, in float32."""
     normed = F.layer_norm(x, (dim,))
     if valid.group_sizes is None:
         group = torch.remainder(valid.sequence, valid.groups)  # [V]
-        return normed * gamma.index_select(1, group) + beta.index_select(1, group)
+        return normed * gamma.float().index_select(1, group) + beta.float().index_select(1, group)
     parts = [torch.addcmul(beta[:, g, None], rows, gamma[:, g, None])  # [K, V_g, d]
              for g, rows in enumerate(normed.split(valid.group_sizes, dim=-2))]
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-2)
