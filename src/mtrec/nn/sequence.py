@@ -191,7 +191,9 @@ class ValidPositions:
         index = by_group.reshape(-1).nonzero().squeeze(-1)  # [V], into the [G, S / G, L] layout
         group, rest = torch.div(index, s // groups * length, rounding_mode="floor"), index % (s // groups * length)
         sequence = torch.div(rest, length, rounding_mode="floor") * groups + group  # [V]
-        sizes = None if static_shapes() else by_group.sum((1, 2)).tolist()
+        sizes: list[int] | None = None
+        if not static_shapes():  # one group holds all V rows: no reduction, no device sync
+            sizes = [index.numel()] if groups == 1 else by_group.sum((1, 2)).tolist()
         return cls(mask, sequence * length + rest % length, sequence, groups, sizes)
 
     def pack(self, x: torch.Tensor) -> torch.Tensor:
